@@ -1,0 +1,1 @@
+//! qc-quant: quantization format numerics and the quant dialect.
