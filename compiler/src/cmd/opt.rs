@@ -1,0 +1,117 @@
+//! `qc opt`: parse IR, verify it, run a pass pipeline, print the result (like mlir-opt).
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use clap::Args;
+use qc_ir::pass::{Instrumentation, PassManager, PassRegistry, PipelineError};
+use qc_ir::{parse_module, print_module, verify_module, PrintOptions, Source};
+
+use crate::output::{input_error, read_text_input, write_output, Failure};
+
+/// Arguments of `qc opt`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct OptArgs {
+    /// The input .qir file; `-` reads standard input.
+    #[arg(default_value = "-")]
+    pub input: PathBuf,
+    /// Write the output here (atomically) instead of standard output.
+    #[arg(short = 'o', long = "output")]
+    pub output: Option<PathBuf>,
+    /// The pass pipeline, e.g. `canonicalize,cse,dce` (empty: parse, verify and print).
+    #[arg(long, default_value = "")]
+    pub passes: String,
+    /// List the registered passes and their options, then exit.
+    #[arg(long)]
+    pub list_passes: bool,
+    /// Print the IR before these passes (comma-separated names).
+    #[arg(long, value_delimiter = ',', value_name = "PASS")]
+    pub print_ir_before: Vec<String>,
+    /// Print the IR after these passes (comma-separated names).
+    #[arg(long, value_delimiter = ',', value_name = "PASS")]
+    pub print_ir_after: Vec<String>,
+    /// Print the IR after every pass.
+    #[arg(long)]
+    pub print_ir_after_all: bool,
+    /// Print the IR after every pass that changed it.
+    #[arg(long)]
+    pub print_ir_after_change: bool,
+    /// Write the IR after each pass to DIR/NN_PASS.qir (DIR/00_input.qir is the input).
+    #[arg(long, value_name = "DIR")]
+    pub print_ir_tree_dir: Option<PathBuf>,
+    /// Print a timing report of the passes and the verifier to standard error.
+    #[arg(long)]
+    pub time_passes: bool,
+    /// Run only the first N passes, logging each decision (BISECT: running pass (i) NAME).
+    #[arg(long, value_name = "N")]
+    pub opt_bisect_limit: Option<usize>,
+    /// Do not run the verifier after each pass.
+    #[arg(long)]
+    pub no_verify_each: bool,
+    /// Include resource bytes in IR dumps (dumps elide them by default).
+    #[arg(long)]
+    pub print_resources: bool,
+    /// Elide resource bytes in the output too.
+    #[arg(long)]
+    pub elide_resources: bool,
+}
+
+/// Lists passes as `name  summary` with their options.
+pub fn list_passes(passes: &PassRegistry) -> String {
+    let mut s = String::from("Passes:\n");
+    for p in passes.iter() {
+        s += &format!("  {:<16}{}\n", p.name, p.summary);
+        for o in p.options {
+            s += &format!("      {}=<value>  {}\n", o.name, o.help);
+        }
+    }
+    s
+}
+
+/// Runs `qc opt` on `text` (named by `source`) with `args`, writing IR dumps, bisect lines and the timing
+/// report to `dumps` as the passes run; returns the final IR. The CLI wrapper does the other I/O.
+pub fn opt(text: &str, source: &Source, args: &OptArgs, dumps: &mut dyn std::io::Write) -> Result<String, Failure> {
+    let registry = crate::registry();
+    let passes = qc_passes::registry();
+    let render = |d: &qc_ir::Diagnostic| Failure::Input(d.render(Some(text)));
+    let pipeline = passes.parse_pipeline(&args.passes).map_err(|d| Failure::Input(d.render(Some(&args.passes))))?;
+    let known: BTreeSet<&str> = passes.iter().map(|p| p.name).collect();
+    for name in args.print_ir_before.iter().chain(&args.print_ir_after) {
+        if !known.contains(name.as_str()) {
+            let list: Vec<&str> = known.iter().copied().collect();
+            return Err(input_error(format!("unknown pass '{name}' in --print-ir-before/after; known passes: {}", list.join(", "))));
+        }
+    }
+    let mut module = parse_module(text, source, &registry).map_err(|d| render(&d))?;
+    verify_module(&module).map_err(|ds| Failure::Input(ds.render(Some(text))))?;
+    let instr = Instrumentation {
+        no_verify_each: args.no_verify_each,
+        print_before: args.print_ir_before.iter().cloned().collect(),
+        print_after: args.print_ir_after.iter().cloned().collect(),
+        print_after_all: args.print_ir_after_all,
+        print_after_change: args.print_ir_after_change,
+        tree_dir: args.print_ir_tree_dir.clone(),
+        time_passes: args.time_passes,
+        bisect_limit: args.opt_bisect_limit,
+        print_resources: args.print_resources,
+    };
+    let pm = PassManager::new(pipeline, instr);
+    pm.run(&mut module, &registry, dumps).map_err(|e| match e {
+        PipelineError::Pass { pass, diag } => Failure::Input(format!("{}(in pass '{pass}')\n", diag.render(Some(text)))),
+        e @ PipelineError::Verify { .. } => Failure::Internal(format!("{e}\n")),
+        PipelineError::Io(msg) => input_error(msg),
+    })?;
+    let popts = if args.elide_resources { PrintOptions::dump() } else { PrintOptions::full() };
+    Ok(print_module(&module, popts))
+}
+
+/// The CLI entry: reads the input, runs [`opt`], writes dumps to standard error and the IR to the output.
+pub fn run(args: &OptArgs) -> Result<(), Failure> {
+    if args.list_passes {
+        return write_output(None, list_passes(&qc_passes::registry()).as_bytes());
+    }
+    let (text, name) = read_text_input(&args.input)?;
+    let source = if args.input.as_os_str() == "-" { Source::named(&name) } else { Source::file(&args.input) };
+    let ir = opt(&text, &source, args, &mut std::io::stderr().lock())?;
+    write_output(args.output.as_deref(), ir.as_bytes())
+}
