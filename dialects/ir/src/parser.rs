@@ -13,7 +13,7 @@ use crate::diag::{Diagnostic, Location};
 use crate::module::{is_name_char, Func, Module, Value};
 use crate::ops::Registry;
 use crate::quant::{
-    named_format, named_formats, validate_minifloat, Convention, Encoding, InfNan, Minifloat, Packing,
+    minifloat_widths_ok, named_format, named_formats, validate_minifloat, Convention, Encoding, InfNan, Minifloat, Packing,
     QuantType, Rounding, Saturation, ScaleRule, ScaleType, Scheme, TensorScale,
 };
 use crate::resource::{map_external, Blob};
@@ -318,7 +318,9 @@ impl<'a> Parser<'a> {
         self.expect("{")?;
         loop {
             self.ws();
+            let ret_pos = self.pos;
             if self.keyword("return") || self.keyword("func.return") {
+                f.ret_loc = self.loc_at(ret_pos);
                 self.ret(&mut f, &scope)?;
                 break;
             }
@@ -351,9 +353,8 @@ impl<'a> Parser<'a> {
     }
 
     fn ret(&mut self, f: &mut Func, scope: &Scope) -> PResult<()> {
-        let pos = self.pos;
-        f.ret_loc = self.loc_at(pos);
         self.ws();
+        let pos = self.pos;
         if self.rest().starts_with('%') {
             let mut vals = vec![self.value_use(scope)?];
             while self.eat(",") {
@@ -590,7 +591,11 @@ impl<'a> Parser<'a> {
         })?;
         self.ws();
         if self.rest().starts_with('<') {
-            let Encoding::Float(mut m) = enc else {
+            // `e8m0<...>` is a generic minifloat with e8m0's widths, not the special scale encoding.
+            let Some(mut m) = (match enc {
+                Encoding::Float(m) => Some(m),
+                _ => generic_minifloat(name),
+            }) else {
                 return Err(self.err(format!("'{name}' takes no parameters")));
             };
             self.pos += 1;
@@ -1034,6 +1039,13 @@ enum Num {
     Int(i64),
     Float(f64),
     Bool(bool),
+}
+
+/// `eXmY` as an IEEE-default minifloat, for a name that also spells a special encoding (`e8m0`).
+fn generic_minifloat(name: &str) -> Option<Minifloat> {
+    let (e, m) = name.strip_prefix('e')?.split_once('m')?;
+    let (e, m): (u8, u8) = (e.parse().ok()?, m.parse().ok()?);
+    (format!("e{e}m{m}") == name && minifloat_widths_ok(e, m)).then(|| Minifloat::ieee(e, m))
 }
 
 /// Decodes MLIR's resource hex: `0x` + 4-byte little-endian alignment + data.
