@@ -48,7 +48,9 @@ pub fn write_stdout(bytes: &[u8]) -> Result<(), Failure> {
     match out.write_all(bytes).and_then(|_| out.flush()) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
-        Err(e) => Err(Failure::Internal(format!("error: cannot write to standard output: {e}\n"))),
+        Err(e) => Err(Failure::Internal(format!(
+            "error: cannot write to standard output: {e}\n"
+        ))),
     }
 }
 
@@ -57,7 +59,7 @@ pub fn write_output(path: Option<&Path>, bytes: &[u8]) -> Result<(), Failure> {
     match path {
         None => write_stdout(bytes),
         Some(p) if p.as_os_str() == "-" => write_stdout(bytes),
-        Some(p) => qc_ir::util::write_atomic(p, bytes).map_err(|e| input_error(e)),
+        Some(p) => qc_ir::util::write_atomic(p, bytes).map_err(input_error),
     }
 }
 
@@ -69,8 +71,14 @@ pub fn read_text_input(path: &Path) -> Result<(String, String), Failure> {
             .map_err(|e| input_error(format!("cannot read standard input: {e}")))?;
         return Ok((s, "<stdin>".into()));
     }
-    let bytes = std::fs::read(path).map_err(|e| input_error(format!("cannot read {}: {e}", path.display())))?;
-    let text = String::from_utf8(bytes)
-        .map_err(|e| input_error(format!("{}: the file is not UTF-8 (byte {})", path.display(), e.utf8_error().valid_up_to())))?;
+    let bytes = std::fs::read(path)
+        .map_err(|e| input_error(format!("cannot read {}: {e}", path.display())))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        input_error(format!(
+            "{}: the file is not UTF-8 (byte {})",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        ))
+    })?;
     Ok((text, path.display().to_string()))
 }

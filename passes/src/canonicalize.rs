@@ -100,7 +100,11 @@ fn sweep(f: &mut Func) -> bool {
     changed
 }
 
-fn dense_of<'a>(v: Value, ops: &'a [Op], producer: &BTreeMap<Value, usize>) -> Option<&'a DenseData> {
+fn dense_of<'a>(
+    v: Value,
+    ops: &'a [Op],
+    producer: &BTreeMap<Value, usize>,
+) -> Option<&'a DenseData> {
     let op = &ops[*producer.get(&v)?];
     match (QcOp::of(op), op.attr("value")) {
         (Some(QcOp::Constant), Some(Attribute::Dense(d))) => Some(d),
@@ -123,25 +127,46 @@ fn splat_is(d: &DenseData, x: f64, i: i64) -> bool {
 
 fn constant_op(op: &Op, value: DenseData) -> Op {
     let attrs: Attrs = [("value", Attribute::Dense(value))].into_iter().collect();
-    Op { def: QcOp::Constant.def(), operands: vec![], results: op.results.clone(), attrs, loc: op.loc.clone() }
+    Op {
+        def: QcOp::Constant.def(),
+        operands: vec![],
+        results: op.results.clone(),
+        attrs,
+        loc: op.loc.clone(),
+    }
 }
 
 fn rewrite(f: &Func, op: &Op, ops: &[Op], producer: &BTreeMap<Value, usize>) -> Rewrite {
-    let Some(nn) = NnOp::of(op) else { return Rewrite::Keep };
+    let Some(nn) = NnOp::of(op) else {
+        return Rewrite::Keep;
+    };
     let result_ty = f.ty(op.results[0]);
     let same_as_operand = |i: usize| f.ty(op.operands[i]) == result_ty;
     // Identities.
     match nn {
         NnOp::Identity => return Rewrite::Forward(op.operands[0]),
-        NnOp::Reshape | NnOp::Cast if same_as_operand(0) => return Rewrite::Forward(op.operands[0]),
+        NnOp::Reshape | NnOp::Cast if same_as_operand(0) => {
+            return Rewrite::Forward(op.operands[0])
+        }
         NnOp::Transpose => {
-            let perm = op.attr("perm").and_then(Attribute::as_int_array).unwrap_or_default();
+            let perm = op
+                .attr("perm")
+                .and_then(Attribute::as_int_array)
+                .unwrap_or_default();
             if perm.iter().enumerate().all(|(i, &p)| p == i as i64) {
                 return Rewrite::Forward(op.operands[0]);
             }
-            if let Some(inner) = producer_of(op.operands[0], ops, producer).filter(|o| NnOp::of(o) == Some(NnOp::Transpose)) {
-                let inner_perm = inner.attr("perm").and_then(Attribute::as_int_array).unwrap_or_default();
-                let composed: Vec<Attribute> = perm.iter().map(|&p| Attribute::Int(inner_perm[p as usize])).collect();
+            if let Some(inner) = producer_of(op.operands[0], ops, producer)
+                .filter(|o| NnOp::of(o) == Some(NnOp::Transpose))
+            {
+                let inner_perm = inner
+                    .attr("perm")
+                    .and_then(Attribute::as_int_array)
+                    .unwrap_or_default();
+                let composed: Vec<Attribute> = perm
+                    .iter()
+                    .map(|&p| Attribute::Int(inner_perm[p as usize]))
+                    .collect();
                 let mut new = op.clone();
                 new.operands = vec![inner.operands[0]];
                 new.attrs.set("perm", Attribute::Array(composed));
@@ -149,7 +174,9 @@ fn rewrite(f: &Func, op: &Op, ops: &[Op], producer: &BTreeMap<Value, usize>) -> 
             }
         }
         NnOp::Reshape => {
-            if let Some(inner) = producer_of(op.operands[0], ops, producer).filter(|o| NnOp::of(o) == Some(NnOp::Reshape)) {
+            if let Some(inner) = producer_of(op.operands[0], ops, producer)
+                .filter(|o| NnOp::of(o) == Some(NnOp::Reshape))
+            {
                 let mut new = op.clone();
                 new.operands = vec![inner.operands[0]];
                 return Rewrite::Replace(new);
@@ -193,13 +220,18 @@ fn rewrite(f: &Func, op: &Op, ops: &[Op], producer: &BTreeMap<Value, usize>) -> 
     }
     if nn == NnOp::Shape {
         if let Some(shape) = f.ty(op.operands[0]).static_shape() {
-            return Rewrite::Replace(constant_op(op, DenseData::Int(shape.iter().map(|&d| d as i64).collect()).canonical()));
+            return Rewrite::Replace(constant_op(
+                op,
+                DenseData::Int(shape.iter().map(|&d| d as i64).collect()).canonical(),
+            ));
         }
         return Rewrite::Keep;
     }
     let mut inputs = Vec::with_capacity(op.operands.len());
     for &v in &op.operands {
-        let Some(d) = dense_of(v, ops, producer) else { return Rewrite::Keep };
+        let Some(d) = dense_of(v, ops, producer) else {
+            return Rewrite::Keep;
+        };
         match Tensor::from_dense(d, f.ty(v)) {
             Ok(t) => inputs.push(t),
             Err(_) => return Rewrite::Keep,

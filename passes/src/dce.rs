@@ -57,7 +57,12 @@ impl Pass for Dce {
                 _ => None,
             })
             .collect();
-        let unused: Vec<String> = m.resources.iter().map(|(n, _)| n.to_string()).filter(|n| !used.contains(n)).collect();
+        let unused: Vec<String> = m
+            .resources
+            .iter()
+            .map(|(n, _)| n.to_string())
+            .filter(|n| !used.contains(n))
+            .collect();
         for name in unused {
             m.resources.remove(&name);
             changed = true;

@@ -46,17 +46,29 @@ impl Tensor {
         let shape = static_shape(ty)?;
         let n: usize = shape.iter().product();
         let data = match &ty.elem {
-            ElemType::F32 | ElemType::F64 => Data::F((0..n).map(|i| round_to(&ty.elem, d.get_f64(i))).collect()),
-            ElemType::Int { bits, unsigned } => Data::I((0..n).map(|i| wrap(d.get_i64(i), *bits, *unsigned)).collect()),
+            ElemType::F32 | ElemType::F64 => {
+                Data::F((0..n).map(|i| round_to(&ty.elem, d.get_f64(i))).collect())
+            }
+            ElemType::Int { bits, unsigned } => Data::I(
+                (0..n)
+                    .map(|i| wrap(d.get_i64(i), *bits, *unsigned))
+                    .collect(),
+            ),
             e => return Err(format!("the interpreter does not hold {e} tensors")),
         };
-        Ok(Tensor { shape, elem: ty.elem.clone(), data })
+        Ok(Tensor {
+            shape,
+            elem: ty.elem.clone(),
+            data,
+        })
     }
 
     /// The values as a canonical dense attribute (splat when all equal).
     pub fn to_dense(&self) -> DenseData {
         match (&self.data, &self.elem) {
-            (Data::I(v), ElemType::Int { bits: 1, .. }) => DenseData::Bool(v.iter().map(|&x| x != 0).collect()),
+            (Data::I(v), ElemType::Int { bits: 1, .. }) => {
+                DenseData::Bool(v.iter().map(|&x| x != 0).collect())
+            }
             (Data::I(v), _) => DenseData::Int(v.clone()),
             (Data::F(v), _) => DenseData::Float(v.clone()),
         }
@@ -120,32 +132,59 @@ fn broadcast_map(input: &[usize], out: &[usize]) -> Vec<usize> {
 
 /// Evaluates nn op `op` with attributes `attrs` on `inputs`, producing a tensor of `result` type (whose
 /// shape must be static).
-pub fn eval_nn(op: NnOp, attrs: &Attrs, inputs: &[Tensor], result: &TensorType) -> Result<Tensor, String> {
+pub fn eval_nn(
+    op: NnOp,
+    attrs: &Attrs,
+    inputs: &[Tensor],
+    result: &TensorType,
+) -> Result<Tensor, String> {
     let out_shape = static_shape(result)?;
     let elem = result.elem.clone();
     if !matches!(elem, ElemType::F32 | ElemType::F64 | ElemType::Int { .. }) {
         return Err(format!("the interpreter does not compute {elem} tensors"));
     }
-    let make = |data| Tensor { shape: out_shape.clone(), elem: elem.clone(), data };
+    let make = |data| Tensor {
+        shape: out_shape.clone(),
+        elem: elem.clone(),
+        data,
+    };
     let x = &inputs[0];
     let data = match op {
         NnOp::Add | NnOp::Sub | NnOp::Mul | NnOp::Div | NnOp::Max | NnOp::Min => {
             let y = &inputs[1];
-            let (ia, ib) = (broadcast_map(&x.shape, &out_shape), broadcast_map(&y.shape, &out_shape));
+            let (ia, ib) = (
+                broadcast_map(&x.shape, &out_shape),
+                broadcast_map(&y.shape, &out_shape),
+            );
             match (&x.data, &y.data, &elem) {
                 (Data::F(a), Data::F(b), _) => Data::F(
                     ia.iter()
                         .zip(&ib)
                         .map(|(&i, &j)| {
                             let (p, q) = (a[i], b[j]);
-                            round_to(&elem, match op {
-                                NnOp::Add => p + q,
-                                NnOp::Sub => p - q,
-                                NnOp::Mul => p * q,
-                                NnOp::Div => p / q,
-                                NnOp::Max => if p.is_nan() || q.is_nan() { f64::NAN } else { p.max(q) },
-                                _ => if p.is_nan() || q.is_nan() { f64::NAN } else { p.min(q) },
-                            })
+                            round_to(
+                                &elem,
+                                match op {
+                                    NnOp::Add => p + q,
+                                    NnOp::Sub => p - q,
+                                    NnOp::Mul => p * q,
+                                    NnOp::Div => p / q,
+                                    NnOp::Max => {
+                                        if p.is_nan() || q.is_nan() {
+                                            f64::NAN
+                                        } else {
+                                            p.max(q)
+                                        }
+                                    }
+                                    _ => {
+                                        if p.is_nan() || q.is_nan() {
+                                            f64::NAN
+                                        } else {
+                                            p.min(q)
+                                        }
+                                    }
+                                },
+                            )
                         })
                         .collect(),
                 ),
@@ -171,23 +210,36 @@ pub fn eval_nn(op: NnOp, attrs: &Attrs, inputs: &[Tensor], result: &TensorType) 
         }
         NnOp::Neg => match (&x.data, &elem) {
             (Data::F(a), _) => Data::F(a.iter().map(|v| -v).collect()),
-            (Data::I(a), ElemType::Int { bits, unsigned }) => {
-                Data::I(a.iter().map(|v| wrap(v.wrapping_neg(), *bits, *unsigned)).collect())
-            }
+            (Data::I(a), ElemType::Int { bits, unsigned }) => Data::I(
+                a.iter()
+                    .map(|v| wrap(v.wrapping_neg(), *bits, *unsigned))
+                    .collect(),
+            ),
             _ => return Err("operand and result kinds differ".into()),
         },
         NnOp::Relu | NnOp::Exp | NnOp::Sqrt | NnOp::Tanh | NnOp::Sigmoid => {
-            let Data::F(a) = &x.data else { return Err(format!("{} needs a float tensor", op.def().name)) };
+            let Data::F(a) = &x.data else {
+                return Err(format!("{} needs a float tensor", op.def().name));
+            };
             Data::F(
                 a.iter()
                     .map(|&v| {
-                        round_to(&elem, match op {
-                            NnOp::Relu => if v.is_nan() { v } else { v.max(0.0) },
-                            NnOp::Exp => v.exp(),
-                            NnOp::Sqrt => v.sqrt(),
-                            NnOp::Tanh => v.tanh(),
-                            _ => 1.0 / (1.0 + (-v).exp()),
-                        })
+                        round_to(
+                            &elem,
+                            match op {
+                                NnOp::Relu => {
+                                    if v.is_nan() {
+                                        v
+                                    } else {
+                                        v.max(0.0)
+                                    }
+                                }
+                                NnOp::Exp => v.exp(),
+                                NnOp::Sqrt => v.sqrt(),
+                                NnOp::Tanh => v.tanh(),
+                                _ => 1.0 / (1.0 + (-v).exp()),
+                            },
+                        )
                     })
                     .collect(),
             )
@@ -205,18 +257,25 @@ pub fn eval_nn(op: NnOp, attrs: &Attrs, inputs: &[Tensor], result: &TensorType) 
                 Data::I(out)
             }
             (Data::F(a), e) => Data::F(a.iter().map(|&v| round_to(e, v)).collect()),
-            (Data::I(a), ElemType::Int { bits, unsigned }) => Data::I(a.iter().map(|&v| wrap(v, *bits, *unsigned)).collect()),
+            (Data::I(a), ElemType::Int { bits, unsigned }) => {
+                Data::I(a.iter().map(|&v| wrap(v, *bits, *unsigned)).collect())
+            }
             (Data::I(a), e) => Data::F(a.iter().map(|&v| round_to(e, v as f64)).collect()),
         },
         NnOp::Transpose => {
-            let perm = attrs.get("perm").and_then(|a| a.as_int_array()).ok_or("transpose needs perm")?;
+            let perm = attrs
+                .get("perm")
+                .and_then(|a| a.as_int_array())
+                .ok_or("transpose needs perm")?;
             let in_strides = strides(&x.shape);
             let out_strides = strides(&out_shape);
             let src: Vec<usize> = (0..out_shape.iter().product())
                 .map(|flat| {
                     perm.iter()
                         .enumerate()
-                        .map(|(k, &p)| (flat / out_strides[k] % out_shape[k]) * in_strides[p as usize])
+                        .map(|(k, &p)| {
+                            (flat / out_strides[k] % out_shape[k]) * in_strides[p as usize]
+                        })
                         .sum()
                 })
                 .collect();
@@ -224,7 +283,10 @@ pub fn eval_nn(op: NnOp, attrs: &Attrs, inputs: &[Tensor], result: &TensorType) 
         }
         NnOp::Shape => Data::I(x.shape.iter().map(|&d| d as i64).collect()),
         NnOp::Concat => {
-            let axis = norm_axis(attrs.get("axis").and_then(|a| a.as_int()).unwrap_or(0), out_shape.len())?;
+            let axis = norm_axis(
+                attrs.get("axis").and_then(|a| a.as_int()).unwrap_or(0),
+                out_shape.len(),
+            )?;
             let outer: usize = out_shape[..axis].iter().product();
             let mut f = Vec::new();
             let mut iv = Vec::new();
@@ -238,20 +300,39 @@ pub fn eval_nn(op: NnOp, attrs: &Attrs, inputs: &[Tensor], result: &TensorType) 
                     }
                 }
             }
-            if matches!(x.data, Data::F(_)) { Data::F(f) } else { Data::I(iv) }
+            if matches!(x.data, Data::F(_)) {
+                Data::F(f)
+            } else {
+                Data::I(iv)
+            }
         }
         NnOp::ReduceSum => {
             let rank = x.shape.len();
             let axes: Vec<usize> = match attrs.get("axes").and_then(|a| a.as_int_array()) {
-                Some(a) => a.iter().map(|&k| norm_axis(k, rank)).collect::<Result<_, _>>()?,
+                Some(a) => a
+                    .iter()
+                    .map(|&k| norm_axis(k, rank))
+                    .collect::<Result<_, _>>()?,
                 None => (0..rank).collect(),
             };
-            let kept: Vec<usize> = (0..rank).map(|d| if axes.contains(&d) { 1 } else { x.shape[d] }).collect();
+            let kept: Vec<usize> = (0..rank)
+                .map(|d| if axes.contains(&d) { 1 } else { x.shape[d] })
+                .collect();
             let kept_strides = strides(&kept);
             let in_strides = strides(&x.shape);
             let n_out: usize = kept.iter().product();
             let target: Vec<usize> = (0..x.len())
-                .map(|flat| (0..rank).map(|d| if axes.contains(&d) { 0 } else { flat / in_strides[d] % x.shape[d] * kept_strides[d] }).sum())
+                .map(|flat| {
+                    (0..rank)
+                        .map(|d| {
+                            if axes.contains(&d) {
+                                0
+                            } else {
+                                flat / in_strides[d] % x.shape[d] * kept_strides[d]
+                            }
+                        })
+                        .sum()
+                })
                 .collect();
             match (&x.data, &elem) {
                 (Data::F(a), _) => {
@@ -296,7 +377,10 @@ fn matmul(a: &Tensor, b: &Tensor, out: &[usize], elem: &ElemType) -> Result<Data
     b_batch.extend([1, 1]);
     let mut full = batch.clone();
     full.extend([1, 1]);
-    let (ia, ib) = (broadcast_map(&a_batch, &full), broadcast_map(&b_batch, &full));
+    let (ia, ib) = (
+        broadcast_map(&a_batch, &full),
+        broadcast_map(&b_batch, &full),
+    );
     let nb: usize = batch.iter().product();
     match (&a.data, &b.data) {
         (Data::F(x), Data::F(y)) => {
@@ -307,7 +391,10 @@ fn matmul(a: &Tensor, b: &Tensor, out: &[usize], elem: &ElemType) -> Result<Data
                     for j in 0..n {
                         let mut acc = 0.0;
                         for p in 0..k {
-                            acc = round_to(elem, acc + round_to(elem, x[xa + i * k + p] * y[yb + p * n + j]));
+                            acc = round_to(
+                                elem,
+                                acc + round_to(elem, x[xa + i * k + p] * y[yb + p * n + j]),
+                            );
                         }
                         o[bi * m * n + i * n + j] = acc;
                     }
@@ -316,7 +403,9 @@ fn matmul(a: &Tensor, b: &Tensor, out: &[usize], elem: &ElemType) -> Result<Data
             Ok(Data::F(o))
         }
         (Data::I(x), Data::I(y)) => {
-            let ElemType::Int { bits, unsigned } = elem else { return Err("integer matmul needs an integer result".into()) };
+            let ElemType::Int { bits, unsigned } = elem else {
+                return Err("integer matmul needs an integer result".into());
+            };
             let mut o = vec![0; nb * m * n];
             for bi in 0..nb {
                 let (xa, yb) = (ia[bi] * m * k, ib[bi] * k * n);
@@ -324,7 +413,8 @@ fn matmul(a: &Tensor, b: &Tensor, out: &[usize], elem: &ElemType) -> Result<Data
                     for j in 0..n {
                         let mut acc = 0i64;
                         for p in 0..k {
-                            acc = acc.wrapping_add(x[xa + i * k + p].wrapping_mul(y[yb + p * n + j]));
+                            acc =
+                                acc.wrapping_add(x[xa + i * k + p].wrapping_mul(y[yb + p * n + j]));
                         }
                         o[bi * m * n + i * n + j] = wrap(acc, *bits, *unsigned);
                     }
@@ -349,16 +439,34 @@ mod tests {
     fn broadcast_add_and_matmul() {
         let a = t("tensor<2x2xf32>", vec![1.0, 2.0, 3.0, 4.0]);
         let b = t("tensor<2xf32>", vec![10.0, 20.0]);
-        let r = eval_nn(NnOp::Add, &Attrs::new(), &[a.clone(), b], &parse_type("tensor<2x2xf32>").unwrap()).unwrap();
+        let r = eval_nn(
+            NnOp::Add,
+            &Attrs::new(),
+            &[a.clone(), b],
+            &parse_type("tensor<2x2xf32>").unwrap(),
+        )
+        .unwrap();
         assert_eq!(r.data, Data::F(vec![11.0, 22.0, 13.0, 24.0]));
-        let r = eval_nn(NnOp::Matmul, &Attrs::new(), &[a.clone(), a], &parse_type("tensor<2x2xf32>").unwrap()).unwrap();
+        let r = eval_nn(
+            NnOp::Matmul,
+            &Attrs::new(),
+            &[a.clone(), a],
+            &parse_type("tensor<2x2xf32>").unwrap(),
+        )
+        .unwrap();
         assert_eq!(r.data, Data::F(vec![7.0, 10.0, 15.0, 22.0]));
     }
 
     #[test]
     fn f32_results_are_rounded_and_ints_wrap() {
         let a = t("tensor<f32>", vec![0.1]);
-        let r = eval_nn(NnOp::Add, &Attrs::new(), &[a.clone(), a], &parse_type("tensor<f32>").unwrap()).unwrap();
+        let r = eval_nn(
+            NnOp::Add,
+            &Attrs::new(),
+            &[a.clone(), a],
+            &parse_type("tensor<f32>").unwrap(),
+        )
+        .unwrap();
         assert_eq!(r.data, Data::F(vec![(0.1f32 + 0.1f32) as f64]));
         let i8t = parse_type("tensor<i8>").unwrap();
         let x = Tensor::from_dense(&DenseData::Int(vec![100]), &i8t).unwrap();
@@ -369,11 +477,33 @@ mod tests {
     #[test]
     fn transpose_and_reduce() {
         let a = t("tensor<2x3xf32>", vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
-        let attrs: Attrs = [("perm", qc_ir::Attribute::Array(vec![qc_ir::Attribute::Int(1), qc_ir::Attribute::Int(0)]))].into_iter().collect();
-        let r = eval_nn(NnOp::Transpose, &attrs, &[a.clone()], &parse_type("tensor<3x2xf32>").unwrap()).unwrap();
+        let attrs: Attrs = [(
+            "perm",
+            qc_ir::Attribute::Array(vec![qc_ir::Attribute::Int(1), qc_ir::Attribute::Int(0)]),
+        )]
+        .into_iter()
+        .collect();
+        let r = eval_nn(
+            NnOp::Transpose,
+            &attrs,
+            std::slice::from_ref(&a),
+            &parse_type("tensor<3x2xf32>").unwrap(),
+        )
+        .unwrap();
         assert_eq!(r.data, Data::F(vec![1.0, 4.0, 2.0, 5.0, 3.0, 6.0]));
-        let attrs: Attrs = [("axes", qc_ir::Attribute::Array(vec![qc_ir::Attribute::Int(1)]))].into_iter().collect();
-        let r = eval_nn(NnOp::ReduceSum, &attrs, &[a], &parse_type("tensor<2xf32>").unwrap()).unwrap();
+        let attrs: Attrs = [(
+            "axes",
+            qc_ir::Attribute::Array(vec![qc_ir::Attribute::Int(1)]),
+        )]
+        .into_iter()
+        .collect();
+        let r = eval_nn(
+            NnOp::ReduceSum,
+            &attrs,
+            &[a],
+            &parse_type("tensor<2xf32>").unwrap(),
+        )
+        .unwrap();
         assert_eq!(r.data, Data::F(vec![6.0, 15.0]));
     }
 }

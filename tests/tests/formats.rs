@@ -23,7 +23,13 @@ fn every_named_format_round_trips_as_an_element_type() {
 fn the_formats_table_lists_every_named_format() {
     let table = qc::cmd::formats::table();
     for f in named_formats() {
-        assert!(table.lines().any(|l| l.split_whitespace().next() == Some(f.name)), "{} missing", f.name);
+        assert!(
+            table
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(f.name)),
+            "{} missing",
+            f.name
+        );
     }
     insta::assert_snapshot!(table);
 }

@@ -4,7 +4,10 @@
 use std::path::{Path, PathBuf};
 
 fn qir_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     entries.sort();
     for p in entries {
         if p.is_dir() {
@@ -21,7 +24,11 @@ fn check(folder: &str) {
     qir_files(&root.join(folder), &mut files);
     assert!(!files.is_empty(), "no golden files under {folder}");
     for path in files {
-        let rel = path.strip_prefix(root).unwrap().to_string_lossy().replace('\\', "/");
+        let rel = path
+            .strip_prefix(root)
+            .unwrap()
+            .to_string_lossy()
+            .replace('\\', "/");
         let out = qc_tests::run_golden(root, &rel);
         let name = rel.trim_end_matches(".qir").replace('/', "__");
         insta::with_settings!({ prepend_module_to_snapshot => false, description => rel.clone() }, {

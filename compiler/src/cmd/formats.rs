@@ -24,7 +24,17 @@ fn bits(ty: &qc_ir::QuantType) -> String {
 /// point) overhead; per-tensor and per-channel scales are shown separately because their share depends on
 /// the shape; a second-level f32 tensor scale is not counted.
 pub fn table() -> String {
-    let header = ["name", "bits/elem", "element", "max", "min normal", "block", "scale", "rule", "tensor scale"];
+    let header = [
+        "name",
+        "bits/elem",
+        "element",
+        "max",
+        "min normal",
+        "block",
+        "scale",
+        "rule",
+        "tensor scale",
+    ];
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
     for f in named_formats() {
         let t = &f.ty;
@@ -54,18 +64,36 @@ pub fn table() -> String {
             min_normal,
             block,
             scale,
-            format!("{}{}", t.rule, if t.convention == qc_ir::quant::Convention::Spec { String::new() } else { format!(" ({})", t.convention) }),
+            format!(
+                "{}{}",
+                t.rule,
+                if t.convention == qc_ir::quant::Convention::Spec {
+                    String::new()
+                } else {
+                    format!(" ({})", t.convention)
+                }
+            ),
             ts,
         ]);
     }
-    let widths: Vec<usize> = (0..header.len()).map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..header.len())
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
     let mut out = String::new();
     for (i, r) in rows.iter().enumerate() {
-        let line: Vec<String> = r.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
         out += line.join("  ").trim_end();
         out.push('\n');
         if i == 0 {
-            out += &widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("  ");
+            out += &widths
+                .iter()
+                .map(|w| "-".repeat(*w))
+                .collect::<Vec<_>>()
+                .join("  ");
             out.push('\n');
         }
     }

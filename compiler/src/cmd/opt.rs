@@ -70,16 +70,26 @@ pub fn list_passes(passes: &PassRegistry) -> String {
 
 /// Runs `qc opt` on `text` (named by `source`) with `args`, writing IR dumps, bisect lines and the timing
 /// report to `dumps` as the passes run; returns the final IR. The CLI wrapper does the other I/O.
-pub fn opt(text: &str, source: &Source, args: &OptArgs, dumps: &mut dyn std::io::Write) -> Result<String, Failure> {
+pub fn opt(
+    text: &str,
+    source: &Source,
+    args: &OptArgs,
+    dumps: &mut dyn std::io::Write,
+) -> Result<String, Failure> {
     let registry = crate::registry();
     let passes = qc_passes::registry();
     let render = |d: &qc_ir::Diagnostic| Failure::Input(d.render(Some(text)));
-    let pipeline = passes.parse_pipeline(&args.passes).map_err(|d| Failure::Input(d.render(Some(&args.passes))))?;
+    let pipeline = passes
+        .parse_pipeline(&args.passes)
+        .map_err(|d| Failure::Input(d.render(Some(&args.passes))))?;
     let known: BTreeSet<&str> = passes.iter().map(|p| p.name).collect();
     for name in args.print_ir_before.iter().chain(&args.print_ir_after) {
         if !known.contains(name.as_str()) {
             let list: Vec<&str> = known.iter().copied().collect();
-            return Err(input_error(format!("unknown pass '{name}' in --print-ir-before/after; known passes: {}", list.join(", "))));
+            return Err(input_error(format!(
+                "unknown pass '{name}' in --print-ir-before/after; known passes: {}",
+                list.join(", ")
+            )));
         }
     }
     let mut module = parse_module(text, source, &registry).map_err(|d| render(&d))?;
@@ -97,11 +107,17 @@ pub fn opt(text: &str, source: &Source, args: &OptArgs, dumps: &mut dyn std::io:
     };
     let pm = PassManager::new(pipeline, instr);
     pm.run(&mut module, &registry, dumps).map_err(|e| match e {
-        PipelineError::Pass { pass, diag } => Failure::Input(format!("{}(in pass '{pass}')\n", diag.render(Some(text)))),
+        PipelineError::Pass { pass, diag } => {
+            Failure::Input(format!("{}(in pass '{pass}')\n", diag.render(Some(text))))
+        }
         e @ PipelineError::Verify { .. } => Failure::Internal(format!("{e}\n")),
         PipelineError::Io(msg) => input_error(msg),
     })?;
-    let popts = if args.elide_resources { PrintOptions::dump() } else { PrintOptions::full() };
+    let popts = if args.elide_resources {
+        PrintOptions::dump()
+    } else {
+        PrintOptions::full()
+    };
     Ok(print_module(&module, popts))
 }
 
@@ -111,7 +127,11 @@ pub fn run(args: &OptArgs) -> Result<(), Failure> {
         return write_output(None, list_passes(&qc_passes::registry()).as_bytes());
     }
     let (text, name) = read_text_input(&args.input)?;
-    let source = if args.input.as_os_str() == "-" { Source::named(&name) } else { Source::file(&args.input) };
+    let source = if args.input.as_os_str() == "-" {
+        Source::named(&name)
+    } else {
+        Source::file(&args.input)
+    };
     let ir = opt(&text, &source, args, &mut std::io::stderr().lock())?;
     write_output(args.output.as_deref(), ir.as_bytes())
 }

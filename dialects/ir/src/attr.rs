@@ -146,7 +146,11 @@ pub fn format_f64(v: f64) -> String {
             format!("nan(0x{:016X})", v.to_bits())
         }
     } else if v.is_infinite() {
-        if v > 0.0 { "inf".into() } else { "-inf".into() }
+        if v > 0.0 {
+            "inf".into()
+        } else {
+            "-inf".into()
+        }
     } else {
         let s = format!("{v:?}");
         if s.contains(['.', 'e', 'E']) {
@@ -207,7 +211,9 @@ pub fn escape(s: &str) -> String {
             '\\' => out.push_str("\\\\"),
             '\n' => out.push_str("\\n"),
             '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => out.push_str(&format!("\\{:02X}", c as u32)),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out.push_str(&format!("\\{:02X}", c as u32))
+            }
             c => out.push(c),
         }
     }
@@ -226,7 +232,10 @@ impl Attrs {
 
     /// The value of `name`.
     pub fn get(&self, name: &str) -> Option<&Attribute> {
-        self.0.binary_search_by(|(k, _)| k.as_str().cmp(name)).ok().map(|i| &self.0[i].1)
+        self.0
+            .binary_search_by(|(k, _)| k.as_str().cmp(name))
+            .ok()
+            .map(|i| &self.0[i].1)
     }
 
     /// Sets `name`, replacing any previous value; returns the previous value.
@@ -243,7 +252,10 @@ impl Attrs {
 
     /// Removes `name`, returning its value.
     pub fn remove(&mut self, name: &str) -> Option<Attribute> {
-        let i = self.0.binary_search_by(|(k, _)| k.as_str().cmp(name)).ok()?;
+        let i = self
+            .0
+            .binary_search_by(|(k, _)| k.as_str().cmp(name))
+            .ok()?;
         Some(self.0.remove(i).1)
     }
 

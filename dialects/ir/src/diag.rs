@@ -78,7 +78,12 @@ pub struct Diagnostic {
 impl Diagnostic {
     /// An error at `loc`.
     pub fn error(loc: Location, message: impl Into<String>) -> Self {
-        Diagnostic { severity: Severity::Error, loc, message: message.into(), notes: Vec::new() }
+        Diagnostic {
+            severity: Severity::Error,
+            loc,
+            message: message.into(),
+            notes: Vec::new(),
+        }
     }
 
     /// Adds a note (builder style).
@@ -104,7 +109,10 @@ fn render_one(out: &mut String, loc: &Location, sev: Severity, msg: &str, source
     let _ = writeln!(out, "{loc}: {sev}: {msg}");
     if let (Location::Text { line, col, .. }, Some(src)) = (loc, source) {
         if let Some(text) = src.lines().nth(*line as usize - 1) {
-            let text: String = text.chars().map(|c| if c == '\t' { ' ' } else { c }).collect();
+            let text: String = text
+                .chars()
+                .map(|c| if c == '\t' { ' ' } else { c })
+                .collect();
             let pad = " ".repeat((*col as usize).saturating_sub(1).min(text.chars().count()));
             let _ = writeln!(out, "  {text}\n  {pad}^");
         }

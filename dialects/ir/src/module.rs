@@ -89,7 +89,10 @@ impl Func {
 
     /// Creates a value with a type and an optional name hint (sanitized).
     pub fn new_value(&mut self, ty: TensorType, name: Option<&str>) -> Value {
-        self.values.push(ValueInfo { ty, name: name.map(sanitize_name).filter(|s| !s.is_empty()) });
+        self.values.push(ValueInfo {
+            ty,
+            name: name.map(sanitize_name).filter(|s| !s.is_empty()),
+        });
         Value(self.values.len() as u32 - 1)
     }
 
@@ -129,8 +132,17 @@ impl Func {
         attrs: Attrs,
         loc: Location,
     ) -> Vec<Value> {
-        let results: Vec<Value> = result_types.into_iter().map(|t| self.new_value(t, None)).collect();
-        self.ops.push(Op { def, operands, results: results.clone(), attrs, loc });
+        let results: Vec<Value> = result_types
+            .into_iter()
+            .map(|t| self.new_value(t, None))
+            .collect();
+        self.ops.push(Op {
+            def,
+            operands,
+            results: results.clone(),
+            attrs,
+            loc,
+        });
         results
     }
 
@@ -168,7 +180,9 @@ impl Func {
 
 /// Keeps the characters a value name may hold (`[A-Za-z0-9_$.-]`), replacing others with `_`.
 pub fn sanitize_name(s: &str) -> String {
-    s.chars().map(|c| if is_name_char(c) { c } else { '_' }).collect()
+    s.chars()
+        .map(|c| if is_name_char(c) { c } else { '_' })
+        .collect()
 }
 
 /// Whether `c` may appear in a value or resource name.

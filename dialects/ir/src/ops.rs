@@ -106,12 +106,20 @@ pub struct AttrSpec {
 
 /// A required attribute.
 pub const fn req(name: &'static str, kind: AttrKind) -> AttrSpec {
-    AttrSpec { name, kind, required: true }
+    AttrSpec {
+        name,
+        kind,
+        required: true,
+    }
 }
 
 /// An optional attribute.
 pub const fn opt(name: &'static str, kind: AttrKind) -> AttrSpec {
-    AttrSpec { name, kind, required: false }
+    AttrSpec {
+        name,
+        kind,
+        required: false,
+    }
 }
 
 /// An op's checker: given the op in its function, an error sentence or Ok. Runs after the generic checks
@@ -283,7 +291,11 @@ impl Registry {
 
     /// Names of the ops of dialect `dialect`, in name order.
     pub fn op_names(&self, dialect: &str) -> Vec<&'static str> {
-        self.ops.values().filter(|d| d.dialect == dialect).map(|d| d.name).collect()
+        self.ops
+            .values()
+            .filter(|d| d.dialect == dialect)
+            .map(|d| d.name)
+            .collect()
     }
 
     /// Names of the registered dialects.
@@ -312,13 +324,22 @@ fn verify_constant(cx: &OpCtx) -> Result<(), String> {
     match cx.attr("value") {
         Some(Attribute::Dense(data)) => {
             if ty.elem.as_quant().is_some() {
-                return Err("a quantized constant must be a dense_resource holding its encoded bytes".into());
+                return Err(
+                    "a quantized constant must be a dense_resource holding its encoded bytes"
+                        .into(),
+                );
             }
             let n = ty.num_elements();
             if data.len() != 1 && Some(data.len() as u64) != n {
                 return Err(match n {
-                    Some(n) => format!("dense value has {} elements but the type {ty} has {n}", data.len()),
-                    None => format!("a dense value of {} elements needs a static type, not {ty}", data.len()),
+                    Some(n) => format!(
+                        "dense value has {} elements but the type {ty} has {n}",
+                        data.len()
+                    ),
+                    None => format!(
+                        "a dense value of {} elements needs a static type, not {ty}",
+                        data.len()
+                    ),
                 });
             }
             use crate::attr::DenseData;
@@ -330,7 +351,10 @@ fn verify_constant(cx: &OpCtx) -> Result<(), String> {
                 _ => false,
             };
             if !ok {
-                return Err(format!("dense value kind does not match the element type {}", ty.elem));
+                return Err(format!(
+                    "dense value kind does not match the element type {}",
+                    ty.elem
+                ));
             }
             Ok(())
         }

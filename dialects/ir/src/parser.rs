@@ -13,8 +13,9 @@ use crate::diag::{Diagnostic, Location};
 use crate::module::{is_name_char, Func, Module, Value};
 use crate::ops::Registry;
 use crate::quant::{
-    minifloat_widths_ok, named_format, named_formats, validate_minifloat, Convention, Encoding, InfNan, Minifloat, Packing,
-    QuantType, Rounding, Saturation, ScaleRule, ScaleType, Scheme, TensorScale,
+    minifloat_widths_ok, named_format, named_formats, validate_minifloat, Convention, Encoding,
+    InfNan, Minifloat, Packing, QuantType, Rounding, Saturation, ScaleRule, ScaleType, Scheme,
+    TensorScale,
 };
 use crate::resource::{map_external, Blob};
 use crate::types::{Dim, ElemType, TensorType};
@@ -31,19 +32,38 @@ pub struct Source {
 impl Source {
     /// A source named `name` whose external resources resolve against the current directory.
     pub fn named(name: &str) -> Self {
-        Source { name: name.into(), base_dir: PathBuf::from(".") }
+        Source {
+            name: name.into(),
+            base_dir: PathBuf::from("."),
+        }
     }
 
     /// The source for a file path: named as given, resolving resources against the file's folder.
     pub fn file(path: &Path) -> Self {
-        let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        Source { name: path.display().to_string().into(), base_dir: base.to_path_buf() }
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        Source {
+            name: path.display().to_string().into(),
+            base_dir: base.to_path_buf(),
+        }
     }
 }
 
 /// Parses a module. `registry` says which ops exist.
-pub fn parse_module(text: &str, source: &Source, registry: &Registry) -> Result<Module, Diagnostic> {
-    let mut p = Parser { text, pos: 0, source, registry, aliases: BTreeMap::new() };
+pub fn parse_module(
+    text: &str,
+    source: &Source,
+    registry: &Registry,
+) -> Result<Module, Diagnostic> {
+    let mut p = Parser {
+        text,
+        pos: 0,
+        source,
+        registry,
+        aliases: BTreeMap::new(),
+    };
     p.module()
 }
 
@@ -51,7 +71,13 @@ pub fn parse_module(text: &str, source: &Source, registry: &Registry) -> Result<
 pub fn parse_type(text: &str) -> Result<TensorType, Diagnostic> {
     let registry = Registry::new();
     let source = Source::named("<type>");
-    let mut p = Parser { text, pos: 0, source: &source, registry: &registry, aliases: BTreeMap::new() };
+    let mut p = Parser {
+        text,
+        pos: 0,
+        source: &source,
+        registry: &registry,
+        aliases: BTreeMap::new(),
+    };
     p.ws();
     let t = p.tensor_type()?;
     p.ws();
@@ -84,7 +110,11 @@ impl<'a> Parser<'a> {
         let line = before.matches('\n').count() as u32 + 1;
         let line_start = before.rfind('\n').map_or(0, |i| i + 1);
         let col = self.text[line_start..pos].chars().count() as u32 + 1;
-        Location::Text { file: self.source.name.clone(), line, col }
+        Location::Text {
+            file: self.source.name.clone(),
+            line,
+            col,
+        }
     }
 
     fn err_at(&self, pos: usize, msg: impl Into<String>) -> Diagnostic {
@@ -99,7 +129,12 @@ impl<'a> Parser<'a> {
         match self.rest().chars().next() {
             None => "end of input".into(),
             Some(_) => {
-                let word: String = self.rest().chars().take_while(|c| !c.is_whitespace()).take(20).collect();
+                let word: String = self
+                    .rest()
+                    .chars()
+                    .take_while(|c| !c.is_whitespace())
+                    .take(20)
+                    .collect();
                 format!("'{word}'")
             }
         }
@@ -182,7 +217,10 @@ impl<'a> Parser<'a> {
     fn keyword(&mut self, kw: &str) -> bool {
         self.ws();
         let r = self.rest();
-        if r.starts_with(kw) && !r[kw.len()..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_' || c == '.') {
+        if r.starts_with(kw)
+            && !r[kw.len()..]
+                .starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+        {
             self.pos += kw.len();
             true
         } else {
@@ -197,7 +235,9 @@ impl<'a> Parser<'a> {
         if n == 0 {
             return Err(self.err(format!("expected {what}, found {}", self.found())));
         }
-        let v = r[..n].parse::<u64>().map_err(|_| self.err(format!("{what} '{}' is too large", &r[..n])))?;
+        let v = r[..n]
+            .parse::<u64>()
+            .map_err(|_| self.err(format!("{what} '{}' is too large", &r[..n])))?;
         self.pos += n;
         Ok(v)
     }
@@ -249,7 +289,10 @@ impl<'a> Parser<'a> {
             }
             let f = self.func(&mut resource_refs)?;
             if m.funcs.iter().any(|g| g.name == f.name) {
-                return Err(Diagnostic::error(f.loc.clone(), format!("redefinition of function @{}", f.name)));
+                return Err(Diagnostic::error(
+                    f.loc.clone(),
+                    format!("redefinition of function @{}", f.name),
+                ));
             }
             m.funcs.push(f);
         }
@@ -294,7 +337,9 @@ impl<'a> Parser<'a> {
         }
         let mut f = Func::new(name);
         f.loc = loc;
-        let mut scope = Scope { names: BTreeMap::new() };
+        let mut scope = Scope {
+            names: BTreeMap::new(),
+        };
         self.expect("(")?;
         if !self.eat(")") {
             loop {
@@ -338,7 +383,10 @@ impl<'a> Parser<'a> {
         self.ws();
         let pos = self.pos;
         if !self.eat("%") {
-            return Err(self.err(format!("expected a value name like %x, found {}", self.found())));
+            return Err(self.err(format!(
+                "expected a value name like %x, found {}",
+                self.found()
+            )));
         }
         let n = self.name_chars();
         if n.is_empty() {
@@ -349,7 +397,11 @@ impl<'a> Parser<'a> {
 
     fn value_use(&mut self, scope: &Scope) -> PResult<Value> {
         let (name, pos) = self.value_name()?;
-        scope.names.get(&name).copied().ok_or_else(|| self.err_at(pos, format!("use of undefined value %{name}")))
+        scope
+            .names
+            .get(&name)
+            .copied()
+            .ok_or_else(|| self.err_at(pos, format!("use of undefined value %{name}")))
     }
 
     fn ret(&mut self, f: &mut Func, scope: &Scope) -> PResult<()> {
@@ -366,11 +418,17 @@ impl<'a> Parser<'a> {
                 tys.push(self.tensor_type()?);
             }
             if tys.len() != vals.len() {
-                return Err(self.err_at(pos, format!("return has {} values but {} types", vals.len(), tys.len())));
+                return Err(self.err_at(
+                    pos,
+                    format!("return has {} values but {} types", vals.len(), tys.len()),
+                ));
             }
             for (v, t) in vals.iter().zip(&tys) {
                 if f.ty(*v) != t {
-                    return Err(self.err_at(pos, format!("returned value has type {} but is annotated {t}", f.ty(*v))));
+                    return Err(self.err_at(
+                        pos,
+                        format!("returned value has type {} but is annotated {t}", f.ty(*v)),
+                    ));
                 }
             }
             f.ret = vals;
@@ -378,7 +436,12 @@ impl<'a> Parser<'a> {
         Ok(())
     }
 
-    fn op(&mut self, f: &mut Func, scope: &mut Scope, resource_refs: &mut Vec<(String, usize)>) -> PResult<()> {
+    fn op(
+        &mut self,
+        f: &mut Func,
+        scope: &mut Scope,
+        resource_refs: &mut Vec<(String, usize)>,
+    ) -> PResult<()> {
         self.ws();
         let start = self.pos;
         let mut result_names = Vec::new();
@@ -392,19 +455,30 @@ impl<'a> Parser<'a> {
         self.ws();
         let name_pos = self.pos;
         let r = self.rest();
-        let n = r.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.')).unwrap_or(r.len());
+        let n = r
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'))
+            .unwrap_or(r.len());
         let op_name = &r[..n];
         self.pos += n;
         if op_name.is_empty() {
-            return Err(self.err(format!("expected an op name like nn.add, found {}", self.found())));
+            return Err(self.err(format!(
+                "expected an op name like nn.add, found {}",
+                self.found()
+            )));
         }
         let Some(def) = self.registry.get(op_name) else {
             let dialect = op_name.split('.').next().unwrap_or("");
             let known = self.registry.op_names(dialect);
             let msg = if known.is_empty() {
-                format!("unknown op '{op_name}': no dialect '{dialect}' (known: {})", self.registry.dialects().join(", "))
+                format!(
+                    "unknown op '{op_name}': no dialect '{dialect}' (known: {})",
+                    self.registry.dialects().join(", ")
+                )
             } else {
-                format!("unknown op '{op_name}'; the {dialect} dialect has: {}", known.join(", "))
+                format!(
+                    "unknown op '{op_name}'; the {dialect} dialect has: {}",
+                    known.join(", ")
+                )
             };
             return Err(self.err_at(name_pos, msg));
         };
@@ -417,7 +491,11 @@ impl<'a> Parser<'a> {
             }
         }
         self.ws();
-        let attrs = if self.rest().starts_with('{') { self.attr_dict(resource_refs)? } else { Attrs::new() };
+        let attrs = if self.rest().starts_with('{') {
+            self.attr_dict(resource_refs)?
+        } else {
+            Attrs::new()
+        };
         self.expect(":")?;
         self.ws();
         let sig_pos = self.pos;
@@ -437,21 +515,32 @@ impl<'a> Parser<'a> {
         if in_types.len() != operands.len() {
             return Err(self.err_at(
                 sig_pos,
-                format!("'{op_name}' has {} operands but its signature lists {} types", operands.len(), in_types.len()),
+                format!(
+                    "'{op_name}' has {} operands but its signature lists {} types",
+                    operands.len(),
+                    in_types.len()
+                ),
             ));
         }
         for (i, (v, t)) in operands.iter().zip(&in_types).enumerate() {
             if f.ty(*v) != t {
                 return Err(self.err_at(
                     sig_pos,
-                    format!("operand {i} of '{op_name}' has type {} but the signature says {t}", f.ty(*v)),
+                    format!(
+                        "operand {i} of '{op_name}' has type {} but the signature says {t}",
+                        f.ty(*v)
+                    ),
                 ));
             }
         }
         if out_types.len() != result_names.len() {
             return Err(self.err_at(
                 start,
-                format!("'{op_name}' defines {} values but its signature has {} results", result_names.len(), out_types.len()),
+                format!(
+                    "'{op_name}' defines {} values but its signature has {} results",
+                    result_names.len(),
+                    out_types.len()
+                ),
             ));
         }
         let loc = self.loc_at(start);
@@ -490,7 +579,10 @@ impl<'a> Parser<'a> {
         self.ws();
         let start = self.pos;
         if !self.keyword("tensor") {
-            return Err(self.err(format!("expected a type like tensor<4xf32>, found {}", self.found())));
+            return Err(self.err(format!(
+                "expected a type like tensor<4xf32>, found {}",
+                self.found()
+            )));
         }
         if !self.rest().starts_with('<') {
             return Err(self.err("expected '<' after 'tensor'"));
@@ -518,7 +610,10 @@ impl<'a> Parser<'a> {
                 _ => break,
             };
             if !self.rest().starts_with('x') {
-                return Err(self.err(format!("expected 'x' after a dimension, found {}", self.found())));
+                return Err(self.err(format!(
+                    "expected 'x' after a dimension, found {}",
+                    self.found()
+                )));
             }
             self.pos += 1;
             dims.push(dim);
@@ -529,7 +624,8 @@ impl<'a> Parser<'a> {
         let t = TensorType { dims, elem };
         if let ElemType::Quant(q) = &t.elem {
             let shape: Vec<Option<u64>> = t.dims.iter().map(Dim::as_static).collect();
-            q.validate_for_shape(&shape).map_err(|e| self.err_at(elem_pos, format!("invalid type {t}: {e}")))?;
+            q.validate_for_shape(&shape)
+                .map_err(|e| self.err_at(elem_pos, format!("invalid type {t}: {e}")))?;
         }
         let _ = start;
         Ok(t)
@@ -543,7 +639,8 @@ impl<'a> Parser<'a> {
             return match name {
                 "fmt" => {
                     let q = self.quant_params()?;
-                    q.validate().map_err(|e| self.err_at(start, format!("invalid quantized type: {e}")))?;
+                    q.validate()
+                        .map_err(|e| self.err_at(start, format!("invalid quantized type: {e}")))?;
                     Ok(ElemType::Quant(Arc::new(q)))
                 }
                 "raw" => {
@@ -558,7 +655,11 @@ impl<'a> Parser<'a> {
                         start,
                         format!(
                             "unknown format '!quant.{name}'; named formats: {}",
-                            named_formats().iter().map(|f| f.name).collect::<Vec<_>>().join(", ")
+                            named_formats()
+                                .iter()
+                                .map(|f| f.name)
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         ),
                     )),
                 },
@@ -574,7 +675,10 @@ impl<'a> Parser<'a> {
         }
         let kw = self.ident();
         if kw.is_empty() {
-            return Err(self.err(format!("expected an element type like f32, found {}", self.found())));
+            return Err(self.err(format!(
+                "expected an element type like f32, found {}",
+                self.found()
+            )));
         }
         ElemType::from_keyword(kw).ok_or_else(|| {
             self.err_at(start, format!("unknown element type '{kw}' (expected f16, bf16, f32, f64, iN, uiN, f8E4M3FN, ... or !quant.NAME)"))
@@ -608,10 +712,19 @@ impl<'a> Parser<'a> {
                     "policy" => {
                         let p_pos = self.pos;
                         let p = self.expect_ident("an inf/nan policy")?;
-                        m.policy = InfNan::from_name(p)
-                            .ok_or_else(|| self.err_at(p_pos, format!("unknown policy '{p}' (expected ieee, fn, fnuz, none)")))?;
+                        m.policy = InfNan::from_name(p).ok_or_else(|| {
+                            self.err_at(
+                                p_pos,
+                                format!("unknown policy '{p}' (expected ieee, fn, fnuz, none)"),
+                            )
+                        })?;
                     }
-                    _ => return Err(self.err_at(key_pos, format!("unknown minifloat parameter '{key}' (expected bias, policy)"))),
+                    _ => {
+                        return Err(self.err_at(
+                            key_pos,
+                            format!("unknown minifloat parameter '{key}' (expected bias, policy)"),
+                        ))
+                    }
                 }
                 if self.eat(">") {
                     break;
@@ -624,10 +737,20 @@ impl<'a> Parser<'a> {
         Ok(enc)
     }
 
-    fn keyword_value<T>(&mut self, what: &str, from: fn(&str) -> Option<T>, all: &[&str]) -> PResult<T> {
+    fn keyword_value<T>(
+        &mut self,
+        what: &str,
+        from: fn(&str) -> Option<T>,
+        all: &[&str],
+    ) -> PResult<T> {
         let pos = self.pos;
         let w = self.expect_ident(what)?;
-        from(w).ok_or_else(|| self.err_at(pos, format!("unknown {what} '{w}' (expected {})", all.join(", "))))
+        from(w).ok_or_else(|| {
+            self.err_at(
+                pos,
+                format!("unknown {what} '{w}' (expected {})", all.join(", ")),
+            )
+        })
     }
 
     /// `<ELEM, SCHEME, key = value, ...>` of `!quant.fmt`.
@@ -677,7 +800,8 @@ impl<'a> Parser<'a> {
     fn scheme(&mut self) -> PResult<Scheme> {
         self.ws();
         let pos = self.pos;
-        let name = self.expect_ident("a scheme (per_tensor, per_channel<A>, group<G>, block<RxC>)")?;
+        let name =
+            self.expect_ident("a scheme (per_tensor, per_channel<A>, group<G>, block<RxC>)")?;
         match name {
             "per_tensor" => Ok(Scheme::PerTensor),
             "per_channel" => {
@@ -693,7 +817,9 @@ impl<'a> Parser<'a> {
                 if self.eat(",") {
                     let k = self.expect_ident("'axis'")?;
                     if k != "axis" {
-                        return Err(self.err(format!("unknown group parameter '{k}' (expected axis)")));
+                        return Err(
+                            self.err(format!("unknown group parameter '{k}' (expected axis)"))
+                        );
                     }
                     self.expect("=")?;
                     axis = self.signed_i32("an axis")?;
@@ -712,7 +838,10 @@ impl<'a> Parser<'a> {
                 self.expect(">")?;
                 Ok(Scheme::Block { rows, cols })
             }
-            _ => Err(self.err_at(pos, format!("unknown scheme '{name}' (expected per_tensor, per_channel, group, block)"))),
+            _ => Err(self.err_at(
+                pos,
+                format!("unknown scheme '{name}' (expected per_tensor, per_channel, group, block)"),
+            )),
         }
     }
 
@@ -728,13 +857,22 @@ impl<'a> Parser<'a> {
             self.ws();
             let pos = self.pos;
             let r = self.rest();
-            let n = r.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.')).unwrap_or(r.len());
+            let n = r
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'))
+                .unwrap_or(r.len());
             if n == 0 || r.starts_with(|c: char| c.is_ascii_digit() || c == '.') {
-                return Err(self.err(format!("expected an attribute name, found {}", self.found())));
+                return Err(self.err(format!(
+                    "expected an attribute name, found {}",
+                    self.found()
+                )));
             }
             let name = r[..n].to_string();
             self.pos += n;
-            let value = if self.eat("=") { self.attribute(resource_refs)? } else { Attribute::Unit };
+            let value = if self.eat("=") {
+                self.attribute(resource_refs)?
+            } else {
+                Attribute::Unit
+            };
             if attrs.set(name.clone(), value).is_some() {
                 return Err(self.err_at(pos, format!("attribute '{name}' is given twice")));
             }
@@ -799,7 +937,10 @@ impl<'a> Parser<'a> {
                     Some(Num::Int(i)) => Ok(Attribute::Int(i)),
                     Some(Num::Float(f)) => Ok(Attribute::Float(F64Bits(f))),
                     Some(Num::Bool(b)) => Ok(Attribute::Bool(b)),
-                    None => Err(self.err_at(pos, format!("expected an attribute value, found {}", self.found()))),
+                    None => Err(self.err_at(
+                        pos,
+                        format!("expected an attribute value, found {}", self.found()),
+                    )),
                 }
             }
         }
@@ -820,7 +961,9 @@ impl<'a> Parser<'a> {
             } else if self.keyword("false") {
                 Num::Bool(false)
             } else {
-                self.number()?.ok_or_else(|| self.err_at(pos, format!("expected a number, found {}", self.found())))?
+                self.number()?.ok_or_else(|| {
+                    self.err_at(pos, format!("expected a number, found {}", self.found()))
+                })?
             };
             items.push((item, pos));
             if !list || self.eat("]") {
@@ -838,9 +981,24 @@ impl<'a> Parser<'a> {
             return Err(self.err_at(*pos, "a dense value mixes integers, floats and booleans"));
         }
         Ok(match first {
-            0 => DenseData::Int(items.iter().map(|(n, _)| if let Num::Int(i) = n { *i } else { 0 }).collect()),
-            1 => DenseData::Float(items.iter().map(|(n, _)| if let Num::Float(f) = n { *f } else { 0.0 }).collect()),
-            _ => DenseData::Bool(items.iter().map(|(n, _)| matches!(n, Num::Bool(true))).collect()),
+            0 => DenseData::Int(
+                items
+                    .iter()
+                    .map(|(n, _)| if let Num::Int(i) = n { *i } else { 0 })
+                    .collect(),
+            ),
+            1 => DenseData::Float(
+                items
+                    .iter()
+                    .map(|(n, _)| if let Num::Float(f) = n { *f } else { 0.0 })
+                    .collect(),
+            ),
+            _ => DenseData::Bool(
+                items
+                    .iter()
+                    .map(|(n, _)| matches!(n, Num::Bool(true)))
+                    .collect(),
+            ),
         }
         .canonical())
     }
@@ -854,7 +1012,11 @@ impl<'a> Parser<'a> {
         let body = &self.text[body_start..];
         if body.starts_with("inf") {
             self.pos = body_start + 3;
-            return Ok(Some(Num::Float(if neg { f64::NEG_INFINITY } else { f64::INFINITY })));
+            return Ok(Some(Num::Float(if neg {
+                f64::NEG_INFINITY
+            } else {
+                f64::INFINITY
+            })));
         }
         if !neg && body.starts_with("nan") {
             self.pos = body_start + 3;
@@ -862,10 +1024,13 @@ impl<'a> Parser<'a> {
                 self.pos += 3;
                 let r = self.rest();
                 let n = r.find(|c: char| !c.is_ascii_hexdigit()).unwrap_or(r.len());
-                let bits = u64::from_str_radix(&r[..n], 16).map_err(|_| self.err("expected hex NaN bits like nan(0x7FF8000000000001)"))?;
+                let bits = u64::from_str_radix(&r[..n], 16)
+                    .map_err(|_| self.err("expected hex NaN bits like nan(0x7FF8000000000001)"))?;
                 self.pos += n;
                 if !self.rest().starts_with(')') || !f64::from_bits(bits).is_nan() {
-                    return Err(self.err_at(start, "expected NaN bits like nan(0x7FF8000000000001)"));
+                    return Err(
+                        self.err_at(start, "expected NaN bits like nan(0x7FF8000000000001)")
+                    );
                 }
                 self.pos += 1;
                 return Ok(Some(Num::Float(f64::from_bits(bits))));
@@ -903,9 +1068,13 @@ impl<'a> Parser<'a> {
         let text = &self.text[start..body_start + i];
         self.pos = body_start + i;
         if is_float {
-            text.parse::<f64>().map(|f| Some(Num::Float(f))).map_err(|_| self.err_at(start, format!("invalid number '{text}'")))
+            text.parse::<f64>()
+                .map(|f| Some(Num::Float(f)))
+                .map_err(|_| self.err_at(start, format!("invalid number '{text}'")))
         } else {
-            text.parse::<i64>().map(|v| Some(Num::Int(v))).map_err(|_| self.err_at(start, format!("integer '{text}' does not fit in 64 bits")))
+            text.parse::<i64>().map(|v| Some(Num::Int(v))).map_err(|_| {
+                self.err_at(start, format!("integer '{text}' does not fit in 64 bits"))
+            })
         }
     }
 
@@ -937,11 +1106,15 @@ impl<'a> Parser<'a> {
                         Some(h) if h.is_ascii_hexdigit() => {
                             let l = chars.next().map(|(_, c)| c).filter(char::is_ascii_hexdigit);
                             let Some(l) = l else {
-                                return Err(self.err_at(self.pos + i, "expected two hex digits after '\\'"));
+                                return Err(
+                                    self.err_at(self.pos + i, "expected two hex digits after '\\'")
+                                );
                             };
                             let v = u8::from_str_radix(&format!("{h}{l}"), 16).unwrap_or(0);
                             if v >= 0x80 {
-                                return Err(self.err_at(self.pos + i, "a '\\XX' escape must be below 80"));
+                                return Err(
+                                    self.err_at(self.pos + i, "a '\\XX' escape must be below 80")
+                                );
                             }
                             out.push(v as char);
                         }
@@ -968,7 +1141,9 @@ impl<'a> Parser<'a> {
                 loop {
                     let d = self.expect_ident("a dialect name")?;
                     if d != "qc" {
-                        return Err(self.err(format!("resources of dialect '{d}' are not supported (expected qc)")));
+                        return Err(self.err(format!(
+                            "resources of dialect '{d}' are not supported (expected qc)"
+                        )));
                     }
                     self.expect(":")?;
                     self.expect("{")?;
@@ -1017,14 +1192,19 @@ impl<'a> Parser<'a> {
                 match k {
                     "offset" => offset = Some(v),
                     "length" => length = Some(v),
-                    _ => return Err(self.err(format!("unknown external parameter '{k}' (expected offset, length)"))),
+                    _ => {
+                        return Err(self.err(format!(
+                            "unknown external parameter '{k}' (expected offset, length)"
+                        )))
+                    }
                 }
             }
             self.expect(">")?;
             let (Some(offset), Some(length)) = (offset, length) else {
                 return Err(self.err_at(path_pos, "an external resource needs offset and length"));
             };
-            map_external(&self.source.base_dir, &path, offset, length).map_err(|e| self.err_at(path_pos, e))?
+            map_external(&self.source.base_dir, &path, offset, length)
+                .map_err(|e| self.err_at(path_pos, e))?
         } else {
             let spos = self.pos;
             let hex = self.string()?;
@@ -1050,21 +1230,30 @@ fn generic_minifloat(name: &str) -> Option<Minifloat> {
 
 /// Decodes MLIR's resource hex: `0x` + 4-byte little-endian alignment + data.
 fn decode_hex_blob(s: &str) -> Result<Blob, String> {
-    let hex = s.strip_prefix("0x").ok_or("a resource blob must start with 0x")?;
+    let hex = s
+        .strip_prefix("0x")
+        .ok_or("a resource blob must start with 0x")?;
     if !hex.is_ascii() {
         return Err("a resource blob must be hex digits".into());
     }
     if hex.len() % 2 != 0 || hex.len() < 8 {
-        return Err("a resource blob needs an even number of hex digits and a 4-byte alignment prefix".into());
+        return Err(
+            "a resource blob needs an even number of hex digits and a 4-byte alignment prefix"
+                .into(),
+        );
     }
     let mut bytes = Vec::with_capacity(hex.len() / 2);
     for i in (0..hex.len()).step_by(2) {
-        let b = u8::from_str_radix(&hex[i..i + 2], 16).map_err(|_| format!("invalid hex digits '{}'", &hex[i..i + 2]))?;
+        let b = u8::from_str_radix(&hex[i..i + 2], 16)
+            .map_err(|_| format!("invalid hex digits '{}'", &hex[i..i + 2]))?;
         bytes.push(b);
     }
     let align = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
     if align == 0 || !align.is_power_of_two() {
         return Err(format!("resource alignment {align} is not a power of two"));
     }
-    Ok(Blob::Owned { data: bytes[4..].into(), align })
+    Ok(Blob::Owned {
+        data: bytes[4..].into(),
+        align,
+    })
 }

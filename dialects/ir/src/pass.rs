@@ -80,7 +80,9 @@ impl PassOptions {
     pub fn parse_or<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T, String> {
         match self.get(name) {
             None => Ok(default),
-            Some(s) => s.parse().map_err(|_| format!("option '{name}' has an invalid value '{s}'")),
+            Some(s) => s
+                .parse()
+                .map_err(|_| format!("option '{name}' has an invalid value '{s}'")),
         }
     }
 }
@@ -107,7 +109,11 @@ pub struct PassRegistry {
 impl PassRegistry {
     /// Registers a pass. Panics if the name is taken: that is a programming error, found by any test.
     pub fn register(&mut self, info: PassInfo) {
-        assert!(self.get(info.name).is_none(), "pass '{}' registered twice", info.name);
+        assert!(
+            self.get(info.name).is_none(),
+            "pass '{}' registered twice",
+            info.name
+        );
         self.passes.push(info);
     }
 
@@ -123,9 +129,16 @@ impl PassRegistry {
 
     /// Parses a pipeline string and builds its passes. Errors point into the pipeline text (`<pipeline>`,
     /// line 1, the column of the problem).
-    pub fn parse_pipeline(&self, text: &str) -> Result<Vec<(String, Box<dyn Pass>)>, Diagnostic> {
+    pub fn parse_pipeline(&self, text: &str) -> Result<Pipeline, Diagnostic> {
         let err = |col: usize, msg: String| {
-            Diagnostic::error(Location::Text { file: "<pipeline>".into(), line: 1, col: col as u32 + 1 }, msg)
+            Diagnostic::error(
+                Location::Text {
+                    file: "<pipeline>".into(),
+                    line: 1,
+                    col: col as u32 + 1,
+                },
+                msg,
+            )
         };
         let mut out = Vec::new();
         let bytes = text.as_bytes();
@@ -137,7 +150,9 @@ impl PassRegistry {
         };
         let word = |i: &mut usize| {
             let s = *i;
-            while *i < bytes.len() && (bytes[*i].is_ascii_alphanumeric() || bytes[*i] == b'-' || bytes[*i] == b'_') {
+            while *i < bytes.len()
+                && (bytes[*i].is_ascii_alphanumeric() || bytes[*i] == b'-' || bytes[*i] == b'_')
+            {
                 *i += 1;
             }
             &text[s..*i]
@@ -155,7 +170,10 @@ impl PassRegistry {
             }
             let Some(info) = self.get(name) else {
                 let known: Vec<&str> = self.passes.iter().map(|p| p.name).collect();
-                return Err(err(start, format!("unknown pass '{name}'; known passes: {}", known.join(", "))));
+                return Err(err(
+                    start,
+                    format!("unknown pass '{name}'; known passes: {}", known.join(", ")),
+                ));
             };
             let mut opts = PassOptions::default();
             skip_ws(&mut i);
@@ -170,12 +188,22 @@ impl PassRegistry {
                     let kpos = i;
                     let key = word(&mut i);
                     if key.is_empty() {
-                        return Err(err(i, format!("expected an option name in the options of '{name}'")));
+                        return Err(err(
+                            i,
+                            format!("expected an option name in the options of '{name}'"),
+                        ));
                     }
                     if !info.options.iter().any(|o| o.name == key) {
                         let known: Vec<&str> = info.options.iter().map(|o| o.name).collect();
-                        let list = if known.is_empty() { "it takes none".to_string() } else { format!("known: {}", known.join(", ")) };
-                        return Err(err(kpos, format!("unknown option '{key}' of pass '{name}'; {list}")));
+                        let list = if known.is_empty() {
+                            "it takes none".to_string()
+                        } else {
+                            format!("known: {}", known.join(", "))
+                        };
+                        return Err(err(
+                            kpos,
+                            format!("unknown option '{key}' of pass '{name}'; {list}"),
+                        ));
                     }
                     skip_ws(&mut i);
                     if i >= bytes.len() || bytes[i] != b'=' {
@@ -190,7 +218,11 @@ impl PassRegistry {
                     if vstart == i {
                         return Err(err(i, format!("expected a value for option '{key}'")));
                     }
-                    if opts.values.insert(key.to_string(), text[vstart..i].to_string()).is_some() {
+                    if opts
+                        .values
+                        .insert(key.to_string(), text[vstart..i].to_string())
+                        .is_some()
+                    {
                         return Err(err(kpos, format!("option '{key}' is given twice")));
                     }
                     skip_ws(&mut i);
@@ -201,7 +233,8 @@ impl PassRegistry {
                     }
                 }
             }
-            let pass = (info.build)(&opts).map_err(|e| err(start, format!("pass '{name}': {e}")))?;
+            let pass =
+                (info.build)(&opts).map_err(|e| err(start, format!("pass '{name}': {e}")))?;
             out.push((name.to_string(), pass));
             skip_ws(&mut i);
             if i == bytes.len() {
@@ -263,58 +296,98 @@ pub enum PipelineError {
 impl std::fmt::Display for PipelineError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            PipelineError::Pass { pass, diag } => write!(f, "{}\n(in pass '{pass}')", diag.render(None).trim_end()),
+            PipelineError::Pass { pass, diag } => {
+                write!(f, "{}\n(in pass '{pass}')", diag.render(None).trim_end())
+            }
             PipelineError::Verify { pass, diags } => {
-                write!(f, "internal error: the IR does not verify after pass '{pass}':\n{}", diags.render(None).trim_end())
+                write!(
+                    f,
+                    "internal error: the IR does not verify after pass '{pass}':\n{}",
+                    diags.render(None).trim_end()
+                )
             }
             PipelineError::Io(e) => f.write_str(e),
         }
     }
 }
 
+/// A parsed pipeline: each pass with the name it was registered under.
+pub type Pipeline = Vec<(String, Box<dyn Pass>)>;
+
 /// Runs a pipeline of passes with instrumentation.
 pub struct PassManager {
-    passes: Vec<(String, Box<dyn Pass>)>,
+    passes: Pipeline,
     /// The instrumentation in effect.
     pub instr: Instrumentation,
 }
 
 impl PassManager {
     /// A manager for already-built passes.
-    pub fn new(passes: Vec<(String, Box<dyn Pass>)>, instr: Instrumentation) -> Self {
+    pub fn new(passes: Pipeline, instr: Instrumentation) -> Self {
         PassManager { passes, instr }
     }
 
     /// Runs every pass on `m`, writing dumps, bisect decisions and the timing report to `dumps`.
-    pub fn run(&self, m: &mut Module, registry: &Registry, dumps: &mut dyn Write) -> Result<(), PipelineError> {
+    pub fn run(
+        &self,
+        m: &mut Module,
+        registry: &Registry,
+        dumps: &mut dyn Write,
+    ) -> Result<(), PipelineError> {
         let io = |e: std::io::Error| PipelineError::Io(format!("cannot write an IR dump: {e}"));
-        let popts = if self.instr.print_resources { PrintOptions::full() } else { PrintOptions::dump() };
+        let popts = if self.instr.print_resources {
+            PrintOptions::full()
+        } else {
+            PrintOptions::dump()
+        };
         let cx = PassContext { registry };
         let mut timings: Vec<(String, Duration)> = Vec::new();
         let mut verify_time = Duration::ZERO;
         let total = Instant::now();
         if let Some(dir) = &self.instr.tree_dir {
-            std::fs::create_dir_all(dir).map_err(|e| PipelineError::Io(format!("cannot create {}: {e}", dir.display())))?;
-            write_atomic(&dir.join("00_input.qir"), print_module(m, popts).as_bytes()).map_err(PipelineError::Io)?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| PipelineError::Io(format!("cannot create {}: {e}", dir.display())))?;
+            write_atomic(&dir.join("00_input.qir"), print_module(m, popts).as_bytes())
+                .map_err(PipelineError::Io)?;
         }
         for (n, (name, pass)) in self.passes.iter().enumerate() {
             if let Some(limit) = self.instr.bisect_limit {
                 let run = n < limit;
-                writeln!(dumps, "BISECT: {}running pass ({}) {name}", if run { "" } else { "NOT " }, n + 1).map_err(io)?;
+                writeln!(
+                    dumps,
+                    "BISECT: {}running pass ({}) {name}",
+                    if run { "" } else { "NOT " },
+                    n + 1
+                )
+                .map_err(io)?;
                 if !run {
                     continue;
                 }
             }
             if self.instr.print_before.contains(name) {
-                write!(dumps, "// -----// IR Dump Before {name} //----- //\n{}\n", print_module(m, popts)).map_err(io)?;
+                write!(
+                    dumps,
+                    "// -----// IR Dump Before {name} //----- //\n{}\n",
+                    print_module(m, popts)
+                )
+                .map_err(io)?;
             }
-            let before = self.instr.print_after_change.then(|| print_module(m, PrintOptions::full()));
+            let before = self
+                .instr
+                .print_after_change
+                .then(|| print_module(m, PrintOptions::full()));
             let t = Instant::now();
-            let changed = pass.run(m, &cx).map_err(|diag| PipelineError::Pass { pass: name.clone(), diag })?;
+            let changed = pass.run(m, &cx).map_err(|diag| PipelineError::Pass {
+                pass: name.clone(),
+                diag,
+            })?;
             timings.push((name.clone(), t.elapsed()));
             if !self.instr.no_verify_each {
                 let t = Instant::now();
-                verify_module(m).map_err(|diags| PipelineError::Verify { pass: name.clone(), diags })?;
+                verify_module(m).map_err(|diags| PipelineError::Verify {
+                    pass: name.clone(),
+                    diags,
+                })?;
                 verify_time += t.elapsed();
             }
             let really_changed = match before {
@@ -325,15 +398,23 @@ impl PassManager {
                 || self.instr.print_after.contains(name)
                 || (self.instr.print_after_change && really_changed)
             {
-                write!(dumps, "// -----// IR Dump After {name} //----- //\n{}\n", print_module(m, popts)).map_err(io)?;
+                write!(
+                    dumps,
+                    "// -----// IR Dump After {name} //----- //\n{}\n",
+                    print_module(m, popts)
+                )
+                .map_err(io)?;
             }
             if let Some(dir) = &self.instr.tree_dir {
                 let file = dir.join(format!("{:02}_{name}.qir", n + 1));
-                write_atomic(&file, print_module(m, popts).as_bytes()).map_err(PipelineError::Io)?;
+                write_atomic(&file, print_module(m, popts).as_bytes())
+                    .map_err(PipelineError::Io)?;
             }
         }
         if self.instr.time_passes {
-            dumps.write_all(timing_report(&timings, verify_time, total.elapsed()).as_bytes()).map_err(io)?;
+            dumps
+                .write_all(timing_report(&timings, verify_time, total.elapsed()).as_bytes())
+                .map_err(io)?;
         }
         Ok(())
     }
@@ -343,9 +424,18 @@ fn timing_report(timings: &[(String, Duration)], verify: Duration, total: Durati
     let rule = "===-------------------------------------------------------------------------===";
     let mut s = format!("{rule}\n                         ... Execution time report ...\n{rule}\n");
     let tot = total.as_secs_f64().max(1e-12);
-    let _ = writeln!(s, "  Total Execution Time: {:.4} seconds\n\n  ----Wall Time----  ----Name----", tot);
+    let _ = writeln!(
+        s,
+        "  Total Execution Time: {:.4} seconds\n\n  ----Wall Time----  ----Name----",
+        tot
+    );
     let line = |s: &mut String, d: Duration, name: &str| {
-        let _ = writeln!(s, "  {:>8.4} ({:>5.1}%)  {name}", d.as_secs_f64(), 100.0 * d.as_secs_f64() / tot);
+        let _ = writeln!(
+            s,
+            "  {:>8.4} ({:>5.1}%)  {name}",
+            d.as_secs_f64(),
+            100.0 * d.as_secs_f64() / tot
+        );
     };
     for (name, d) in timings {
         line(&mut s, *d, name);

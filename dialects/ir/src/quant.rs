@@ -42,7 +42,9 @@ impl InfNan {
 
     /// Parses a spelling produced by [`InfNan::name`].
     pub fn from_name(s: &str) -> Option<Self> {
-        [InfNan::Ieee, InfNan::Fn, InfNan::Fnuz, InfNan::None].into_iter().find(|p| p.name() == s)
+        [InfNan::Ieee, InfNan::Fn, InfNan::Fnuz, InfNan::None]
+            .into_iter()
+            .find(|p| p.name() == s)
     }
 }
 
@@ -62,7 +64,12 @@ pub struct Minifloat {
 impl Minifloat {
     /// A format with the IEEE-style default bias `2^(exp_bits-1) - 1`.
     pub const fn ieee(exp_bits: u8, man_bits: u8) -> Self {
-        Minifloat { exp_bits, man_bits, bias: (1 << (exp_bits - 1)) - 1, policy: InfNan::Ieee }
+        Minifloat {
+            exp_bits,
+            man_bits,
+            bias: (1 << (exp_bits - 1)) - 1,
+            policy: InfNan::Ieee,
+        }
     }
 
     /// Total bits including the sign.
@@ -102,13 +109,69 @@ fn pow2(e: i32) -> f64 {
 /// Named minifloats: the spellings accepted as bare element names. A bare `eXmY` that is not listed here
 /// means `Minifloat::ieee(X, Y)`.
 const NAMED_FLOATS: &[(&str, Minifloat)] = &[
-    ("e2m1", Minifloat { exp_bits: 2, man_bits: 1, bias: 1, policy: InfNan::None }),
-    ("e2m3", Minifloat { exp_bits: 2, man_bits: 3, bias: 1, policy: InfNan::None }),
-    ("e3m2", Minifloat { exp_bits: 3, man_bits: 2, bias: 3, policy: InfNan::None }),
-    ("e4m3fn", Minifloat { exp_bits: 4, man_bits: 3, bias: 7, policy: InfNan::Fn }),
-    ("e4m3fnuz", Minifloat { exp_bits: 4, man_bits: 3, bias: 8, policy: InfNan::Fnuz }),
-    ("e5m2", Minifloat { exp_bits: 5, man_bits: 2, bias: 15, policy: InfNan::Ieee }),
-    ("e5m2fnuz", Minifloat { exp_bits: 5, man_bits: 2, bias: 16, policy: InfNan::Fnuz }),
+    (
+        "e2m1",
+        Minifloat {
+            exp_bits: 2,
+            man_bits: 1,
+            bias: 1,
+            policy: InfNan::None,
+        },
+    ),
+    (
+        "e2m3",
+        Minifloat {
+            exp_bits: 2,
+            man_bits: 3,
+            bias: 1,
+            policy: InfNan::None,
+        },
+    ),
+    (
+        "e3m2",
+        Minifloat {
+            exp_bits: 3,
+            man_bits: 2,
+            bias: 3,
+            policy: InfNan::None,
+        },
+    ),
+    (
+        "e4m3fn",
+        Minifloat {
+            exp_bits: 4,
+            man_bits: 3,
+            bias: 7,
+            policy: InfNan::Fn,
+        },
+    ),
+    (
+        "e4m3fnuz",
+        Minifloat {
+            exp_bits: 4,
+            man_bits: 3,
+            bias: 8,
+            policy: InfNan::Fnuz,
+        },
+    ),
+    (
+        "e5m2",
+        Minifloat {
+            exp_bits: 5,
+            man_bits: 2,
+            bias: 15,
+            policy: InfNan::Ieee,
+        },
+    ),
+    (
+        "e5m2fnuz",
+        Minifloat {
+            exp_bits: 5,
+            man_bits: 2,
+            bias: 16,
+            policy: InfNan::Fnuz,
+        },
+    ),
 ];
 
 /// How one element (or one scale) is encoded in bits.
@@ -143,13 +206,25 @@ impl Encoding {
     /// e5m2 (FP8).
     pub const E5M2: Encoding = Encoding::Float(NAMED_FLOATS[5].1);
     /// Signed 8-bit integer.
-    pub const I8: Encoding = Encoding::Int { bits: 8, signed: true };
+    pub const I8: Encoding = Encoding::Int {
+        bits: 8,
+        signed: true,
+    };
     /// Signed 4-bit integer.
-    pub const I4: Encoding = Encoding::Int { bits: 4, signed: true };
+    pub const I4: Encoding = Encoding::Int {
+        bits: 4,
+        signed: true,
+    };
     /// Unsigned 8-bit integer.
-    pub const U8: Encoding = Encoding::Int { bits: 8, signed: false };
+    pub const U8: Encoding = Encoding::Int {
+        bits: 8,
+        signed: false,
+    };
     /// Unsigned 4-bit integer.
-    pub const U4: Encoding = Encoding::Int { bits: 4, signed: false };
+    pub const U4: Encoding = Encoding::Int {
+        bits: 4,
+        signed: false,
+    };
 
     /// Bits per element.
     pub fn bits(&self) -> u32 {
@@ -167,7 +242,10 @@ impl Encoding {
             Encoding::E8M0 => pow2(127),
             Encoding::UE4M3 => NAMED_FLOATS[3].1.max_finite(),
             Encoding::Int { bits, signed: true } => ((1i64 << (bits - 1)) - 1) as f64,
-            Encoding::Int { bits, signed: false } => ((1i64 << bits) - 1) as f64,
+            Encoding::Int {
+                bits,
+                signed: false,
+            } => ((1i64 << bits) - 1) as f64,
             Encoding::MxInt8 => 127.0 / 64.0,
         }
     }
@@ -209,7 +287,10 @@ impl Encoding {
             Encoding::E8M0 => "e8m0".into(),
             Encoding::UE4M3 => "ue4m3".into(),
             Encoding::Int { bits, signed: true } => format!("i{bits}"),
-            Encoding::Int { bits, signed: false } => format!("u{bits}"),
+            Encoding::Int {
+                bits,
+                signed: false,
+            } => format!("u{bits}"),
             Encoding::MxInt8 => "mxi8".into(),
         };
         (Encoding::from_name(&name) == Some(*self)).then_some(name)
@@ -241,7 +322,8 @@ impl Encoding {
         let (e, m) = rest.split_once('m')?;
         let (e, m): (u8, u8) = (e.parse().ok()?, m.parse().ok()?);
         let canonical = format!("e{e}m{m}");
-        (canonical == s && minifloat_widths_ok(e, m)).then(|| Encoding::Float(Minifloat::ieee(e, m)))
+        (canonical == s && minifloat_widths_ok(e, m))
+            .then(|| Encoding::Float(Minifloat::ieee(e, m)))
     }
 }
 
@@ -263,7 +345,9 @@ impl fmt::Display for Encoding {
                 m.bias,
                 m.policy.name()
             ),
-            (None, other) => unreachable!("every non-minifloat encoding has a bare name: {other:?}"),
+            (None, other) => {
+                unreachable!("every non-minifloat encoding has a bare name: {other:?}")
+            }
         }
     }
 }
@@ -488,13 +572,19 @@ impl QuantType {
     pub fn validate(&self) -> Result<(), String> {
         let elem_bits = self.elem.bits();
         if elem_bits > 8 {
-            return Err(format!("element {} has {elem_bits} bits; quantized elements have at most 8", self.elem));
+            return Err(format!(
+                "element {} has {elem_bits} bits; quantized elements have at most 8",
+                self.elem
+            ));
         }
         if let Encoding::Float(m) = self.elem {
             validate_minifloat(&m)?;
         }
         if matches!(self.elem, Encoding::E8M0 | Encoding::UE4M3) {
-            return Err(format!("{} is a scale encoding, not an element encoding", self.elem));
+            return Err(format!(
+                "{} is a scale encoding, not an element encoding",
+                self.elem
+            ));
         }
         match self.scheme {
             Scheme::Group { size: 0, .. } => return Err("group size must be at least 1".into()),
@@ -511,17 +601,28 @@ impl QuantType {
             ));
         }
         if !pow2_rule && self.scale == ScaleType::E8M0 {
-            return Err("scale rule amax cannot be held by an e8m0 scale: use floor, ceil, rceil or even".into());
+            return Err(
+                "scale rule amax cannot be held by an e8m0 scale: use floor, ceil, rceil or even"
+                    .into(),
+            );
         }
         if let Some(zp) = self.zero_point {
             if !matches!(self.elem, Encoding::Int { .. }) {
-                return Err(format!("a zero point needs an integer element, not {}", self.elem));
+                return Err(format!(
+                    "a zero point needs an integer element, not {}",
+                    self.elem
+                ));
             }
             let Encoding::Int { bits, .. } = zp else {
-                return Err(format!("a zero point must be an integer encoding, not {zp}"));
+                return Err(format!(
+                    "a zero point must be an integer encoding, not {zp}"
+                ));
             };
             if bits < elem_bits as u8 {
-                return Err(format!("zero point {zp} is narrower than the element {}", self.elem));
+                return Err(format!(
+                    "zero point {zp} is narrower than the element {}",
+                    self.elem
+                ));
             }
             if pow2_rule {
                 return Err("a zero point needs scale rule amax".into());
@@ -529,7 +630,9 @@ impl QuantType {
         }
         if self.tensor_scale != TensorScale::None {
             if self.scheme == Scheme::PerTensor {
-                return Err("a per-tensor scheme cannot also have a second-level tensor scale".into());
+                return Err(
+                    "a per-tensor scheme cannot also have a second-level tensor scale".into(),
+                );
             }
             if !matches!(self.scale, ScaleType::UE4M3 | ScaleType::E8M0) {
                 return Err(format!(
@@ -541,9 +644,19 @@ impl QuantType {
         match self.pack {
             Packing::None => {}
             Packing::LoFirst if elem_bits < 8 => {}
-            Packing::LoFirst => return Err(format!("pack = lo_first needs a sub-byte element, not {}", self.elem)),
+            Packing::LoFirst => {
+                return Err(format!(
+                    "pack = lo_first needs a sub-byte element, not {}",
+                    self.elem
+                ))
+            }
             Packing::Ggml if elem_bits == 4 => {}
-            Packing::Ggml => return Err(format!("pack = ggml needs a 4-bit element, not {}", self.elem)),
+            Packing::Ggml => {
+                return Err(format!(
+                    "pack = ggml needs a 4-bit element, not {}",
+                    self.elem
+                ))
+            }
         }
         if self.pack == Packing::Ggml {
             match self.scheme {
@@ -565,11 +678,17 @@ impl QuantType {
     pub fn validate_for_shape(&self, dims: &[Option<u64>]) -> Result<(), String> {
         let rank = dims.len() as i64;
         let resolve = |axis: i32| -> Result<usize, String> {
-            let a = if axis < 0 { axis as i64 + rank } else { axis as i64 };
+            let a = if axis < 0 {
+                axis as i64 + rank
+            } else {
+                axis as i64
+            };
             if (0..rank).contains(&a) {
                 Ok(a as usize)
             } else {
-                Err(format!("axis {axis} is out of range for a tensor of rank {rank}"))
+                Err(format!(
+                    "axis {axis} is out of range for a tensor of rank {rank}"
+                ))
             }
         };
         match self.scheme {
@@ -581,18 +700,24 @@ impl QuantType {
                 let a = resolve(axis)?;
                 if let Some(n) = dims[a] {
                     if n % size as u64 != 0 {
-                        return Err(format!("dimension {a} of size {n} is not a multiple of the group size {size}"));
+                        return Err(format!(
+                            "dimension {a} of size {n} is not a multiple of the group size {size}"
+                        ));
                     }
                 }
             }
             Scheme::Block { rows, cols } => {
                 if rank < 2 {
-                    return Err(format!("a 2-D block scheme needs a tensor of rank 2 or more, not {rank}"));
+                    return Err(format!(
+                        "a 2-D block scheme needs a tensor of rank 2 or more, not {rank}"
+                    ));
                 }
                 for (d, b) in [(rank as usize - 2, rows), (rank as usize - 1, cols)] {
                     if let Some(n) = dims[d] {
                         if n % b as u64 != 0 {
-                            return Err(format!("dimension {d} of size {n} is not a multiple of the block's {b}"));
+                            return Err(format!(
+                                "dimension {d} of size {n} is not a multiple of the block's {b}"
+                            ));
                         }
                     }
                 }
@@ -611,12 +736,18 @@ impl QuantType {
 
     /// The name of the named format with exactly these parameters, if any.
     pub fn alias(&self) -> Option<&'static str> {
-        named_formats().iter().find(|f| &f.ty == self).map(|f| f.name)
+        named_formats()
+            .iter()
+            .find(|f| &f.ty == self)
+            .map(|f| f.name)
     }
 
     /// The full (non-alias) text of the parameters, without the `!quant.fmt<` `>` wrapper.
     pub fn params_text(&self) -> String {
-        let mut s = format!("{}, {}, scale = {}, rule = {}", self.elem, self.scheme, self.scale, self.rule);
+        let mut s = format!(
+            "{}, {}, scale = {}, rule = {}",
+            self.elem, self.scheme, self.scale, self.rule
+        );
         if self.tensor_scale != TensorScale::None {
             s += &format!(", tensor_scale = {}", self.tensor_scale);
         }
@@ -648,7 +779,10 @@ pub fn validate_minifloat(m: &Minifloat) -> Result<(), String> {
         ));
     }
     if m.bias.unsigned_abs() > 1 << 8 {
-        return Err(format!("minifloat bias {} is out of range (at most 256 in magnitude)", m.bias));
+        return Err(format!(
+            "minifloat bias {} is out of range (at most 256 in magnitude)",
+            m.bias
+        ));
     }
     if m.policy == InfNan::Ieee && m.exp_bits < 2 {
         return Err("an ieee minifloat needs at least 2 exponent bits".into());
@@ -756,9 +890,19 @@ mod tests {
 
     #[test]
     fn max_finite_matches_the_sheet() {
-        let cases = [("e2m1", 6.0), ("e2m3", 7.5), ("e3m2", 28.0), ("e4m3fn", 448.0), ("e5m2", 57344.0)];
+        let cases = [
+            ("e2m1", 6.0),
+            ("e2m3", 7.5),
+            ("e3m2", 28.0),
+            ("e4m3fn", 448.0),
+            ("e5m2", 57344.0),
+        ];
         for (name, max) in cases {
-            assert_eq!(Encoding::from_name(name).unwrap().max_finite(), max, "{name}");
+            assert_eq!(
+                Encoding::from_name(name).unwrap().max_finite(),
+                max,
+                "{name}"
+            );
         }
         assert_eq!(Encoding::from_name("e4m3fnuz").unwrap().max_finite(), 240.0);
         assert_eq!(Encoding::from_name("e4m3").unwrap().max_finite(), 240.0);
@@ -770,11 +914,19 @@ mod tests {
 
     #[test]
     fn bare_names_round_trip_and_nonbare_print_params() {
-        for name in ["e2m1", "e2m3", "e3m2", "e4m3fn", "e5m2", "e4m3", "e3m4", "e8m0", "ue4m3", "i4", "u8", "mxi8"] {
+        for name in [
+            "e2m1", "e2m3", "e3m2", "e4m3fn", "e5m2", "e4m3", "e3m4", "e8m0", "ue4m3", "i4", "u8",
+            "mxi8",
+        ] {
             let e = Encoding::from_name(name).unwrap();
             assert_eq!(e.to_string(), name);
         }
-        let odd = Encoding::Float(Minifloat { exp_bits: 2, man_bits: 1, bias: 1, policy: InfNan::Ieee });
+        let odd = Encoding::Float(Minifloat {
+            exp_bits: 2,
+            man_bits: 1,
+            bias: 1,
+            policy: InfNan::Ieee,
+        });
         assert_eq!(odd.to_string(), "e2m1<bias = 1, policy = ieee>");
         assert_eq!(Encoding::from_name("i9"), None);
         assert_eq!(Encoding::from_name("i04"), None);
@@ -785,7 +937,8 @@ mod tests {
     fn named_formats_are_valid_unique_and_print_as_their_alias() {
         let all = named_formats();
         for (i, f) in all.iter().enumerate() {
-            f.ty.validate().unwrap_or_else(|e| panic!("{}: {e}", f.name));
+            f.ty.validate()
+                .unwrap_or_else(|e| panic!("{}: {e}", f.name));
             assert_eq!(f.ty.to_string(), format!("!quant.{}", f.name));
             for g in &all[i + 1..] {
                 assert_ne!(f.ty, g.ty, "{} and {} share parameters", f.name, g.name);
@@ -812,9 +965,21 @@ mod tests {
 
     #[test]
     fn bits_per_element_counts_scales() {
-        assert_eq!(named_format("nvfp4").unwrap().ty.bits_per_element(), Some(4.5));
-        assert_eq!(named_format("mxfp4").unwrap().ty.bits_per_element(), Some(4.25));
-        assert_eq!(named_format("int4_g128").unwrap().ty.bits_per_element(), Some(4.25));
-        assert_eq!(named_format("fp8_e4m3").unwrap().ty.bits_per_element(), None);
+        assert_eq!(
+            named_format("nvfp4").unwrap().ty.bits_per_element(),
+            Some(4.5)
+        );
+        assert_eq!(
+            named_format("mxfp4").unwrap().ty.bits_per_element(),
+            Some(4.25)
+        );
+        assert_eq!(
+            named_format("int4_g128").unwrap().ty.bits_per_element(),
+            Some(4.25)
+        );
+        assert_eq!(
+            named_format("fp8_e4m3").unwrap().ty.bits_per_element(),
+            None
+        );
     }
 }

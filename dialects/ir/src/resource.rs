@@ -55,7 +55,12 @@ impl Blob {
     pub fn bytes(&self) -> Option<&[u8]> {
         match self {
             Blob::Owned { data, .. } => Some(data),
-            Blob::Mapped { map, offset, length, .. } => Some(&map[*offset as usize..(*offset + *length) as usize]),
+            Blob::Mapped {
+                map,
+                offset,
+                length,
+                ..
+            } => Some(&map[*offset as usize..(*offset + *length) as usize]),
             Blob::Elided => None,
         }
     }
@@ -65,10 +70,22 @@ impl Blob {
 impl PartialEq for Blob {
     fn eq(&self, other: &Self) -> bool {
         match (self, other) {
-            (Blob::Owned { data: a, align: x }, Blob::Owned { data: b, align: y }) => a == b && x == y,
+            (Blob::Owned { data: a, align: x }, Blob::Owned { data: b, align: y }) => {
+                a == b && x == y
+            }
             (
-                Blob::Mapped { path: p, offset: o, length: l, .. },
-                Blob::Mapped { path: q, offset: r, length: m, .. },
+                Blob::Mapped {
+                    path: p,
+                    offset: o,
+                    length: l,
+                    ..
+                },
+                Blob::Mapped {
+                    path: q,
+                    offset: r,
+                    length: m,
+                    ..
+                },
             ) => p == q && o == r && l == m,
             (Blob::Elided, Blob::Elided) => true,
             _ => false,
@@ -112,7 +129,12 @@ impl Resources {
 /// Maps `length` bytes at `offset` of `rel_path`, resolved against `base_dir`. The path must be relative,
 /// without `..`, and name a regular file (not a symlink) inside `base_dir`; the range must lie inside the
 /// file. The error is one sentence.
-pub fn map_external(base_dir: &Path, rel_path: &str, offset: u64, length: u64) -> Result<Blob, String> {
+pub fn map_external(
+    base_dir: &Path,
+    rel_path: &str,
+    offset: u64,
+    length: u64,
+) -> Result<Blob, String> {
     let rel = Path::new(rel_path);
     if rel_path.is_empty() || rel.components().any(|c| !matches!(c, Component::Normal(_))) {
         return Err(format!(
@@ -120,9 +142,12 @@ pub fn map_external(base_dir: &Path, rel_path: &str, offset: u64, length: u64) -
         ));
     }
     let full = base_dir.join(rel);
-    let meta = std::fs::symlink_metadata(&full).map_err(|e| format!("cannot open \"{rel_path}\": {e}"))?;
+    let meta =
+        std::fs::symlink_metadata(&full).map_err(|e| format!("cannot open \"{rel_path}\": {e}"))?;
     if !meta.file_type().is_file() {
-        return Err(format!("external resource \"{rel_path}\" is not a regular file"));
+        return Err(format!(
+            "external resource \"{rel_path}\" is not a regular file"
+        ));
     }
     let end = offset.checked_add(length).filter(|&e| e <= meta.len());
     if end.is_none() {
@@ -135,5 +160,10 @@ pub fn map_external(base_dir: &Path, rel_path: &str, offset: u64, length: u64) -
     // SAFETY: the mapping is read-only; qc never writes to files it has mapped. A file truncated by
     // another process while mapped is outside qc's contract, as for any mmap-based reader.
     let map = unsafe { Mmap::map(&file) }.map_err(|e| format!("cannot map \"{rel_path}\": {e}"))?;
-    Ok(Blob::Mapped { map: Arc::new(map), path: rel_path.to_string(), offset, length })
+    Ok(Blob::Mapped {
+        map: Arc::new(map),
+        path: rel_path.to_string(),
+        offset,
+        length,
+    })
 }

@@ -101,7 +101,10 @@ impl ElemType {
 
     /// True for f16, bf16, f32, f64.
     pub fn is_float(&self) -> bool {
-        matches!(self, ElemType::F16 | ElemType::BF16 | ElemType::F32 | ElemType::F64)
+        matches!(
+            self,
+            ElemType::F16 | ElemType::BF16 | ElemType::F32 | ElemType::F64
+        )
     }
 
     /// The quantized format, if this is a quantized element.
@@ -134,11 +137,20 @@ impl fmt::Display for ElemType {
             ElemType::BF16 => f.write_str("bf16"),
             ElemType::F32 => f.write_str("f32"),
             ElemType::F64 => f.write_str("f64"),
-            ElemType::Int { bits, unsigned: false } => write!(f, "i{bits}"),
-            ElemType::Int { bits, unsigned: true } => write!(f, "ui{bits}"),
+            ElemType::Int {
+                bits,
+                unsigned: false,
+            } => write!(f, "i{bits}"),
+            ElemType::Int {
+                bits,
+                unsigned: true,
+            } => write!(f, "ui{bits}"),
             ElemType::Raw(enc) => {
                 let name = enc.bare_name();
-                match MLIR_FLOAT_NAMES.iter().find(|(_, e)| Some(e.to_string()) == name) {
+                match MLIR_FLOAT_NAMES
+                    .iter()
+                    .find(|(_, e)| Some(e.to_string()) == name)
+                {
                     Some((mlir, _)) => f.write_str(mlir),
                     None => write!(f, "!quant.raw<{enc}>"),
                 }
@@ -160,7 +172,10 @@ pub struct TensorType {
 impl TensorType {
     /// A tensor type with static dimensions.
     pub fn new(dims: &[u64], elem: ElemType) -> Self {
-        TensorType { dims: dims.iter().map(|&d| Dim::Static(d)).collect(), elem }
+        TensorType {
+            dims: dims.iter().map(|&d| Dim::Static(d)).collect(),
+            elem,
+        }
     }
 
     /// The number of dimensions.
@@ -175,12 +190,17 @@ impl TensorType {
 
     /// The element count, if every dimension is static (None on overflow too).
     pub fn num_elements(&self) -> Option<u64> {
-        self.dims.iter().try_fold(1u64, |acc, d| acc.checked_mul(d.as_static()?))
+        self.dims
+            .iter()
+            .try_fold(1u64, |acc, d| acc.checked_mul(d.as_static()?))
     }
 
     /// The same dimensions with another element type.
     pub fn with_elem(&self, elem: ElemType) -> Self {
-        TensorType { dims: self.dims.clone(), elem }
+        TensorType {
+            dims: self.dims.clone(),
+            elem,
+        }
     }
 }
 

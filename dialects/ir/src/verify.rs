@@ -18,7 +18,10 @@ pub fn verify_module(m: &Module) -> Result<(), Diagnostics> {
     let mut errs = Vec::new();
     for (i, f) in m.funcs.iter().enumerate() {
         if m.funcs[..i].iter().any(|g| g.name == f.name) {
-            errs.push(Diagnostic::error(f.loc.clone(), format!("redefinition of function @{}", f.name)));
+            errs.push(Diagnostic::error(
+                f.loc.clone(),
+                format!("redefinition of function @{}", f.name),
+            ));
         }
         verify_func(m, f, &mut errs);
     }
@@ -33,7 +36,8 @@ fn check_type(t: &TensorType) -> Result<(), String> {
     if let Some(q) = t.elem.as_quant() {
         q.validate().map_err(|e| format!("invalid type {t}: {e}"))?;
         let shape: Vec<Option<u64>> = t.dims.iter().map(Dim::as_static).collect();
-        q.validate_for_shape(&shape).map_err(|e| format!("invalid type {t}: {e}"))?;
+        q.validate_for_shape(&shape)
+            .map_err(|e| format!("invalid type {t}: {e}"))?;
     }
     Ok(())
 }
@@ -58,17 +62,32 @@ fn verify_func(m: &Module, f: &Func, errs: &mut Vec<Diagnostic>) {
         }
         let d = op.def;
         if !d.operands.accepts(op.operands.len()) {
-            op_errs.push(format!("'{}' takes {} operands, not {}", d.name, d.operands, op.operands.len()));
+            op_errs.push(format!(
+                "'{}' takes {} operands, not {}",
+                d.name,
+                d.operands,
+                op.operands.len()
+            ));
         }
         if !d.results.accepts(op.results.len()) {
-            op_errs.push(format!("'{}' has {} results, not {}", d.name, d.results, op.results.len()));
+            op_errs.push(format!(
+                "'{}' has {} results, not {}",
+                d.name,
+                d.results,
+                op.results.len()
+            ));
         }
         for spec in d.attrs {
             match op.attrs.get(spec.name) {
-                None if spec.required => op_errs.push(format!("'{}' needs attribute '{}'", d.name, spec.name)),
-                Some(a) if !spec.kind.accepts(a) => {
-                    op_errs.push(format!("attribute '{}' of '{}' must be {}", spec.name, d.name, spec.kind.describe()))
+                None if spec.required => {
+                    op_errs.push(format!("'{}' needs attribute '{}'", d.name, spec.name))
                 }
+                Some(a) if !spec.kind.accepts(a) => op_errs.push(format!(
+                    "attribute '{}' of '{}' must be {}",
+                    spec.name,
+                    d.name,
+                    spec.kind.describe()
+                )),
                 _ => {}
             }
         }
@@ -78,7 +97,11 @@ fn verify_func(m: &Module, f: &Func, errs: &mut Vec<Diagnostic>) {
                 op_errs.push(format!(
                     "'{}' has no attribute '{name}' (it accepts: {})",
                     d.name,
-                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
                 ));
             }
             if let Attribute::DenseResource(r) = value {
@@ -109,25 +132,48 @@ fn verify_func(m: &Module, f: &Func, errs: &mut Vec<Diagnostic>) {
         }
     }
     if f.ret.len() != f.result_types.len() {
-        push(&f.ret_loc, format!("@{} returns {} values but declares {} results", f.name, f.ret.len(), f.result_types.len()));
+        push(
+            &f.ret_loc,
+            format!(
+                "@{} returns {} values but declares {} results",
+                f.name,
+                f.ret.len(),
+                f.result_types.len()
+            ),
+        );
     }
     for (i, (v, t)) in f.ret.iter().zip(&f.result_types).enumerate() {
         if !defined.get(v.0 as usize).copied().unwrap_or(false) {
             push(&f.ret_loc, format!("returned value {i} is not defined"));
         } else if f.ty(*v) != t {
-            push(&f.ret_loc, format!("returned value {i} has type {} but @{} declares {t}", f.ty(*v), f.name));
+            push(
+                &f.ret_loc,
+                format!(
+                    "returned value {i} has type {} but @{} declares {t}",
+                    f.ty(*v),
+                    f.name
+                ),
+            );
         }
     }
 }
 
-fn check_resource(m: &Module, f: &Func, op: &crate::module::Op, name: &str, errs: &mut Vec<String>) {
+fn check_resource(
+    m: &Module,
+    f: &Func,
+    op: &crate::module::Op,
+    name: &str,
+    errs: &mut Vec<String>,
+) {
     match m.resources.get(name) {
         None => errs.push(format!("resource '{name}' is not defined in the module")),
         Some(Blob::Elided) => {}
         Some(blob) => {
             let Some(&r) = op.results.first() else { return };
             let ty = f.ty(r);
-            if let (Some(elem), Some(n), Some(bytes)) = (ty.elem.byte_size(), ty.num_elements(), blob.bytes()) {
+            if let (Some(elem), Some(n), Some(bytes)) =
+                (ty.elem.byte_size(), ty.num_elements(), blob.bytes())
+            {
                 let want = n.saturating_mul(elem as u64);
                 if bytes.len() as u64 != want {
                     errs.push(format!(

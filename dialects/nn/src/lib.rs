@@ -64,14 +64,20 @@ fn expect_result(cx: &OpCtx, expected: &TensorType) -> Result<(), String> {
     if shape::type_matches(expected, got) {
         Ok(())
     } else {
-        Err(format!("result type {got} does not match the inferred {expected}"))
+        Err(format!(
+            "result type {got} does not match the inferred {expected}"
+        ))
     }
 }
 
 fn numeric(t: &TensorType) -> Result<(), String> {
     match &t.elem {
-        ElemType::F16 | ElemType::BF16 | ElemType::F32 | ElemType::F64 | ElemType::Int { .. } => Ok(()),
-        e => Err(format!("expected a float or integer tensor, not one of {e}")),
+        ElemType::F16 | ElemType::BF16 | ElemType::F32 | ElemType::F64 | ElemType::Int { .. } => {
+            Ok(())
+        }
+        e => Err(format!(
+            "expected a float or integer tensor, not one of {e}"
+        )),
     }
 }
 
@@ -79,10 +85,19 @@ fn verify_binary(cx: &OpCtx) -> Result<(), String> {
     let (a, b) = (cx.operand_ty(0), cx.operand_ty(1));
     numeric(a)?;
     if a.elem != b.elem {
-        return Err(format!("operand element types differ: {} and {}", a.elem, b.elem));
+        return Err(format!(
+            "operand element types differ: {} and {}",
+            a.elem, b.elem
+        ));
     }
     let dims = shape::broadcast(&a.dims, &b.dims)?;
-    expect_result(cx, &TensorType { dims, elem: a.elem.clone() })
+    expect_result(
+        cx,
+        &TensorType {
+            dims,
+            elem: a.elem.clone(),
+        },
+    )
 }
 
 fn verify_unary(cx: &OpCtx) -> Result<(), String> {
@@ -106,23 +121,44 @@ fn verify_matmul(cx: &OpCtx) -> Result<(), String> {
     let (a, b) = (cx.operand_ty(0), cx.operand_ty(1));
     numeric(a)?;
     if a.elem != b.elem {
-        return Err(format!("operand element types differ: {} and {}", a.elem, b.elem));
+        return Err(format!(
+            "operand element types differ: {} and {}",
+            a.elem, b.elem
+        ));
     }
     let dims = shape::matmul(&a.dims, &b.dims, false)?;
-    expect_result(cx, &TensorType { dims, elem: a.elem.clone() })
+    expect_result(
+        cx,
+        &TensorType {
+            dims,
+            elem: a.elem.clone(),
+        },
+    )
 }
 
 fn verify_reshape(cx: &OpCtx) -> Result<(), String> {
     let shape = cx.int_array("shape").unwrap_or_default();
     let dims = shape::reshape(cx.operand_ty(0), &shape)?;
-    expect_result(cx, &TensorType { dims, elem: cx.operand_ty(0).elem.clone() })
+    expect_result(
+        cx,
+        &TensorType {
+            dims,
+            elem: cx.operand_ty(0).elem.clone(),
+        },
+    )
 }
 
 fn verify_transpose(cx: &OpCtx) -> Result<(), String> {
     let perm = cx.int_array("perm").unwrap_or_default();
     let t = cx.operand_ty(0);
     let dims = shape::transpose(&t.dims, &perm)?;
-    expect_result(cx, &TensorType { dims, elem: t.elem.clone() })
+    expect_result(
+        cx,
+        &TensorType {
+            dims,
+            elem: t.elem.clone(),
+        },
+    )
 }
 
 fn verify_cast(cx: &OpCtx) -> Result<(), String> {
@@ -134,14 +170,31 @@ fn verify_cast(cx: &OpCtx) -> Result<(), String> {
 
 fn verify_shape(cx: &OpCtx) -> Result<(), String> {
     let rank = cx.operand_ty(0).rank() as u64;
-    expect_result(cx, &TensorType::new(&[rank], ElemType::Int { bits: 64, unsigned: false }))
+    expect_result(
+        cx,
+        &TensorType::new(
+            &[rank],
+            ElemType::Int {
+                bits: 64,
+                unsigned: false,
+            },
+        ),
+    )
 }
 
 fn verify_concat(cx: &OpCtx) -> Result<(), String> {
-    let types: Vec<&TensorType> = (0..cx.op.operands.len()).map(|i| cx.operand_ty(i)).collect();
+    let types: Vec<&TensorType> = (0..cx.op.operands.len())
+        .map(|i| cx.operand_ty(i))
+        .collect();
     let axis = cx.attr("axis").and_then(|a| a.as_int()).unwrap_or(0);
     let dims = shape::concat(&types, axis)?;
-    expect_result(cx, &TensorType { dims, elem: types[0].elem.clone() })
+    expect_result(
+        cx,
+        &TensorType {
+            dims,
+            elem: types[0].elem.clone(),
+        },
+    )
 }
 
 fn verify_reduce(cx: &OpCtx) -> Result<(), String> {
@@ -150,7 +203,13 @@ fn verify_reduce(cx: &OpCtx) -> Result<(), String> {
     let axes = cx.int_array("axes");
     let keep = cx.attr("keepdims").is_some();
     let dims = shape::reduce(&t.dims, axes.as_deref(), keep)?;
-    expect_result(cx, &TensorType { dims, elem: t.elem.clone() })
+    expect_result(
+        cx,
+        &TensorType {
+            dims,
+            elem: t.elem.clone(),
+        },
+    )
 }
 
 /// Normalizes a possibly negative axis against `rank`.
@@ -165,5 +224,8 @@ pub fn norm_axis(axis: i64, rank: usize) -> Result<usize, String> {
 
 /// A dimension list as text, for messages.
 pub fn dims_text(d: &[Dim]) -> String {
-    d.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x")
+    d.iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join("x")
 }

@@ -12,7 +12,11 @@ use crate::norm_axis;
 pub fn type_matches(inferred: &TensorType, declared: &TensorType) -> bool {
     inferred.elem == declared.elem
         && inferred.rank() == declared.rank()
-        && inferred.dims.iter().zip(&declared.dims).all(|(i, d)| *i == Dim::Dynamic || i == d)
+        && inferred
+            .dims
+            .iter()
+            .zip(&declared.dims)
+            .all(|(i, d)| *i == Dim::Dynamic || i == d)
 }
 
 /// NumPy broadcasting of two dimension lists.
@@ -21,14 +25,24 @@ pub fn broadcast(a: &[Dim], b: &[Dim]) -> Result<Vec<Dim>, String> {
     let one = Dim::Static(1);
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
-        let x = if i + a.len() >= n { &a[i + a.len() - n] } else { &one };
-        let y = if i + b.len() >= n { &b[i + b.len() - n] } else { &one };
+        let x = if i + a.len() >= n {
+            &a[i + a.len() - n]
+        } else {
+            &one
+        };
+        let y = if i + b.len() >= n {
+            &b[i + b.len() - n]
+        } else {
+            &one
+        };
         out.push(match (x, y) {
             _ if x == y => x.clone(),
             (Dim::Static(1), _) => y.clone(),
             (_, Dim::Static(1)) => x.clone(),
             (Dim::Static(p), Dim::Static(q)) => {
-                return Err(format!("dimensions {p} and {q} cannot be broadcast together"));
+                return Err(format!(
+                    "dimensions {p} and {q} cannot be broadcast together"
+                ));
             }
             (Dim::Static(_), _) => x.clone(),
             (_, Dim::Static(_)) => y.clone(),
@@ -42,10 +56,18 @@ pub fn broadcast(a: &[Dim], b: &[Dim]) -> Result<Vec<Dim>, String> {
 /// With `transpose_b` the right operand is [..., N, K].
 pub fn matmul(a: &[Dim], b: &[Dim], transpose_b: bool) -> Result<Vec<Dim>, String> {
     if a.len() < 2 || b.len() < 2 {
-        return Err(format!("matmul needs operands of rank 2 or more, not {} and {}", a.len(), b.len()));
+        return Err(format!(
+            "matmul needs operands of rank 2 or more, not {} and {}",
+            a.len(),
+            b.len()
+        ));
     }
     let (m, k1) = (&a[a.len() - 2], &a[a.len() - 1]);
-    let (k2, n) = if transpose_b { (&b[b.len() - 1], &b[b.len() - 2]) } else { (&b[b.len() - 2], &b[b.len() - 1]) };
+    let (k2, n) = if transpose_b {
+        (&b[b.len() - 1], &b[b.len() - 2])
+    } else {
+        (&b[b.len() - 2], &b[b.len() - 1])
+    };
     if let (Dim::Static(p), Dim::Static(q)) = (k1, k2) {
         if p != q {
             return Err(format!("contraction dimensions differ: {p} and {q}"));
@@ -68,7 +90,10 @@ pub fn reshape(t: &TensorType, shape: &[i64]) -> Result<Vec<Dim>, String> {
             s => return Err(format!("invalid reshape dimension {s}")),
         });
     }
-    let to = TensorType { dims: dims.clone(), elem: t.elem.clone() };
+    let to = TensorType {
+        dims: dims.clone(),
+        elem: t.elem.clone(),
+    };
     if let (Some(a), Some(b)) = (t.num_elements(), to.num_elements()) {
         if a != b {
             return Err(format!("cannot reshape {a} elements into {b}"));
@@ -81,13 +106,18 @@ pub fn reshape(t: &TensorType, shape: &[i64]) -> Result<Vec<Dim>, String> {
 pub fn transpose(dims: &[Dim], perm: &[i64]) -> Result<Vec<Dim>, String> {
     let mut seen = vec![false; dims.len()];
     if perm.len() != dims.len() {
-        return Err(format!("perm has {} entries but the operand has rank {}", perm.len(), dims.len()));
+        return Err(format!(
+            "perm has {} entries but the operand has rank {}",
+            perm.len(),
+            dims.len()
+        ));
     }
     let mut out = Vec::with_capacity(dims.len());
     for &p in perm {
-        let i = usize::try_from(p).ok().filter(|&i| i < dims.len() && !seen[i]).ok_or_else(|| {
-            format!("perm {perm:?} is not a permutation of 0..{}", dims.len())
-        })?;
+        let i = usize::try_from(p)
+            .ok()
+            .filter(|&i| i < dims.len() && !seen[i])
+            .ok_or_else(|| format!("perm {perm:?} is not a permutation of 0..{}", dims.len()))?;
         seen[i] = true;
         out.push(dims[i].clone());
     }
@@ -101,11 +131,15 @@ pub fn concat(types: &[&TensorType], axis: i64) -> Result<Vec<Dim>, String> {
     let mut total = Some(0u64);
     for t in types {
         if t.rank() != first.rank() || t.elem != first.elem {
-            return Err(format!("concat operands differ in rank or element type: {first} and {t}"));
+            return Err(format!(
+                "concat operands differ in rank or element type: {first} and {t}"
+            ));
         }
         for (i, (x, y)) in first.dims.iter().zip(&t.dims).enumerate() {
             if i != a && x != y && x.as_static().is_some() && y.as_static().is_some() {
-                return Err(format!("concat operands differ in dimension {i}: {x} and {y}"));
+                return Err(format!(
+                    "concat operands differ in dimension {i}: {x} and {y}"
+                ));
             }
         }
         total = total.zip(t.dims[a].as_static()).map(|(s, d)| s + d);
@@ -147,25 +181,48 @@ mod tests {
 
     #[test]
     fn broadcasting_follows_numpy() {
-        assert_eq!(broadcast(&dims("2x1x4"), &dims("3x1")).unwrap(), dims("2x3x4"));
+        assert_eq!(
+            broadcast(&dims("2x1x4"), &dims("3x1")).unwrap(),
+            dims("2x3x4")
+        );
         assert_eq!(broadcast(&dims("?x4"), &dims("1x4")).unwrap(), dims("?x4"));
-        assert_eq!(broadcast(&dims("[b]x4"), &dims("[b]x1")).unwrap(), dims("[b]x4"));
+        assert_eq!(
+            broadcast(&dims("[b]x4"), &dims("[b]x1")).unwrap(),
+            dims("[b]x4")
+        );
         assert_eq!(broadcast(&dims("?x4"), &dims("3x4")).unwrap(), dims("3x4"));
-        assert!(broadcast(&dims("2x4"), &dims("3x4")).unwrap_err().contains("2 and 3"));
+        assert!(broadcast(&dims("2x4"), &dims("3x4"))
+            .unwrap_err()
+            .contains("2 and 3"));
     }
 
     #[test]
     fn matmul_contracts_and_broadcasts_batches() {
-        assert_eq!(matmul(&dims("5x2x3"), &dims("3x7"), false).unwrap(), dims("5x2x7"));
-        assert_eq!(matmul(&dims("2x3"), &dims("7x3"), true).unwrap(), dims("2x7"));
+        assert_eq!(
+            matmul(&dims("5x2x3"), &dims("3x7"), false).unwrap(),
+            dims("5x2x7")
+        );
+        assert_eq!(
+            matmul(&dims("2x3"), &dims("7x3"), true).unwrap(),
+            dims("2x7")
+        );
         assert!(matmul(&dims("2x3"), &dims("4x7"), false).is_err());
     }
 
     #[test]
     fn transpose_and_reduce() {
-        assert_eq!(transpose(&dims("2x3x4"), &[2, 0, 1]).unwrap(), dims("4x2x3"));
+        assert_eq!(
+            transpose(&dims("2x3x4"), &[2, 0, 1]).unwrap(),
+            dims("4x2x3")
+        );
         assert!(transpose(&dims("2x3"), &[0, 0]).is_err());
-        assert_eq!(reduce(&dims("2x3x4"), Some(&[-1]), true).unwrap(), dims("2x3x1"));
-        assert_eq!(reduce(&dims("2x3x4"), None, false).unwrap(), Vec::<Dim>::new());
+        assert_eq!(
+            reduce(&dims("2x3x4"), Some(&[-1]), true).unwrap(),
+            dims("2x3x1")
+        );
+        assert_eq!(
+            reduce(&dims("2x3x4"), None, false).unwrap(),
+            Vec::<Dim>::new()
+        );
     }
 }

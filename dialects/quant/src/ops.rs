@@ -55,19 +55,31 @@ fn verify_dequantize(cx: &OpCtx) -> Result<(), String> {
 fn verify_qmatmul(cx: &OpCtx) -> Result<(), String> {
     let (x, w, r) = (cx.operand_ty(0), cx.operand_ty(1), cx.result_ty(0));
     if !x.elem.is_float() {
-        return Err(format!("the activation operand must be a float tensor, not {x}"));
+        return Err(format!(
+            "the activation operand must be a float tensor, not {x}"
+        ));
     }
     if w.elem.as_quant().is_none() {
-        return Err(format!("the weight operand must be a quantized tensor, not {w}"));
+        return Err(format!(
+            "the weight operand must be a quantized tensor, not {w}"
+        ));
     }
     if w.rank() != 2 {
-        return Err(format!("the weight operand must have rank 2, not {}", w.rank()));
+        return Err(format!(
+            "the weight operand must have rank 2, not {}",
+            w.rank()
+        ));
     }
     let dims = qc_nn::shape::matmul(&x.dims, &w.dims, cx.attr("transpose_b").is_some())?;
-    let expected = TensorType { dims, elem: x.elem.clone() };
+    let expected = TensorType {
+        dims,
+        elem: x.elem.clone(),
+    };
     if qc_nn::shape::type_matches(&expected, r) {
         Ok(())
     } else {
-        Err(format!("result type {r} does not match the inferred {expected}"))
+        Err(format!(
+            "result type {r} does not match the inferred {expected}"
+        ))
     }
 }
