@@ -1,13 +1,15 @@
 //! `canonicalize`: local simplifications that never change what a function computes.
 //!
 //! Contract: every rewrite is exact (bit-identical results, NaN and signed zero included). Rewrites:
-//! - identity elimination: `nn.identity x`, `nn.reshape`/`nn.cast` to the operand's own type,
-//!   `nn.transpose` by the identity permutation, `x * 1`, `x / 1`, `x - (+0)`, `x + (-0)` (and `x + 0`,
-//!   `x - 0` for integers) whose result type equals `x`'s -> `x`;
-//! - composition: `reshape(reshape(x))` -> `reshape(x)`, `transpose(transpose(x))` -> one transpose;
-//! - folding: `nn.shape` of a statically shaped tensor, and any nn op whose operands are all `dense<...>`
-//!   constants, becomes a `qc.constant` (when the result has at most [`FOLD_LIMIT`] elements), computed by
-//!   the reference interpreter.
+//! - identity elimination: `nn.identity x`; `nn.cast` to the operand's own type; `nn.reshape`,
+//!   `expand`, `squeeze`, `unsqueeze`, `flatten`, `tile`, `slice` whose result has the operand's static
+//!   type; `nn.transpose` by the identity permutation; `x * 1`, `x / 1`, `x - (+0)`, `x + (-0)` (and
+//!   `x + 0` for integers) whose result type equals `x`'s -> `x`;
+//! - composition: `reshape(reshape(x, s1), s2)` -> `reshape(x, s2)` (when s2 copies no dimension with a
+//!   0 entry), `transpose(transpose(x))` -> one transpose;
+//! - folding: `nn.shape` / `nn.size` of a statically shaped tensor, and any nn op whose operands are all
+//!   `dense<...>` constants, becomes a `qc.constant` (when the result has at most [`FOLD_LIMIT`]
+//!   elements), computed by the reference interpreter.
 //!
 //! Ops left without uses are not removed here; `dce` does that.
 
@@ -142,11 +144,22 @@ fn rewrite(f: &Func, op: &Op, ops: &[Op], producer: &BTreeMap<Value, usize>) -> 
     };
     let result_ty = f.ty(op.results[0]);
     let same_as_operand = |i: usize| f.ty(op.operands[i]) == result_ty;
-    // Identities.
+    // A shape-changing op whose result has the operand's static type is an identity. With dynamic
+    // dimensions equal types do not imply equal run-time shapes (a reshape may turn 2x3 into 3x2).
+    let static_identity = same_as_operand(0) && result_ty.static_shape().is_some();
     match nn {
         NnOp::Identity => return Rewrite::Forward(op.operands[0]),
-        NnOp::Reshape | NnOp::Cast if same_as_operand(0) => {
-            return Rewrite::Forward(op.operands[0])
+        NnOp::Cast if same_as_operand(0) => return Rewrite::Forward(op.operands[0]),
+        NnOp::Reshape
+        | NnOp::Expand
+        | NnOp::Squeeze
+        | NnOp::Unsqueeze
+        | NnOp::Flatten
+        | NnOp::Tile
+        | NnOp::Slice
+            if static_identity =>
+        {
+            return Rewrite::Forward(op.operands[0]);
         }
         NnOp::Transpose => {
             let perm = op
@@ -174,12 +187,27 @@ fn rewrite(f: &Func, op: &Op, ops: &[Op], producer: &BTreeMap<Value, usize>) -> 
             }
         }
         NnOp::Reshape => {
+            // reshape(reshape(x, s1), s2) -> reshape(x, s2) when s2 does not copy dimensions (0 entries)
+            // from the intermediate shape.
+            let copies_dims = match dense_of(op.operands[1], ops, producer) {
+                Some(d) => {
+                    (0..d.len()).any(|i| d.get_i64(i) == 0)
+                        && op
+                            .attr("allowzero")
+                            .and_then(Attribute::as_int)
+                            .unwrap_or(0)
+                            == 0
+                }
+                None => true,
+            };
             if let Some(inner) = producer_of(op.operands[0], ops, producer)
                 .filter(|o| NnOp::of(o) == Some(NnOp::Reshape))
             {
-                let mut new = op.clone();
-                new.operands = vec![inner.operands[0]];
-                return Rewrite::Replace(new);
+                if !copies_dims {
+                    let mut new = op.clone();
+                    new.operands[0] = inner.operands[0];
+                    return Rewrite::Replace(new);
+                }
             }
         }
         NnOp::Add | NnOp::Sub | NnOp::Mul | NnOp::Div if same_as_operand(0) => {
@@ -196,36 +224,37 @@ fn rewrite(f: &Func, op: &Op, ops: &[Op], producer: &BTreeMap<Value, usize>) -> 
                 }
             }
         }
-        NnOp::Add
-        | NnOp::Sub
-        | NnOp::Mul
-        | NnOp::Div
-        | NnOp::Max
-        | NnOp::Min
-        | NnOp::Neg
-        | NnOp::Relu
-        | NnOp::Exp
-        | NnOp::Sqrt
-        | NnOp::Tanh
-        | NnOp::Sigmoid
-        | NnOp::Matmul
-        | NnOp::Cast
-        | NnOp::Shape
-        | NnOp::Concat
-        | NnOp::ReduceSum => {}
+        _ => {}
     }
-    // Folding.
-    if result_ty.num_elements().is_none_or(|n| n > FOLD_LIMIT) {
+    fold(f, nn, op, ops, producer)
+}
+
+/// Replaces `op` by a constant when all its operands are `dense<...>` constants (or, for `nn.shape` and
+/// `nn.size`, when its operand's shape is static) and the result is small.
+fn fold(f: &Func, nn: NnOp, op: &Op, ops: &[Op], producer: &BTreeMap<Value, usize>) -> Rewrite {
+    if op.results.len() != 1
+        || f.ty(op.results[0])
+            .num_elements()
+            .is_none_or(|n| n > FOLD_LIMIT)
+    {
         return Rewrite::Keep;
     }
-    if nn == NnOp::Shape {
-        if let Some(shape) = f.ty(op.operands[0]).static_shape() {
-            return Rewrite::Replace(constant_op(
-                op,
-                DenseData::Int(shape.iter().map(|&d| d as i64).collect()).canonical(),
-            ));
-        }
-        return Rewrite::Keep;
+    let result_ty = f.ty(op.results[0]);
+    if matches!(nn, NnOp::Shape | NnOp::Size) {
+        let Some(shape) = f.ty(op.operands[0]).static_shape() else {
+            return Rewrite::Keep;
+        };
+        let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+        let value = if nn == NnOp::Size {
+            vec![dims.iter().product()]
+        } else {
+            let r = dims.len() as i64;
+            let clamp = |v: i64| if v < 0 { (v + r).max(0) } else { v.min(r) };
+            let start = clamp(op.attr("start").and_then(Attribute::as_int).unwrap_or(0));
+            let end = clamp(op.attr("end").and_then(Attribute::as_int).unwrap_or(r)).max(start);
+            dims[start as usize..end as usize].to_vec()
+        };
+        return Rewrite::Replace(constant_op(op, DenseData::Int(value).canonical()));
     }
     let mut inputs = Vec::with_capacity(op.operands.len());
     for &v in &op.operands {
@@ -237,9 +266,11 @@ fn rewrite(f: &Func, op: &Op, ops: &[Op], producer: &BTreeMap<Value, usize>) -> 
             Err(_) => return Rewrite::Keep,
         }
     }
-    match eval_nn(nn, &op.attrs, &inputs, result_ty) {
-        Ok(t) => Rewrite::Replace(constant_op(op, t.to_dense())),
+    match eval_nn(nn, &op.attrs, &inputs, &result_ty.elem) {
+        Ok(t) if t.len() == 1 && &t[0].ty() == result_ty => {
+            Rewrite::Replace(constant_op(op, t[0].to_dense()))
+        }
         // An op the interpreter cannot compute (e.g. integer division by zero) stays for run time.
-        Err(_) => Rewrite::Keep,
+        _ => Rewrite::Keep,
     }
 }

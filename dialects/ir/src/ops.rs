@@ -10,8 +10,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::attr::Attribute;
-use crate::module::{Func, Op};
+use crate::attr::{Attribute, DenseData};
+use crate::module::{Func, Op, Value};
 use crate::types::TensorType;
 
 /// How many operands or results an op takes.
@@ -162,6 +162,8 @@ pub struct OpCtx<'a> {
     pub func: &'a Func,
     /// The op.
     pub op: &'a Op,
+    /// The values of the function's `qc.constant`s with `dense<...>` data, by value.
+    pub constants: &'a BTreeMap<Value, &'a DenseData>,
 }
 
 impl<'a> OpCtx<'a> {
@@ -180,10 +182,27 @@ impl<'a> OpCtx<'a> {
         self.op.attrs.get(name)
     }
 
+    /// The value of operand `i` when it is a `dense<...>` constant.
+    pub fn constant(&self, i: usize) -> Option<&'a DenseData> {
+        self.constants.get(&self.op.operands[i]).copied()
+    }
+
     /// Integer-array attribute `name` (absent or malformed gives None).
     pub fn int_array(&self, name: &str) -> Option<Vec<i64>> {
         self.attr(name)?.as_int_array()
     }
+}
+
+/// The dense constants of `f`, for [`OpCtx::constants`].
+pub fn dense_constants(f: &Func) -> BTreeMap<Value, &DenseData> {
+    f.ops
+        .iter()
+        .filter(|op| QcOp::of(op) == Some(QcOp::Constant))
+        .filter_map(|op| match (op.results.first(), op.attrs.get("value")) {
+            (Some(&r), Some(Attribute::Dense(d))) => Some((r, d)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// A verifier that accepts anything (for ops whose generic checks say it all).
@@ -344,12 +363,13 @@ fn verify_constant(cx: &OpCtx) -> Result<(), String> {
             }
             use crate::attr::DenseData;
             use crate::types::ElemType;
-            let ok = match (&ty.elem, data) {
-                (ElemType::Int { bits: 1, .. }, DenseData::Bool(_)) => true,
-                (ElemType::Int { .. }, DenseData::Int(_)) => true,
-                (e, DenseData::Float(_)) => e.is_float() || matches!(e, ElemType::Raw(_)),
-                _ => false,
-            };
+            let ok = data.is_empty()
+                || match (&ty.elem, data) {
+                    (ElemType::Int { bits: 1, .. }, DenseData::Bool(_)) => true,
+                    (ElemType::Int { .. }, DenseData::Int(_)) => true,
+                    (e, DenseData::Float(_)) => e.is_float() || matches!(e, ElemType::Raw(_)),
+                    _ => false,
+                };
             if !ok {
                 return Err(format!(
                     "dense value kind does not match the element type {}",

@@ -951,7 +951,8 @@ impl<'a> Parser<'a> {
         self.ws();
         let list = self.eat("[");
         if list && self.eat("]") {
-            return Err(self.err("a dense value needs at least one element"));
+            // An empty tensor: the kind of an empty list does not matter.
+            return Ok(DenseData::Int(Vec::new()));
         }
         loop {
             self.ws();

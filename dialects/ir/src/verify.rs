@@ -44,6 +44,7 @@ fn check_type(t: &TensorType) -> Result<(), String> {
 
 fn verify_func(m: &Module, f: &Func, errs: &mut Vec<Diagnostic>) {
     let mut defined = vec![false; f.num_values()];
+    let constants = crate::ops::dense_constants(f);
     let mut push = |loc: &Location, msg: String| errs.push(Diagnostic::error(loc.clone(), msg));
     for &a in &f.args {
         if let Err(e) = check_type(f.ty(a)) {
@@ -115,7 +116,11 @@ fn verify_func(m: &Module, f: &Func, errs: &mut Vec<Diagnostic>) {
         }
         // An op's own verifier may assume the generic checks passed.
         if op_errs.is_empty() {
-            if let Err(e) = (d.verify)(&OpCtx { func: f, op }) {
+            if let Err(e) = (d.verify)(&OpCtx {
+                func: f,
+                op,
+                constants: &constants,
+            }) {
                 op_errs.push(e);
             }
         }

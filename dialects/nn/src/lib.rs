@@ -1,215 +1,194 @@
-//! qc-nn: graph-level tensor ops with ONNX-like semantics.
+//! qc-nn: graph-level tensor ops with ONNX semantics.
 //!
-//! Every op is declared once in the [`NnOp`] table below; its verifier hook checks operand and result
-//! types (shape inference rules live in [`shape`]). Broadcasting follows NumPy (and ONNX) rules.
+//! Every op is declared once in the [`NnOp`] table below. Ops mirror ONNX operators: what ONNX passes as
+//! an input is an operand here (a reshape's target shape, a slice's starts), what ONNX passes as an
+//! attribute is an attribute (snake_case names). Optional ONNX inputs are materialized by the importer
+//! (as constants), so every operand listed is present. Result types are inferred by [`infer::infer`],
+//! which the verifier and the importer share; broadcasting follows NumPy (and ONNX) rules.
 #![deny(missing_docs)]
 
+pub mod infer;
 pub mod shape;
 
-use qc_ir::ops::{opt, req, AttrKind, OpCtx, OpDef};
-use qc_ir::types::{Dim, ElemType, TensorType};
+use qc_ir::ops::{opt, req, AttrKind, OpDef};
+use qc_ir::types::Dim;
+
+use infer::verify_nn as v;
+use AttrKind::{Elements, Float, Int, IntArray, Str};
 
 qc_ir::declare_ops! {
     /// The nn dialect's ops.
     pub enum NnOp in "nn";
-    /// Elementwise addition with broadcasting.
-    Add = "add" { operands: Exactly(2), results: Exactly(1), attrs: [], pure: true, verify: verify_binary },
-    /// Elementwise subtraction with broadcasting.
-    Sub = "sub" { operands: Exactly(2), results: Exactly(1), attrs: [], pure: true, verify: verify_binary },
-    /// Elementwise multiplication with broadcasting.
-    Mul = "mul" { operands: Exactly(2), results: Exactly(1), attrs: [], pure: true, verify: verify_binary },
-    /// Elementwise division with broadcasting (integer division truncates toward zero).
-    Div = "div" { operands: Exactly(2), results: Exactly(1), attrs: [], pure: true, verify: verify_binary },
-    /// Elementwise maximum with broadcasting.
-    Max = "max" { operands: Exactly(2), results: Exactly(1), attrs: [], pure: true, verify: verify_binary },
-    /// Elementwise minimum with broadcasting.
-    Min = "min" { operands: Exactly(2), results: Exactly(1), attrs: [], pure: true, verify: verify_binary },
-    /// Elementwise negation.
-    Neg = "neg" { operands: Exactly(1), results: Exactly(1), attrs: [], pure: true, verify: verify_unary },
+    /// Elementwise a + b with broadcasting.
+    Add = "add" { operands: Exactly(2), results: Exactly(1), attrs: [], pure: true, verify: v },
+    /// Elementwise a - b with broadcasting.
+    Sub = "sub" { operands: Exactly(2), results: Exactly(1), attrs: [], pure: true, verify: v },
+    /// Elementwise a * b with broadcasting.
+    Mul = "mul" { operands: Exactly(2), results: Exactly(1), attrs: [], pure: true, verify: v },
+    /// Elementwise a / b with broadcasting (integers truncate toward zero).
+    Div = "div" { operands: Exactly(2), results: Exactly(1), attrs: [], pure: true, verify: v },
+    /// Elementwise a ^ b with broadcasting; the exponent may have another numeric type.
+    Pow = "pow" { operands: Exactly(2), results: Exactly(1), attrs: [], pure: true, verify: v },
+    /// Elementwise maximum with broadcasting (NaN propagates).
+    Max = "max" { operands: Exactly(2), results: Exactly(1), attrs: [], pure: true, verify: v },
+    /// Elementwise minimum with broadcasting (NaN propagates).
+    Min = "min" { operands: Exactly(2), results: Exactly(1), attrs: [], pure: true, verify: v },
+    /// Elementwise remainder; `fmod` selects C fmod (sign of the dividend) over Python's (sign of the divisor).
+    Mod = "mod" { operands: Exactly(2), results: Exactly(1), attrs: [opt("fmod", Int)], pure: true, verify: v },
+    /// Elementwise a == b, an i1 result.
+    Equal = "equal" { operands: Exactly(2), results: Exactly(1), attrs: [], pure: true, verify: v },
+    /// Elementwise a < b, an i1 result.
+    Less = "less" { operands: Exactly(2), results: Exactly(1), attrs: [], pure: true, verify: v },
+    /// Elementwise a <= b, an i1 result.
+    LessOrEqual = "less_or_equal" { operands: Exactly(2), results: Exactly(1), attrs: [], pure: true, verify: v },
+    /// Elementwise a > b, an i1 result.
+    Greater = "greater" { operands: Exactly(2), results: Exactly(1), attrs: [], pure: true, verify: v },
+    /// Elementwise a >= b, an i1 result.
+    GreaterOrEqual = "greater_or_equal" { operands: Exactly(2), results: Exactly(1), attrs: [], pure: true, verify: v },
+    /// Elementwise logical and of i1 tensors.
+    And = "and" { operands: Exactly(2), results: Exactly(1), attrs: [], pure: true, verify: v },
+    /// Elementwise logical or of i1 tensors.
+    Or = "or" { operands: Exactly(2), results: Exactly(1), attrs: [], pure: true, verify: v },
+    /// Elementwise logical xor of i1 tensors.
+    Xor = "xor" { operands: Exactly(2), results: Exactly(1), attrs: [], pure: true, verify: v },
+    /// Elementwise logical not of an i1 tensor.
+    Not = "not" { operands: Exactly(1), results: Exactly(1), attrs: [], pure: true, verify: v },
+    /// Elementwise -x.
+    Neg = "neg" { operands: Exactly(1), results: Exactly(1), attrs: [], pure: true, verify: v },
+    /// Elementwise |x|.
+    Abs = "abs" { operands: Exactly(1), results: Exactly(1), attrs: [], pure: true, verify: v },
+    /// Elementwise sign: -1, 0 or 1.
+    Sign = "sign" { operands: Exactly(1), results: Exactly(1), attrs: [], pure: true, verify: v },
     /// Elementwise max(x, 0).
-    Relu = "relu" { operands: Exactly(1), results: Exactly(1), attrs: [], pure: true, verify: verify_unary_float },
+    Relu = "relu" { operands: Exactly(1), results: Exactly(1), attrs: [], pure: true, verify: v },
     /// Elementwise e^x.
-    Exp = "exp" { operands: Exactly(1), results: Exactly(1), attrs: [], pure: true, verify: verify_unary_float },
+    Exp = "exp" { operands: Exactly(1), results: Exactly(1), attrs: [], pure: true, verify: v },
+    /// Elementwise natural logarithm.
+    Log = "log" { operands: Exactly(1), results: Exactly(1), attrs: [], pure: true, verify: v },
     /// Elementwise square root.
-    Sqrt = "sqrt" { operands: Exactly(1), results: Exactly(1), attrs: [], pure: true, verify: verify_unary_float },
+    Sqrt = "sqrt" { operands: Exactly(1), results: Exactly(1), attrs: [], pure: true, verify: v },
+    /// Elementwise 1 / x.
+    Reciprocal = "reciprocal" { operands: Exactly(1), results: Exactly(1), attrs: [], pure: true, verify: v },
     /// Elementwise hyperbolic tangent.
-    Tanh = "tanh" { operands: Exactly(1), results: Exactly(1), attrs: [], pure: true, verify: verify_unary_float },
+    Tanh = "tanh" { operands: Exactly(1), results: Exactly(1), attrs: [], pure: true, verify: v },
     /// Elementwise logistic sigmoid 1 / (1 + e^-x).
-    Sigmoid = "sigmoid" { operands: Exactly(1), results: Exactly(1), attrs: [], pure: true, verify: verify_unary_float },
+    Sigmoid = "sigmoid" { operands: Exactly(1), results: Exactly(1), attrs: [], pure: true, verify: v },
+    /// Elementwise error function.
+    Erf = "erf" { operands: Exactly(1), results: Exactly(1), attrs: [], pure: true, verify: v },
+    /// Elementwise sine.
+    Sin = "sin" { operands: Exactly(1), results: Exactly(1), attrs: [], pure: true, verify: v },
+    /// Elementwise cosine.
+    Cos = "cos" { operands: Exactly(1), results: Exactly(1), attrs: [], pure: true, verify: v },
+    /// Elementwise floor.
+    Floor = "floor" { operands: Exactly(1), results: Exactly(1), attrs: [], pure: true, verify: v },
+    /// Elementwise ceiling.
+    Ceil = "ceil" { operands: Exactly(1), results: Exactly(1), attrs: [], pure: true, verify: v },
+    /// Elementwise round half to even.
+    Round = "round" { operands: Exactly(1), results: Exactly(1), attrs: [], pure: true, verify: v },
+    /// Elementwise ln(1 + e^x).
+    Softplus = "softplus" { operands: Exactly(1), results: Exactly(1), attrs: [], pure: true, verify: v },
+    /// Elementwise GELU; `approximate` is "none" (erf form, default) or "tanh".
+    Gelu = "gelu" { operands: Exactly(1), results: Exactly(1), attrs: [opt("approximate", Str)], pure: true, verify: v },
+    /// Elementwise x if x >= 0 else alpha * x (alpha default 0.01).
+    LeakyRelu = "leaky_relu" { operands: Exactly(1), results: Exactly(1), attrs: [opt("alpha", Float)], pure: true, verify: v },
+    /// Elementwise x if x > 0 else alpha * (e^x - 1) (alpha default 1).
+    Elu = "elu" { operands: Exactly(1), results: Exactly(1), attrs: [opt("alpha", Float)], pure: true, verify: v },
+    /// Elementwise max(0, min(1, alpha * x + beta)) (defaults 0.2, 0.5).
+    HardSigmoid = "hard_sigmoid" { operands: Exactly(1), results: Exactly(1), attrs: [opt("alpha", Float), opt("beta", Float)], pure: true, verify: v },
+    /// Elementwise x * max(0, min(1, x / 6 + 1 / 2)).
+    HardSwish = "hard_swish" { operands: Exactly(1), results: Exactly(1), attrs: [], pure: true, verify: v },
+    /// Elementwise isnan, an i1 result.
+    IsNan = "is_nan" { operands: Exactly(1), results: Exactly(1), attrs: [], pure: true, verify: v },
+    /// Elementwise isinf, an i1 result; `detect_negative` / `detect_positive` default to 1.
+    IsInf = "is_inf" { operands: Exactly(1), results: Exactly(1), attrs: [opt("detect_negative", Int), opt("detect_positive", Int)], pure: true, verify: v },
     /// The value itself.
-    Identity = "identity" { operands: Exactly(1), results: Exactly(1), attrs: [], pure: true, verify: verify_same_type },
-    /// Matrix product with NumPy batch broadcasting: [..., M, K] x [..., K, N] -> [..., M, N].
-    Matmul = "matmul" { operands: Exactly(2), results: Exactly(1), attrs: [], pure: true, verify: verify_matmul },
-    /// The same elements in a new shape; `shape` lists the result dimensions, -1 for a dynamic one.
-    Reshape = "reshape" { operands: Exactly(1), results: Exactly(1), attrs: [req("shape", AttrKind::IntArray)], pure: true, verify: verify_reshape },
+    Identity = "identity" { operands: Exactly(1), results: Exactly(1), attrs: [], pure: true, verify: v },
+    /// Elementwise min(max(x, lo), hi); lo and hi are scalars of x's type.
+    Clip = "clip" { operands: Exactly(3), results: Exactly(1), attrs: [], pure: true, verify: v },
+    /// Elementwise cond ? a : b with three-way broadcasting.
+    Where = "where" { operands: Exactly(3), results: Exactly(1), attrs: [], pure: true, verify: v },
+    /// Converts elements to the result's element type (floats to integers truncate toward zero, with
+    /// saturation to the integer range; to i1, nonzero is true).
+    Cast = "cast" { operands: Exactly(1), results: Exactly(1), attrs: [], pure: true, verify: v },
+    /// Matrix product with NumPy semantics (rank-1 operands are promoted and the added dimension removed).
+    Matmul = "matmul" { operands: Exactly(2), results: Exactly(1), attrs: [], pure: true, verify: v },
+    /// alpha * A' B' + beta * C with A' = transpose(A) if trans_a, likewise B'; C broadcasts.
+    Gemm = "gemm" { operands: Exactly(3), results: Exactly(1), attrs: [opt("alpha", Float), opt("beta", Float), opt("trans_a", Int), opt("trans_b", Int)], pure: true, verify: v },
+    /// N-d convolution (NCHW...): x, weights [M, C/group, k...], bias [M]; explicit pads [begin..., end...].
+    Conv = "conv" { operands: Exactly(3), results: Exactly(1), attrs: [req("kernel_shape", IntArray), req("strides", IntArray), req("pads", IntArray), req("dilations", IntArray), req("group", Int)], pure: true, verify: v },
+    /// Inference-mode batch normalization: (x - mean) / sqrt(var + epsilon) * scale + bias over channel 1.
+    BatchNorm = "batch_norm" { operands: Exactly(5), results: Exactly(1), attrs: [req("epsilon", Float)], pure: true, verify: v },
+    /// Layer normalization over the dimensions from `axis` on, then * scale + bias (which broadcast).
+    LayerNorm = "layer_norm" { operands: Exactly(3), results: Exactly(1), attrs: [req("axis", Int), req("epsilon", Float)], pure: true, verify: v },
+    /// Softmax along `axis`.
+    Softmax = "softmax" { operands: Exactly(1), results: Exactly(1), attrs: [req("axis", Int)], pure: true, verify: v },
+    /// Log-softmax along `axis`.
+    LogSoftmax = "log_softmax" { operands: Exactly(1), results: Exactly(1), attrs: [req("axis", Int)], pure: true, verify: v },
+    /// Max pooling with explicit pads [begin..., end...].
+    MaxPool = "max_pool" { operands: Exactly(1), results: Exactly(1), attrs: [req("kernel_shape", IntArray), req("strides", IntArray), req("pads", IntArray), req("dilations", IntArray), opt("ceil_mode", Int)], pure: true, verify: v },
+    /// Average pooling with explicit pads; `count_include_pad` counts padding in the divisor.
+    AvgPool = "avg_pool" { operands: Exactly(1), results: Exactly(1), attrs: [req("kernel_shape", IntArray), req("strides", IntArray), req("pads", IntArray), req("dilations", IntArray), opt("ceil_mode", Int), opt("count_include_pad", Int)], pure: true, verify: v },
+    /// Mean over all spatial dimensions, kept as 1.
+    GlobalAvgPool = "global_avg_pool" { operands: Exactly(1), results: Exactly(1), attrs: [], pure: true, verify: v },
+    /// Maximum over all spatial dimensions, kept as 1.
+    GlobalMaxPool = "global_max_pool" { operands: Exactly(1), results: Exactly(1), attrs: [], pure: true, verify: v },
+    /// The same elements in the shape given by the i64 operand (0 copies the input dimension unless
+    /// `allowzero`, -1 is inferred).
+    Reshape = "reshape" { operands: Exactly(2), results: Exactly(1), attrs: [opt("allowzero", Int)], pure: true, verify: v },
+    /// Flattens to 2-D: dimensions before `axis` and from `axis` on.
+    Flatten = "flatten" { operands: Exactly(1), results: Exactly(1), attrs: [req("axis", Int)], pure: true, verify: v },
+    /// Removes the size-1 dimensions listed by the i64 operand.
+    Squeeze = "squeeze" { operands: Exactly(2), results: Exactly(1), attrs: [], pure: true, verify: v },
+    /// Inserts size-1 dimensions at the positions listed by the i64 operand (positions in the result).
+    Unsqueeze = "unsqueeze" { operands: Exactly(2), results: Exactly(1), attrs: [], pure: true, verify: v },
     /// Permutes dimensions: result dimension i is operand dimension perm[i].
-    Transpose = "transpose" { operands: Exactly(1), results: Exactly(1), attrs: [req("perm", AttrKind::IntArray)], pure: true, verify: verify_transpose },
-    /// Converts elements to the result's element type (floats to integers truncate toward zero).
-    Cast = "cast" { operands: Exactly(1), results: Exactly(1), attrs: [], pure: true, verify: verify_cast },
-    /// The operand's shape as a 1-D i64 tensor.
-    Shape = "shape" { operands: Exactly(1), results: Exactly(1), attrs: [], pure: true, verify: verify_shape },
+    Transpose = "transpose" { operands: Exactly(1), results: Exactly(1), attrs: [req("perm", IntArray)], pure: true, verify: v },
     /// Joins tensors along `axis` (negative counts from the end).
-    Concat = "concat" { operands: AtLeast(1), results: Exactly(1), attrs: [req("axis", AttrKind::Int)], pure: true, verify: verify_concat },
-    /// Sums over `axes` (all when absent), keeping reduced dimensions as 1 when `keepdims`.
-    ReduceSum = "reduce_sum" { operands: Exactly(1), results: Exactly(1), attrs: [opt("axes", AttrKind::IntArray), opt("keepdims", AttrKind::Unit)], pure: true, verify: verify_reduce },
+    Concat = "concat" { operands: AtLeast(1), results: Exactly(1), attrs: [req("axis", Int)], pure: true, verify: v },
+    /// Splits along `axis` into pieces of the sizes given by the i64 operand.
+    Split = "split" { operands: Exactly(2), results: AtLeast(1), attrs: [req("axis", Int)], pure: true, verify: v },
+    /// ONNX Slice: operands x, starts, ends, axes, steps (i64, all present), with ONNX clamping rules.
+    Slice = "slice" { operands: Exactly(5), results: Exactly(1), attrs: [], pure: true, verify: v },
+    /// Gathers along `axis` with integer indices (negative indices count from the end).
+    Gather = "gather" { operands: Exactly(2), results: Exactly(1), attrs: [req("axis", Int)], pure: true, verify: v },
+    /// GatherElements along `axis`: the result has the indices' shape.
+    GatherElements = "gather_elements" { operands: Exactly(2), results: Exactly(1), attrs: [req("axis", Int)], pure: true, verify: v },
+    /// Broadcasts x to the shape given by the i64 operand (bidirectionally, as ONNX Expand).
+    Expand = "expand" { operands: Exactly(2), results: Exactly(1), attrs: [], pure: true, verify: v },
+    /// Repeats x along each dimension by the i64 operand's counts.
+    Tile = "tile" { operands: Exactly(2), results: Exactly(1), attrs: [], pure: true, verify: v },
+    /// Constant padding: pads [begin..., end...] (i64 operand), fill value (scalar operand).
+    Pad = "pad" { operands: Exactly(3), results: Exactly(1), attrs: [opt("mode", Str)], pure: true, verify: v },
+    /// The operand's shape as a 1-D i64 tensor, dimensions [start, end) (ONNX clamping).
+    Shape = "shape" { operands: Exactly(1), results: Exactly(1), attrs: [opt("start", Int), opt("end", Int)], pure: true, verify: v },
+    /// The operand's element count as an i64 scalar.
+    Size = "size" { operands: Exactly(1), results: Exactly(1), attrs: [], pure: true, verify: v },
+    /// The values start, start + delta, ... below limit (scalars of one numeric type).
+    Range = "range" { operands: Exactly(3), results: Exactly(1), attrs: [], pure: true, verify: v },
+    /// A tensor of the shape given by the i64 operand, filled with `value` (a one-element dense).
+    ConstantOfShape = "constant_of_shape" { operands: Exactly(1), results: Exactly(1), attrs: [req("value", Elements)], pure: true, verify: v },
+    /// The upper (`upper` = 1, default) or lower triangle of the last two dimensions, diagonal offset by the
+    /// i64 scalar operand k; the rest zero.
+    Trilu = "trilu" { operands: Exactly(2), results: Exactly(1), attrs: [opt("upper", Int)], pure: true, verify: v },
+    /// Sum over the axes given by the i64 operand (all when it is empty, unless `noop_with_empty_axes`).
+    ReduceSum = "reduce_sum" { operands: Exactly(2), results: Exactly(1), attrs: [opt("keepdims", Int), opt("noop_with_empty_axes", Int)], pure: true, verify: v },
+    /// Mean over axes, as reduce_sum.
+    ReduceMean = "reduce_mean" { operands: Exactly(2), results: Exactly(1), attrs: [opt("keepdims", Int), opt("noop_with_empty_axes", Int)], pure: true, verify: v },
+    /// Maximum over axes, as reduce_sum.
+    ReduceMax = "reduce_max" { operands: Exactly(2), results: Exactly(1), attrs: [opt("keepdims", Int), opt("noop_with_empty_axes", Int)], pure: true, verify: v },
+    /// Minimum over axes, as reduce_sum.
+    ReduceMin = "reduce_min" { operands: Exactly(2), results: Exactly(1), attrs: [opt("keepdims", Int), opt("noop_with_empty_axes", Int)], pure: true, verify: v },
+    /// Product over axes, as reduce_sum.
+    ReduceProd = "reduce_prod" { operands: Exactly(2), results: Exactly(1), attrs: [opt("keepdims", Int), opt("noop_with_empty_axes", Int)], pure: true, verify: v },
+    /// Index of the maximum along `axis` (first occurrence unless `select_last_index`), an i64 result.
+    ArgMax = "arg_max" { operands: Exactly(1), results: Exactly(1), attrs: [req("axis", Int), opt("keepdims", Int), opt("select_last_index", Int)], pure: true, verify: v },
+    /// Index of the minimum along `axis`, as arg_max.
+    ArgMin = "arg_min" { operands: Exactly(1), results: Exactly(1), attrs: [req("axis", Int), opt("keepdims", Int), opt("select_last_index", Int)], pure: true, verify: v },
 }
 
 /// The nn dialect's op definitions, for [`qc_ir::Registry::register`].
 pub fn dialect() -> &'static [OpDef] {
     NnOp::DEFS
-}
-
-fn expect_result(cx: &OpCtx, expected: &TensorType) -> Result<(), String> {
-    let got = cx.result_ty(0);
-    if shape::type_matches(expected, got) {
-        Ok(())
-    } else {
-        Err(format!(
-            "result type {got} does not match the inferred {expected}"
-        ))
-    }
-}
-
-fn numeric(t: &TensorType) -> Result<(), String> {
-    match &t.elem {
-        ElemType::F16 | ElemType::BF16 | ElemType::F32 | ElemType::F64 | ElemType::Int { .. } => {
-            Ok(())
-        }
-        e => Err(format!(
-            "expected a float or integer tensor, not one of {e}"
-        )),
-    }
-}
-
-fn verify_binary(cx: &OpCtx) -> Result<(), String> {
-    let (a, b) = (cx.operand_ty(0), cx.operand_ty(1));
-    numeric(a)?;
-    if a.elem != b.elem {
-        return Err(format!(
-            "operand element types differ: {} and {}",
-            a.elem, b.elem
-        ));
-    }
-    let dims = shape::broadcast(&a.dims, &b.dims)?;
-    expect_result(
-        cx,
-        &TensorType {
-            dims,
-            elem: a.elem.clone(),
-        },
-    )
-}
-
-fn verify_unary(cx: &OpCtx) -> Result<(), String> {
-    numeric(cx.operand_ty(0))?;
-    expect_result(cx, cx.operand_ty(0))
-}
-
-fn verify_unary_float(cx: &OpCtx) -> Result<(), String> {
-    let t = cx.operand_ty(0);
-    if !t.elem.is_float() {
-        return Err(format!("expected a float tensor, not {t}"));
-    }
-    expect_result(cx, t)
-}
-
-fn verify_same_type(cx: &OpCtx) -> Result<(), String> {
-    expect_result(cx, cx.operand_ty(0))
-}
-
-fn verify_matmul(cx: &OpCtx) -> Result<(), String> {
-    let (a, b) = (cx.operand_ty(0), cx.operand_ty(1));
-    numeric(a)?;
-    if a.elem != b.elem {
-        return Err(format!(
-            "operand element types differ: {} and {}",
-            a.elem, b.elem
-        ));
-    }
-    let dims = shape::matmul(&a.dims, &b.dims, false)?;
-    expect_result(
-        cx,
-        &TensorType {
-            dims,
-            elem: a.elem.clone(),
-        },
-    )
-}
-
-fn verify_reshape(cx: &OpCtx) -> Result<(), String> {
-    let shape = cx.int_array("shape").unwrap_or_default();
-    let dims = shape::reshape(cx.operand_ty(0), &shape)?;
-    expect_result(
-        cx,
-        &TensorType {
-            dims,
-            elem: cx.operand_ty(0).elem.clone(),
-        },
-    )
-}
-
-fn verify_transpose(cx: &OpCtx) -> Result<(), String> {
-    let perm = cx.int_array("perm").unwrap_or_default();
-    let t = cx.operand_ty(0);
-    let dims = shape::transpose(&t.dims, &perm)?;
-    expect_result(
-        cx,
-        &TensorType {
-            dims,
-            elem: t.elem.clone(),
-        },
-    )
-}
-
-fn verify_cast(cx: &OpCtx) -> Result<(), String> {
-    let (a, r) = (cx.operand_ty(0), cx.result_ty(0));
-    numeric(a)?;
-    numeric(r)?;
-    expect_result(cx, &a.with_elem(r.elem.clone()))
-}
-
-fn verify_shape(cx: &OpCtx) -> Result<(), String> {
-    let rank = cx.operand_ty(0).rank() as u64;
-    expect_result(
-        cx,
-        &TensorType::new(
-            &[rank],
-            ElemType::Int {
-                bits: 64,
-                unsigned: false,
-            },
-        ),
-    )
-}
-
-fn verify_concat(cx: &OpCtx) -> Result<(), String> {
-    let types: Vec<&TensorType> = (0..cx.op.operands.len())
-        .map(|i| cx.operand_ty(i))
-        .collect();
-    let axis = cx.attr("axis").and_then(|a| a.as_int()).unwrap_or(0);
-    let dims = shape::concat(&types, axis)?;
-    expect_result(
-        cx,
-        &TensorType {
-            dims,
-            elem: types[0].elem.clone(),
-        },
-    )
-}
-
-fn verify_reduce(cx: &OpCtx) -> Result<(), String> {
-    let t = cx.operand_ty(0);
-    numeric(t)?;
-    let axes = cx.int_array("axes");
-    let keep = cx.attr("keepdims").is_some();
-    let dims = shape::reduce(&t.dims, axes.as_deref(), keep)?;
-    expect_result(
-        cx,
-        &TensorType {
-            dims,
-            elem: t.elem.clone(),
-        },
-    )
 }
 
 /// Normalizes a possibly negative axis against `rank`.

@@ -79,27 +79,26 @@ pub fn matmul(a: &[Dim], b: &[Dim], transpose_b: bool) -> Result<Vec<Dim>, Strin
     Ok(dims)
 }
 
-/// The result of reshaping `t` to `shape` (-1 for a dynamic dimension); element counts must agree when
-/// both are static.
-pub fn reshape(t: &TensorType, shape: &[i64]) -> Result<Vec<Dim>, String> {
-    let mut dims = Vec::with_capacity(shape.len());
-    for &s in shape {
-        dims.push(match s {
-            -1 => Dim::Dynamic,
-            s if s >= 0 => Dim::Static(s as u64),
-            s => return Err(format!("invalid reshape dimension {s}")),
-        });
+/// The length of an ONNX slice of a dimension of size `n` from `start` to `end` by `step` (non-zero),
+/// after ONNX's rules: negative positions count from the end, then positions are clamped to the dimension
+/// (to [0, n] for positive steps, to [-1, n-1] for negative ones).
+pub fn slice_len(n: i64, start: i64, end: i64, step: i64) -> i64 {
+    let (s, e) = slice_bounds(n, start, end, step);
+    if step > 0 {
+        ((e - s).max(0) + step - 1) / step
+    } else {
+        ((s - e).max(0) + (-step) - 1) / (-step)
     }
-    let to = TensorType {
-        dims: dims.clone(),
-        elem: t.elem.clone(),
-    };
-    if let (Some(a), Some(b)) = (t.num_elements(), to.num_elements()) {
-        if a != b {
-            return Err(format!("cannot reshape {a} elements into {b}"));
-        }
+}
+
+/// Clamped start and end of an ONNX slice (see [`slice_len`]).
+pub fn slice_bounds(n: i64, start: i64, end: i64, step: i64) -> (i64, i64) {
+    let adj = |v: i64| if v < 0 { v.saturating_add(n) } else { v };
+    if step > 0 {
+        (adj(start).clamp(0, n), adj(end).clamp(0, n))
+    } else {
+        (adj(start).clamp(0, n - 1), adj(end).clamp(-1, n - 1))
     }
-    Ok(dims)
 }
 
 /// The result of permuting `dims` by `perm`.
@@ -207,6 +206,16 @@ mod tests {
             dims("2x7")
         );
         assert!(matmul(&dims("2x3"), &dims("4x7"), false).is_err());
+    }
+
+    #[test]
+    fn slices_follow_onnx_clamping() {
+        assert_eq!(slice_len(10, 0, 3, 1), 3);
+        assert_eq!(slice_len(10, -3, i64::MAX, 1), 3);
+        assert_eq!(slice_len(10, 20, 1000, 1), 0);
+        assert_eq!(slice_len(10, i64::MAX, i64::MIN, -1), 10);
+        assert_eq!(slice_len(10, 9, 0, -3), 3);
+        assert_eq!(slice_len(10, 0, 10, 4), 3);
     }
 
     #[test]
