@@ -15,4 +15,6 @@ pub fn registry() -> Registry {
 }
 
 pub mod cmd;
+pub mod import;
+pub mod npy;
 pub mod output;

@@ -17,13 +17,40 @@ enum Command {
     /// Parse, verify and transform qc IR with a pass pipeline (like mlir-opt).
     Opt(cmd::opt::OptArgs),
     /// List every named quantization format with its parameters.
-    Formats,
+    Formats(FormatsArgs),
+    /// Import an ONNX model into qc IR.
+    Import(cmd::import::ImportArgs),
+    /// Run a model (.onnx or .qir) with the reference interpreter.
+    Run(cmd::run::RunArgs),
+    /// Quantize an array (.npy) to a format; writes codes, scales, packed bytes and the decoded values (.npz).
+    Quantize(cmd::quantize::QuantizeArgs),
+    /// Decode an .npz written by `qc quantize` back to an array (.npy).
+    Dequantize(cmd::quantize::DequantizeArgs),
+}
+
+/// Arguments of `qc formats`.
+#[derive(clap::Args)]
+struct FormatsArgs {
+    /// Print the quantization SNR (dB) of every named format on Gaussian, Laplace and Student-t(3)
+    /// samples, with and without a 32-point block Hadamard rotation.
+    #[arg(long)]
+    qsnr: bool,
 }
 
 fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Opt(args) => cmd::opt::run(&args),
-        Command::Formats => write_stdout(cmd::formats::table().as_bytes()),
+        Command::Formats(a) if a.qsnr => {
+            let mut out = Vec::new();
+            cmd::quantize::run_formats_qsnr(&mut out)
+                .map_err(|e| qc::output::io_error(e.to_string()))?;
+            write_stdout(&out)
+        }
+        Command::Formats(_) => write_stdout(cmd::formats::table().as_bytes()),
+        Command::Import(a) => cmd::import::run(&a),
+        Command::Run(a) => cmd::run::run(&a),
+        Command::Quantize(a) => cmd::quantize::run_quantize(&a),
+        Command::Dequantize(a) => cmd::quantize::run_dequantize(&a),
     }
 }
 

@@ -32,6 +32,12 @@ impl Failure {
     }
 }
 
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.message().trim_end())
+    }
+}
+
 /// A user-input failure from a one-line message, prefixed `error: ` unless it is already rendered.
 pub fn input_error(msg: impl Into<String>) -> Failure {
     let msg = msg.into();
@@ -40,6 +46,11 @@ pub fn input_error(msg: impl Into<String>) -> Failure {
     } else {
         Failure::Input(format!("error: {msg}\n"))
     }
+}
+
+/// An environment failure (an output that cannot be written) from a one-line message. Exit code 1.
+pub fn io_error(msg: impl Into<String>) -> Failure {
+    Failure::Internal(format!("error: {}\n", msg.into()))
 }
 
 /// Writes `bytes` to standard output. A closed pipe ends the process quietly with exit code 0.

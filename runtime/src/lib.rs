@@ -1,7 +1,10 @@
 //! qc-runtime: executes qc modules.
 //!
-//! Today it holds the reference semantics of nn ops ([`interp`]), which the canonicalizer uses to fold
-//! constants. The whole-module reference interpreter, the artifact loader and the executors grow here.
+//! - [`interp`]: the reference semantics of each nn op (also used by the canonicalizer to fold constants);
+//! - [`exec`]: the reference interpreter, running a whole function on concrete inputs.
+//!
+//! The artifact loader and the CPU and CUDA executors grow here.
 #![deny(missing_docs)]
 
+pub mod exec;
 pub mod interp;

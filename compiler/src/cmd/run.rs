@@ -1,0 +1,157 @@
+//! `qc run`: the reference interpreter on a model, inputs from .npy files, one .npy per output.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use qc_ir::types::ElemType;
+use qc_runtime::exec::run_func;
+use qc_runtime::interp::{round_to, wrap, Data, Tensor};
+
+use crate::cmd::import::load_module;
+use crate::npy::{read_npy, to_npy_bytes, NpyArray, NpyData};
+use crate::output::{input_error, Failure};
+
+/// Arguments of `qc run`.
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// The model: an .onnx file or qc IR (.qir).
+    pub model: PathBuf,
+    /// An input: NAME=FILE.npy (NAME as the model names it; repeat for each input).
+    #[arg(long = "input", value_name = "NAME=FILE.npy")]
+    pub inputs: Vec<String>,
+    /// The folder for the outputs (one NAME.npy per output); created if missing.
+    #[arg(short = 'o', long = "output")]
+    pub output: PathBuf,
+    /// The function to run.
+    #[arg(long, default_value = "main")]
+    pub func: String,
+}
+
+fn to_tensor(a: &NpyArray, elem: &ElemType, what: &str) -> Result<Tensor, String> {
+    let data = match (&a.data, elem) {
+        (NpyData::F32(v), e @ (ElemType::F32 | ElemType::F16 | ElemType::BF16)) => {
+            Data::F(v.iter().map(|&x| round_to(e, x as f64)).collect())
+        }
+        (NpyData::F16(_), ElemType::F16) => {
+            Data::F(a.to_f32().into_iter().map(f64::from).collect())
+        }
+        (NpyData::F64(v), ElemType::F64) => Data::F(v.clone()),
+        (NpyData::I64(v), ElemType::Int { bits, unsigned }) => {
+            Data::I(v.iter().map(|&x| wrap(x, *bits, *unsigned)).collect())
+        }
+        (NpyData::U8(v), ElemType::Int { bits, unsigned }) => Data::I(
+            v.iter()
+                .map(|&x| wrap(x as i64, *bits, *unsigned))
+                .collect(),
+        ),
+        (NpyData::U16(v), ElemType::Int { bits, unsigned }) => Data::I(
+            v.iter()
+                .map(|&x| wrap(x as i64, *bits, *unsigned))
+                .collect(),
+        ),
+        (d, e) => {
+            return Err(format!(
+                "{what}: a {} array cannot feed an input of element type {e}",
+                d.descr()
+            ))
+        }
+    };
+    Ok(Tensor::new(a.shape.clone(), elem.clone(), data))
+}
+
+fn to_npy(t: &Tensor) -> NpyArray {
+    let shape = t.shape.clone();
+    let data = match (&t.data, &t.elem) {
+        (Data::F(v), ElemType::F64) => NpyData::F64(v.clone()),
+        (Data::F(v), _) => NpyData::F32(v.iter().map(|&x| x as f32).collect()),
+        (Data::I(v), ElemType::Int { bits: 1, .. }) => {
+            NpyData::U8(v.iter().map(|&x| x as u8).collect())
+        }
+        (Data::I(v), _) => NpyData::I64(v.clone()),
+    };
+    NpyArray { shape, data }
+}
+
+/// Runs `qc run`.
+pub fn run(args: &RunArgs) -> Result<(), Failure> {
+    let m = load_module(&args.model)?;
+    let f = m.func(&args.func).ok_or_else(|| {
+        input_error(format!(
+            "{}: no function @{}",
+            args.model.display(),
+            args.func
+        ))
+    })?;
+    let mut given = std::collections::BTreeMap::new();
+    for spec in &args.inputs {
+        let (name, file) = spec
+            .split_once('=')
+            .ok_or_else(|| input_error(format!("--input '{spec}' must be NAME=FILE.npy")))?;
+        if given
+            .insert(name.to_string(), PathBuf::from(file))
+            .is_some()
+        {
+            return Err(input_error(format!("input '{name}' is given twice")));
+        }
+    }
+    let mut inputs = Vec::new();
+    for &a in &f.args {
+        let name = f.value(a).name.clone().unwrap_or_default();
+        let file = given.remove(&name).ok_or_else(|| {
+            input_error(format!(
+                "missing --input {name}=FILE.npy (the model's inputs: {})",
+                arg_names(f)
+            ))
+        })?;
+        let arr = read_npy(&file).map_err(input_error)?;
+        inputs.push(
+            to_tensor(&arr, &f.ty(a).elem, &file.display().to_string()).map_err(input_error)?,
+        );
+    }
+    if let Some(name) = given.keys().next() {
+        return Err(input_error(format!(
+            "the model has no input '{name}' (its inputs: {})",
+            arg_names(f)
+        )));
+    }
+    let outs = run_func(&m, &args.func, inputs).map_err(|d| Failure::Input(d.render(None)))?;
+    std::fs::create_dir_all(&args.output)
+        .map_err(|e| input_error(format!("cannot create {}: {e}", args.output.display())))?;
+    let names = crate::cmd::run::output_names(f);
+    for (t, name) in outs.iter().zip(names) {
+        let path = args.output.join(format!("{name}.npy"));
+        qc_ir::util::write_atomic(&path, &to_npy_bytes(&to_npy(t))).map_err(input_error)?;
+    }
+    Ok(())
+}
+
+fn arg_names(f: &qc_ir::Func) -> String {
+    f.args
+        .iter()
+        .map(|&a| f.value(a).name.clone().unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// File names for a function's results: the returned values' names, made unique, or `output_N`.
+pub fn output_names(f: &qc_ir::Func) -> Vec<String> {
+    let mut used = std::collections::BTreeSet::new();
+    f.ret
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            let base = f
+                .value(v)
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("output_{i}"));
+            let mut name = base.clone();
+            let mut k = 1;
+            while !used.insert(name.clone()) {
+                name = format!("{base}_{k}");
+                k += 1;
+            }
+            name
+        })
+        .collect()
+}

@@ -1,0 +1,3 @@
+//! Importers: models in other formats into qc IR.
+
+pub mod onnx;

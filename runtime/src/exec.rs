@@ -1,0 +1,287 @@
+//! The reference interpreter: runs a verified module's function on concrete inputs.
+//!
+//! Values are float/integer [`Tensor`]s or, for quantized types, [`QuantizedTensor`]s produced and
+//! consumed bit-exactly by qc-quant. nn ops follow [`crate::interp`]'s semantics. `quant.matmul` decodes
+//! its weights exactly and multiplies with f64 accumulation. Errors are diagnostics at the failing op.
+
+use qc_ir::attr::Attribute;
+use qc_ir::module::{Func, Module, Value};
+use qc_ir::ops::QcOp;
+use qc_ir::resource::Blob;
+use qc_ir::types::{ElemType, TensorType};
+use qc_ir::Diagnostic;
+use qc_nn::NnOp;
+use qc_quant::ops::QuantOp;
+use qc_quant::tensor::{dequantize, quantize, QuantizeOptions, QuantizedTensor};
+
+use crate::interp::{eval_nn, round_to, Data, Tensor};
+
+/// A run-time value.
+#[derive(Clone, Debug)]
+pub enum RtValue {
+    /// A float or integer tensor.
+    Tensor(Tensor),
+    /// A quantized tensor.
+    Quant(QuantizedTensor),
+}
+
+impl RtValue {
+    fn tensor(&self) -> Result<&Tensor, String> {
+        match self {
+            RtValue::Tensor(t) => Ok(t),
+            RtValue::Quant(_) => {
+                Err("expected a float or integer tensor, found a quantized one".into())
+            }
+        }
+    }
+}
+
+/// Checks that a concrete tensor fits a declared type (element type equal, static dimensions equal).
+pub fn check_fits(t: &Tensor, ty: &TensorType) -> Result<(), String> {
+    let dims_ok = t.shape.len() == ty.rank()
+        && t.shape
+            .iter()
+            .zip(&ty.dims)
+            .all(|(&n, d)| d.as_static().is_none_or(|s| s == n as u64));
+    if t.elem != ty.elem || !dims_ok {
+        return Err(format!(
+            "a tensor of shape {:?} and element type {} does not fit {ty}",
+            t.shape, t.elem
+        ));
+    }
+    Ok(())
+}
+
+/// Runs function `name` of `m` on `inputs` (one per argument, in order) and returns its results.
+pub fn run_func(m: &Module, name: &str, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, Diagnostic> {
+    let f = m.func(name).ok_or_else(|| {
+        Diagnostic::error(
+            Default::default(),
+            format!("no function @{name} in the module"),
+        )
+    })?;
+    if inputs.len() != f.args.len() {
+        return Err(Diagnostic::error(
+            f.loc.clone(),
+            format!(
+                "@{name} takes {} inputs, {} given",
+                f.args.len(),
+                inputs.len()
+            ),
+        ));
+    }
+    let mut env: Vec<Option<RtValue>> = vec![None; f.num_values()];
+    for (i, (t, &a)) in inputs.into_iter().zip(&f.args).enumerate() {
+        check_fits(&t, f.ty(a))
+            .map_err(|e| Diagnostic::error(f.loc.clone(), format!("input {i}: {e}")))?;
+        env[a.0 as usize] = Some(RtValue::Tensor(t));
+    }
+    for op in &f.ops {
+        let results = eval_op(m, f, op, &env)
+            .map_err(|e| Diagnostic::error(op.loc.clone(), format!("{}: {e}", op.name())))?;
+        for (&r, v) in op.results.iter().zip(results) {
+            env[r.0 as usize] = Some(v);
+        }
+    }
+    f.ret
+        .iter()
+        .map(|&v| match env[v.0 as usize].take() {
+            Some(RtValue::Tensor(t)) => Ok(t),
+            Some(RtValue::Quant(q)) => {
+                let data = dequantize(&q)
+                    .map_err(|e| Diagnostic::error(f.ret_loc.clone(), e.to_string()))?;
+                Ok(Tensor::new(
+                    q.shape.clone(),
+                    ElemType::F32,
+                    Data::F(data.into_iter().map(f64::from).collect()),
+                ))
+            }
+            None => Err(Diagnostic::error(
+                f.ret_loc.clone(),
+                "a returned value was never computed",
+            )),
+        })
+        .collect()
+}
+
+fn operand<'e>(env: &'e [Option<RtValue>], v: Value) -> Result<&'e RtValue, String> {
+    env[v.0 as usize]
+        .as_ref()
+        .ok_or_else(|| "an operand was never computed".to_string())
+}
+
+fn eval_op(
+    m: &Module,
+    f: &Func,
+    op: &qc_ir::Op,
+    env: &[Option<RtValue>],
+) -> Result<Vec<RtValue>, String> {
+    let result_ty = op.results.first().map(|&r| f.ty(r));
+    if let Some(nn) = NnOp::of(op) {
+        let inputs: Vec<Tensor> = op
+            .operands
+            .iter()
+            .map(|&v| operand(env, v)?.tensor().cloned())
+            .collect::<Result<_, _>>()?;
+        let elem = result_ty.map(|t| t.elem.clone()).unwrap_or(ElemType::F32);
+        let outs = eval_nn(nn, &op.attrs, &inputs, &elem)?;
+        for (t, &r) in outs.iter().zip(&op.results) {
+            check_fits(t, f.ty(r))?;
+        }
+        return Ok(outs.into_iter().map(RtValue::Tensor).collect());
+    }
+    if let Some(q) = QuantOp::of(op) {
+        return eval_quant(q, f, op, env).map(|v| vec![v]);
+    }
+    match QcOp::of(op) {
+        Some(QcOp::Constant) => {
+            let ty = result_ty.ok_or("a constant has a result")?;
+            let t = match op.attr("value") {
+                Some(Attribute::Dense(d)) => Tensor::from_dense(d, ty)?,
+                Some(Attribute::DenseResource(name)) => {
+                    let blob = m
+                        .resources
+                        .get(name)
+                        .ok_or_else(|| format!("resource '{name}' is not defined"))?;
+                    let bytes =
+                        match blob {
+                            Blob::Elided => return Err(format!(
+                                "resource '{name}' was elided: its bytes are not in this module"
+                            )),
+                            b => b.bytes().unwrap_or_default(),
+                        };
+                    if ty.elem.as_quant().is_some() {
+                        return Err(format!("resource '{name}' holds a quantized tensor; decoding quantized resources is not supported yet"));
+                    }
+                    Tensor::from_bytes(bytes, ty)?
+                }
+                _ => return Err("a constant needs a dense value".into()),
+            };
+            Ok(vec![RtValue::Tensor(t)])
+        }
+        None => Err(format!("the interpreter does not know op '{}'", op.name())),
+    }
+}
+
+fn to_f32(t: &Tensor) -> Result<Vec<f32>, String> {
+    match &t.data {
+        Data::F(v) => Ok(v.iter().map(|&x| x as f32).collect()),
+        Data::I(_) => Err("expected a float tensor".into()),
+    }
+}
+
+fn eval_quant(
+    q: QuantOp,
+    f: &Func,
+    op: &qc_ir::Op,
+    env: &[Option<RtValue>],
+) -> Result<RtValue, String> {
+    let result_ty = f.ty(op.results[0]);
+    match q {
+        QuantOp::Quantize => {
+            let x = operand(env, op.operands[0])?.tensor()?;
+            let fmt = result_ty
+                .elem
+                .as_quant()
+                .ok_or("quantize must produce a quantized type")?;
+            let opts = QuantizeOptions {
+                name: f
+                    .value(op.results[0])
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| "tensor".into()),
+                seed: op.attr("seed").and_then(Attribute::as_int).unwrap_or(0) as u64,
+                ..QuantizeOptions::default()
+            };
+            let qt = quantize(&to_f32(x)?, &x.shape, fmt, &opts).map_err(|e| e.to_string())?;
+            Ok(RtValue::Quant(qt))
+        }
+        QuantOp::Dequantize => {
+            let RtValue::Quant(qt) = operand(env, op.operands[0])? else {
+                return Err("dequantize needs a quantized operand".into());
+            };
+            let data = dequantize(qt).map_err(|e| e.to_string())?;
+            let elem = result_ty.elem.clone();
+            Ok(RtValue::Tensor(Tensor::new(
+                qt.shape.clone(),
+                elem.clone(),
+                Data::F(
+                    data.into_iter()
+                        .map(|v| round_to(&elem, v as f64))
+                        .collect(),
+                ),
+            )))
+        }
+        QuantOp::Matmul => {
+            let x = operand(env, op.operands[0])?.tensor()?;
+            let RtValue::Quant(w) = operand(env, op.operands[1])? else {
+                return Err("quant.matmul needs quantized weights".into());
+            };
+            let wd = dequantize(w).map_err(|e| e.to_string())?;
+            let mut wt = Tensor::new(
+                w.shape.clone(),
+                ElemType::F32,
+                Data::F(wd.into_iter().map(f64::from).collect()),
+            );
+            if op.attr("transpose_b").is_some() {
+                let perm = qc_ir::Attrs::from_iter([(
+                    "perm",
+                    Attribute::Array(vec![Attribute::Int(1), Attribute::Int(0)]),
+                )]);
+                wt = eval_nn(NnOp::Transpose, &perm, &[wt], &ElemType::F32)?.remove(0);
+            }
+            wt.elem = x.elem.clone();
+            let out = eval_nn(
+                NnOp::Matmul,
+                &qc_ir::Attrs::new(),
+                &[x.clone(), wt],
+                &x.elem,
+            )?
+            .remove(0);
+            check_fits(&out, result_ty)?;
+            Ok(RtValue::Tensor(out))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qc_ir::{parse_module, Registry, Source};
+
+    fn registry() -> Registry {
+        let mut r = Registry::new();
+        r.register(qc_nn::dialect());
+        r.register(qc_quant::ops::dialect());
+        r
+    }
+
+    #[test]
+    fn runs_a_function_with_constants_and_quant_ops() {
+        let text = r#"
+func.func @f(%x: tensor<2x32xf32>) -> (tensor<2x32xf32>, tensor<2x2xf32>) {
+  %c = qc.constant {value = dense<2.0>} : () -> tensor<f32>
+  %y = nn.mul %x, %c : (tensor<2x32xf32>, tensor<f32>) -> tensor<2x32xf32>
+  %q = quant.quantize %y : (tensor<2x32xf32>) -> tensor<2x32x!quant.mxfp8>
+  %d = quant.dequantize %q : (tensor<2x32x!quant.mxfp8>) -> tensor<2x32xf32>
+  %m = quant.matmul %x, %q {transpose_b} : (tensor<2x32xf32>, tensor<2x32x!quant.mxfp8>) -> tensor<2x2xf32>
+  return %d, %m : tensor<2x32xf32>, tensor<2x2xf32>
+}"#;
+        let m = parse_module(text, &Source::named("t"), &registry()).unwrap();
+        qc_ir::verify_module(&m).unwrap();
+        // y = 2x holds multiples of 1/4 with a row maximum of exactly 4: under the FLOOR rule the block
+        // scale is 2^(2 - 8) and every element (at most 256 after scaling) is exact in e4m3.
+        let vals: Vec<f64> = (0..64).map(|i| (i % 17) as f64 / 8.0).collect();
+        let x = Tensor::new(vec![2, 32], ElemType::F32, Data::F(vals.clone()));
+        let out = run_func(&m, "f", vec![x]).unwrap();
+        assert_eq!(out[0].data, Data::F(vals.iter().map(|v| v * 2.0).collect()));
+        // Entry (0, 1) of x (2x)^T: row 0 of x dotted with row 1 of 2x, exact in f64, rounded to f32 once.
+        let expect: f64 = (0..32).map(|i| vals[i] * 2.0 * vals[32 + i]).sum();
+        assert_eq!(out[1].data.f(1), expect as f32 as f64);
+        let bad = Tensor::new(vec![3, 32], ElemType::F32, Data::F(vec![0.0; 96]));
+        assert!(run_func(&m, "f", vec![bad])
+            .unwrap_err()
+            .message
+            .contains("does not fit"));
+    }
+}
