@@ -427,3 +427,106 @@ fn valid_models_load_and_initializer_ranges_point_at_the_bytes() {
         .collect();
     assert_eq!(order, [(1, "MatMul"), (0, "Add")]);
 }
+
+// ------------------------------------------------------------------ no second copy of the weights
+
+#[cfg(target_os = "linux")]
+fn status_kb(field: &str) -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// A 64 MiB initializer loads without being copied or even read: resident memory and its peak grow by far
+/// less than the weights (the file is written in chunks, so writing it costs no memory either).
+#[cfg(target_os = "linux")]
+#[test]
+fn large_initializer_is_not_copied() {
+    use prost::encoding::encode_varint;
+    use std::io::Write;
+    const N: u64 = 16 << 20; // FLOAT elements: 64 MiB
+    let bytes = N * 4;
+    let head = proto::TensorProto {
+        name: "W".into(),
+        dims: vec![N as i64],
+        data_type: 1,
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let out = proto::ValueInfoProto {
+        name: "W".into(),
+        r#type: Some(proto::TypeProto {
+            value: Some(proto::type_proto::Value::TensorType(
+                proto::type_proto::Tensor {
+                    elem_type: 1,
+                    shape: None,
+                },
+            )),
+            denotation: String::new(),
+        }),
+        doc_string: String::new(),
+    }
+    .encode_to_vec();
+    let varint = |v: u64| {
+        let mut b = Vec::new();
+        encode_varint(v, &mut b);
+        b
+    };
+    let tensor_len = head.len() as u64 + 1 + varint(bytes).len() as u64 + bytes;
+    let mut graph_head = vec![0x2a];
+    graph_head.extend(varint(tensor_len));
+    graph_head.extend(&head);
+    graph_head.push(0x4a);
+    graph_head.extend(varint(bytes));
+    let mut graph_tail = vec![0x62];
+    graph_tail.extend(varint(out.len() as u64));
+    graph_tail.extend(&out);
+    let graph_len = graph_head.len() as u64 + bytes + graph_tail.len() as u64;
+    let opset = proto::OperatorSetIdProto {
+        domain: String::new(),
+        version: 21,
+    }
+    .encode_to_vec();
+
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("big.onnx");
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    f.write_all(&[0x08, 0x0a, 0x3a]).unwrap();
+    f.write_all(&varint(graph_len)).unwrap();
+    f.write_all(&graph_head).unwrap();
+    let chunk = vec![0x3fu8; 1 << 20];
+    for _ in 0..bytes / chunk.len() as u64 {
+        f.write_all(&chunk).unwrap();
+    }
+    f.write_all(&graph_tail).unwrap();
+    f.write_all(&[0x42]).unwrap();
+    f.write_all(&varint(opset.len() as u64)).unwrap();
+    f.write_all(&opset).unwrap();
+    drop(f);
+
+    let (rss0, hwm0) = (status_kb("VmRSS:"), status_kb("VmHWM:"));
+    let (r, took) = load_timed(&path);
+    let m = r.unwrap_or_else(|d| panic!("{d}"));
+    let (rss1, hwm1) = (status_kb("VmRSS:"), status_kb("VmHWM:"));
+    let w = m.initializer("W").unwrap();
+    let TensorData::Raw(raw) = &w.data else {
+        panic!("not raw")
+    };
+    assert_eq!(raw.length, bytes);
+    let budget_kb = 16 * 1024; // a quarter of the weights
+    assert!(
+        rss1.saturating_sub(rss0) < budget_kb && hwm1.saturating_sub(hwm0) < budget_kb,
+        "loading a {} MiB model grew RSS by {} kB and its peak by {} kB",
+        bytes >> 20,
+        rss1.saturating_sub(rss0),
+        hwm1.saturating_sub(hwm0)
+    );
+    eprintln!(
+        "64 MiB initializer: loaded in {took:?}, RSS +{} kB, peak +{} kB",
+        rss1.saturating_sub(rss0),
+        hwm1.saturating_sub(hwm0)
+    );
+    assert_eq!(raw.bytes()[..4], [0x3f; 4]);
+}

@@ -15,6 +15,7 @@ use qc_quant::ops::QuantOp;
 use qc_quant::tensor::{dequantize, quantize, QuantizeOptions, QuantizedTensor};
 
 use crate::interp::{eval_nn, round_to, Data, Tensor};
+use crate::linear;
 
 /// A run-time value.
 #[derive(Clone, Debug)]
@@ -131,6 +132,10 @@ fn eval_op(
         return Ok(outs.into_iter().map(RtValue::Tensor).collect());
     }
     if let Some(q) = QuantOp::of(op) {
+        if q == QuantOp::DynamicQuantizeLinear {
+            let x = operand(env, op.operands[0])?.tensor()?;
+            return Ok(linear::dynamic_quantize(x)?.into_iter().map(RtValue::Tensor).collect());
+        }
         return eval_quant(q, f, op, env).map(|v| vec![v]);
     }
     match QcOp::of(op) {
@@ -212,6 +217,19 @@ fn eval_quant(
                 ),
             )))
         }
+        QuantOp::QuantizeLinear | QuantOp::DequantizeLinear => {
+            let ts: Vec<&Tensor> = op.operands.iter().map(|&v| operand(env, v)?.tensor()).collect::<Result<_, _>>()?;
+            let axis = op.attr("axis").and_then(Attribute::as_int).unwrap_or(1);
+            let block = op.attr("block_size").and_then(Attribute::as_int).unwrap_or(0);
+            let saturate = op.attr("saturate").and_then(Attribute::as_int).unwrap_or(1) != 0;
+            let out = if q == QuantOp::QuantizeLinear {
+                linear::quantize(ts[0], ts[1], ts[2], axis, block, saturate, &result_ty.elem)?
+            } else {
+                linear::dequantize(ts[0], ts[1], ts[2], axis, block, &result_ty.elem)?
+            };
+            Ok(RtValue::Tensor(out))
+        }
+        QuantOp::DynamicQuantizeLinear => Err("dynamic_quantize_linear has three results; eval_op evaluates it".into()),
         QuantOp::Matmul => {
             let x = operand(env, op.operands[0])?.tensor()?;
             let RtValue::Quant(w) = operand(env, op.operands[1])? else {

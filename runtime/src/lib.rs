@@ -8,3 +8,4 @@
 
 pub mod exec;
 pub mod interp;
+pub mod linear;

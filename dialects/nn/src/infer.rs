@@ -215,7 +215,13 @@ pub fn infer(op: NnOp, cx: &InferCx) -> Result<Vec<TensorType>, String> {
                 .result_elem
                 .clone()
                 .ok_or("cast needs a target element type")?;
-            numeric(t[0]).or_else(|_| is_bool(t[0]))?;
+            let raw = |e: &ElemType| matches!(e, ElemType::Raw(_));
+            if !raw(&t[0].elem) {
+                numeric(t[0]).or_else(|_| is_bool(t[0]))?;
+            }
+            if !(raw(&to) || to.is_float() || matches!(to, ElemType::Int { .. })) {
+                return Err(format!("cannot cast to {to}"));
+            }
             one(t[0].dims.clone(), to)
         }
         NnOp::Matmul => {

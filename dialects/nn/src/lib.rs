@@ -107,9 +107,10 @@ qc_ir::declare_ops! {
     Clip = "clip" { operands: Exactly(3), results: Exactly(1), attrs: [], pure: true, verify: v },
     /// Elementwise cond ? a : b with three-way broadcasting.
     Where = "where" { operands: Exactly(3), results: Exactly(1), attrs: [], pure: true, verify: v },
-    /// Converts elements to the result's element type (floats to integers truncate toward zero, with
-    /// saturation to the integer range; to i1, nonzero is true).
-    Cast = "cast" { operands: Exactly(1), results: Exactly(1), attrs: [], pure: true, verify: v },
+    /// Converts elements to the result's element type (floats to integers truncate toward zero and
+    /// wrap, as NumPy; to i1, nonzero is true); minifloat targets follow ONNX: `saturate` (default 1) clamps
+    /// float8 overflow to the finite range, `round_mode` ("up" default, "nearest", "down") rounds to e8m0.
+    Cast = "cast" { operands: Exactly(1), results: Exactly(1), attrs: [opt("saturate", Int), opt("round_mode", Str)], pure: true, verify: v },
     /// Matrix product with NumPy semantics (rank-1 operands are promoted and the added dimension removed).
     Matmul = "matmul" { operands: Exactly(2), results: Exactly(1), attrs: [], pure: true, verify: v },
     /// alpha * A' B' + beta * C with A' = transpose(A) if trans_a, likewise B'; C broadcasts.

@@ -3,7 +3,8 @@
 //! The format is never an attribute: it is the element type of the quantized tensor, so the verifier and
 //! every pass see it in the types.
 
-use qc_ir::ops::{opt, AttrKind, OpCtx, OpDef};
+use qc_ir::ops::{opt, req, AttrKind, OpCtx, OpDef};
+use qc_ir::types::ElemType;
 use qc_ir::types::TensorType;
 
 qc_ir::declare_ops! {
@@ -13,6 +14,15 @@ qc_ir::declare_ops! {
     Quantize = "quantize" { operands: Exactly(1), results: Exactly(1), attrs: [opt("seed", AttrKind::Int)], pure: true, verify: verify_quantize },
     /// Decodes a quantized tensor to the result's float element type.
     Dequantize = "dequantize" { operands: Exactly(1), results: Exactly(1), attrs: [], pure: true, verify: verify_dequantize },
+    /// ONNX QuantizeLinear: x / scale rounded to nearest even (plus the zero point for integers), saturated
+    /// to the result type (an integer or a raw minifloat, the zero point's type). Scales are per tensor,
+    /// per `axis`, or blocks of `block_size` along `axis`.
+    QuantizeLinear = "quantize_linear" { operands: Exactly(3), results: Exactly(1), attrs: [req("axis", AttrKind::Int), opt("block_size", AttrKind::Int), opt("saturate", AttrKind::Int)], pure: true, verify: verify_quantize_linear },
+    /// ONNX DequantizeLinear: (x - zero point) * scale, in the result's float type (zero points of
+    /// minifloat inputs are ignored, as ONNX does).
+    DequantizeLinear = "dequantize_linear" { operands: Exactly(3), results: Exactly(1), attrs: [req("axis", AttrKind::Int), opt("block_size", AttrKind::Int)], pure: true, verify: verify_dequantize_linear },
+    /// ONNX DynamicQuantizeLinear: uint8 codes, their f32 scale and uint8 zero point, from the data's range.
+    DynamicQuantizeLinear = "dynamic_quantize_linear" { operands: Exactly(1), results: Exactly(3), attrs: [], pure: true, verify: verify_dynamic_quantize_linear },
     /// Float activations [..., M, K] times quantized weights [K, N] ([N, K] with `transpose_b`), float result.
     Matmul = "matmul" { operands: Exactly(2), results: Exactly(1), attrs: [opt("transpose_b", AttrKind::Unit)], pure: true, verify: verify_qmatmul },
 }
@@ -82,4 +92,87 @@ fn verify_qmatmul(cx: &OpCtx) -> Result<(), String> {
             "result type {r} does not match the inferred {expected}"
         ))
     }
+}
+
+fn is_code_type(e: &ElemType) -> bool {
+    matches!(e, ElemType::Int { bits, .. } if *bits > 1) || matches!(e, ElemType::Raw(_))
+}
+
+/// Checks the scale (and zero point) shapes of a linear (de)quantization against `x`.
+fn check_linear_params(cx: &OpCtx, x: &TensorType) -> Result<(), String> {
+    let (scale, zp) = (cx.operand_ty(1), cx.operand_ty(2));
+    if !(scale.elem.is_float() || matches!(scale.elem, ElemType::Raw(_))) {
+        return Err(format!("the scale must be a float tensor, not {scale}"));
+    }
+    if zp.dims != scale.dims {
+        return Err(format!("the zero point {zp} and the scale {scale} differ in shape"));
+    }
+    let axis = cx.attr("axis").and_then(|a| a.as_int()).unwrap_or(1);
+    let block = cx.attr("block_size").and_then(|a| a.as_int()).unwrap_or(0);
+    if scale.num_elements() == Some(1) && block == 0 {
+        return Ok(());
+    }
+    let a = qc_nn::norm_axis(axis, x.rank())?;
+    if block == 0 {
+        if scale.rank() != 1 {
+            return Err(format!("a per-axis scale must be 1-D, not {scale}"));
+        }
+        if let (Some(n), Some(s)) = (x.dims[a].as_static(), scale.dims[0].as_static()) {
+            if n != s {
+                return Err(format!("the scale has {s} entries but axis {a} has {n}"));
+            }
+        }
+        return Ok(());
+    }
+    if block < 0 || scale.rank() != x.rank() {
+        return Err(format!("blocked scales need the input's rank and a positive block_size, not {scale} and {block}"));
+    }
+    for (d, (xd, sd)) in x.dims.iter().zip(&scale.dims).enumerate() {
+        if let (Some(n), Some(s)) = (xd.as_static(), sd.as_static()) {
+            let want = if d == a { n.div_ceil(block as u64) } else { n };
+            if s != want {
+                return Err(format!("blocked scale dimension {d} is {s}, expected {want}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn verify_quantize_linear(cx: &OpCtx) -> Result<(), String> {
+    let (x, r) = (cx.operand_ty(0), cx.result_ty(0));
+    if !x.elem.is_float() {
+        return Err(format!("quantize_linear takes a float tensor, not {x}"));
+    }
+    if !is_code_type(&r.elem) || r.elem != cx.operand_ty(2).elem {
+        return Err(format!("the result must be an integer or minifloat type equal to the zero point's, not {}", r.elem));
+    }
+    check_linear_params(cx, x)?;
+    same_dims(x, r)
+}
+
+fn verify_dequantize_linear(cx: &OpCtx) -> Result<(), String> {
+    let (x, r) = (cx.operand_ty(0), cx.result_ty(0));
+    if !is_code_type(&x.elem) {
+        return Err(format!("dequantize_linear takes integer or minifloat codes, not {x}"));
+    }
+    if !(r.elem.is_float() || matches!(r.elem, ElemType::Raw(_))) {
+        return Err(format!("dequantize_linear produces a float tensor, not {r}"));
+    }
+    check_linear_params(cx, x)?;
+    same_dims(x, r)
+}
+
+fn verify_dynamic_quantize_linear(cx: &OpCtx) -> Result<(), String> {
+    let x = cx.operand_ty(0);
+    let u8t = ElemType::Int { bits: 8, unsigned: true };
+    if x.elem != ElemType::F32 {
+        return Err(format!("dynamic_quantize_linear takes an f32 tensor, not {x}"));
+    }
+    let want = [x.with_elem(u8t.clone()), TensorType::new(&[], ElemType::F32), TensorType::new(&[], u8t)];
+    for (i, w) in want.iter().enumerate() {
+        if cx.result_ty(i) != w {
+            return Err(format!("result {i} must be {w}, not {}", cx.result_ty(i)));
+        }
+    }
+    Ok(())
 }

@@ -9,6 +9,7 @@
 //! width; integer division by zero is an error. Unsigned 64-bit values above i64::MAX are not held.
 
 mod nn_ops;
+pub mod raw;
 mod tensor;
 
 pub use tensor::{broadcast_map, round_to, strides, supported, wrap, Data, Tensor};
@@ -263,6 +264,13 @@ pub fn eval_nn(
                 ),
                 _ => return Err("where branches differ in kind".into()),
             }
+        }
+        NnOp::Cast if matches!(x.elem, ElemType::Raw(_)) || matches!(elem, ElemType::Raw(_)) => {
+            let mode = match attrs.get("round_mode") {
+                Some(Attribute::Str(s)) => s.clone(),
+                _ => "up".to_string(),
+            };
+            raw::cast(x, &elem, int_attr("saturate", 1) != 0, &mode)?
         }
         NnOp::Cast => cast(x, &elem)?,
         NnOp::Matmul => nn_ops::matmul(x, &inputs[1], &shape)?,
@@ -647,33 +655,7 @@ fn binary(
 fn cast(x: &Tensor, to: &ElemType) -> Result<Data, String> {
     Ok(match (&x.data, to) {
         (Data::F(v), ElemType::Int { bits, unsigned }) => {
-            let mut out = Vec::with_capacity(v.len());
-            for &a in v {
-                if *bits == 1 {
-                    out.push((a != 0.0) as i64);
-                    continue;
-                }
-                if a.is_nan() {
-                    return Err("cannot cast NaN to an integer".into());
-                }
-                let (lo, hi) = if *unsigned {
-                    (
-                        0.0,
-                        if *bits >= 63 {
-                            i64::MAX as f64
-                        } else {
-                            ((1u64 << bits) - 1) as f64
-                        },
-                    )
-                } else {
-                    (
-                        -(2f64.powi(*bits as i32 - 1)),
-                        2f64.powi(*bits as i32 - 1) - 1.0,
-                    )
-                };
-                out.push(a.trunc().clamp(lo, hi) as i64);
-            }
-            Data::I(out)
+            Data::I(v.iter().map(|&a| raw::float_to_int(a, *bits, *unsigned)).collect())
         }
         (Data::F(v), e) => Data::F(v.iter().map(|&a| round_to(e, a)).collect()),
         (Data::I(v), ElemType::Int { bits, unsigned }) => {

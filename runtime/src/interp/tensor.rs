@@ -93,7 +93,12 @@ pub fn wrap(x: i64, bits: u8, unsigned: bool) -> i64 {
 pub fn supported(elem: &ElemType) -> bool {
     matches!(
         elem,
-        ElemType::F16 | ElemType::BF16 | ElemType::F32 | ElemType::F64 | ElemType::Int { .. }
+        ElemType::F16
+            | ElemType::BF16
+            | ElemType::F32
+            | ElemType::F64
+            | ElemType::Int { .. }
+            | ElemType::Raw(_)
     )
 }
 
@@ -145,6 +150,10 @@ impl Tensor {
                     .map(|i| wrap(d.get_i64(i), *bits, *unsigned))
                     .collect(),
             ),
+            ElemType::Raw(enc) => {
+                let values: Vec<f64> = (0..n).map(|i| d.get_f64(i)).collect();
+                return super::raw::from_values(&values, shape, *enc);
+            }
             e => return Err(format!("the interpreter does not hold {e} tensors")),
         };
         Ok(Tensor {
@@ -237,6 +246,9 @@ impl Tensor {
 
     /// The values as a canonical dense attribute (splat when all equal).
     pub fn to_dense(&self) -> DenseData {
+        if let (ElemType::Raw(_), Ok(values)) = (&self.elem, super::raw::decode(self)) {
+            return DenseData::Float(values).canonical();
+        }
         match (&self.data, &self.elem) {
             (Data::I(v), ElemType::Int { bits: 1, .. }) => {
                 DenseData::Bool(v.iter().map(|&x| x != 0).collect())

@@ -21,6 +21,8 @@ use qc_nn::NnOp;
 
 use super::model::{self, AttrValue, DataType, Node, OnnxModel, TensorData};
 
+mod qdq;
+
 /// Initializers with at most this many elements become inline `dense<...>` literals.
 const INLINE_LIMIT: u64 = 64;
 
@@ -82,6 +84,21 @@ fn ty_of(vi: &model::TensorType) -> Result<TensorType, String> {
 /// The values of a model tensor as dense data (integers for integer and bool types, floats otherwise).
 fn dense_of_tensor(t: &model::Tensor, elem: &ElemType) -> Result<DenseData, String> {
     let n = t.num_elements() as usize;
+    if let ElemType::Raw(enc) = elem {
+        // Codes are packed little-endian, low bits first, at the encoding's width (8, 6 or 4 bits).
+        let bytes = t.raw_bytes().ok_or("cannot read the tensor's bytes")?;
+        let codec = qc_quant::codec::Codec::new(*enc).map_err(|e| e.to_string())?;
+        let b = enc.bits() as usize;
+        let values = (0..n)
+            .map(|i| {
+                let bit = i * b;
+                let word = u16::from_le_bytes([bytes.get(bit / 8).copied().unwrap_or(0), bytes.get(bit / 8 + 1).copied().unwrap_or(0)]);
+                let code = (word >> (bit % 8)) as u32 & ((1u32 << b) - 1);
+                codec.decode(code) as f64
+            })
+            .collect();
+        return Ok(DenseData::Float(values));
+    }
     let ints = |v: Vec<i64>| Ok(DenseData::Int(v));
     match (&t.data, elem) {
         (TensorData::Floats(v), _) if t.dtype == DataType::Float => {
@@ -742,13 +759,11 @@ fn convert_node(imp: &mut Importer, node: &Node) -> Result<Vec<Value>, Diagnosti
             } else {
                 imp.f.ty(imp.req(node, 1)?).elem.clone()
             };
-            if matches!(to, ElemType::Raw(_)) || matches!(imp.f.ty(xv).elem, ElemType::Raw(_)) {
-                return Err(imp.err(
-                    node,
-                    "casts to and from minifloat types are not supported yet",
-                ));
+            let mut at = vec![("saturate", int(attr_int(node, "saturate").unwrap_or(1)))];
+            if let Some(mode) = attr_str(node, "round_mode") {
+                at.push(("round_mode", Attribute::Str(mode)));
             }
-            imp.emit(node, NnOp::Cast, vec![xv], Attrs::new(), Some(to))
+            imp.emit(node, NnOp::Cast, vec![xv], attrs(at), Some(to))
         }
         "Constant" => {
             let a = node
@@ -1111,6 +1126,7 @@ fn convert_node(imp: &mut Importer, node: &Node) -> Result<Vec<Value>, Diagnosti
             ]);
             imp.emit(node, op, vec![x()?], at, None)
         }
+        "QuantizeLinear" | "DequantizeLinear" | "DynamicQuantizeLinear" => qdq::convert(imp, node),
         other => Err(imp.err(node, format!("operator '{other}' is not supported"))),
     }
 }

@@ -118,8 +118,8 @@ fn check_regular(f: File) -> Result<File, String> {
     Ok(f)
 }
 
-/// Turns prost's `failed to decode Protobuf message: ModelProto.graph: GraphProto.node: why` into
-/// (`graph.node`, `why`).
+/// Turns prost's `failed to decode Protobuf message: GraphProto.node: ModelProto.graph: why` (innermost
+/// field first) into (`graph.node`, `why`). Used only when [`wire::locate`] finds nothing.
 fn prost_error(e: &prost::DecodeError) -> (String, String) {
     let text = e.to_string();
     let rest = text
@@ -136,6 +136,8 @@ fn prost_error(e: &prost::DecodeError) -> (String, String) {
             _ => break,
         }
     }
+    // prost lists the innermost field first.
+    path.reverse();
     let path = if path.is_empty() {
         "model".to_string()
     } else {
@@ -1220,4 +1222,35 @@ struct Graph {
     value_info: Vec<ValueInfo>,
     initializers: Vec<Tensor>,
     nodes: Vec<Node>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prost_errors_become_paths() {
+        // A wrong wire type for `graph`, decoded by prost directly.
+        let e = proto::ModelProto::decode(&[0x38, 0x01][..]).unwrap_err();
+        let (path, why) = prost_error(&e);
+        assert_eq!(path, "graph");
+        assert!(why.contains("wire type"), "{why}");
+        let e = proto::ModelProto::decode(&[0x3a, 0x02, 0x0a, 0x05][..]).unwrap_err();
+        let (path, _) = prost_error(&e);
+        assert!(path.starts_with("graph"), "{path}");
+    }
+
+    #[test]
+    fn data_type_codes_round_trip() {
+        for (i, t) in DataType::ALL.iter().enumerate() {
+            assert_eq!(DataType::from_code(i as i32 + 1), Some(*t));
+            assert_eq!(t.code(), i as i32 + 1);
+        }
+        assert_eq!(DataType::from_code(0), None);
+        assert_eq!(DataType::from_code(29), None);
+        assert_eq!(DataType::Int4.raw_size(15), Some(8));
+        assert_eq!(DataType::Uint2.raw_size(5), Some(2));
+        assert_eq!(DataType::Float6E2M3.raw_size(5), Some(4));
+        assert_eq!(DataType::Float.raw_size(u64::MAX), None);
+    }
 }

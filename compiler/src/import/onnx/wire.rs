@@ -152,8 +152,7 @@ pub type Located = (String, String);
 
 /// Walks `buf` as a `ModelProto`; returns the path and description of the first wire-level problem.
 pub fn locate(buf: &[u8]) -> Option<Located> {
-    let mut path = String::new();
-    walk(buf, Msg::Model, &mut path, 0, false).err()
+    walk(buf, Msg::Model, "", 0, false).err()
 }
 
 struct Reader<'a> {
@@ -219,7 +218,7 @@ fn err(path: &str, truncated: bool, msg: String) -> Located {
 fn walk(
     buf: &[u8],
     msg: Msg,
-    path: &mut String,
+    path: &str,
     depth: u32,
     truncated: bool,
 ) -> Result<(), Located> {
@@ -307,14 +306,11 @@ fn walk(
                 r.pos += body.len();
                 let inner_trunc = truncated || cut;
                 match kind {
-                    Kind::Str => {
-                        if !cut && std::str::from_utf8(body).is_err() {
-                            return Err(err(&fpath, truncated, "string is not valid UTF-8".into()));
-                        }
+                    Kind::Str if !cut && std::str::from_utf8(body).is_err() => {
+                        return Err(err(&fpath, truncated, "string is not valid UTF-8".into()));
                     }
                     Kind::Message(m) => {
-                        let mut p = fpath.clone();
-                        walk(body, m, &mut p, depth + 1, inner_trunc)?;
+                        walk(body, m, &fpath, depth + 1, inner_trunc)?;
                     }
                     Kind::PackedVarint => {
                         let mut pr = Reader { buf: body, pos: 0 };
