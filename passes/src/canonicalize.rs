@@ -203,9 +203,11 @@ fn rewrite(f: &Func, op: &Op, ops: &[Op], producer: &BTreeMap<Value, usize>) -> 
             if let Some(inner) = producer_of(op.operands[0], ops, producer)
                 .filter(|o| NnOp::of(o) == Some(NnOp::Reshape))
             {
-                if !copies_dims {
-                    let mut new = op.clone();
-                    new.operands[0] = inner.operands[0];
+                let mut new = op.clone();
+                new.operands[0] = inner.operands[0];
+                // Through a dynamic intermediate the chain may be one that could never run (4 elements to
+                // `?` to 8); keep it unless the composed op still infers the declared type.
+                if !copies_dims && infers_declared_type(f, &new, ops, producer) {
                     return Rewrite::Replace(new);
                 }
             }
@@ -227,6 +229,31 @@ fn rewrite(f: &Func, op: &Op, ops: &[Op], producer: &BTreeMap<Value, usize>) -> 
         _ => {}
     }
     fold(f, nn, op, ops, producer)
+}
+
+/// Whether `op` (an nn op) infers exactly its declared result types.
+fn infers_declared_type(f: &Func, op: &Op, ops: &[Op], producer: &BTreeMap<Value, usize>) -> bool {
+    let Some(nn) = NnOp::of(op) else { return false };
+    let cx = qc_nn::infer::InferCx {
+        types: op.operands.iter().map(|&v| f.ty(v)).collect(),
+        attrs: &op.attrs,
+        consts: op
+            .operands
+            .iter()
+            .map(|&v| dense_of(v, ops, producer))
+            .collect(),
+        result_elem: Some(f.ty(op.results[0]).elem.clone()),
+    };
+    match qc_nn::infer::infer(nn, &cx) {
+        Ok(types) => {
+            types.len() == op.results.len()
+                && types
+                    .iter()
+                    .zip(&op.results)
+                    .all(|(t, &r)| qc_nn::shape::type_matches(t, f.ty(r)))
+        }
+        Err(_) => false,
+    }
 }
 
 /// Replaces `op` by a constant when all its operands are `dense<...>` constants (or, for `nn.shape` and

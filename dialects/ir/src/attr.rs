@@ -9,8 +9,9 @@ use std::fmt;
 use crate::types::TensorType;
 
 /// The values of a small constant tensor, in row-major order. A single value is a splat: it fills the
-/// whole tensor whatever its shape.
-#[derive(Clone, Debug, PartialEq)]
+/// whole tensor whatever its shape. An empty list is an empty tensor. Equality compares bits (NaN equals
+/// itself, -0.0 differs from 0.0), and the text form is canonical (see [`DenseData::canonical`]).
+#[derive(Clone, Debug)]
 pub enum DenseData {
     /// Floating-point values (for float and raw minifloat element types).
     Float(Vec<f64>),
@@ -56,7 +57,11 @@ impl DenseData {
     }
 
     /// Collapses a list whose values are all bit-identical into a one-value splat; the canonical form.
+    /// An empty list (of any kind) becomes `Int([])`: the text form `dense<[]>` does not say its kind.
     pub fn canonical(self) -> Self {
+        if self.is_empty() {
+            return DenseData::Int(Vec::new());
+        }
         fn collapse<T: Clone>(v: Vec<T>, same: impl Fn(&T, &T) -> bool) -> Vec<T> {
             if v.len() > 1 && v.iter().all(|x| same(x, &v[0])) {
                 vec![v[0].clone()]
@@ -68,6 +73,19 @@ impl DenseData {
             DenseData::Float(v) => DenseData::Float(collapse(v, |a, b| a.to_bits() == b.to_bits())),
             DenseData::Int(v) => DenseData::Int(collapse(v, |a, b| a == b)),
             DenseData::Bool(v) => DenseData::Bool(collapse(v, |a, b| a == b)),
+        }
+    }
+}
+
+impl PartialEq for DenseData {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (DenseData::Float(a), DenseData::Float(b)) => {
+                a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+            }
+            (DenseData::Int(a), DenseData::Int(b)) => a == b,
+            (DenseData::Bool(a), DenseData::Bool(b)) => a == b,
+            _ => false,
         }
     }
 }
@@ -162,8 +180,11 @@ pub fn format_f64(v: f64) -> String {
 }
 
 impl fmt::Display for DenseData {
+    /// Prints the canonical form, so that text round-trips: a list of bit-identical values prints as one
+    /// splat value (which is what the parser makes of it), an empty list as `[]`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let items: Vec<String> = match self {
+        let canonical = self.clone().canonical();
+        let items: Vec<String> = match &canonical {
             DenseData::Float(v) => v.iter().map(|x| format_f64(*x)).collect(),
             DenseData::Int(v) => v.iter().map(|x| x.to_string()).collect(),
             DenseData::Bool(v) => v.iter().map(|x| x.to_string()).collect(),

@@ -53,7 +53,12 @@ pub fn print_module(m: &Module, opts: PrintOptions) -> String {
                 }
                 Some(format!("      {name}: \"{hex}\""))
             }
-            Blob::Mapped { path, offset, length, .. } => Some(format!(
+            Blob::Mapped {
+                path,
+                offset,
+                length,
+                ..
+            } => Some(format!(
                 "      {name}: external<\"{}\", offset = {offset}, length = {length}>",
                 crate::attr::escape(path)
             )),
@@ -78,7 +83,11 @@ impl Names {
         let mut used = BTreeSet::new();
         let mut names = vec![None; f.num_values()];
         let (mut arg_counter, mut counter) = (0usize, 0usize);
-        let defs = f.args.iter().map(|v| (*v, true)).chain(f.ops.iter().flat_map(|o| o.results.iter().map(|v| (*v, false))));
+        let defs = f.args.iter().map(|v| (*v, true)).chain(
+            f.ops
+                .iter()
+                .flat_map(|o| o.results.iter().map(|v| (*v, false))),
+        );
         for (v, is_arg) in defs {
             let name = match &f.value(v).name {
                 Some(hint) => {
@@ -110,13 +119,19 @@ impl Names {
     }
 
     fn get(&self, v: Value) -> &str {
-        self.names[v.0 as usize].as_deref().unwrap_or("<<UNDEFINED>>")
+        self.names[v.0 as usize]
+            .as_deref()
+            .unwrap_or("<<UNDEFINED>>")
     }
 }
 
 fn print_func(out: &mut String, f: &Func) {
     let names = Names::new(f);
-    let args: Vec<String> = f.args.iter().map(|&a| format!("%{}: {}", names.get(a), f.ty(a))).collect();
+    let args: Vec<String> = f
+        .args
+        .iter()
+        .map(|&a| format!("%{}: {}", names.get(a), f.ty(a)))
+        .collect();
     let _ = write!(out, "  func.func @{}({})", f.name, args.join(", "));
     match f.result_types.len() {
         0 => {}
@@ -132,12 +147,20 @@ fn print_func(out: &mut String, f: &Func) {
     for op in &f.ops {
         out.push_str("    ");
         if !op.results.is_empty() {
-            let rs: Vec<String> = op.results.iter().map(|&r| format!("%{}", names.get(r))).collect();
+            let rs: Vec<String> = op
+                .results
+                .iter()
+                .map(|&r| format!("%{}", names.get(r)))
+                .collect();
             let _ = write!(out, "{} = ", rs.join(", "));
         }
         out.push_str(op.name());
         if !op.operands.is_empty() {
-            let os: Vec<String> = op.operands.iter().map(|&o| format!("%{}", names.get(o))).collect();
+            let os: Vec<String> = op
+                .operands
+                .iter()
+                .map(|&o| format!("%{}", names.get(o)))
+                .collect();
             let _ = write!(out, " {}", os.join(", "));
         }
         if !op.attrs.is_empty() {
@@ -153,12 +176,20 @@ fn print_func(out: &mut String, f: &Func) {
         }
         let ins: Vec<String> = op.operands.iter().map(|&o| f.ty(o).to_string()).collect();
         let outs: Vec<String> = op.results.iter().map(|&r| f.ty(r).to_string()).collect();
-        let outs = if outs.len() == 1 { outs[0].clone() } else { format!("({})", outs.join(", ")) };
+        let outs = if outs.len() == 1 {
+            outs[0].clone()
+        } else {
+            format!("({})", outs.join(", "))
+        };
         let _ = writeln!(out, " : ({}) -> {}", ins.join(", "), outs);
     }
     out.push_str("    return");
     if !f.ret.is_empty() {
-        let vs: Vec<String> = f.ret.iter().map(|&v| format!("%{}", names.get(v))).collect();
+        let vs: Vec<String> = f
+            .ret
+            .iter()
+            .map(|&v| format!("%{}", names.get(v)))
+            .collect();
         let ts: Vec<String> = f.ret.iter().map(|&v| f.ty(v).to_string()).collect();
         let _ = write!(out, " {} : {}", vs.join(", "), ts.join(", "));
     }

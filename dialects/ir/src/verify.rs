@@ -108,6 +108,7 @@ fn verify_func(m: &Module, f: &Func, errs: &mut Vec<Diagnostic>) {
             if let Attribute::DenseResource(r) = value {
                 check_resource(m, f, op, r, &mut op_errs);
             }
+            check_attr_types(name, value, &mut op_errs);
         }
         for &r in &op.results {
             if let Err(e) = check_type(f.ty(r)) {
@@ -160,6 +161,19 @@ fn verify_func(m: &Module, f: &Func, errs: &mut Vec<Diagnostic>) {
                 ),
             );
         }
+    }
+}
+
+/// Tensor types held by attributes (also inside arrays) must be valid like any other type.
+fn check_attr_types(name: &str, a: &Attribute, errs: &mut Vec<String>) {
+    match a {
+        Attribute::Type(t) => {
+            if let Err(e) = check_type(t) {
+                errs.push(format!("attribute '{name}': {e}"));
+            }
+        }
+        Attribute::Array(v) => v.iter().for_each(|x| check_attr_types(name, x, errs)),
+        _ => {}
     }
 }
 

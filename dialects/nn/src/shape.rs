@@ -141,7 +141,13 @@ pub fn concat(types: &[&TensorType], axis: i64) -> Result<Vec<Dim>, String> {
                 ));
             }
         }
-        total = total.zip(t.dims[a].as_static()).map(|(s, d)| s + d);
+        total = match (total, t.dims[a].as_static()) {
+            (Some(s), Some(d)) => Some(
+                s.checked_add(d)
+                    .ok_or("the concatenated dimension does not fit in 64 bits")?,
+            ),
+            _ => None,
+        };
     }
     let mut dims = first.dims.clone();
     dims[a] = total.map_or(Dim::Dynamic, Dim::Static);
