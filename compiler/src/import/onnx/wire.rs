@@ -215,13 +215,7 @@ fn err(path: &str, truncated: bool, msg: String) -> Located {
 }
 
 /// Walks one message body. `truncated` is set inside a field whose declared length ran past the end.
-fn walk(
-    buf: &[u8],
-    msg: Msg,
-    path: &str,
-    depth: u32,
-    truncated: bool,
-) -> Result<(), Located> {
+fn walk(buf: &[u8], msg: Msg, path: &str, depth: u32, truncated: bool) -> Result<(), Located> {
     if depth > MAX_DEPTH {
         return Err(err(path, truncated, "messages nest too deeply".into()));
     }
