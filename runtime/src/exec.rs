@@ -77,11 +77,52 @@ pub fn run_func(m: &Module, name: &str, inputs: Vec<Tensor>) -> Result<Vec<Tenso
             .map_err(|e| Diagnostic::error(f.loc.clone(), format!("input {i}: {e}")))?;
         env[a.0 as usize] = Some(RtValue::Tensor(t));
     }
-    for op in &f.ops {
+    // Memory: a model's weights are constants at the top of the function. Each constant without operands
+    // is evaluated just before its first use, and every value is dropped after its last use (unless
+    // returned), so a run holds about one layer's weights decoded at a time, not all of them.
+    let n = f.num_values();
+    let (mut first_use, mut last_use) = (vec![usize::MAX; n], vec![usize::MAX; n]);
+    for (i, op) in f.ops.iter().enumerate() {
+        for &v in &op.operands {
+            first_use[v.0 as usize] = first_use[v.0 as usize].min(i);
+            last_use[v.0 as usize] = i;
+        }
+    }
+    let mut returned = vec![false; n];
+    for &v in &f.ret {
+        returned[v.0 as usize] = true;
+    }
+    let deferred = |op: &qc_ir::Op| {
+        matches!(QcOp::of(op), Some(QcOp::Constant))
+            && op.operands.is_empty()
+            && op
+                .results
+                .iter()
+                .all(|r| !returned[r.0 as usize] && first_use[r.0 as usize] != usize::MAX)
+    };
+    let mut before: Vec<Vec<usize>> = vec![Vec::new(); f.ops.len()];
+    for (i, op) in f.ops.iter().enumerate() {
+        if deferred(op) {
+            let first = op.results.iter().map(|r| first_use[r.0 as usize]).min();
+            before[first.unwrap_or(i)].push(i);
+        }
+    }
+    let order = (0..f.ops.len())
+        .filter(|&i| !deferred(&f.ops[i]))
+        .flat_map(|i| before[i].iter().copied().chain([i]));
+    for i in order {
+        let op = &f.ops[i];
         let results = eval_op(m, f, op, &env)
             .map_err(|e| Diagnostic::error(op.loc.clone(), format!("{}: {e}", op.name())))?;
         for (&r, v) in op.results.iter().zip(results) {
-            env[r.0 as usize] = Some(v);
+            if last_use[r.0 as usize] != usize::MAX || returned[r.0 as usize] {
+                env[r.0 as usize] = Some(v);
+            }
+        }
+        for &v in &op.operands {
+            if last_use[v.0 as usize] == i && !returned[v.0 as usize] {
+                env[v.0 as usize] = None;
+            }
         }
     }
     f.ret
@@ -134,7 +175,10 @@ fn eval_op(
     if let Some(q) = QuantOp::of(op) {
         if q == QuantOp::DynamicQuantizeLinear {
             let x = operand(env, op.operands[0])?.tensor()?;
-            return Ok(linear::dynamic_quantize(x)?.into_iter().map(RtValue::Tensor).collect());
+            return Ok(linear::dynamic_quantize(x)?
+                .into_iter()
+                .map(RtValue::Tensor)
+                .collect());
         }
         return eval_quant(q, f, op, env).map(|v| vec![v]);
     }
@@ -148,13 +192,14 @@ fn eval_op(
                         .resources
                         .get(name)
                         .ok_or_else(|| format!("resource '{name}' is not defined"))?;
-                    let bytes =
-                        match blob {
-                            Blob::Elided => return Err(format!(
+                    let bytes = match blob {
+                        Blob::Elided => {
+                            return Err(format!(
                                 "resource '{name}' was elided: its bytes are not in this module"
-                            )),
-                            b => b.bytes().unwrap_or_default(),
-                        };
+                            ))
+                        }
+                        b => b.bytes().unwrap_or_default(),
+                    };
                     if ty.elem.as_quant().is_some() {
                         return Err(format!("resource '{name}' holds a quantized tensor; decoding quantized resources is not supported yet"));
                     }
@@ -218,9 +263,16 @@ fn eval_quant(
             )))
         }
         QuantOp::QuantizeLinear | QuantOp::DequantizeLinear => {
-            let ts: Vec<&Tensor> = op.operands.iter().map(|&v| operand(env, v)?.tensor()).collect::<Result<_, _>>()?;
+            let ts: Vec<&Tensor> = op
+                .operands
+                .iter()
+                .map(|&v| operand(env, v)?.tensor())
+                .collect::<Result<_, _>>()?;
             let axis = op.attr("axis").and_then(Attribute::as_int).unwrap_or(1);
-            let block = op.attr("block_size").and_then(Attribute::as_int).unwrap_or(0);
+            let block = op
+                .attr("block_size")
+                .and_then(Attribute::as_int)
+                .unwrap_or(0);
             let saturate = op.attr("saturate").and_then(Attribute::as_int).unwrap_or(1) != 0;
             let out = if q == QuantOp::QuantizeLinear {
                 linear::quantize(ts[0], ts[1], ts[2], axis, block, saturate, &result_ty.elem)?
@@ -229,7 +281,9 @@ fn eval_quant(
             };
             Ok(RtValue::Tensor(out))
         }
-        QuantOp::DynamicQuantizeLinear => Err("dynamic_quantize_linear has three results; eval_op evaluates it".into()),
+        QuantOp::DynamicQuantizeLinear => {
+            Err("dynamic_quantize_linear has three results; eval_op evaluates it".into())
+        }
         QuantOp::Matmul => {
             let x = operand(env, op.operands[0])?.tensor()?;
             let RtValue::Quant(w) = operand(env, op.operands[1])? else {

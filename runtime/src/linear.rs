@@ -58,19 +58,35 @@ fn promoted(a: &ElemType, b: &ElemType) -> ElemType {
 }
 
 /// QuantizeLinear.
-pub fn quantize(x: &Tensor, scale: &Tensor, zp: &Tensor, axis: i64, block: i64, saturate: bool, out: &ElemType) -> Result<Tensor, String> {
+pub fn quantize(
+    x: &Tensor,
+    scale: &Tensor,
+    zp: &Tensor,
+    axis: i64,
+    block: i64,
+    saturate: bool,
+    out: &ElemType,
+) -> Result<Tensor, String> {
     let idx = scale_index(&x.shape, scale, axis, block)?;
     let (sv, zv) = (values(scale)?, values(zp)?);
     let calc = promoted(&x.elem, &scale.elem);
     let data = match out {
         ElemType::Int { bits, unsigned } => {
-            let (lo, hi) = if *unsigned { (0, (1i64 << bits) - 1) } else { (-(1i64 << (bits - 1)), (1i64 << (bits - 1)) - 1) };
+            let (lo, hi) = if *unsigned {
+                (0, (1i64 << bits) - 1)
+            } else {
+                (-(1i64 << (bits - 1)), (1i64 << (bits - 1)) - 1)
+            };
             Data::I(
                 (0..x.len())
                     .map(|i| {
                         let q = round_to(&calc, x.data.f(i) / sv[idx[i]]).round_ties_even();
                         // NumPy's rint then astype(int32): NaN and overflow give i32::MIN.
-                        let qi = if q.is_finite() && q.abs() < 2147483648.0 { q as i64 } else { i32::MIN as i64 };
+                        let qi = if q.is_finite() && q.abs() < 2147483648.0 {
+                            q as i64
+                        } else {
+                            i32::MIN as i64
+                        };
                         (qi + zp.data.i(idx[i])).clamp(lo, hi)
                     })
                     .collect(),
@@ -97,21 +113,36 @@ pub fn quantize(x: &Tensor, scale: &Tensor, zp: &Tensor, axis: i64, block: i64, 
 }
 
 /// DequantizeLinear.
-pub fn dequantize(x: &Tensor, scale: &Tensor, zp: &Tensor, axis: i64, block: i64, out: &ElemType) -> Result<Tensor, String> {
+pub fn dequantize(
+    x: &Tensor,
+    scale: &Tensor,
+    zp: &Tensor,
+    axis: i64,
+    block: i64,
+    out: &ElemType,
+) -> Result<Tensor, String> {
     let idx = scale_index(&x.shape, scale, axis, block)?;
     let sv = values(scale)?;
     let xv = values(x)?;
     let use_zp = matches!(x.elem, ElemType::Int { .. });
     let prod: Vec<f64> = (0..x.len())
         .map(|i| {
-            let dx = if use_zp { (x.data.i(i) - zp.data.i(idx[i])) as f32 as f64 } else { xv[i] as f32 as f64 };
+            let dx = if use_zp {
+                (x.data.i(i) - zp.data.i(idx[i])) as f32 as f64
+            } else {
+                xv[i] as f32 as f64
+            };
             round_to(&promoted(&ElemType::F32, &scale.elem), dx * sv[idx[i]])
         })
         .collect();
     let data = match out {
         ElemType::Raw(enc) => {
             let c = Codec::new(*enc).map_err(|e| e.to_string())?;
-            Data::I(prod.iter().map(|&v| encode_onnx(&c, *enc, v, false, "up")).collect::<Result<_, _>>()?)
+            Data::I(
+                prod.iter()
+                    .map(|&v| encode_onnx(&c, *enc, v, false, "up"))
+                    .collect::<Result<_, _>>()?,
+            )
         }
         e => Data::F(prod.iter().map(|&v| round_to(e, v)).collect()),
     };
@@ -129,8 +160,13 @@ pub fn dynamic_quantize(x: &Tensor) -> Result<Vec<Tensor>, String> {
     }
     let scale = (if mx == mn { 1.0 } else { mx - mn }) / 255.0f32;
     let zp = (0.0f32 - mn / scale).clamp(0.0, 255.0).round_ties_even();
-    let u8t = ElemType::Int { bits: 8, unsigned: true };
-    let codes = (0..x.len()).map(|i| ((f(x.data.f(i)) / scale).round_ties_even() + zp).clamp(0.0, 255.0) as i64).collect();
+    let u8t = ElemType::Int {
+        bits: 8,
+        unsigned: true,
+    };
+    let codes = (0..x.len())
+        .map(|i| ((f(x.data.f(i)) / scale).round_ties_even() + zp).clamp(0.0, 255.0) as i64)
+        .collect();
     Ok(vec![
         Tensor::new(x.shape.clone(), u8t.clone(), Data::I(codes)),
         Tensor::new(vec![], ElemType::F32, Data::F(vec![scale as f64])),

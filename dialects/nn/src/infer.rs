@@ -76,6 +76,13 @@ fn float(t: &TensorType) -> Result<(), String> {
     }
 }
 
+fn int_elem(t: &TensorType) -> Result<(), String> {
+    match t.elem {
+        ElemType::Int { bits, .. } if bits > 1 => Ok(()),
+        _ => Err(format!("expected an integer tensor, not {t}")),
+    }
+}
+
 fn is_bool(t: &TensorType) -> Result<(), String> {
     if t.elem == I1 {
         Ok(())
@@ -153,7 +160,21 @@ pub fn infer(op: NnOp, cx: &InferCx) -> Result<Vec<TensorType>, String> {
             is_bool(t[0])?;
             one(t[0].dims.clone(), I1)
         }
-        NnOp::Neg | NnOp::Abs | NnOp::Sign => {
+        NnOp::BitwiseAnd | NnOp::BitwiseOr | NnOp::BitwiseXor | NnOp::BitShift => {
+            int_elem(t[0])?;
+            same_elem(t[0], t[1])?;
+            if op == NnOp::BitShift
+                && !matches!(cx.attrs.get("direction"), Some(Attribute::Str(d)) if d == "LEFT" || d == "RIGHT")
+            {
+                return Err("bit_shift direction must be \"LEFT\" or \"RIGHT\"".into());
+            }
+            one(shape::broadcast(&t[0].dims, &t[1].dims)?, t[0].elem.clone())
+        }
+        NnOp::BitwiseNot => {
+            int_elem(t[0])?;
+            Ok(vec![t[0].clone()])
+        }
+        NnOp::Neg | NnOp::Abs | NnOp::Sign | NnOp::Shrink => {
             numeric(t[0])?;
             Ok(vec![t[0].clone()])
         }
@@ -176,9 +197,28 @@ pub fn infer(op: NnOp, cx: &InferCx) -> Result<Vec<TensorType>, String> {
         | NnOp::Elu
         | NnOp::HardSigmoid
         | NnOp::HardSwish
+        | NnOp::Tan
+        | NnOp::Asin
+        | NnOp::Acos
+        | NnOp::Atan
+        | NnOp::Sinh
+        | NnOp::Cosh
+        | NnOp::Asinh
+        | NnOp::Acosh
+        | NnOp::Atanh
+        | NnOp::Softsign
+        | NnOp::Mish
+        | NnOp::Selu
+        | NnOp::Celu
+        | NnOp::ThresholdedRelu
+        | NnOp::Swish
+        | NnOp::Lrn
         | NnOp::Softmax
         | NnOp::LogSoftmax => {
             float(t[0])?;
+            if op == NnOp::Lrn && (t[0].rank() < 2 || cx.int("size", 0) < 1) {
+                return Err("lrn needs a tensor of rank 2 or more and a positive size".into());
+            }
             if let Some(a) = cx.attrs.get("approximate") {
                 if !matches!(a, Attribute::Str(s) if s == "none" || s == "tanh") {
                     return Err("gelu approximate must be \"none\" or \"tanh\"".into());
@@ -278,7 +318,11 @@ pub fn infer(op: NnOp, cx: &InferCx) -> Result<Vec<TensorType>, String> {
             one(out, t[0].elem.clone())
         }
         NnOp::Conv | NnOp::MaxPool | NnOp::AvgPool => {
-            float(t[0])?;
+            if op == NnOp::MaxPool {
+                numeric(t[0])?;
+            } else {
+                float(t[0])?;
+            }
             let x = t[0];
             let sp = x
                 .rank()
@@ -370,6 +414,106 @@ pub fn infer(op: NnOp, cx: &InferCx) -> Result<Vec<TensorType>, String> {
             dims.extend(std::iter::repeat_n(Dim::Static(1), t[0].rank() - 2));
             one(dims, t[0].elem.clone())
         }
+        NnOp::ConvTranspose => {
+            float(t[0])?;
+            let (x, w) = (t[0], t[1]);
+            same_elem(x, w)?;
+            same_elem(x, t[2])?;
+            let sp = x
+                .rank()
+                .checked_sub(2)
+                .filter(|&s| s > 0)
+                .ok_or_else(|| format!("expected an N x C x spatial... tensor, not {x}"))?;
+            let k = cx.ints("kernel_shape");
+            let (s, p, d) = (cx.ints("strides"), cx.ints("pads"), cx.ints("dilations"));
+            let op_ = cx.ints("output_padding");
+            let g = cx.int("group", 1);
+            if k.len() != sp
+                || s.len() != sp
+                || d.len() != sp
+                || op_.len() != sp
+                || p.len() != 2 * sp
+            {
+                return Err(format!(
+                    "kernel_shape, strides, dilations, output_padding need {sp} entries and pads {}",
+                    2 * sp
+                ));
+            }
+            if k.iter().chain(&s).chain(&d).any(|&v| v < 1) || op_.iter().any(|&v| v < 0) || g < 1 {
+                return Err("kernel_shape, strides, dilations and group must be positive".into());
+            }
+            if w.rank() != x.rank() {
+                return Err(format!("conv_transpose weights {w} do not match input {x}"));
+            }
+            if let (Some(c), Some(wc)) = (x.dims[1].as_static(), w.dims[0].as_static()) {
+                if c != wc || c % g as u64 != 0 {
+                    return Err(format!(
+                        "conv_transpose input has {c} channels, weights {wc}, group {g}"
+                    ));
+                }
+            }
+            for (i, &kk) in k.iter().enumerate() {
+                if w.dims[2 + i].as_static().is_some_and(|wk| wk != kk as u64) {
+                    return Err(format!("kernel_shape {k:?} does not match the weights {w}"));
+                }
+            }
+            let m = w.dims[1].as_static().map(|v| v * g as u64);
+            if let (Some(m), Some(b)) = (m, t[2].num_elements()) {
+                if t[2].rank() != 1 || b != m {
+                    return Err(format!(
+                        "conv_transpose bias {} does not have {m} entries",
+                        t[2]
+                    ));
+                }
+            }
+            let mut dims = vec![x.dims[0].clone(), static_or_dyn(m)];
+            for i in 0..sp {
+                dims.push(match x.dims[2 + i].as_static() {
+                    Some(n) => {
+                        let o = s[i] * (n as i64 - 1) + op_[i] + (k[i] - 1) * d[i] + 1
+                            - p[i]
+                            - p[sp + i];
+                        if o < 0 {
+                            return Err(format!("conv_transpose result dimension {o} is negative"));
+                        }
+                        Dim::Static(o as u64)
+                    }
+                    None => Dim::Dynamic,
+                });
+            }
+            one(dims, x.elem.clone())
+        }
+        NnOp::CumSum => {
+            numeric(t[0])?;
+            if !matches!(t[1].elem, ElemType::Int { .. }) || t[1].num_elements() != Some(1) {
+                return Err(format!("cum_sum axis must be one integer, not {}", t[1]));
+            }
+            if let Some(a) = cx.const_ints(1) {
+                norm_axis(a[0], t[0].rank())?;
+            }
+            Ok(vec![t[0].clone()])
+        }
+        NnOp::NllLoss => {
+            float(t[0])?;
+            same_elem(t[0], t[2])?;
+            if !matches!(t[1].elem, ElemType::Int { bits, .. } if bits > 1) {
+                return Err(format!("nll_loss targets must be integers, not {}", t[1]));
+            }
+            let r = t[0].rank();
+            if r < 2 || t[1].rank() != r - 1 || t[2].rank() != 1 {
+                return Err(format!(
+                    "nll_loss needs x [N, C, d...], target [N, d...] and weight [C], not {}, {} and {}",
+                    t[0], t[1], t[2]
+                ));
+            }
+            match cx.attrs.get("reduction") {
+                Some(Attribute::Str(s)) if s == "none" => one(t[1].dims.clone(), t[0].elem.clone()),
+                Some(Attribute::Str(s)) if s == "sum" || s == "mean" => {
+                    one(vec![], t[0].elem.clone())
+                }
+                _ => Err("nll_loss reduction must be \"none\", \"sum\" or \"mean\"".into()),
+            }
+        }
         NnOp::BatchNorm => {
             float(t[0])?;
             if t[0].rank() < 2 {
@@ -445,11 +589,23 @@ pub fn infer(op: NnOp, cx: &InferCx) -> Result<Vec<TensorType>, String> {
             )
         }
         NnOp::Squeeze | NnOp::Unsqueeze => {
-            int_1d(t[1], "axes")?;
-            let axes = cx
-                .const_ints(1)
-                .ok_or("squeeze/unsqueeze axes must be constants")?;
+            let n_axes = int_1d(t[1], "axes")?;
             let x = &t[0].dims;
+            let Some(axes) = cx.const_ints(1) else {
+                // Axes known only at run time: the rank follows from how many there are.
+                let k = n_axes
+                    .as_static()
+                    .ok_or("squeeze/unsqueeze axes of unknown length must be constants")?
+                    as usize;
+                let r = if op == NnOp::Squeeze {
+                    x.len()
+                        .checked_sub(k)
+                        .ok_or("more squeeze axes than dimensions")?
+                } else {
+                    x.len() + k
+                };
+                return one(dyn_dims(r), t[0].elem.clone());
+            };
             if op == NnOp::Squeeze {
                 let mut drop = vec![false; x.len()];
                 for &a in &axes {
@@ -498,9 +654,22 @@ pub fn infer(op: NnOp, cx: &InferCx) -> Result<Vec<TensorType>, String> {
         ),
         NnOp::Concat => one(shape::concat(&t, cx.int("axis", 0))?, t[0].elem.clone()),
         NnOp::Split => {
-            int_1d(t[1], "split")?;
+            let n_split = int_1d(t[1], "split")?;
             let a = norm_axis(cx.int("axis", 0), t[0].rank())?;
-            let sizes = cx.const_ints(1).ok_or("split sizes must be constants")?;
+            let Some(sizes) = cx.const_ints(1) else {
+                // Sizes known only at run time: one result per entry, the split dimension dynamic.
+                let k = n_split
+                    .as_static()
+                    .ok_or("split sizes of unknown length must be constants")?;
+                let mut d = t[0].dims.clone();
+                d[a] = Dim::Dynamic;
+                return Ok((0..k)
+                    .map(|_| TensorType {
+                        dims: d.clone(),
+                        elem: t[0].elem.clone(),
+                    })
+                    .collect());
+            };
             if sizes.iter().any(|&s| s < 0) {
                 return Err("split sizes must be non-negative".into());
             }
@@ -691,9 +860,28 @@ pub fn infer(op: NnOp, cx: &InferCx) -> Result<Vec<TensorType>, String> {
         | NnOp::ReduceMin
         | NnOp::ReduceProd => {
             numeric(t[0])?;
-            int_1d(t[1], "axes")?;
+            let n_axes = int_1d(t[1], "axes")?;
             let keep = cx.int("keepdims", 1) != 0;
-            let axes = cx.const_ints(1).ok_or("reduction axes must be constants")?;
+            let noop = cx.int("noop_with_empty_axes", 0) != 0;
+            let Some(axes) = cx.const_ints(1) else {
+                // Axes known only at run time: the rank follows from keepdims and how many there are.
+                let r = t[0].rank();
+                let rank =
+                    match (n_axes.as_static(), keep) {
+                        (Some(0), _) if noop => return Ok(vec![t[0].clone()]),
+                        (Some(0), true) => return one(vec![Dim::Static(1); r], t[0].elem.clone()),
+                        (Some(0), false) => 0,
+                        (_, true) => r,
+                        (Some(k), false) => r
+                            .checked_sub(k as usize)
+                            .ok_or("more reduction axes than dimensions")?,
+                        (None, false) => return Err(
+                            "reduction axes of unknown length without keepdims must be constants"
+                                .into(),
+                        ),
+                    };
+                return one(dyn_dims(rank), t[0].elem.clone());
+            };
             let dims = if axes.is_empty() && cx.int("noop_with_empty_axes", 0) != 0 {
                 t[0].dims.clone()
             } else {

@@ -97,6 +97,53 @@ qc_ir::declare_ops! {
     HardSigmoid = "hard_sigmoid" { operands: Exactly(1), results: Exactly(1), attrs: [opt("alpha", Float), opt("beta", Float)], pure: true, verify: v },
     /// Elementwise x * max(0, min(1, x / 6 + 1 / 2)).
     HardSwish = "hard_swish" { operands: Exactly(1), results: Exactly(1), attrs: [], pure: true, verify: v },
+    /// Elementwise tangent.
+    Tan = "tan" { operands: Exactly(1), results: Exactly(1), attrs: [], pure: true, verify: v },
+    /// Elementwise arcsine.
+    Asin = "asin" { operands: Exactly(1), results: Exactly(1), attrs: [], pure: true, verify: v },
+    /// Elementwise arccosine.
+    Acos = "acos" { operands: Exactly(1), results: Exactly(1), attrs: [], pure: true, verify: v },
+    /// Elementwise arctangent.
+    Atan = "atan" { operands: Exactly(1), results: Exactly(1), attrs: [], pure: true, verify: v },
+    /// Elementwise hyperbolic sine.
+    Sinh = "sinh" { operands: Exactly(1), results: Exactly(1), attrs: [], pure: true, verify: v },
+    /// Elementwise hyperbolic cosine.
+    Cosh = "cosh" { operands: Exactly(1), results: Exactly(1), attrs: [], pure: true, verify: v },
+    /// Elementwise inverse hyperbolic sine.
+    Asinh = "asinh" { operands: Exactly(1), results: Exactly(1), attrs: [], pure: true, verify: v },
+    /// Elementwise inverse hyperbolic cosine.
+    Acosh = "acosh" { operands: Exactly(1), results: Exactly(1), attrs: [], pure: true, verify: v },
+    /// Elementwise inverse hyperbolic tangent.
+    Atanh = "atanh" { operands: Exactly(1), results: Exactly(1), attrs: [], pure: true, verify: v },
+    /// Elementwise x / (1 + |x|).
+    Softsign = "softsign" { operands: Exactly(1), results: Exactly(1), attrs: [], pure: true, verify: v },
+    /// Elementwise x * tanh(ln(1 + e^x)).
+    Mish = "mish" { operands: Exactly(1), results: Exactly(1), attrs: [], pure: true, verify: v },
+    /// Elementwise gamma * (x if x > 0 else alpha * (e^x - 1)) (defaults 1.6732632, 1.0507010).
+    Selu = "selu" { operands: Exactly(1), results: Exactly(1), attrs: [opt("alpha", Float), opt("gamma", Float)], pure: true, verify: v },
+    /// Elementwise max(0, x) + min(0, alpha * (e^(x / alpha) - 1)) (alpha default 1).
+    Celu = "celu" { operands: Exactly(1), results: Exactly(1), attrs: [opt("alpha", Float)], pure: true, verify: v },
+    /// Elementwise x if x > alpha else 0 (alpha default 1).
+    ThresholdedRelu = "thresholded_relu" { operands: Exactly(1), results: Exactly(1), attrs: [opt("alpha", Float)], pure: true, verify: v },
+    /// Elementwise x * sigmoid(alpha * x) (alpha default 1).
+    Swish = "swish" { operands: Exactly(1), results: Exactly(1), attrs: [opt("alpha", Float)], pure: true, verify: v },
+    /// Elementwise x + bias if x < -lambd, x - bias if x > lambd, else 0 (defaults 0 and 0.5); integer
+    /// results truncate.
+    Shrink = "shrink" { operands: Exactly(1), results: Exactly(1), attrs: [opt("bias", Float), opt("lambd", Float)], pure: true, verify: v },
+    /// Local response normalization across dimension 1: x / (bias + alpha / size * s)^beta, where s sums
+    /// the squares over the `size` channels around each one (defaults alpha 1e-4, beta 0.75, bias 1).
+    Lrn = "lrn" { operands: Exactly(1), results: Exactly(1), attrs: [req("size", Int), opt("alpha", Float), opt("beta", Float), opt("bias", Float)], pure: true, verify: v },
+    /// Elementwise bitwise and of integer tensors with broadcasting.
+    BitwiseAnd = "bitwise_and" { operands: Exactly(2), results: Exactly(1), attrs: [], pure: true, verify: v },
+    /// Elementwise bitwise or of integer tensors with broadcasting.
+    BitwiseOr = "bitwise_or" { operands: Exactly(2), results: Exactly(1), attrs: [], pure: true, verify: v },
+    /// Elementwise bitwise exclusive or of integer tensors with broadcasting.
+    BitwiseXor = "bitwise_xor" { operands: Exactly(2), results: Exactly(1), attrs: [], pure: true, verify: v },
+    /// Elementwise bitwise complement of an integer tensor.
+    BitwiseNot = "bitwise_not" { operands: Exactly(1), results: Exactly(1), attrs: [], pure: true, verify: v },
+    /// Elementwise shift of x by y bits with broadcasting; `direction` is "LEFT" or "RIGHT" (logical for
+    /// unsigned types); bits shifted past the width are lost.
+    BitShift = "bit_shift" { operands: Exactly(2), results: Exactly(1), attrs: [req("direction", Str)], pure: true, verify: v },
     /// Elementwise isnan, an i1 result.
     IsNan = "is_nan" { operands: Exactly(1), results: Exactly(1), attrs: [], pure: true, verify: v },
     /// Elementwise isinf, an i1 result; `detect_negative` / `detect_positive` default to 1.
@@ -117,6 +164,13 @@ qc_ir::declare_ops! {
     Gemm = "gemm" { operands: Exactly(3), results: Exactly(1), attrs: [opt("alpha", Float), opt("beta", Float), opt("trans_a", Int), opt("trans_b", Int)], pure: true, verify: v },
     /// N-d convolution (NCHW...): x, weights [M, C/group, k...], bias [M]; explicit pads [begin..., end...].
     Conv = "conv" { operands: Exactly(3), results: Exactly(1), attrs: [req("kernel_shape", IntArray), req("strides", IntArray), req("pads", IntArray), req("dilations", IntArray), req("group", Int)], pure: true, verify: v },
+    /// N-d transposed convolution (NCHW...): x [N, C, d...], weights [C, M/group, k...], bias [M];
+    /// explicit pads [begin..., end...] (negative ones widen the result). Each spatial result dimension is
+    /// strides * (d - 1) + output_padding + (k - 1) * dilations + 1 - pads begin - pads end.
+    ConvTranspose = "conv_transpose" { operands: Exactly(3), results: Exactly(1), attrs: [req("kernel_shape", IntArray), req("strides", IntArray), req("pads", IntArray), req("dilations", IntArray), req("output_padding", IntArray), req("group", Int)], pure: true, verify: v },
+    /// Cumulative sum along the axis given by the integer scalar operand; `exclusive` leaves each element
+    /// out of its own sum, `reverse` sums from the end.
+    CumSum = "cum_sum" { operands: Exactly(2), results: Exactly(1), attrs: [opt("exclusive", Int), opt("reverse", Int)], pure: true, verify: v },
     /// Inference-mode batch normalization: (x - mean) / sqrt(var + epsilon) * scale + bias over channel 1.
     BatchNorm = "batch_norm" { operands: Exactly(5), results: Exactly(1), attrs: [req("epsilon", Float)], pure: true, verify: v },
     /// Layer normalization over the dimensions from `axis` on, then * scale + bias (which broadcast).
@@ -125,6 +179,12 @@ qc_ir::declare_ops! {
     Softmax = "softmax" { operands: Exactly(1), results: Exactly(1), attrs: [req("axis", Int)], pure: true, verify: v },
     /// Log-softmax along `axis`.
     LogSoftmax = "log_softmax" { operands: Exactly(1), results: Exactly(1), attrs: [req("axis", Int)], pure: true, verify: v },
+    /// Negative log-likelihood loss (ONNX NegativeLogLikelihoodLoss): x [N, C, d...] holds
+    /// log-probabilities, target [N, d...] class indices, weight [C] class weights. Each loss is
+    /// -x[n, target, d...] * weight[target], and 0 where the target is `ignore_index`; `reduction` "none"
+    /// keeps them (the target's shape), "sum" adds them, "mean" divides that sum by the sum of the
+    /// weights used (both scalars).
+    NllLoss = "nll_loss" { operands: Exactly(3), results: Exactly(1), attrs: [req("reduction", Str), opt("ignore_index", Int)], pure: true, verify: v },
     /// Max pooling with explicit pads [begin..., end...].
     MaxPool = "max_pool" { operands: Exactly(1), results: Exactly(1), attrs: [req("kernel_shape", IntArray), req("strides", IntArray), req("pads", IntArray), req("dilations", IntArray), opt("ceil_mode", Int)], pure: true, verify: v },
     /// Average pooling with explicit pads; `count_include_pad` counts padding in the divisor.

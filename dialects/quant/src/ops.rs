@@ -104,8 +104,13 @@ fn check_linear_params(cx: &OpCtx, x: &TensorType) -> Result<(), String> {
     if !(scale.elem.is_float() || matches!(scale.elem, ElemType::Raw(_))) {
         return Err(format!("the scale must be a float tensor, not {scale}"));
     }
-    if zp.dims != scale.dims {
-        return Err(format!("the zero point {zp} and the scale {scale} differ in shape"));
+    // ONNX pairs a scalar scale with a one-element zero point and the like: the element counts must agree.
+    if zp.dims != scale.dims
+        && (zp.num_elements().is_none() || zp.num_elements() != scale.num_elements())
+    {
+        return Err(format!(
+            "the zero point {zp} and the scale {scale} differ in shape"
+        ));
     }
     let axis = cx.attr("axis").and_then(|a| a.as_int()).unwrap_or(1);
     let block = cx.attr("block_size").and_then(|a| a.as_int()).unwrap_or(0);
@@ -131,7 +136,9 @@ fn check_linear_params(cx: &OpCtx, x: &TensorType) -> Result<(), String> {
         if let (Some(n), Some(s)) = (xd.as_static(), sd.as_static()) {
             let want = if d == a { n.div_ceil(block as u64) } else { n };
             if s != want {
-                return Err(format!("blocked scale dimension {d} is {s}, expected {want}"));
+                return Err(format!(
+                    "blocked scale dimension {d} is {s}, expected {want}"
+                ));
             }
         }
     }
@@ -144,7 +151,10 @@ fn verify_quantize_linear(cx: &OpCtx) -> Result<(), String> {
         return Err(format!("quantize_linear takes a float tensor, not {x}"));
     }
     if !is_code_type(&r.elem) || r.elem != cx.operand_ty(2).elem {
-        return Err(format!("the result must be an integer or minifloat type equal to the zero point's, not {}", r.elem));
+        return Err(format!(
+            "the result must be an integer or minifloat type equal to the zero point's, not {}",
+            r.elem
+        ));
     }
     check_linear_params(cx, x)?;
     same_dims(x, r)
@@ -153,10 +163,14 @@ fn verify_quantize_linear(cx: &OpCtx) -> Result<(), String> {
 fn verify_dequantize_linear(cx: &OpCtx) -> Result<(), String> {
     let (x, r) = (cx.operand_ty(0), cx.result_ty(0));
     if !is_code_type(&x.elem) {
-        return Err(format!("dequantize_linear takes integer or minifloat codes, not {x}"));
+        return Err(format!(
+            "dequantize_linear takes integer or minifloat codes, not {x}"
+        ));
     }
     if !(r.elem.is_float() || matches!(r.elem, ElemType::Raw(_))) {
-        return Err(format!("dequantize_linear produces a float tensor, not {r}"));
+        return Err(format!(
+            "dequantize_linear produces a float tensor, not {r}"
+        ));
     }
     check_linear_params(cx, x)?;
     same_dims(x, r)
@@ -164,11 +178,20 @@ fn verify_dequantize_linear(cx: &OpCtx) -> Result<(), String> {
 
 fn verify_dynamic_quantize_linear(cx: &OpCtx) -> Result<(), String> {
     let x = cx.operand_ty(0);
-    let u8t = ElemType::Int { bits: 8, unsigned: true };
+    let u8t = ElemType::Int {
+        bits: 8,
+        unsigned: true,
+    };
     if x.elem != ElemType::F32 {
-        return Err(format!("dynamic_quantize_linear takes an f32 tensor, not {x}"));
+        return Err(format!(
+            "dynamic_quantize_linear takes an f32 tensor, not {x}"
+        ));
     }
-    let want = [x.with_elem(u8t.clone()), TensorType::new(&[], ElemType::F32), TensorType::new(&[], u8t)];
+    let want = [
+        x.with_elem(u8t.clone()),
+        TensorType::new(&[], ElemType::F32),
+        TensorType::new(&[], u8t),
+    ];
     for (i, w) in want.iter().enumerate() {
         if cx.result_ty(i) != w {
             return Err(format!("result {i} must be {w}, not {}", cx.result_ty(i)));

@@ -133,6 +133,84 @@ pub fn eval_nn(
             )
         }
         NnOp::Not => Data::I((0..x.len()).map(|i| (x.data.i(i) == 0) as i64).collect()),
+        NnOp::BitwiseAnd | NnOp::BitwiseOr | NnOp::BitwiseXor | NnOp::BitShift => {
+            let ElemType::Int { bits, unsigned } = elem else {
+                return Err("bitwise operands must be integers".into());
+            };
+            let (ia, ib) = (
+                broadcast_map(&x.shape, &shape),
+                broadcast_map(&inputs[1].shape, &shape),
+            );
+            let left = matches!(attrs.get("direction"), Some(Attribute::Str(d)) if d == "LEFT");
+            Data::I(
+                ia.iter()
+                    .zip(&ib)
+                    .map(|(&i, &j)| {
+                        let (p, q) = (x.data.i(i), inputs[1].data.i(j));
+                        let v = match op {
+                            NnOp::BitwiseAnd => p & q,
+                            NnOp::BitwiseOr => p | q,
+                            NnOp::BitwiseXor => p ^ q,
+                            // Shifts by the width or more (or by a negative count) leave nothing.
+                            _ if !(0..bits as i64).contains(&q) => {
+                                if left || unsigned || p >= 0 {
+                                    0
+                                } else {
+                                    -1
+                                }
+                            }
+                            _ if left => p << q,
+                            _ if unsigned => ((p as u64 & mask_bits(bits)) >> q) as i64,
+                            _ => p >> q,
+                        };
+                        wrap(v, bits, unsigned)
+                    })
+                    .collect(),
+            )
+        }
+        NnOp::BitwiseNot => {
+            let ElemType::Int { bits, unsigned } = elem else {
+                return Err("bitwise operands must be integers".into());
+            };
+            Data::I(
+                (0..x.len())
+                    .map(|i| wrap(!x.data.i(i), bits, unsigned))
+                    .collect(),
+            )
+        }
+        NnOp::Shrink => {
+            let (bias, lambd) = (f_attr("bias", 0.0), f_attr("lambd", 0.5));
+            let f = |a: f64| {
+                if a < -lambd {
+                    a + bias
+                } else if a > lambd {
+                    a - bias
+                } else {
+                    0.0
+                }
+            };
+            match &elem {
+                ElemType::Int { bits, unsigned } => Data::I(
+                    (0..x.len())
+                        .map(|i| raw::float_to_int(f(x.data.f(i)), *bits, *unsigned))
+                        .collect(),
+                ),
+                e => Data::F((0..x.len()).map(|i| round_to(e, f(x.data.f(i)))).collect()),
+            }
+        }
+        NnOp::Lrn => nn_ops::lrn(x, attrs)?,
+        NnOp::NllLoss => nn_ops::nll_loss(inputs, attrs, &elem)?,
+        NnOp::ConvTranspose => nn_ops::conv_transpose(inputs, attrs, &shape)?,
+        NnOp::CumSum => {
+            let axis = norm_axis(inputs[1].data.i(0), x.shape.len())?;
+            nn_ops::cum_sum(
+                x,
+                axis,
+                int_attr("exclusive", 0) != 0,
+                int_attr("reverse", 0) != 0,
+                &elem,
+            )
+        }
         NnOp::Neg | NnOp::Abs | NnOp::Sign => match (&x.data, &elem) {
             (Data::I(v), ElemType::Int { bits, unsigned }) => Data::I(
                 v.iter()
@@ -180,7 +258,22 @@ pub fn eval_nn(
         | NnOp::LeakyRelu
         | NnOp::Elu
         | NnOp::HardSigmoid
-        | NnOp::HardSwish => {
+        | NnOp::HardSwish
+        | NnOp::Tan
+        | NnOp::Asin
+        | NnOp::Acos
+        | NnOp::Atan
+        | NnOp::Sinh
+        | NnOp::Cosh
+        | NnOp::Asinh
+        | NnOp::Acosh
+        | NnOp::Atanh
+        | NnOp::Softsign
+        | NnOp::Mish
+        | NnOp::Selu
+        | NnOp::Celu
+        | NnOp::ThresholdedRelu
+        | NnOp::Swish => {
             let tanh_gelu =
                 matches!(attrs.get("approximate"), Some(Attribute::Str(s)) if s == "tanh");
             let alpha = f_attr(
@@ -189,11 +282,17 @@ pub fn eval_nn(
                     0.01
                 } else if op == NnOp::HardSigmoid {
                     0.2
+                } else if op == NnOp::Selu {
+                    1.673_263_192_176_818_8
                 } else {
                     1.0
                 },
             );
-            let beta = f_attr("beta", 0.5);
+            let beta = if op == NnOp::Selu {
+                f_attr("gamma", 1.050_701_022_148_132_3)
+            } else {
+                f_attr("beta", 0.5)
+            };
             Data::F(
                 (0..x.len())
                     .map(|i| {
@@ -225,13 +324,17 @@ pub fn eval_nn(
                 Data::F(v) => Data::F(
                     v.iter()
                         .map(|&a| {
+                            // min(max(x, lo), hi), as ONNX (and NumPy's clip): hi wins when lo > hi.
                             let (l, h) = (lo.data.f(0), hi.data.f(0));
-                            if a < l {
-                                l
-                            } else if a > h {
-                                h
-                            } else {
+                            if a.is_nan() {
                                 a
+                            } else {
+                                let a = if a < l { l } else { a };
+                                if a > h {
+                                    h
+                                } else {
+                                    a
+                                }
                             }
                         })
                         .collect(),
@@ -528,6 +631,22 @@ pub fn eval_nn(
     Ok(vec![Tensor::new(shape, elem, data)])
 }
 
+fn softplus(a: f64) -> f64 {
+    if a > 30.0 {
+        a
+    } else {
+        a.exp().ln_1p()
+    }
+}
+
+fn mask_bits(bits: u8) -> u64 {
+    if bits >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << bits) - 1
+    }
+}
+
 fn unary(op: NnOp, a: f64, alpha: f64, beta: f64, tanh_gelu: bool) -> f64 {
     match op {
         NnOp::Relu => {
@@ -549,13 +668,7 @@ fn unary(op: NnOp, a: f64, alpha: f64, beta: f64, tanh_gelu: bool) -> f64 {
         NnOp::Floor => a.floor(),
         NnOp::Ceil => a.ceil(),
         NnOp::Round => a.round_ties_even(),
-        NnOp::Softplus => {
-            if a > 30.0 {
-                a
-            } else {
-                a.exp().ln_1p()
-            }
-        }
+        NnOp::Softplus => softplus(a),
         NnOp::Gelu if tanh_gelu => {
             0.5 * a
                 * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (a + 0.044715 * a * a * a)).tanh())
@@ -576,6 +689,28 @@ fn unary(op: NnOp, a: f64, alpha: f64, beta: f64, tanh_gelu: bool) -> f64 {
             }
         }
         NnOp::HardSigmoid => (alpha * a + beta).clamp(0.0, 1.0),
+        NnOp::Tan => a.tan(),
+        NnOp::Asin => a.asin(),
+        NnOp::Acos => a.acos(),
+        NnOp::Atan => a.atan(),
+        NnOp::Sinh => a.sinh(),
+        NnOp::Cosh => a.cosh(),
+        NnOp::Asinh => a.asinh(),
+        NnOp::Acosh => a.acosh(),
+        NnOp::Atanh => a.atanh(),
+        NnOp::Softsign => a / (1.0 + a.abs()),
+        NnOp::Mish => a * softplus(a).tanh(),
+        // beta carries gamma.
+        NnOp::Selu => beta * if a > 0.0 { a } else { alpha * (a.exp() - 1.0) },
+        NnOp::Celu => a.max(0.0) + (alpha * ((a / alpha).exp() - 1.0)).min(0.0),
+        NnOp::ThresholdedRelu => {
+            if a > alpha {
+                a
+            } else {
+                0.0
+            }
+        }
+        NnOp::Swish => a / (1.0 + (-alpha * a).exp()),
         _ => a * (a / 6.0 + 0.5).clamp(0.0, 1.0),
     }
 }
@@ -654,9 +789,11 @@ fn binary(
 
 fn cast(x: &Tensor, to: &ElemType) -> Result<Data, String> {
     Ok(match (&x.data, to) {
-        (Data::F(v), ElemType::Int { bits, unsigned }) => {
-            Data::I(v.iter().map(|&a| raw::float_to_int(a, *bits, *unsigned)).collect())
-        }
+        (Data::F(v), ElemType::Int { bits, unsigned }) => Data::I(
+            v.iter()
+                .map(|&a| raw::float_to_int(a, *bits, *unsigned))
+                .collect(),
+        ),
         (Data::F(v), e) => Data::F(v.iter().map(|&a| round_to(e, a)).collect()),
         (Data::I(v), ElemType::Int { bits, unsigned }) => {
             Data::I(v.iter().map(|&a| wrap(a, *bits, *unsigned)).collect())

@@ -21,6 +21,7 @@ use qc_nn::NnOp;
 
 use super::model::{self, AttrValue, DataType, Node, OnnxModel, TensorData};
 
+mod attention;
 mod qdq;
 
 /// Initializers with at most this many elements become inline `dense<...>` literals.
@@ -92,7 +93,10 @@ fn dense_of_tensor(t: &model::Tensor, elem: &ElemType) -> Result<DenseData, Stri
         let values = (0..n)
             .map(|i| {
                 let bit = i * b;
-                let word = u16::from_le_bytes([bytes.get(bit / 8).copied().unwrap_or(0), bytes.get(bit / 8 + 1).copied().unwrap_or(0)]);
+                let word = u16::from_le_bytes([
+                    bytes.get(bit / 8).copied().unwrap_or(0),
+                    bytes.get(bit / 8 + 1).copied().unwrap_or(0),
+                ]);
                 let code = (word >> (bit % 8)) as u32 & ((1u32 << b) - 1);
                 codec.decode(code) as f64
             })
@@ -231,6 +235,9 @@ struct Importer<'m> {
     consts: BTreeMap<Value, DenseData>,
     declared: BTreeMap<&'m str, &'m model::ValueInfo>,
     module: Module,
+    /// False while emitting the inner ops of a decomposition, whose results are not the node's outputs
+    /// (their types are not refined with the outputs' declared types).
+    refine: bool,
 }
 
 /// Converts a loaded model to a module with one function, `@main`.
@@ -247,6 +254,7 @@ pub fn import_model(model: &OnnxModel) -> Result<Module, Diagnostic> {
             .map(|v| (v.name.as_str(), v))
             .collect(),
         module: Module::default(),
+        refine: true,
     };
     imp.f.loc = model.loc("graph");
     for vi in &model.inputs {
@@ -392,7 +400,7 @@ impl<'m> Importer<'m> {
         };
         let mut out = infer(op, &cx)
             .map_err(|e| Diagnostic::error(loc.clone(), format!("{}: {e}", node.op_type)))?;
-        for (i, t) in out.iter_mut().enumerate() {
+        for (i, t) in out.iter_mut().enumerate().filter(|_| self.refine) {
             if let Some(name) = node.outputs.get(i) {
                 if let Some(Ok(decl)) = self
                     .declared
@@ -413,6 +421,23 @@ impl<'m> Importer<'m> {
             .ops
             .last()
             .is_some_and(|o| o.operands.iter().all(|v| self.consts.contains_key(v)));
+        // Shape and Size depend only on the operand's type: fold them when it is static.
+        if matches!(op, NnOp::Shape | NnOp::Size) && !all_const {
+            let op = self.f.ops.last().expect("just pushed");
+            if let Some(dims) = self.f.ty(op.operands[0]).static_shape() {
+                let v: Vec<i64> = if op_is_size(op) {
+                    vec![dims.iter().product::<u64>() as i64]
+                } else {
+                    let r = dims.len() as i64;
+                    let clamp = |v: i64| if v < 0 { (v + r).max(0) } else { v.min(r) };
+                    let at = |n: &str, d: i64| op.attr(n).and_then(Attribute::as_int).unwrap_or(d);
+                    let (s, e) = (clamp(at("start", 0)), clamp(at("end", r)));
+                    (s..e.max(s)).map(|i| dims[i as usize] as i64).collect()
+                };
+                self.consts
+                    .insert(results[0], DenseData::Int(v).canonical());
+            }
+        }
         if all_const
             && results.len() == 1
             && self
@@ -426,6 +451,21 @@ impl<'m> Importer<'m> {
             }
         }
         Ok(results)
+    }
+
+    /// [`Importer::emit`] for an inner op of a decomposition: one result, not one of the node's outputs.
+    fn emit_tmp(
+        &mut self,
+        node: &Node,
+        op: NnOp,
+        operands: Vec<Value>,
+        attrs: Attrs,
+        result_elem: Option<ElemType>,
+    ) -> Result<Value, Diagnostic> {
+        self.refine = false;
+        let r = self.emit(node, op, operands, attrs, result_elem);
+        self.refine = true;
+        Ok(r?[0])
     }
 
     fn fold_last(&self, result_elem: Option<&ElemType>) -> Option<DenseData> {
@@ -510,6 +550,10 @@ fn refine(t: &mut TensorType, decl: &TensorType) {
             }
         }
     }
+}
+
+fn op_is_size(op: &qc_ir::Op) -> bool {
+    NnOp::of(op) == Some(NnOp::Size)
 }
 
 fn attr_int(node: &Node, name: &str) -> Option<i64> {
@@ -606,6 +650,21 @@ fn convert_node(imp: &mut Importer, node: &Node) -> Result<Vec<Value>, Diagnosti
         "GlobalAveragePool" => simple(NnOp::GlobalAvgPool),
         "GlobalMaxPool" => simple(NnOp::GlobalMaxPool),
         "Size" => simple(NnOp::Size),
+        "Tan" => simple(NnOp::Tan),
+        "Asin" => simple(NnOp::Asin),
+        "Acos" => simple(NnOp::Acos),
+        "Atan" => simple(NnOp::Atan),
+        "Sinh" => simple(NnOp::Sinh),
+        "Cosh" => simple(NnOp::Cosh),
+        "Asinh" => simple(NnOp::Asinh),
+        "Acosh" => simple(NnOp::Acosh),
+        "Atanh" => simple(NnOp::Atanh),
+        "Softsign" => simple(NnOp::Softsign),
+        "Mish" => simple(NnOp::Mish),
+        "BitwiseAnd" => simple(NnOp::BitwiseAnd),
+        "BitwiseOr" => simple(NnOp::BitwiseOr),
+        "BitwiseXor" => simple(NnOp::BitwiseXor),
+        "BitwiseNot" => simple(NnOp::BitwiseNot),
         _ => None,
     };
     if let Some(op) = unary_or_binary {
@@ -691,6 +750,302 @@ fn convert_node(imp: &mut Importer, node: &Node) -> Result<Vec<Value>, Diagnosti
             ]),
             None,
         ),
+        "Selu" | "Celu" | "ThresholdedRelu" | "Swish" => {
+            let (op, alpha) = match node.op_type.as_str() {
+                "Selu" => (NnOp::Selu, 1.673_263_192_176_818_8),
+                "Celu" => (NnOp::Celu, 1.0),
+                "ThresholdedRelu" => (NnOp::ThresholdedRelu, 1.0),
+                _ => (NnOp::Swish, 1.0),
+            };
+            let mut at = vec![("alpha", float(attr_float(node, "alpha").unwrap_or(alpha)))];
+            if op == NnOp::Selu {
+                let gamma = attr_float(node, "gamma").unwrap_or(1.050_701_022_148_132_3);
+                at.push(("gamma", float(gamma)));
+            }
+            imp.emit(node, op, vec![x()?], attrs(at), None)
+        }
+        "Shrink" => imp.emit(
+            node,
+            NnOp::Shrink,
+            vec![x()?],
+            attrs(vec![
+                ("bias", float(attr_float(node, "bias").unwrap_or(0.0))),
+                ("lambd", float(attr_float(node, "lambd").unwrap_or(0.5))),
+            ]),
+            None,
+        ),
+        "LRN" => {
+            let size =
+                attr_int(node, "size").ok_or_else(|| imp.err(node, "needs attribute 'size'"))?;
+            imp.emit(
+                node,
+                NnOp::Lrn,
+                vec![x()?],
+                attrs(vec![
+                    ("size", int(size)),
+                    ("alpha", float(attr_float(node, "alpha").unwrap_or(1e-4))),
+                    ("beta", float(attr_float(node, "beta").unwrap_or(0.75))),
+                    ("bias", float(attr_float(node, "bias").unwrap_or(1.0))),
+                ]),
+                None,
+            )
+        }
+        "BitShift" => {
+            let dir = attr_str(node, "direction")
+                .ok_or_else(|| imp.err(node, "needs attribute 'direction'"))?;
+            let ops = vec![x()?, imp.req(node, 1)?];
+            imp.emit(
+                node,
+                NnOp::BitShift,
+                ops,
+                attrs(vec![("direction", Attribute::Str(dir))]),
+                None,
+            )
+        }
+        "NegativeLogLikelihoodLoss" | "SoftmaxCrossEntropyLoss" => {
+            let (xv, target) = (x()?, imp.req(node, 1)?);
+            let xt = imp.f.ty(xv).clone();
+            let weight = match imp.input(node, 2)? {
+                Some(w) => w,
+                None => {
+                    let c = xt.dims.get(1).and_then(Dim::as_static).ok_or_else(|| {
+                        imp.err(node, "without weights the class dimension must be static")
+                    })?;
+                    imp.constant(
+                        DenseData::Float(vec![1.0]),
+                        TensorType::new(&[c], xt.elem.clone()),
+                        &loc,
+                    )
+                }
+            };
+            let mut at = vec![(
+                "reduction",
+                Attribute::Str(attr_str(node, "reduction").unwrap_or_else(|| "mean".into())),
+            )];
+            if let Some(i) = attr_int(node, "ignore_index") {
+                at.push(("ignore_index", int(i)));
+            }
+            if node.op_type == "NegativeLogLikelihoodLoss" {
+                return imp.emit(
+                    node,
+                    NnOp::NllLoss,
+                    vec![xv, target, weight],
+                    attrs(at),
+                    None,
+                );
+            }
+            // Softmax cross-entropy: the loss of the log-softmax over the classes (ONNX's definition);
+            // the log-probabilities are the second output.
+            let lp = imp.emit_tmp(
+                node,
+                NnOp::LogSoftmax,
+                vec![xv],
+                attrs(vec![("axis", int(1))]),
+                None,
+            )?;
+            let loss = imp.emit(
+                node,
+                NnOp::NllLoss,
+                vec![lp, target, weight],
+                attrs(at),
+                None,
+            )?[0];
+            Ok(vec![loss, lp])
+        }
+        "InstanceNormalization" => {
+            // ONNX's definition: per sample and channel, (x - mean) / sqrt(var + epsilon) over the spatial
+            // axes, then * scale[c] + bias[c].
+            let (xv, scale, bias) = (x()?, imp.req(node, 1)?, imp.req(node, 2)?);
+            let r = imp.f.ty(xv).rank();
+            if r < 3 {
+                return Err(imp.err(node, "expected an N x C x spatial... input"));
+            }
+            let elem = imp.f.ty(xv).elem.clone();
+            let axes = imp.i64s(&(2..r as i64).collect::<Vec<_>>(), &loc);
+            let keep = attrs(vec![("keepdims", int(1))]);
+            let mean = imp.emit_tmp(node, NnOp::ReduceMean, vec![xv, axes], keep.clone(), None)?;
+            let d = imp.emit_tmp(node, NnOp::Sub, vec![xv, mean], Attrs::new(), None)?;
+            let d2 = imp.emit_tmp(node, NnOp::Mul, vec![d, d], Attrs::new(), None)?;
+            let var = imp.emit_tmp(node, NnOp::ReduceMean, vec![d2, axes], keep, None)?;
+            let eps = attr_float(node, "epsilon").unwrap_or(1e-5);
+            let eps = imp.scalar_like(eps as f32 as f64, &elem, &loc);
+            let ve = imp.emit_tmp(node, NnOp::Add, vec![var, eps], Attrs::new(), None)?;
+            let sd = imp.emit_tmp(node, NnOp::Sqrt, vec![ve], Attrs::new(), None)?;
+            let n = imp.emit_tmp(node, NnOp::Div, vec![d, sd], Attrs::new(), None)?;
+            let ones = imp.i64s(&(1..r as i64 - 1).collect::<Vec<_>>(), &loc);
+            let s = imp.emit_tmp(node, NnOp::Unsqueeze, vec![scale, ones], Attrs::new(), None)?;
+            let b = imp.emit_tmp(node, NnOp::Unsqueeze, vec![bias, ones], Attrs::new(), None)?;
+            let y = imp.emit_tmp(node, NnOp::Mul, vec![n, s], Attrs::new(), None)?;
+            imp.emit(node, NnOp::Add, vec![y, b], Attrs::new(), None)
+        }
+        "MeanVarianceNormalization" => {
+            // ONNX's definition: (x - mean) / (sqrt(mean(x^2) - mean^2) + 1e-9) over `axes`.
+            let xv = x()?;
+            let elem = imp.f.ty(xv).elem.clone();
+            let axes = attr_ints(node, "axes").unwrap_or_else(|| vec![0, 2, 3]);
+            let axes = imp.i64s(&axes, &loc);
+            let keep = attrs(vec![("keepdims", int(1))]);
+            let mean = imp.emit_tmp(node, NnOp::ReduceMean, vec![xv, axes], keep.clone(), None)?;
+            let m2 = imp.emit_tmp(node, NnOp::Mul, vec![mean, mean], Attrs::new(), None)?;
+            let x2 = imp.emit_tmp(node, NnOp::Mul, vec![xv, xv], Attrs::new(), None)?;
+            let ex2 = imp.emit_tmp(node, NnOp::ReduceMean, vec![x2, axes], keep, None)?;
+            let var = imp.emit_tmp(node, NnOp::Sub, vec![ex2, m2], Attrs::new(), None)?;
+            let sd = imp.emit_tmp(node, NnOp::Sqrt, vec![var], Attrs::new(), None)?;
+            let eps = imp.scalar_like(1e-9f32 as f64, &elem, &loc);
+            let sde = imp.emit_tmp(node, NnOp::Add, vec![sd, eps], Attrs::new(), None)?;
+            let d = imp.emit_tmp(node, NnOp::Sub, vec![xv, mean], Attrs::new(), None)?;
+            imp.emit(node, NnOp::Div, vec![d, sde], Attrs::new(), None)
+        }
+        "LpNormalization" => {
+            // x / (sum |x|^p)^(1/p) along `axis`, for p 1 or 2.
+            let xv = x()?;
+            let p = attr_int(node, "p").unwrap_or(2);
+            let axis = imp.i64s(&[attr_int(node, "axis").unwrap_or(-1)], &loc);
+            let keep = attrs(vec![("keepdims", int(1))]);
+            let norm = match p {
+                1 => {
+                    let a = imp.emit_tmp(node, NnOp::Abs, vec![xv], Attrs::new(), None)?;
+                    imp.emit_tmp(node, NnOp::ReduceSum, vec![a, axis], keep, None)?
+                }
+                2 => {
+                    let sq = imp.emit_tmp(node, NnOp::Mul, vec![xv, xv], Attrs::new(), None)?;
+                    let s = imp.emit_tmp(node, NnOp::ReduceSum, vec![sq, axis], keep, None)?;
+                    imp.emit_tmp(node, NnOp::Sqrt, vec![s], Attrs::new(), None)?
+                }
+                _ => return Err(imp.err(node, format!("p must be 1 or 2, not {p}"))),
+            };
+            // Where the norm is 0 the result is 0 (ONNX's reference), not 0 / 0.
+            let elem = imp.f.ty(xv).elem.clone();
+            let zero = imp.scalar_like(0.0, &elem, &loc);
+            let q = imp.emit_tmp(node, NnOp::Div, vec![xv, norm], Attrs::new(), None)?;
+            let z = imp.emit_tmp(node, NnOp::Equal, vec![norm, zero], Attrs::new(), None)?;
+            imp.emit(node, NnOp::Where, vec![z, zero, q], Attrs::new(), None)
+        }
+        "Hardmax" => {
+            // 1 at the first maximum along `axis`, 0 elsewhere.
+            let xv = x()?;
+            let xt = imp.f.ty(xv).clone();
+            let a = qc_nn::norm_axis(attr_int(node, "axis").unwrap_or(-1), xt.rank())
+                .map_err(|e| imp.err(node, e))?;
+            let n = xt.dims[a]
+                .as_static()
+                .ok_or_else(|| imp.err(node, "the axis needs a static size"))?;
+            let am = imp.emit_tmp(
+                node,
+                NnOp::ArgMax,
+                vec![xv],
+                attrs(vec![("axis", int(a as i64)), ("keepdims", int(1))]),
+                None,
+            )?;
+            let mut shape = vec![1u64; xt.rank()];
+            shape[a] = n;
+            let i64t = ElemType::Int {
+                bits: 64,
+                unsigned: false,
+            };
+            let idx = imp.constant(
+                DenseData::Int((0..n as i64).collect()),
+                TensorType::new(&shape, i64t),
+                &loc,
+            );
+            let eq = imp.emit_tmp(node, NnOp::Equal, vec![am, idx], Attrs::new(), None)?;
+            imp.emit(
+                node,
+                NnOp::Cast,
+                vec![eq],
+                Attrs::new(),
+                Some(xt.elem.clone()),
+            )
+        }
+        "DepthToSpace" | "SpaceToDepth" => {
+            let xv = x()?;
+            let xt = imp.f.ty(xv).clone();
+            let b = attr_int(node, "blocksize")
+                .filter(|&b| b > 0)
+                .ok_or_else(|| imp.err(node, "needs a positive attribute 'blocksize'"))?;
+            let d: Vec<i64> = match xt.static_shape() {
+                Some(d) if d.len() == 4 => d.iter().map(|&v| v as i64).collect(),
+                _ => return Err(imp.err(node, format!("needs a static 4-D input, not {xt}"))),
+            };
+            let (n, c, h, w) = (d[0], d[1], d[2], d[3]);
+            let mode = attr_str(node, "mode").unwrap_or_else(|| "DCR".into());
+            let (mid, perm, fin) = if node.op_type == "DepthToSpace" {
+                if c % (b * b) != 0 {
+                    return Err(imp.err(node, "channels must be a multiple of blocksize^2"));
+                }
+                let fin = vec![n, c / (b * b), h * b, w * b];
+                match mode.as_str() {
+                    "DCR" => (
+                        vec![n, b, b, c / (b * b), h, w],
+                        vec![0, 3, 4, 1, 5, 2],
+                        fin,
+                    ),
+                    "CRD" => (
+                        vec![n, c / (b * b), b, b, h, w],
+                        vec![0, 1, 4, 2, 5, 3],
+                        fin,
+                    ),
+                    m => return Err(imp.err(node, format!("unknown mode '{m}'"))),
+                }
+            } else {
+                if h % b != 0 || w % b != 0 {
+                    return Err(imp.err(node, "height and width must be multiples of blocksize"));
+                }
+                if mode != "DCR" {
+                    return Err(imp.err(node, format!("mode '{mode}' is not supported")));
+                }
+                (
+                    vec![n, c, h / b, b, w / b, b],
+                    vec![0, 3, 5, 1, 2, 4],
+                    vec![n, c * b * b, h / b, w / b],
+                )
+            };
+            let s1 = imp.i64s(&mid, &loc);
+            let r1 = imp.emit_tmp(node, NnOp::Reshape, vec![xv, s1], Attrs::new(), None)?;
+            let t = imp.emit_tmp(
+                node,
+                NnOp::Transpose,
+                vec![r1],
+                attrs(vec![("perm", ints(&perm))]),
+                None,
+            )?;
+            let s2 = imp.i64s(&fin, &loc);
+            imp.emit(node, NnOp::Reshape, vec![t, s2], Attrs::new(), None)
+        }
+        "EyeLike" => {
+            // Depends only on the input's (static) shape: a constant.
+            let xv = x()?;
+            let xt = imp.f.ty(xv).clone();
+            let elem = match attr_int(node, "dtype") {
+                Some(code) => DataType::from_code(code as i32)
+                    .ok_or_else(|| format!("unknown dtype {code}"))
+                    .and_then(elem_type)
+                    .map_err(|e| imp.err(node, e))?,
+                None => xt.elem.clone(),
+            };
+            let d = match xt.static_shape() {
+                Some(d) if d.len() == 2 => d,
+                _ => return Err(imp.err(node, format!("needs a static 2-D input, not {xt}"))),
+            };
+            let k = attr_int(node, "k").unwrap_or(0);
+            let vals: Vec<i64> = (0..d[0] as i64)
+                .flat_map(|i| (0..d[1] as i64).map(move |j| (j - i == k) as i64))
+                .collect();
+            let data = match elem {
+                ElemType::Int { .. } => DenseData::Int(vals),
+                _ => DenseData::Float(vals.into_iter().map(|v| v as f64).collect()),
+            };
+            Ok(vec![imp.constant(data, TensorType::new(&d, elem), &loc)])
+        }
+        "PRelu" => {
+            // ONNX's definition: x < 0 ? slope * x : x, the slope broadcasting to x.
+            let (xv, slope) = (x()?, imp.req(node, 1)?);
+            let elem = imp.f.ty(xv).elem.clone();
+            let zero = imp.scalar_like(0.0, &elem, &loc);
+            let neg = imp.emit(node, NnOp::Less, vec![xv, zero], Attrs::new(), None)?[0];
+            let scaled = imp.emit(node, NnOp::Mul, vec![xv, slope], Attrs::new(), None)?[0];
+            imp.emit(node, NnOp::Where, vec![neg, scaled, xv], Attrs::new(), None)
+        }
         "IsInf" => imp.emit(
             node,
             NnOp::IsInf,
@@ -813,10 +1168,38 @@ fn convert_node(imp: &mut Importer, node: &Node) -> Result<Vec<Value>, Diagnosti
             Ok(vec![imp.constant(data, ty, &loc)])
         }
         "Dropout" => {
-            if node.outputs.get(1).is_some_and(|o| !o.is_empty()) {
-                return Err(imp.err(node, "the mask output is not supported (inference only)"));
+            // Inference: the output is the input and the mask all true. Training mode (a third input
+            // that is not the constant false) would drop at random.
+            // (Training with a ratio of 0 drops nothing, so it is the same.)
+            let is_const = |v: Option<Value>, want: f64| {
+                v.and_then(|v| imp.consts.get(&v))
+                    .is_some_and(|d| d.len() == 1 && d.get_f64(0) == want)
+            };
+            let training = imp.input(node, 2)?;
+            if training.is_some() && !is_const(training, 0.0) && !is_const(imp.input(node, 1)?, 0.0)
+            {
+                return Err(imp.err(node, "training mode is not supported (inference only)"));
             }
-            imp.emit(node, NnOp::Identity, vec![x()?], Attrs::new(), None)
+            let xv = x()?;
+            let y = imp.emit(node, NnOp::Identity, vec![xv], Attrs::new(), None)?;
+            if node.outputs.get(1).is_none_or(|o| o.is_empty()) {
+                return Ok(y);
+            }
+            let shape = imp.emit(node, NnOp::Shape, vec![xv], Attrs::new(), None)?[0];
+            let mask = imp.emit(
+                node,
+                NnOp::ConstantOfShape,
+                vec![shape],
+                attrs(vec![(
+                    "value",
+                    Attribute::Dense(DenseData::Bool(vec![true])),
+                )]),
+                Some(ElemType::Int {
+                    bits: 1,
+                    unsigned: false,
+                }),
+            )?[0];
+            Ok(vec![y[0], mask])
         }
         "Gemm" => {
             let (a, b) = (x()?, imp.req(node, 1)?);
@@ -834,6 +1217,15 @@ fn convert_node(imp: &mut Importer, node: &Node) -> Result<Vec<Value>, Diagnosti
             imp.emit(node, NnOp::Gemm, vec![a, b, c], at, None)
         }
         "Conv" | "MaxPool" | "AveragePool" => window_op(imp, node),
+        "ConvTranspose" => conv_transpose(imp, node),
+        "CumSum" => {
+            let ops = vec![x()?, imp.req(node, 1)?];
+            let at = attrs(vec![
+                ("exclusive", int(attr_int(node, "exclusive").unwrap_or(0))),
+                ("reverse", int(attr_int(node, "reverse").unwrap_or(0))),
+            ]);
+            imp.emit(node, NnOp::CumSum, ops, at, None)
+        }
         "BatchNormalization" => {
             if attr_int(node, "training_mode").unwrap_or(0) != 0 {
                 return Err(imp.err(node, "training mode is not supported"));
@@ -869,7 +1261,47 @@ fn convert_node(imp: &mut Importer, node: &Node) -> Result<Vec<Value>, Diagnosti
                     float(attr_float(node, "epsilon").unwrap_or(1e-5)),
                 ),
             ]);
-            imp.emit(node, NnOp::LayerNorm, vec![xv, scale, bias], at, None)
+            let y = imp.emit(node, NnOp::LayerNorm, vec![xv, scale, bias], at, None)?[0];
+            if node.outputs.iter().skip(1).all(String::is_empty) {
+                return Ok(vec![y]);
+            }
+            // The Mean and InvStdDev outputs, as ONNX's function body computes them (in the stash
+            // type): mean(x) and 1 / sqrt(mean(x^2) - mean(x)^2 + epsilon) over the normalized axes.
+            let (xu, stash) = stash_input(imp, node, xv)?;
+            let axes = norm_axes(imp, node, xv)?;
+            let keep = attrs(vec![("keepdims", int(1))]);
+            let mean = imp.emit_tmp(node, NnOp::ReduceMean, vec![xu, axes], keep.clone(), None)?;
+            let sq = imp.emit_tmp(node, NnOp::Mul, vec![xu, xu], Attrs::new(), None)?;
+            let msq = imp.emit_tmp(node, NnOp::ReduceMean, vec![sq, axes], keep, None)?;
+            let m2 = imp.emit_tmp(node, NnOp::Mul, vec![mean, mean], Attrs::new(), None)?;
+            let var = imp.emit_tmp(node, NnOp::Sub, vec![msq, m2], Attrs::new(), None)?;
+            let eps = attr_float(node, "epsilon").unwrap_or(1e-5);
+            let eps = imp.scalar_like(eps as f32 as f64, &stash, &loc);
+            let ve = imp.emit_tmp(node, NnOp::Add, vec![var, eps], Attrs::new(), None)?;
+            let sd = imp.emit_tmp(node, NnOp::Sqrt, vec![ve], Attrs::new(), None)?;
+            let inv = imp.emit_tmp(node, NnOp::Reciprocal, vec![sd], Attrs::new(), None)?;
+            Ok(vec![y, mean, inv])
+        }
+        "RMSNormalization" => {
+            // ONNX's definition, in the stash type: x / sqrt(mean(x^2) + epsilon) * scale over the axes
+            // from `axis` on.
+            let (xv, scale) = (x()?, imp.req(node, 1)?);
+            let elem = imp.f.ty(xv).elem.clone();
+            let (xu, stash) = stash_input(imp, node, xv)?;
+            let axes = norm_axes(imp, node, xv)?;
+            let sq = imp.emit_tmp(node, NnOp::Mul, vec![xu, xu], Attrs::new(), None)?;
+            let keep = attrs(vec![("keepdims", int(1))]);
+            let ms = imp.emit_tmp(node, NnOp::ReduceMean, vec![sq, axes], keep, None)?;
+            let eps = attr_float(node, "epsilon").unwrap_or(1e-5);
+            let eps = imp.scalar_like(eps as f32 as f64, &stash, &loc);
+            let mse = imp.emit_tmp(node, NnOp::Add, vec![ms, eps], Attrs::new(), None)?;
+            let rms = imp.emit_tmp(node, NnOp::Sqrt, vec![mse], Attrs::new(), None)?;
+            let rcp = imp.emit_tmp(node, NnOp::Reciprocal, vec![rms], Attrs::new(), None)?;
+            let mut norm = imp.emit_tmp(node, NnOp::Mul, vec![xu, rcp], Attrs::new(), None)?;
+            if stash != elem {
+                norm = imp.emit_tmp(node, NnOp::Cast, vec![norm], Attrs::new(), Some(elem))?;
+            }
+            imp.emit(node, NnOp::Mul, vec![norm, scale], Attrs::new(), None)
         }
         "Reshape" => {
             let ops = vec![x()?, imp.req(node, 1)?];
@@ -1015,9 +1447,44 @@ fn convert_node(imp: &mut Importer, node: &Node) -> Result<Vec<Value>, Diagnosti
             )
         }
         "Pad" => {
-            let (xv, pads) = (x()?, imp.req(node, 1)?);
-            if imp.input(node, 3)?.is_some() {
-                return Err(imp.err(node, "the axes input is not supported"));
+            let (xv, mut pads) = (x()?, imp.req(node, 1)?);
+            if let Some(axes) = imp.input(node, 3)? {
+                // Pads for some axes: spread to every axis (the others get 0).
+                let r = imp.f.ty(xv).rank();
+                let axes: Vec<usize> = imp
+                    .consts
+                    .get(&axes)
+                    .and_then(|d| {
+                        let n = imp.f.ty(axes).num_elements()? as usize;
+                        Some((0..n).map(|i| d.get_i64(i)).collect::<Vec<_>>())
+                    })
+                    .ok_or_else(|| imp.err(node, "the axes input must be a constant"))?
+                    .into_iter()
+                    .map(|a| qc_nn::norm_axis(a, r))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| imp.err(node, e))?;
+                let k = axes.len() as i64;
+                let mut idx = vec![2 * k; 2 * r];
+                for (i, &a) in axes.iter().enumerate() {
+                    idx[a] = i as i64;
+                    idx[r + a] = k + i as i64;
+                }
+                let zero = imp.i64s(&[0], &loc);
+                let ext = imp.emit_tmp(
+                    node,
+                    NnOp::Concat,
+                    vec![pads, zero],
+                    attrs(vec![("axis", int(0))]),
+                    None,
+                )?;
+                let idx = imp.i64s(&idx, &loc);
+                pads = imp.emit_tmp(
+                    node,
+                    NnOp::Gather,
+                    vec![ext, idx],
+                    attrs(vec![("axis", int(0))]),
+                    None,
+                )?;
             }
             let elem = imp.f.ty(xv).elem.clone();
             let value = match imp.input(node, 2)? {
@@ -1110,6 +1577,45 @@ fn convert_node(imp: &mut Importer, node: &Node) -> Result<Vec<Value>, Diagnosti
             ]);
             imp.emit(node, op, vec![xv, axes], at, None)
         }
+        "ReduceL1" | "ReduceL2" | "ReduceLogSum" | "ReduceLogSumExp" | "ReduceSumSquare" => {
+            // ONNX's definitions: a sum of |x|, x^2 or e^x, then sqrt or log.
+            let xv = x()?;
+            let axes = match (imp.input(node, 1)?, attr_ints(node, "axes")) {
+                (Some(a), _) => a,
+                (None, Some(v)) => imp.i64s(&v, &loc),
+                (None, None) => imp.i64s(&[], &loc),
+            };
+            let at = attrs(vec![
+                ("keepdims", int(attr_int(node, "keepdims").unwrap_or(1))),
+                (
+                    "noop_with_empty_axes",
+                    int(attr_int(node, "noop_with_empty_axes").unwrap_or(0)),
+                ),
+            ]);
+            let kind = node.op_type.as_str();
+            let pre = match kind {
+                "ReduceL1" => Some((NnOp::Abs, vec![xv])),
+                "ReduceL2" | "ReduceSumSquare" => Some((NnOp::Mul, vec![xv, xv])),
+                "ReduceLogSumExp" => Some((NnOp::Exp, vec![xv])),
+                _ => None,
+            };
+            let post = match kind {
+                "ReduceL2" => Some(NnOp::Sqrt),
+                "ReduceLogSum" | "ReduceLogSumExp" => Some(NnOp::Log),
+                _ => None,
+            };
+            let v = match pre {
+                Some((op, ops)) => imp.emit_tmp(node, op, ops, Attrs::new(), None)?,
+                None => xv,
+            };
+            match post {
+                None => imp.emit(node, NnOp::ReduceSum, vec![v, axes], at, None),
+                Some(op) => {
+                    let sum = imp.emit_tmp(node, NnOp::ReduceSum, vec![v, axes], at, None)?;
+                    imp.emit(node, op, vec![sum], Attrs::new(), None)
+                }
+            }
+        }
         "ArgMax" | "ArgMin" => {
             let op = if node.op_type == "ArgMax" {
                 NnOp::ArgMax
@@ -1127,8 +1633,138 @@ fn convert_node(imp: &mut Importer, node: &Node) -> Result<Vec<Value>, Diagnosti
             imp.emit(node, op, vec![x()?], at, None)
         }
         "QuantizeLinear" | "DequantizeLinear" | "DynamicQuantizeLinear" => qdq::convert(imp, node),
+        "Attention" => attention::convert(imp, node),
         other => Err(imp.err(node, format!("operator '{other}' is not supported"))),
     }
+}
+
+/// The input of a normalization in its stash type (attribute `stash_type`, default FLOAT): the value
+/// itself or a cast; and that type.
+fn stash_input(
+    imp: &mut Importer,
+    node: &Node,
+    xv: Value,
+) -> Result<(Value, ElemType), Diagnostic> {
+    let code = attr_int(node, "stash_type").unwrap_or(1);
+    let stash = DataType::from_code(code as i32)
+        .ok_or_else(|| format!("unknown stash_type {code}"))
+        .and_then(elem_type)
+        .map_err(|e| imp.err(node, e))?;
+    if imp.f.ty(xv).elem == stash {
+        return Ok((xv, stash));
+    }
+    let c = imp.emit_tmp(
+        node,
+        NnOp::Cast,
+        vec![xv],
+        Attrs::new(),
+        Some(stash.clone()),
+    )?;
+    Ok((c, stash))
+}
+
+/// The axes from attribute `axis` (default -1) to the last, as an i64 constant.
+fn norm_axes(imp: &mut Importer, node: &Node, xv: Value) -> Result<Value, Diagnostic> {
+    let r = imp.f.ty(xv).rank();
+    let a =
+        qc_nn::norm_axis(attr_int(node, "axis").unwrap_or(-1), r).map_err(|e| imp.err(node, e))?;
+    let loc = imp.model.loc(&node.path);
+    Ok(imp.i64s(&(a as i64..r as i64).collect::<Vec<_>>(), &loc))
+}
+
+/// ConvTranspose: defaults filled in; `output_shape` and `auto_pad` resolved to explicit pads as ONNX's
+/// reference does (SAME_UPPER puts the smaller half first, otherwise the larger).
+fn conv_transpose(imp: &mut Importer, node: &Node) -> Result<Vec<Value>, Diagnostic> {
+    let loc = imp.model.loc(&node.path);
+    let (xv, w) = (imp.req(node, 0)?, imp.req(node, 1)?);
+    let (xt, wt) = (imp.f.ty(xv).clone(), imp.f.ty(w).clone());
+    if xt.rank() < 3 || wt.rank() != xt.rank() {
+        return Err(imp.err(
+            node,
+            format!("expected N x C x spatial... inputs, not {xt} and {wt}"),
+        ));
+    }
+    let sp = xt.rank() - 2;
+    let group = attr_int(node, "group").unwrap_or(1);
+    let kernel = match attr_ints(node, "kernel_shape") {
+        Some(k) => k,
+        None => wt.dims[2..]
+            .iter()
+            .map(|d| d.as_static().map(|n| n as i64))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| imp.err(node, "kernel_shape is unknown"))?,
+    };
+    let strides = attr_ints(node, "strides").unwrap_or_else(|| vec![1; sp]);
+    let dilations = attr_ints(node, "dilations").unwrap_or_else(|| vec![1; sp]);
+    let mut out_pad = attr_ints(node, "output_padding").unwrap_or_else(|| vec![0; sp]);
+    out_pad.truncate(sp);
+    let auto_pad = attr_str(node, "auto_pad").unwrap_or_else(|| "NOTSET".into());
+    let same = auto_pad == "SAME_UPPER" || auto_pad == "SAME_LOWER";
+    if kernel.len() != sp || strides.len() != sp || dilations.len() != sp || out_pad.len() != sp {
+        return Err(imp.err(
+            node,
+            "kernel_shape, strides, dilations and output_padding need one entry per spatial axis",
+        ));
+    }
+    let pads = match (attr_ints(node, "pads"), attr_ints(node, "output_shape")) {
+        (Some(p), _) if !same => p,
+        (_, out_shape) if same || out_shape.is_some() => {
+            let ins: Vec<i64> = (0..sp)
+                .map(|i| xt.dims[2 + i].as_static().map(|n| n as i64))
+                .collect::<Option<_>>()
+                .ok_or_else(|| {
+                    imp.err(
+                        node,
+                        "output_shape and auto_pad need static spatial dimensions",
+                    )
+                })?;
+            let out_shape = match out_shape {
+                Some(o) => o[o.len().saturating_sub(sp)..].to_vec(),
+                None => (0..sp).map(|i| ins[i] * strides[i]).collect(),
+            };
+            if out_shape.len() != sp {
+                return Err(imp.err(node, "output_shape needs one entry per spatial axis"));
+            }
+            let mut p = vec![0; 2 * sp];
+            for i in 0..sp {
+                let total =
+                    strides[i] * (ins[i] - 1) + out_pad[i] + (kernel[i] - 1) * dilations[i] + 1
+                        - out_shape[i];
+                // Floor division, as the reference's Python: a negative total widens the end.
+                let half = total.div_euclid(2);
+                if auto_pad == "SAME_UPPER" {
+                    (p[i], p[sp + i]) = (half, total - half);
+                } else {
+                    (p[i], p[sp + i]) = (total - half, half);
+                }
+            }
+            p
+        }
+        _ => vec![0; 2 * sp],
+    };
+    let b = match imp.input(node, 2)? {
+        Some(b) => b,
+        None => {
+            let m = wt.dims[1]
+                .as_static()
+                .ok_or_else(|| imp.err(node, "the weights need a static output-channel count"))?
+                * group.max(1) as u64;
+            imp.constant(
+                DenseData::Float(vec![0.0]),
+                TensorType::new(&[m], xt.elem.clone()),
+                &loc,
+            )
+        }
+    };
+    let at = attrs(vec![
+        ("kernel_shape", ints(&kernel)),
+        ("strides", ints(&strides)),
+        ("pads", ints(&pads)),
+        ("dilations", ints(&dilations)),
+        ("output_padding", ints(&out_pad)),
+        ("group", int(group)),
+    ]);
+    imp.emit(node, NnOp::ConvTranspose, vec![xv, w, b], at, None)
 }
 
 /// Conv, MaxPool and AveragePool: defaults filled in and `auto_pad` resolved to explicit pads.

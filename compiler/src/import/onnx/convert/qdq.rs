@@ -26,7 +26,8 @@ fn dtype_attr(imp: &Importer, node: &Node, name: &str) -> Result<Option<ElemType
     match attr_int(node, name) {
         None | Some(0) => Ok(None),
         Some(code) => {
-            let dt = DataType::from_code(code as i32).ok_or_else(|| imp.err(node, format!("unknown data type {code} in '{name}'")))?;
+            let dt = DataType::from_code(code as i32)
+                .ok_or_else(|| imp.err(node, format!("unknown data type {code} in '{name}'")))?;
             elem_type(dt).map(Some).map_err(|e| imp.err(node, e))
         }
     }
@@ -38,13 +39,28 @@ pub fn convert(imp: &mut Importer, node: &Node) -> Result<Vec<Value>, Diagnostic
     let x = imp.req(node, 0)?;
     let xt = imp.f.ty(x).clone();
     if node.op_type == "DynamicQuantizeLinear" {
-        let u8t = ElemType::Int { bits: 8, unsigned: true };
-        let tys = vec![xt.with_elem(u8t.clone()), TensorType::new(&[], ElemType::F32), TensorType::new(&[], u8t)];
-        return Ok(imp.f.push_op(QuantOp::DynamicQuantizeLinear.def(), vec![x], tys, Attrs::new(), loc));
+        let u8t = ElemType::Int {
+            bits: 8,
+            unsigned: true,
+        };
+        let tys = vec![
+            xt.with_elem(u8t.clone()),
+            TensorType::new(&[], ElemType::F32),
+            TensorType::new(&[], u8t),
+        ];
+        return Ok(imp.f.push_op(
+            QuantOp::DynamicQuantizeLinear.def(),
+            vec![x],
+            tys,
+            Attrs::new(),
+            loc,
+        ));
     }
     let scale = imp.req(node, 1)?;
     let st = imp.f.ty(scale).clone();
-    let mut attrs: Attrs = [("axis", Attribute::Int(attr_int(node, "axis").unwrap_or(1)))].into_iter().collect();
+    let mut attrs: Attrs = [("axis", Attribute::Int(attr_int(node, "axis").unwrap_or(1)))]
+        .into_iter()
+        .collect();
     if let Some(b) = attr_int(node, "block_size").filter(|&b| b != 0) {
         attrs.set("block_size", Attribute::Int(b));
     }
@@ -55,10 +71,18 @@ pub fn convert(imp: &mut Importer, node: &Node) -> Result<Vec<Value>, Diagnostic
         let declared = dtype_attr(imp, node, "output_dtype")?;
         let zp = imp.input(node, 2)?;
         let elem = match (zp.map(|z| imp.f.ty(z).elem.clone()), declared) {
-            (Some(z), Some(d)) if z != d => return Err(imp.err(node, format!("output_dtype {d} differs from the zero point's type {z}"))),
+            (Some(z), Some(d)) if z != d => {
+                return Err(imp.err(
+                    node,
+                    format!("output_dtype {d} differs from the zero point's type {z}"),
+                ))
+            }
             (Some(z), _) => z,
             (None, Some(d)) => d,
-            (None, None) => ElemType::Int { bits: 8, unsigned: true },
+            (None, None) => ElemType::Int {
+                bits: 8,
+                unsigned: true,
+            },
         };
         let zp = match zp {
             Some(z) => z,
@@ -77,5 +101,7 @@ pub fn convert(imp: &mut Importer, node: &Node) -> Result<Vec<Value>, Diagnostic
         (QuantOp::DequantizeLinear, elem, zp)
     };
     let result = xt.with_elem(out_elem);
-    Ok(imp.f.push_op(op.def(), vec![x, scale, zp], vec![result], attrs, loc))
+    Ok(imp
+        .f
+        .push_op(op.def(), vec![x, scale, zp], vec![result], attrs, loc))
 }
