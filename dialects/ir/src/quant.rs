@@ -345,9 +345,11 @@ impl fmt::Display for Encoding {
                 m.bias,
                 m.policy.name()
             ),
-            (None, other) => {
-                unreachable!("every non-minifloat encoding has a bare name: {other:?}")
+            (None, Encoding::Int { bits, signed }) => {
+                // Widths the parser does not accept (above 8 bits) still print readably.
+                write!(f, "{}{bits}", if *signed { "i" } else { "u" })
             }
+            (None, other) => write!(f, "{other:?}"),
         }
     }
 }
