@@ -146,7 +146,7 @@ pub fn run_func(m: &Module, name: &str, inputs: Vec<Tensor>) -> Result<Vec<Tenso
         .collect()
 }
 
-fn operand<'e>(env: &'e [Option<RtValue>], v: Value) -> Result<&'e RtValue, String> {
+fn operand(env: &[Option<RtValue>], v: Value) -> Result<&RtValue, String> {
     env[v.0 as usize]
         .as_ref()
         .ok_or_else(|| "an operand was never computed".to_string())

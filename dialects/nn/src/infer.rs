@@ -652,7 +652,7 @@ pub fn infer(op: NnOp, cx: &InferCx) -> Result<Vec<TensorType>, String> {
             shape::transpose(&t[0].dims, &cx.ints("perm"))?,
             t[0].elem.clone(),
         ),
-        NnOp::Concat => one(shape::concat(&t, cx.int("axis", 0))?, t[0].elem.clone()),
+        NnOp::Concat => one(shape::concat(t, cx.int("axis", 0))?, t[0].elem.clone()),
         NnOp::Split => {
             let n_split = int_1d(t[1], "split")?;
             let a = norm_axis(cx.int("axis", 0), t[0].rank())?;

@@ -79,12 +79,12 @@ pub fn encode_onnx(
         }
         Encoding::Float(m) if x.is_nan() => {
             // ml_dtypes: NaN into a format without NaN is a zero with the NaN's sign inverted.
-            let sign = if x.is_sign_negative() {
+            
+            if x.is_sign_negative() {
                 0
             } else {
                 1i64 << (m.bits() - 1)
-            };
-            sign
+            }
         }
         _ => c.encode(x, Rounding::Rne, Saturation::Overflow, 0) as i64,
     })
