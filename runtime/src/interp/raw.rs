@@ -79,7 +79,7 @@ pub fn encode_onnx(
         }
         Encoding::Float(m) if x.is_nan() => {
             // ml_dtypes: NaN into a format without NaN is a zero with the NaN's sign inverted.
-            
+
             if x.is_sign_negative() {
                 0
             } else {
