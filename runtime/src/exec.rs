@@ -200,8 +200,19 @@ fn eval_op(
                         }
                         b => b.bytes().unwrap_or_default(),
                     };
-                    if ty.elem.as_quant().is_some() {
-                        return Err(format!("resource '{name}' holds a quantized tensor; decoding quantized resources is not supported yet"));
+                    if let Some(fmt) = ty.elem.as_quant() {
+                        // The blob layout of qc_quant::blob: packed codes, scales, zero points, tensor scale.
+                        let shape: Vec<usize> = ty
+                            .static_shape()
+                            .ok_or_else(|| {
+                                format!("a quantized constant needs a static shape, not {ty}")
+                            })?
+                            .into_iter()
+                            .map(|d| d as usize)
+                            .collect();
+                        let q = qc_quant::blob::from_blob(bytes, fmt, &shape, name)
+                            .map_err(|e| e.to_string())?;
+                        return Ok(vec![RtValue::Quant(q)]);
                     }
                     Tensor::from_bytes(bytes, ty)?
                 }
@@ -355,5 +366,51 @@ func.func @f(%x: tensor<2x32xf32>) -> (tensor<2x32xf32>, tensor<2x2xf32>) {
             .unwrap_err()
             .message
             .contains("does not fit"));
+    }
+
+    #[test]
+    fn quantized_resource_constants_decode_through_the_blob_layout() {
+        use qc_quant::tensor::{dequantize, quantize, QuantizeOptions};
+        let fmt = qc_ir::quant::named_format("nvfp4").unwrap().ty.clone();
+        let w: Vec<f32> = (0..64)
+            .map(|i| ((i * 7 % 23) as f32 - 11.0) / 3.0)
+            .collect();
+        let q = quantize(&w, &[2, 32], &fmt, &QuantizeOptions::default()).unwrap();
+        let blob = qc_quant::blob::to_blob(&q).unwrap();
+        let hex: String = [16u8, 0, 0, 0]
+            .iter()
+            .chain(&blob)
+            .map(|b| format!("{b:02X}"))
+            .collect();
+        let text = format!(
+            "func.func @f(%x: tensor<1x32xf32>) -> tensor<1x2xf32> {{
+  %w = qc.constant {{value = dense_resource<w>}} : () -> tensor<2x32x!quant.nvfp4>
+  %y = quant.matmul %x, %w {{transpose_b}} : (tensor<1x32xf32>, tensor<2x32x!quant.nvfp4>) -> tensor<1x2xf32>
+  return %y : tensor<1x2xf32>
+}}
+{{-# dialect_resources: {{ qc: {{ w: \"0x{hex}\" }} }} #-}}"
+        );
+        let m = parse_module(&text, &Source::named("t"), &registry()).unwrap();
+        qc_ir::verify_module(&m).unwrap();
+        let x: Vec<f64> = (0..32).map(|i| (i as f64 - 16.0) / 8.0).collect();
+        let out = run_func(
+            &m,
+            "f",
+            vec![Tensor::new(vec![1, 32], ElemType::F32, Data::F(x.clone()))],
+        )
+        .unwrap();
+        let wd = dequantize(&q).unwrap();
+        for j in 0..2 {
+            let want: f64 = (0..32).map(|k| x[k] * wd[j * 32 + k] as f64).sum();
+            assert_eq!(out[0].data.f(j), want as f32 as f64, "column {j}");
+        }
+        // A blob of the wrong size is an error naming the resource, not a panic.
+        let short = text.replace(&hex[hex.len() - 8..], "");
+        let m = parse_module(&short, &Source::named("t"), &registry()).unwrap();
+        let x = Tensor::new(vec![1, 32], ElemType::F32, Data::F(vec![0.0; 32]));
+        assert!(run_func(&m, "f", vec![x])
+            .unwrap_err()
+            .message
+            .contains("needs"));
     }
 }

@@ -3,6 +3,7 @@
 //! The format *type* (parameters, names, text form) is `qc_ir::quant`; this crate gives it meaning.
 #![deny(missing_docs)]
 
+pub mod blob;
 pub mod codec;
 pub mod error;
 pub mod ops;

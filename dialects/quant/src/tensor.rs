@@ -164,6 +164,12 @@ fn resolve_axis(axis: i32, rank: usize, name: &str) -> Result<usize, QuantError>
     Ok(a as usize)
 }
 
+/// The shape of the `scales` array of a tensor of `shape` in `fmt` (see the module documentation); the
+/// error names the tensor when the shape does not fit the scheme.
+pub fn scale_shape(fmt: &QuantType, shape: &[usize], name: &str) -> Result<Vec<usize>, QuantError> {
+    Ok(layout(&fmt.scheme, shape, name)?.scale_shape)
+}
+
 fn layout(scheme: &Scheme, shape: &[usize], name: &str) -> Result<Layout, QuantError> {
     let n: usize = shape.iter().product();
     let rank = shape.len();
