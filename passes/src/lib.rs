@@ -7,6 +7,7 @@
 pub mod canonicalize;
 pub mod cse;
 pub mod dce;
+pub mod quantize;
 
 use qc_ir::pass::PassRegistry;
 
@@ -16,5 +17,6 @@ pub fn registry() -> PassRegistry {
     r.register(canonicalize::INFO);
     r.register(cse::INFO);
     r.register(dce::INFO);
+    r.register(quantize::INFO);
     r
 }
