@@ -46,7 +46,7 @@ use qc_ir::attr::{Attribute, Attrs};
 use qc_ir::module::{Module, Op, Value};
 use qc_ir::ops::QcOp;
 use qc_ir::pass::{Changed, Pass, PassContext, PassInfo, PassOption, PassOptions};
-use qc_ir::quant::{named_format, QuantType, Scheme};
+use qc_ir::quant::{named_format, QuantType};
 use qc_ir::resource::Blob;
 use qc_ir::types::{ElemType, TensorType};
 use qc_ir::Diagnostic;
@@ -125,69 +125,9 @@ pub struct Quantize {
     pub keep_float: Option<String>,
 }
 
-/// For each element of a row-major tensor of `shape` in a format of `scheme`, the index of its scale
-/// (the layout of qc_quant::tensor); `None` when the shape does not fit the scheme.
-pub fn scale_index(scheme: &Scheme, shape: &[usize]) -> Option<Vec<usize>> {
-    let n: usize = shape.iter().product();
-    let rank = shape.len();
-    let axis = |a: i32| {
-        let a = if a < 0 {
-            a as i64 + rank as i64
-        } else {
-            a as i64
-        };
-        (0..rank as i64).contains(&a).then_some(a as usize)
-    };
-    let split = |a: usize| -> (usize, usize) { (shape[a], shape[a + 1..].iter().product()) };
-    match *scheme {
-        Scheme::PerTensor => Some(vec![0; n]),
-        Scheme::PerChannel { axis: a } => {
-            let (len, inner) = split(axis(a)?);
-            Some((0..n).map(|i| (i / inner.max(1)) % len.max(1)).collect())
-        }
-        Scheme::Group { size, axis: a } => {
-            let (len, inner) = split(axis(a)?);
-            let g = size as usize;
-            if g == 0 || len % g != 0 {
-                return None;
-            }
-            let ng = len / g;
-            Some(
-                (0..n)
-                    .map(|i| {
-                        let (o, r) = (i / (len * inner), i % (len * inner));
-                        let (l, k) = (r / inner, r % inner);
-                        (o * ng + l / g) * inner + k
-                    })
-                    .collect(),
-            )
-        }
-        Scheme::Block { rows, cols } => {
-            if rank < 2 {
-                return None;
-            }
-            let (r, c) = (shape[rank - 2], shape[rank - 1]);
-            let (br, bc) = (rows as usize, cols as usize);
-            if br == 0 || bc == 0 || r % br != 0 || c % bc != 0 {
-                return None;
-            }
-            let nc = c / bc;
-            Some(
-                (0..n)
-                    .map(|i| {
-                        let (b, rem) = (i / (r * c), i % (r * c));
-                        let (y, x) = (rem / c, rem % c);
-                        (b * (r / br) + y / br) * nc + x / bc
-                    })
-                    .collect(),
-            )
-        }
-    }
-}
-
 /// Builds one tensor that takes, for each scale group `s`, the codes, scale and zero point of
 /// `parts[choice[s]]`. All parts must share format, shape and tensor scale; `index` is
-/// [`scale_index`] of their layout.
+/// [`qc_quant::tensor::scale_indices`] of their layout.
 pub fn merge_groups(
     parts: &[QuantizedTensor],
     choice: &[usize],
@@ -235,7 +175,7 @@ pub fn quantize_weight(
     if clip == Clip::None {
         return Ok(base);
     }
-    let Some(index) = scale_index(&fmt.scheme, shape) else {
+    let Some(index) = qc_quant::tensor::scale_indices(&fmt.scheme, shape, "weight").ok() else {
         return Ok(base);
     };
     let n_groups = base.scales.len();
@@ -460,7 +400,9 @@ impl Quantize {
         let qshape = [n as u64, k as u64];
         let dims: Vec<Option<u64>> = qshape.iter().map(|&d| Some(d)).collect();
         if self.format.validate_for_shape(&dims).is_err()
-            || scale_index(&self.format.scheme, &[n, k]).is_none()
+            || qc_quant::tensor::scale_indices(&self.format.scheme, &[n, k], "weight")
+                .ok()
+                .is_none()
         {
             return Ok(None);
         }

@@ -6,9 +6,7 @@ use qc_ir::pass::{Pass, PassContext};
 use qc_ir::quant::named_format;
 use qc_ir::types::ElemType;
 use qc_ir::{parse_module, Module, Registry, Source};
-use qc_passes::quantize::{
-    merge_groups, quantize_weight, scale_index, Clip, Quantize, CLIP_RATIOS,
-};
+use qc_passes::quantize::{merge_groups, quantize_weight, Clip, Quantize, CLIP_RATIOS};
 use qc_quant::tensor::{dequantize, qsnr_db, quantize, QuantizeOptions};
 use qc_runtime::exec::run_func;
 use qc_runtime::interp::{Data, Tensor};
@@ -89,7 +87,7 @@ fn merged_tensor_dequantizes_exactly_as_its_parts() {
             tensor_amax: Some(amax),
             ..QuantizeOptions::default()
         };
-        let index = scale_index(&fmt.scheme, &shape).unwrap();
+        let index = qc_quant::tensor::scale_indices(&fmt.scheme, &shape, "w").unwrap();
         let parts: Vec<_> = [1.0f32, 0.8, 0.6]
             .iter()
             .map(|&r| {

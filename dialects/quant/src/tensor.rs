@@ -170,6 +170,20 @@ pub fn scale_shape(fmt: &QuantType, shape: &[usize], name: &str) -> Result<Vec<u
     Ok(layout(&fmt.scheme, shape, name)?.scale_shape)
 }
 
+/// For each element of a row-major tensor of `shape` in a format of `scheme`, the index of its scale in
+/// the `scales` array (the layout of the module documentation).
+pub fn scale_indices(
+    scheme: &Scheme,
+    shape: &[usize],
+    name: &str,
+) -> Result<Vec<usize>, QuantError> {
+    let n: usize = shape.iter().product();
+    Ok(match layout(scheme, shape, name)?.map {
+        Map::Contig(b) => (0..n).map(|i| i / b).collect(),
+        Map::Index(idx) => idx.into_iter().map(|i| i as usize).collect(),
+    })
+}
+
 fn layout(scheme: &Scheme, shape: &[usize], name: &str) -> Result<Layout, QuantError> {
     let n: usize = shape.iter().product();
     let rank = shape.len();
