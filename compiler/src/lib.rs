@@ -16,5 +16,5 @@ pub fn registry() -> Registry {
 
 pub mod cmd;
 pub mod import;
-pub mod npy;
+pub use qc_runtime::npy;
 pub mod output;

@@ -4,10 +4,13 @@
 //! their doc comment what must stay equal and what must get better, and their tests measure it.
 #![deny(missing_docs)]
 
+pub mod calib;
 pub mod canonicalize;
 pub mod cse;
 pub mod dce;
+pub mod hadamard;
 pub mod quantize;
+pub mod weights;
 
 use qc_ir::pass::PassRegistry;
 

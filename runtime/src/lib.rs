@@ -1,7 +1,8 @@
 //! qc-runtime: executes qc modules.
 //!
 //! - [`interp`]: the reference semantics of each nn op (also used by the canonicalizer to fold constants);
-//! - [`exec`]: the reference interpreter, running a whole function on concrete inputs.
+//! - [`exec`]: the reference interpreter, running a whole function on concrete inputs;
+//! - [`npy`]: NumPy .npy / .npz files (inputs, outputs, calibration data).
 //!
 //! The artifact loader and the CPU and CUDA executors grow here.
 #![deny(missing_docs)]
@@ -9,3 +10,4 @@
 pub mod exec;
 pub mod interp;
 pub mod linear;
+pub mod npy;

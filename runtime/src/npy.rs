@@ -1,4 +1,4 @@
-//! NumPy `.npy` and `.npz` reading and writing, for `qc quantize` / `qc dequantize`.
+//! NumPy `.npy` and `.npz` reading and writing, for qc's commands (inputs, outputs, `qc quantize`) and calibration data.
 //!
 //! Reading accepts format versions 1.0, 2.0 and 3.0, C order, little-endian (or byte-order-free)
 //! dtypes `f2 f4 f8 i1 i2 i4 i8 u1 u2 u4 u8 b1`. Anything else (Fortran order, big-endian, object or
