@@ -8,7 +8,6 @@ pub mod calib;
 pub mod canonicalize;
 pub mod cse;
 pub mod dce;
-pub mod hadamard;
 pub mod quantize;
 pub mod weights;
 

@@ -200,7 +200,7 @@ fn quantized_module_matches_the_float_one_within_the_format_qsnr() {
             clip: Clip::Mse,
             keep_float: None,
         };
-        let changed = pass.run(&mut m, &PassContext { registry: &reg }).unwrap();
+        let changed = pass.run(&mut m, &PassContext::new(&reg)).unwrap();
         assert!(matches!(changed, qc_ir::pass::Changed::Yes), "{name}");
         qc_ir::verify_module(&m).unwrap();
         let printed = qc_ir::print_module(&m, qc_ir::PrintOptions::dump());

@@ -295,6 +295,29 @@ fn eval_quant(
         QuantOp::DynamicQuantizeLinear => {
             Err("dynamic_quantize_linear has three results; eval_op evaluates it".into())
         }
+        QuantOp::Hadamard => {
+            let x = operand(env, op.operands[0])?.tensor()?;
+            let block = op.attr("block").and_then(Attribute::as_int).unwrap_or(0) as usize;
+            let n = *x.shape.last().ok_or("hadamard needs rank >= 1")?;
+            if block == 0 || !block.is_power_of_two() || n % block != 0 {
+                return Err(format!(
+                    "hadamard block {block} does not fit the last dimension {n}"
+                ));
+            }
+            let Data::F(v) = &x.data else {
+                return Err("hadamard needs a float tensor".into());
+            };
+            let mut out = v.clone();
+            for chunk in out.chunks_exact_mut(block) {
+                qc_quant::hadamard::fwht(chunk);
+            }
+            let elem = x.elem.clone();
+            Ok(RtValue::Tensor(Tensor::new(
+                x.shape.clone(),
+                elem.clone(),
+                Data::F(out.into_iter().map(|v| round_to(&elem, v)).collect()),
+            )))
+        }
         QuantOp::Matmul => {
             let x = operand(env, op.operands[0])?.tensor()?;
             let RtValue::Quant(w) = operand(env, op.operands[1])? else {

@@ -1,5 +1,8 @@
 //! Golden tests: every .qir file under roundtrip/, invalid/, instrumentation/ and passes/<pass>/ is run as
 //! its first line says, and its output compared with the snapshot named after its path.
+//!
+//! `QC_GOLDEN_FILTER=passes/gptq cargo test -p qc-tests --test golden` runs only the files whose path
+//! (relative to tests/) starts with the filter: bless one pass's snapshots without touching others'.
 
 use std::path::{Path, PathBuf};
 
@@ -23,12 +26,16 @@ fn check(folder: &str) {
     let mut files = Vec::new();
     qir_files(&root.join(folder), &mut files);
     assert!(!files.is_empty(), "no golden files under {folder}");
+    let filter = std::env::var("QC_GOLDEN_FILTER").unwrap_or_default();
     for path in files {
         let rel = path
             .strip_prefix(root)
             .unwrap()
             .to_string_lossy()
             .replace('\\', "/");
+        if !rel.starts_with(&filter) {
+            continue;
+        }
         let out = qc_tests::run_golden(root, &rel);
         let name = rel.trim_end_matches(".qir").replace('/', "__");
         insta::with_settings!({ prepend_module_to_snapshot => false, description => rel.clone() }, {

@@ -45,6 +45,32 @@ impl Changed {
 pub struct PassContext<'a> {
     /// The ops known to this run.
     pub registry: &'a Registry,
+    /// Where a long pass reports its progress (layer by layer).
+    pub progress: &'a dyn Progress,
+}
+
+impl<'a> PassContext<'a> {
+    /// A context that shows no progress.
+    pub fn new(registry: &'a Registry) -> Self {
+        PassContext {
+            registry,
+            progress: &NoProgress,
+        }
+    }
+}
+
+/// Progress of long passes. The driver shows a bar on a terminal and nothing otherwise; passes call
+/// [`Progress::step`] after each item (a layer) and never print progress themselves.
+pub trait Progress {
+    /// `done` of `total` items of `pass` are finished; `item` names the last one.
+    fn step(&self, pass: &str, done: usize, total: usize, item: &str);
+}
+
+/// A [`Progress`] that shows nothing.
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn step(&self, _: &str, _: usize, _: usize, _: &str) {}
 }
 
 /// A transformation of a module.
@@ -319,12 +345,18 @@ pub struct PassManager {
     passes: Pipeline,
     /// The instrumentation in effect.
     pub instr: Instrumentation,
+    /// Where passes report progress ([`NoProgress`] by default).
+    pub progress: Box<dyn Progress>,
 }
 
 impl PassManager {
     /// A manager for already-built passes.
     pub fn new(passes: Pipeline, instr: Instrumentation) -> Self {
-        PassManager { passes, instr }
+        PassManager {
+            passes,
+            instr,
+            progress: Box::new(NoProgress),
+        }
     }
 
     /// Runs every pass on `m`, writing dumps, bisect decisions and the timing report to `dumps`.
@@ -340,7 +372,10 @@ impl PassManager {
         } else {
             PrintOptions::dump()
         };
-        let cx = PassContext { registry };
+        let cx = PassContext {
+            registry,
+            progress: self.progress.as_ref(),
+        };
         let mut timings: Vec<(String, Duration)> = Vec::new();
         let mut verify_time = Duration::ZERO;
         let total = Instant::now();

@@ -6,6 +6,7 @@
 pub mod blob;
 pub mod codec;
 pub mod error;
+pub mod hadamard;
 pub mod ops;
 pub mod pack;
 pub mod qsnr;

@@ -25,6 +25,10 @@ qc_ir::declare_ops! {
     DynamicQuantizeLinear = "dynamic_quantize_linear" { operands: Exactly(1), results: Exactly(3), attrs: [], pure: true, verify: verify_dynamic_quantize_linear },
     /// Float activations [..., M, K] times quantized weights [K, N] ([N, K] with `transpose_b`), float result.
     Matmul = "matmul" { operands: Exactly(2), results: Exactly(1), attrs: [opt("transpose_b", AttrKind::Unit)], pure: true, verify: verify_qmatmul },
+    /// An online rotation: the last axis (length `n`) multiplied on the right by the orthonormal,
+    /// symmetric block-diagonal Walsh-Hadamard matrix `H_{n,block}` ([`crate::hadamard`]); `block` is a
+    /// power of two dividing `n`. Same float type in and out.
+    Hadamard = "hadamard" { operands: Exactly(1), results: Exactly(1), attrs: [req("block", AttrKind::Int)], pure: true, verify: verify_hadamard },
 }
 
 /// The quant dialect's op definitions, for [`qc_ir::Registry::register`].
@@ -60,6 +64,30 @@ fn verify_dequantize(cx: &OpCtx) -> Result<(), String> {
         return Err(format!("dequantize must produce a float tensor, not {r}"));
     }
     same_dims(a, r)
+}
+
+fn verify_hadamard(cx: &OpCtx) -> Result<(), String> {
+    let (a, r) = (cx.operand_ty(0), cx.result_ty(0));
+    if !a.elem.is_float() || a.elem != r.elem {
+        return Err(format!(
+            "hadamard maps a float tensor to the same type, not {a} to {r}"
+        ));
+    }
+    same_dims(a, r)?;
+    let block = cx
+        .attr("block")
+        .and_then(qc_ir::attr::Attribute::as_int)
+        .unwrap_or(0);
+    if block <= 0 || !(block as u64).is_power_of_two() {
+        return Err(format!("block {block} is not a positive power of two"));
+    }
+    match a.dims.last() {
+        None => Err("hadamard needs a tensor of rank >= 1".into()),
+        Some(qc_ir::types::Dim::Static(n)) if n % block as u64 != 0 => Err(format!(
+            "block {block} does not divide the last dimension {n}"
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn verify_qmatmul(cx: &OpCtx) -> Result<(), String> {

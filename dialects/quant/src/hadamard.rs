@@ -1,4 +1,4 @@
-//! Walsh-Hadamard transforms: the rotations of `rotate` and MR-GPTQ.
+//! Walsh-Hadamard transforms: the rotations of `quant.hadamard`, the `rotate` pass and MR-GPTQ.
 //!
 //! `H_n` is Sylvester's Hadamard matrix of order `n` (a power of two) scaled by `1/sqrt(n)`, so it is
 //! orthonormal and symmetric: `H_n H_n = I`. Entry `(i, j)` is `(-1)^popcount(i & j) / sqrt(n)`. The
