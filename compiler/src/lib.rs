@@ -18,3 +18,4 @@ pub mod cmd;
 pub mod import;
 pub use qc_runtime::npy;
 pub mod output;
+pub mod progress;

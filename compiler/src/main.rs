@@ -14,6 +14,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Compile a model to a quantized build: --wformat, --aformat, --method, --rotate, --calib, ...
+    Compile(cmd::compile::CompileArgs),
+    /// Per-layer quantization error of a model across formats and methods (table; HTML with -o).
+    Report(cmd::report::ReportArgs),
     /// Parse, verify and transform qc IR with a pass pipeline (like mlir-opt).
     Opt(cmd::opt::OptArgs),
     /// List every named quantization format with its parameters.
@@ -40,6 +44,8 @@ struct FormatsArgs {
 fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Opt(args) => cmd::opt::run(&args),
+        Command::Compile(a) => cmd::compile::run(&a),
+        Command::Report(a) => cmd::report::run(&a),
         Command::Formats(a) if a.qsnr => {
             let mut out = Vec::new();
             cmd::quantize::run_formats_qsnr(&mut out)

@@ -148,7 +148,9 @@ fn rewrite(f: &Func, op: &Op, ops: &[Op], producer: &BTreeMap<Value, usize>) -> 
     // dimensions equal types do not imply equal run-time shapes (a reshape may turn 2x3 into 3x2).
     let static_identity = same_as_operand(0) && result_ty.static_shape().is_some();
     match nn {
-        NnOp::Identity => return Rewrite::Forward(op.operands[0]),
+        // An identity that refines the type (the importer's naming of a graph output with its declared
+        // `[batch]x[seq]` type, where inference only knows `?`) stays: forwarding would lose the type.
+        NnOp::Identity if same_as_operand(0) => return Rewrite::Forward(op.operands[0]),
         NnOp::Cast if same_as_operand(0) => return Rewrite::Forward(op.operands[0]),
         NnOp::Reshape
         | NnOp::Expand

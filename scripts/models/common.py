@@ -2,7 +2,9 @@
 random (seeded) and are streamed into one external data file as they are made, so that a 1B-class model
 never sits in memory whole (neither as numpy arrays nor as protobuf bytes).
 
-Needs numpy and onnx (>= 1.14). Weights are float32, drawn from N(0, std) with numpy's PCG64.
+Needs numpy and onnx (>= 1.14). Weights are float32, drawn from N(0, std) with numpy's PCG64, or with
+--dist t3 from a Student-t with 3 degrees of freedom scaled to the same standard deviation (heavy tails,
+as trained LLM weights have: what rotations and clip searches are for).
 """
 
 import argparse
@@ -24,8 +26,9 @@ class Builder:
     """Collects nodes, initializers and value names; writes weights into `data_path` (external) or
     embeds them as raw_data (`data_path=None`)."""
 
-    def __init__(self, seed, model_path, external, std):
+    def __init__(self, seed, model_path, external, std, dist="normal"):
         self.std = std
+        self.dist = dist
         self.rng = np.random.default_rng(seed)
         self.nodes = []
         self.inits = []
@@ -88,7 +91,12 @@ class Builder:
     def randn(self, name, shape):
         """N(0, std) weights; std is the config's (0.02 as in BERT and Llama initialization for the real
         shapes; larger for tiny configs so that attention is far from uniform and a wrong op shows)."""
-        return self.tensor(name, self.rng.standard_normal(shape, dtype=np.float32) * np.float32(self.std))
+        if self.dist == "t3":
+            # Student-t(3) has variance 3; scale to unit variance, then to std.
+            w = (self.rng.standard_t(3, size=shape) / np.sqrt(3.0)).astype(np.float32)
+        else:
+            w = self.rng.standard_normal(shape, dtype=np.float32)
+        return self.tensor(name, w * np.float32(self.std))
 
     def ones(self, name, shape):
         return self.tensor(name, np.ones(shape, dtype=np.float32))
@@ -128,6 +136,8 @@ def parse_args(description, configs):
     g.add_argument("--embedded", dest="external", action="store_false",
                    help="weights inside the .onnx file as raw_data (only for models under 2 GiB)")
     p.add_argument("--std", type=float, help="override the config's weight standard deviation")
+    p.add_argument("--dist", choices=["normal", "t3"], default="normal",
+                   help="weight distribution: normal, or Student-t(3) scaled to the same std (heavy tails)")
     for k in ("hidden", "layers", "heads", "kv_heads", "intermediate", "vocab", "max_pos"):
         if k in configs["tiny"]:
             p.add_argument("--" + k.replace("_", "-"), type=int, help=f"override the config's {k}")

@@ -52,7 +52,7 @@ def layer_norm(b, x, name, hidden):
 def build(a, cfg):
     h, nh = cfg["hidden"], cfg["heads"]
     hd = h // nh
-    b = Builder(a.seed, a.out, a.external, cfg["std"])
+    b = Builder(a.seed, a.out, a.external, cfg["std"], a.dist)
     ids, tt, am = "input_ids", "token_type_ids", "attention_mask"
 
     # Embeddings.

@@ -50,7 +50,7 @@ def build(a, cfg):
     hd = h // nh
     rep = nh // nkv
     assert nh % nkv == 0 and hd % 2 == 0
-    b = Builder(a.seed, a.out, a.external, cfg["std"])
+    b = Builder(a.seed, a.out, a.external, cfg["std"], a.dist)
     ids, am = "input_ids", "attention_mask"
     s0 = lambda v: b.const(np.array(v, dtype=np.int64))  # noqa: E731 - an int64 scalar
     axes_last = b.i64(-1)

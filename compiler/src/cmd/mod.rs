@@ -1,7 +1,9 @@
 //! The subcommands, one module each.
 
+pub mod compile;
 pub mod formats;
 pub mod import;
 pub mod opt;
 pub mod quantize;
+pub mod report;
 pub mod run;

@@ -24,6 +24,17 @@ pub struct OptArgs {
     /// List the registered passes and their options, then exit.
     #[arg(long)]
     pub list_passes: bool,
+    /// IR dumps, timing, bisection and verification.
+    #[command(flatten)]
+    pub dumps: DumpArgs,
+    /// Elide resource bytes in the output too.
+    #[arg(long)]
+    pub elide_resources: bool,
+}
+
+/// The instrumentation flags shared by `qc opt` and `qc compile`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct DumpArgs {
     /// Print the IR before these passes (comma-separated names).
     #[arg(long, value_delimiter = ',', value_name = "PASS")]
     pub print_ir_before: Vec<String>,
@@ -51,9 +62,49 @@ pub struct OptArgs {
     /// Include resource bytes in IR dumps (dumps elide them by default).
     #[arg(long)]
     pub print_resources: bool,
-    /// Elide resource bytes in the output too.
-    #[arg(long)]
-    pub elide_resources: bool,
+}
+
+impl DumpArgs {
+    /// Checks the pass names of --print-ir-before/after against `passes`.
+    pub fn check_names(&self, passes: &PassRegistry) -> Result<(), Failure> {
+        let known: BTreeSet<&str> = passes.iter().map(|p| p.name).collect();
+        for name in self.print_ir_before.iter().chain(&self.print_ir_after) {
+            if !known.contains(name.as_str()) {
+                let list: Vec<&str> = known.iter().copied().collect();
+                return Err(input_error(format!(
+                    "unknown pass '{name}' in --print-ir-before/after; known passes: {}",
+                    list.join(", ")
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The pass manager's instrumentation for these flags.
+    pub fn instrumentation(&self) -> Instrumentation {
+        Instrumentation {
+            no_verify_each: self.no_verify_each,
+            print_before: self.print_ir_before.iter().cloned().collect(),
+            print_after: self.print_ir_after.iter().cloned().collect(),
+            print_after_all: self.print_ir_after_all,
+            print_after_change: self.print_ir_after_change,
+            tree_dir: self.print_ir_tree_dir.clone(),
+            time_passes: self.time_passes,
+            bisect_limit: self.opt_bisect_limit,
+            print_resources: self.print_resources,
+        }
+    }
+}
+
+/// Maps a pipeline failure to the CLI's failure; `text` is the input for rendering diagnostics.
+pub fn pipeline_failure(e: PipelineError, text: Option<&str>) -> Failure {
+    match e {
+        PipelineError::Pass { pass, diag } => {
+            Failure::Input(format!("{}(in pass '{pass}')\n", diag.render(text)))
+        }
+        e @ PipelineError::Verify { .. } => Failure::Internal(format!("{e}\n")),
+        PipelineError::Io(msg) => input_error(msg),
+    }
 }
 
 /// Lists passes as `name  summary` with their options.
@@ -82,37 +133,13 @@ pub fn opt(
     let pipeline = passes
         .parse_pipeline(&args.passes)
         .map_err(|d| Failure::Input(d.render(Some(&args.passes))))?;
-    let known: BTreeSet<&str> = passes.iter().map(|p| p.name).collect();
-    for name in args.print_ir_before.iter().chain(&args.print_ir_after) {
-        if !known.contains(name.as_str()) {
-            let list: Vec<&str> = known.iter().copied().collect();
-            return Err(input_error(format!(
-                "unknown pass '{name}' in --print-ir-before/after; known passes: {}",
-                list.join(", ")
-            )));
-        }
-    }
+    args.dumps.check_names(&passes)?;
     let mut module = parse_module(text, source, &registry).map_err(|d| render(&d))?;
     verify_module(&module).map_err(|ds| Failure::Input(ds.render(Some(text))))?;
-    let instr = Instrumentation {
-        no_verify_each: args.no_verify_each,
-        print_before: args.print_ir_before.iter().cloned().collect(),
-        print_after: args.print_ir_after.iter().cloned().collect(),
-        print_after_all: args.print_ir_after_all,
-        print_after_change: args.print_ir_after_change,
-        tree_dir: args.print_ir_tree_dir.clone(),
-        time_passes: args.time_passes,
-        bisect_limit: args.opt_bisect_limit,
-        print_resources: args.print_resources,
-    };
-    let pm = PassManager::new(pipeline, instr);
-    pm.run(&mut module, &registry, dumps).map_err(|e| match e {
-        PipelineError::Pass { pass, diag } => {
-            Failure::Input(format!("{}(in pass '{pass}')\n", diag.render(Some(text))))
-        }
-        e @ PipelineError::Verify { .. } => Failure::Internal(format!("{e}\n")),
-        PipelineError::Io(msg) => input_error(msg),
-    })?;
+    let mut pm = PassManager::new(pipeline, args.dumps.instrumentation());
+    pm.progress = crate::progress::for_stderr();
+    pm.run(&mut module, &registry, dumps)
+        .map_err(|e| pipeline_failure(e, Some(text)))?;
     let popts = if args.elide_resources {
         PrintOptions::dump()
     } else {

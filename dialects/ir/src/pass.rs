@@ -2,7 +2,8 @@
 //!
 //! A pass implements [`Pass`] and is registered once, as a [`PassInfo`] (kebab-case name, one-line
 //! summary, options, constructor), in a [`PassRegistry`]. A pipeline string such as
-//! `canonicalize,cse,gptq{bits=4,block=128}` is parsed against the registry: an unknown pass or option is
+//! `canonicalize,cse,gptq{bits=4,block=128}` is parsed against the registry (an option value may be
+//! quoted, `calibrate{data="my data/x.npz"}`, with `\"` and `\\` escapes): an unknown pass or option is
 //! a diagnostic that lists the known ones. The [`PassManager`] runs the pipeline, verifies after every pass
 //! (unless disabled), and offers the IR-dump, timing and bisection instrumentation of [`Instrumentation`].
 //!
@@ -238,17 +239,45 @@ impl PassRegistry {
                     i += 1;
                     skip_ws(&mut i);
                     let vstart = i;
-                    while i < bytes.len() && !matches!(bytes[i], b',' | b'}' | b' ') {
-                        i += 1;
-                    }
-                    if vstart == i {
-                        return Err(err(i, format!("expected a value for option '{key}'")));
-                    }
-                    if opts
-                        .values
-                        .insert(key.to_string(), text[vstart..i].to_string())
-                        .is_some()
-                    {
+                    let value = if i < bytes.len() && bytes[i] == b'"' {
+                        // A quoted value: any text, with \" and \\ escapes (paths with spaces or commas).
+                        let mut v = String::new();
+                        let mut chars = text[i + 1..].char_indices();
+                        loop {
+                            match chars.next() {
+                                None => {
+                                    return Err(err(
+                                        vstart,
+                                        format!("unterminated quoted value for option '{key}'"),
+                                    ))
+                                }
+                                Some((j, '"')) => {
+                                    i = i + 1 + j + 1;
+                                    break;
+                                }
+                                Some((_, '\\')) => match chars.next() {
+                                    Some((_, c)) => v.push(c),
+                                    None => {
+                                        return Err(err(
+                                            vstart,
+                                            format!("unterminated quoted value for option '{key}'"),
+                                        ))
+                                    }
+                                },
+                                Some((_, c)) => v.push(c),
+                            }
+                        }
+                        v
+                    } else {
+                        while i < bytes.len() && !matches!(bytes[i], b',' | b'}' | b' ') {
+                            i += 1;
+                        }
+                        if vstart == i {
+                            return Err(err(i, format!("expected a value for option '{key}'")));
+                        }
+                        text[vstart..i].to_string()
+                    };
+                    if opts.values.insert(key.to_string(), value).is_some() {
                         return Err(err(kpos, format!("option '{key}' is given twice")));
                     }
                     skip_ws(&mut i);
@@ -478,4 +507,57 @@ fn timing_report(timings: &[(String, Duration)], verify: Duration, total: Durati
     line(&mut s, verify, "(A) verifier");
     line(&mut s, total, "Total");
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Nop;
+    impl Pass for Nop {
+        fn name(&self) -> &'static str {
+            "nop"
+        }
+        fn run(&self, _: &mut Module, _: &PassContext) -> Result<Changed, Diagnostic> {
+            Ok(Changed::No)
+        }
+    }
+
+    fn registry() -> PassRegistry {
+        let mut r = PassRegistry::default();
+        r.register(PassInfo {
+            name: "nop",
+            summary: "records its option",
+            options: &[PassOption {
+                name: "data",
+                help: "a path",
+            }],
+            build: |o| {
+                // The value must arrive unquoted and unescaped.
+                match o.get("data") {
+                    Some("my data/x,y.npz") | Some("a\"b\\c") | Some("plain") | None => {
+                        Ok(Box::new(Nop))
+                    }
+                    Some(v) => Err(format!("unexpected value {v:?}")),
+                }
+            },
+        });
+        r
+    }
+
+    #[test]
+    fn quoted_option_values() {
+        let r = registry();
+        for ok in [
+            "nop{data=\"my data/x,y.npz\"}",
+            "nop{data=\"a\\\"b\\\\c\"},nop",
+            "nop{ data = plain }",
+        ] {
+            assert!(r.parse_pipeline(ok).is_ok(), "{ok}");
+        }
+        let e = r.parse_pipeline("nop{data=\"open}").err().unwrap();
+        assert!(e.to_string().contains("unterminated quoted value"), "{e}");
+        let e = r.parse_pipeline("nop{data=other}").err().unwrap();
+        assert!(e.to_string().contains("unexpected value"), "{e}");
+    }
 }

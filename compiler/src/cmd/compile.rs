@@ -1,0 +1,409 @@
+//! `qc compile`: a model and number formats in, a quantized build out.
+//!
+//! The command assembles a pass pipeline from its flags ([`pipeline`]), runs it on the imported model
+//! with the instrumentation of `qc opt`, and writes what `--emit` asks for. The pipeline it runs is
+//! printed by `--print-pipeline` and can be replaced with `--passes`:
+//!
+//! ```text
+//! canonicalize,cse,dce            simplify the imported graph (shape arithmetic folds away)
+//! rotate{...}                     --rotate hadamard | block:N
+//! calibrate{data=DATA}            --calib DATA (needed by --aformat, --smooth, gptq, mr-gptq)
+//! smooth{alpha=A}                 --smooth A
+//! quantize{w=F,...} | gptq{w=F,...} | lorc{rank=R,w=F}   --method, --lorc-rank
+//! quantize{w=F,a=AF}              --aformat AF (activations; weights already quantized stay as they are)
+//! dce
+//! ```
+//!
+//! Emitting `qir` writes qc IR text: quantized weights are resources held in the file; float weights the
+//! pipeline left untouched stay in the model's external data, referenced relative to the output's folder.
+
+use std::path::{Component, Path, PathBuf};
+
+use clap::{Args, ValueEnum};
+use qc_ir::pass::PassManager;
+use qc_ir::quant::named_format;
+use qc_ir::resource::Blob;
+use qc_ir::{print_module, Module, PrintOptions};
+
+use crate::cmd::opt::{pipeline_failure, DumpArgs};
+use crate::output::{input_error, write_output, Failure};
+
+/// The weight quantization method.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Default)]
+pub enum Method {
+    /// Round to nearest with a per-group clip search.
+    #[default]
+    Rtn,
+    /// GPTQ (needs --calib).
+    Gptq,
+    /// MR-GPTQ: block-Hadamard-rotated GPTQ with format-aware scales, for mxfp4 and nvfp4 (needs --calib).
+    MrGptq,
+}
+
+/// What `qc compile` writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Default)]
+pub enum Emit {
+    /// qc IR text after the pipeline.
+    #[default]
+    Qir,
+}
+
+/// Arguments of `qc compile`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct CompileArgs {
+    /// The model: .onnx, or qc IR text (.qir).
+    pub model: PathBuf,
+    /// Weight format, a named format (`qc formats` lists them), e.g. nvfp4, int4_g128, mxfp4, fp8_e4m3.
+    #[arg(long, value_name = "FORMAT")]
+    pub wformat: Option<String>,
+    /// Activation format; activation quantization needs --calib.
+    #[arg(long, value_name = "FORMAT")]
+    pub aformat: Option<String>,
+    /// Weight quantization method.
+    #[arg(long, value_enum, default_value_t = Method::Rtn)]
+    pub method: Method,
+    /// Hadamard rotation before quantization: none, hadamard (full) or block:N.
+    #[arg(long, default_value = "none", value_name = "none|hadamard|block:N")]
+    pub rotate: String,
+    /// Low-rank compensation of the weight error with this rank (ZeroQuant-FP LoRC; with --method rtn).
+    #[arg(long, value_name = "R")]
+    pub lorc_rank: Option<usize>,
+    /// SmoothQuant migration strength alpha in [0, 1] (needs --calib).
+    #[arg(long, value_name = "ALPHA")]
+    pub smooth: Option<f64>,
+    /// Calibration data: an .npz, or a folder of .npy files, named after the model inputs
+    /// (`NAME` for one run, `NAME.0`, `NAME.1`, ... for several).
+    #[arg(long, value_name = "DATA")]
+    pub calib: Option<PathBuf>,
+    /// Leave float the layers whose weight or result name contains this text.
+    #[arg(long, value_name = "PATTERN")]
+    pub keep_float: Option<String>,
+    /// Replace the pipeline the flags build with this one (same syntax as `qc opt --passes`).
+    #[arg(long, value_name = "PIPELINE")]
+    pub passes: Option<String>,
+    /// Print the pipeline to standard output and exit.
+    #[arg(long)]
+    pub print_pipeline: bool,
+    /// What to write.
+    #[arg(long, value_enum, default_value_t = Emit::Qir)]
+    pub emit: Emit,
+    /// Write the output here (atomically) instead of standard output.
+    #[arg(short = 'o', long = "output")]
+    pub output: Option<PathBuf>,
+    /// IR dumps, timing, bisection and verification (as `qc opt`).
+    #[command(flatten)]
+    pub dumps: DumpArgs,
+}
+
+fn check_format(flag: &str, name: &str) -> Result<(), Failure> {
+    if named_format(name).is_none() {
+        return Err(input_error(format!(
+            "{flag} names no known format '{name}'; `qc formats` lists the named formats"
+        )));
+    }
+    Ok(())
+}
+
+/// Quotes an option value for a pipeline string when it holds characters the pipeline syntax reserves.
+fn opt_value(v: &str) -> String {
+    if v.chars()
+        .all(|c| c.is_ascii_alphanumeric() || "_-./:".contains(c))
+    {
+        v.to_string()
+    } else {
+        format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))
+    }
+}
+
+/// The pipeline string the flags of `args` ask for (`--passes` wins). Errors are about the flags.
+pub fn pipeline(args: &CompileArgs) -> Result<String, Failure> {
+    if let Some(p) = &args.passes {
+        return Ok(p.clone());
+    }
+    let w = args.wformat.as_deref().ok_or_else(|| {
+        input_error("qc compile needs --wformat FORMAT (or a whole pipeline with --passes)")
+    })?;
+    check_format("--wformat", w)?;
+    if let Some(a) = &args.aformat {
+        check_format("--aformat", a)?;
+    }
+    let needs_calib = |what: &str| -> Result<(), Failure> {
+        if args.calib.is_none() {
+            return Err(input_error(format!(
+                "{what} needs calibration data: pass --calib DATA (an .npz or a folder of .npy files \
+                 named after the model inputs)"
+            )));
+        }
+        Ok(())
+    };
+    let mut p: Vec<String> = vec!["canonicalize".into(), "cse".into(), "dce".into()];
+    match args.rotate.as_str() {
+        "none" => {}
+        "hadamard" => p.push("rotate{mode=hadamard}".into()),
+        r => match r.strip_prefix("block:").and_then(|n| n.parse::<u64>().ok()) {
+            Some(n) if n >= 2 && n.is_power_of_two() => p.push(format!("rotate{{mode=block:{n}}}")),
+            _ => return Err(input_error(format!(
+                "--rotate must be none, hadamard or block:N with N a power of two >= 2, not '{r}'"
+            ))),
+        },
+    }
+    if let Some(d) = &args.calib {
+        p.push(format!(
+            "calibrate{{data={}}}",
+            opt_value(&d.to_string_lossy())
+        ));
+    }
+    if let Some(a) = args.smooth {
+        needs_calib("--smooth")?;
+        if !(0.0..=1.0).contains(&a) {
+            return Err(input_error(format!(
+                "--smooth takes alpha in [0, 1], not {a}"
+            )));
+        }
+        p.push(format!("smooth{{alpha={a}}}"));
+    }
+    let keep = args
+        .keep_float
+        .as_deref()
+        .map(|k| format!(",keep_float={}", opt_value(k)))
+        .unwrap_or_default();
+    match (args.method, args.lorc_rank) {
+        (Method::Rtn, None) => p.push(format!("quantize{{w={w}{keep}}}")),
+        (Method::Rtn, Some(r)) => {
+            p.push(format!("lorc{{rank={r},w={w}}}"));
+            // Layers lorc leaves alone (other kinds than matmul) still get quantized.
+            p.push(format!("quantize{{w={w}{keep}}}"));
+        }
+        (Method::Gptq | Method::MrGptq, Some(_)) => {
+            return Err(input_error(
+                "--lorc-rank works with --method rtn only (LoRC compensates the RTN error of each layer)",
+            ))
+        }
+        (m, None) => {
+            needs_calib(if m == Method::Gptq {
+                "--method gptq"
+            } else {
+                "--method mr-gptq"
+            })?;
+            let mr = if m == Method::MrGptq { ",mr=true" } else { "" };
+            p.push(format!("gptq{{w={w}{mr}}}"));
+            // Layers GPTQ cannot take (gemm, conv) fall back to RTN.
+            p.push(format!("quantize{{w={w}{keep}}}"));
+        }
+    }
+    if let Some(a) = &args.aformat {
+        needs_calib("--aformat")?;
+        p.push(format!("quantize{{w={w},a={a}{keep}}}"));
+    }
+    p.push("dce".into());
+    Ok(p.join(","))
+}
+
+/// Loads the model and runs the pipeline of `args` on it, with dumps written to `dumps`.
+pub fn compile_module(
+    args: &CompileArgs,
+    dumps: &mut dyn std::io::Write,
+) -> Result<Module, Failure> {
+    let text = pipeline(args)?;
+    let passes = qc_passes::registry();
+    let pipeline = passes
+        .parse_pipeline(&text)
+        .map_err(|d| Failure::Input(d.render(Some(&text))))?;
+    args.dumps.check_names(&passes)?;
+    let mut m = crate::cmd::import::load_module(&args.model)?;
+    let mut pm = PassManager::new(pipeline, args.dumps.instrumentation());
+    pm.progress = crate::progress::for_stderr();
+    pm.run(&mut m, &crate::registry(), dumps)
+        .map_err(|e| pipeline_failure(e, None))?;
+    Ok(m)
+}
+
+/// Runs `qc compile`.
+pub fn run(args: &CompileArgs) -> Result<(), Failure> {
+    if args.print_pipeline {
+        let mut p = pipeline(args)?;
+        p.push('\n');
+        return write_output(None, p.as_bytes());
+    }
+    let mut m = compile_module(args, &mut std::io::stderr().lock())?;
+    match args.emit {
+        Emit::Qir => {
+            if let Some(out) = &args.output {
+                rebase_external(&mut m, &args.model, out)?;
+            }
+            write_output(
+                args.output.as_deref(),
+                print_module(&m, PrintOptions::full()).as_bytes(),
+            )
+        }
+    }
+}
+
+/// Absolute, `.`/`..`-free form of `p` (which need not exist beyond its folder).
+fn absolute(p: &Path) -> Result<PathBuf, Failure> {
+    let abs = std::path::absolute(p).map_err(|e| input_error(format!("{}: {e}", p.display())))?;
+    let mut out = PathBuf::new();
+    for c in abs.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            c => out.push(c),
+        }
+    }
+    Ok(out)
+}
+
+/// `to` relative to the folder `from` (both absolute and normalized).
+fn relative(to: &Path, from: &Path) -> PathBuf {
+    let (t, f): (Vec<_>, Vec<_>) = (to.components().collect(), from.components().collect());
+    let common = t.iter().zip(&f).take_while(|(a, b)| a == b).count();
+    let mut r = PathBuf::new();
+    for _ in common..f.len() {
+        r.push("..");
+    }
+    for c in &t[common..] {
+        r.push(c);
+    }
+    r
+}
+
+/// Rewrites the paths of `external<...>` resources, which are relative to the model's folder, to be
+/// relative to the folder of `output`, so the written IR finds the weights.
+pub fn rebase_external(m: &mut Module, model: &Path, output: &Path) -> Result<(), Failure> {
+    let model_dir = absolute(model)?
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let out_dir = absolute(output)?
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    if model_dir == out_dir {
+        return Ok(());
+    }
+    let names: Vec<String> = m.resources.iter().map(|(n, _)| n.to_string()).collect();
+    for n in names {
+        if let Some(Blob::Mapped {
+            map,
+            path,
+            offset,
+            length,
+        }) = m.resources.get(&n).cloned()
+        {
+            let target = absolute(&model_dir.join(&path))?;
+            let rel = relative(&target, &out_dir);
+            m.resources.insert(
+                n,
+                Blob::Mapped {
+                    map,
+                    path: rel.to_string_lossy().replace('\\', "/"),
+                    offset,
+                    length,
+                },
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> CompileArgs {
+        #[derive(clap::Parser)]
+        struct P {
+            #[command(flatten)]
+            a: CompileArgs,
+        }
+        use clap::Parser;
+        let words = ["compile", "m.onnx"].iter().chain(extra).copied();
+        P::try_parse_from(words).unwrap().a
+    }
+
+    #[test]
+    fn pipelines_from_flags() {
+        assert_eq!(
+            pipeline(&args(&["--wformat", "nvfp4"])).unwrap(),
+            "canonicalize,cse,dce,quantize{w=nvfp4},dce"
+        );
+        assert_eq!(
+            pipeline(&args(&[
+                "--wformat",
+                "mxfp4",
+                "--aformat",
+                "mxfp8",
+                "--method",
+                "mr-gptq",
+                "--rotate",
+                "block:32",
+                "--smooth",
+                "0.5",
+                "--calib",
+                "c.npz",
+                "--keep-float",
+                "lm head"
+            ]))
+            .unwrap(),
+            "canonicalize,cse,dce,rotate{mode=block:32},calibrate{data=c.npz},smooth{alpha=0.5},\
+             gptq{w=mxfp4,mr=true},quantize{w=mxfp4,keep_float=\"lm head\"},\
+             quantize{w=mxfp4,a=mxfp8,keep_float=\"lm head\"},dce"
+        );
+        assert_eq!(
+            pipeline(&args(&["--passes", "cse"])).unwrap(),
+            "cse",
+            "--passes replaces the pipeline"
+        );
+    }
+
+    #[test]
+    fn flag_errors_are_sentences() {
+        for (flags, want) in [
+            (&["--wformat", "int3"][..], "no known format 'int3'"),
+            (
+                &["--wformat", "nvfp4", "--method", "gptq"],
+                "--method gptq needs calibration data",
+            ),
+            (
+                &["--wformat", "nvfp4", "--aformat", "fp8_e4m3"],
+                "--aformat needs calibration",
+            ),
+            (
+                &["--wformat", "nvfp4", "--rotate", "block:12"],
+                "power of two",
+            ),
+            (
+                &[
+                    "--wformat",
+                    "nvfp4",
+                    "--method",
+                    "gptq",
+                    "--lorc-rank",
+                    "4",
+                    "--calib",
+                    "c",
+                ],
+                "rtn only",
+            ),
+            (&[], "needs --wformat"),
+        ] {
+            let e = pipeline(&args(flags)).unwrap_err();
+            assert_eq!(e.exit_code(), 2);
+            assert!(e.message().contains(want), "{flags:?}: {}", e.message());
+        }
+    }
+
+    #[test]
+    fn relative_paths() {
+        assert_eq!(
+            relative(Path::new("/a/b/w.bin"), Path::new("/a/c/d")),
+            PathBuf::from("../../b/w.bin")
+        );
+        assert_eq!(
+            relative(Path::new("/a/w.bin"), Path::new("/a")),
+            PathBuf::from("w.bin")
+        );
+    }
+}
