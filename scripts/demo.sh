@@ -1,8 +1,18 @@
 #!/usr/bin/env bash
-# The main job on the example that ships with the repository: parse, verify and optimize an encoder FFN
-# block with quantized weights, printing the IR after every pass. Builds qc when needed (the qc binary
-# links neither LLVM nor MLIR, so this needs only a Rust toolchain).
+# The main job on the example model that ships with the repository (examples/bert-tiny.onnx, a 2-layer
+# BERT-style encoder, with calibration data examples/bert-tiny-calib.npz): compile it to NVFP4 weights
+# with GPTQ, write the quantized IR to target/demo/bert-tiny-nvfp4.qir, then print the per-layer report of
+# RTN vs GPTQ for nvfp4 and mxfp4 (HTML with plots in target/demo/report.html). Builds qc when needed
+# (the qc binary links neither LLVM nor MLIR, so this needs only a Rust toolchain). Extra arguments go to
+# `qc compile` (e.g. --print-ir-after-all, --rotate block:16, --aformat fp8_e4m3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo run --quiet --release --locked -p qc -- opt examples/encoder-ffn.qir \
-    --passes canonicalize,cse,dce --print-ir-after-all "$@"
+cargo build --quiet --release --locked -p qc
+qc=target/release/qc
+mkdir -p target/demo
+"$qc" compile examples/bert-tiny.onnx --wformat nvfp4 --method gptq --calib examples/bert-tiny-calib.npz \
+    --emit qir -o target/demo/bert-tiny-nvfp4.qir "$@"
+echo "wrote target/demo/bert-tiny-nvfp4.qir ($(grep -c 'quant.matmul' target/demo/bert-tiny-nvfp4.qir) quantized matmuls)"
+"$qc" report examples/bert-tiny.onnx --formats nvfp4,mxfp4 --method rtn,gptq \
+    --calib examples/bert-tiny-calib.npz -o target/demo/report.html
+echo "wrote target/demo/report.html"

@@ -15,7 +15,8 @@
 //! ```
 //!
 //! Emitting `qir` writes qc IR text: quantized weights are resources held in the file; float weights the
-//! pipeline left untouched stay in the model's external data, referenced relative to the output's folder.
+//! pipeline left untouched stay in the model's external data when the output is written into a folder
+//! that contains it (referenced relative to the output), and are held in the output otherwise.
 
 use std::path::{Component, Path, PathBuf};
 
@@ -138,13 +139,15 @@ pub fn pipeline(args: &CompileArgs) -> Result<String, Failure> {
     };
     let mut p: Vec<String> = vec!["canonicalize".into(), "cse".into(), "dce".into()];
     match args.rotate.as_str() {
-        "none" => {}
+        "none" | "" => {}
         "hadamard" => p.push("rotate{mode=hadamard}".into()),
         r => match r.strip_prefix("block:").and_then(|n| n.parse::<u64>().ok()) {
             Some(n) if n >= 2 && n.is_power_of_two() => p.push(format!("rotate{{mode=block:{n}}}")),
-            _ => return Err(input_error(format!(
+            _ => {
+                return Err(input_error(format!(
                 "--rotate must be none, hadamard or block:N with N a power of two >= 2, not '{r}'"
-            ))),
+            )))
+            }
         },
     }
     if let Some(d) = &args.calib {
@@ -229,7 +232,15 @@ pub fn run(args: &CompileArgs) -> Result<(), Failure> {
     match args.emit {
         Emit::Qir => {
             if let Some(out) = &args.output {
-                rebase_external(&mut m, &args.model, out)?;
+                let embedded = rebase_external(&mut m, &args.model, out)?;
+                if embedded > 64 << 20 {
+                    eprintln!(
+                        "note: {} MiB of float weights are held in the output; write it beside {} to \
+                         reference them there instead",
+                        embedded >> 20,
+                        args.model.display()
+                    );
+                }
             }
             write_output(
                 args.output.as_deref(),
@@ -255,23 +266,15 @@ fn absolute(p: &Path) -> Result<PathBuf, Failure> {
     Ok(out)
 }
 
-/// `to` relative to the folder `from` (both absolute and normalized).
-fn relative(to: &Path, from: &Path) -> PathBuf {
-    let (t, f): (Vec<_>, Vec<_>) = (to.components().collect(), from.components().collect());
-    let common = t.iter().zip(&f).take_while(|(a, b)| a == b).count();
-    let mut r = PathBuf::new();
-    for _ in common..f.len() {
-        r.push("..");
-    }
-    for c in &t[common..] {
-        r.push(c);
-    }
-    r
+/// `to` relative to the folder `from` (both absolute and normalized), when `to` lies inside `from`.
+fn relative_inside(to: &Path, from: &Path) -> Option<PathBuf> {
+    to.strip_prefix(from).ok().map(Path::to_path_buf)
 }
 
-/// Rewrites the paths of `external<...>` resources, which are relative to the model's folder, to be
-/// relative to the folder of `output`, so the written IR finds the weights.
-pub fn rebase_external(m: &mut Module, model: &Path, output: &Path) -> Result<(), Failure> {
+/// Makes the `external<...>` resources of `m` (paths relative to the model's folder) readable from the
+/// folder of `output`: rewritten relative to it when the data file lies inside that folder, else held in
+/// the output itself (qc IR only references files inside its own folder). Returns the bytes embedded.
+pub fn rebase_external(m: &mut Module, model: &Path, output: &Path) -> Result<u64, Failure> {
     let model_dir = absolute(model)?
         .parent()
         .map(Path::to_path_buf)
@@ -281,31 +284,42 @@ pub fn rebase_external(m: &mut Module, model: &Path, output: &Path) -> Result<()
         .map(Path::to_path_buf)
         .unwrap_or_default();
     if model_dir == out_dir {
-        return Ok(());
+        return Ok(0);
     }
+    let mut embedded = 0u64;
     let names: Vec<String> = m.resources.iter().map(|(n, _)| n.to_string()).collect();
     for n in names {
-        if let Some(Blob::Mapped {
+        let Some(blob @ Blob::Mapped { .. }) = m.resources.get(&n).cloned() else {
+            continue;
+        };
+        let Blob::Mapped {
             map,
             path,
             offset,
             length,
-        }) = m.resources.get(&n).cloned()
-        {
-            let target = absolute(&model_dir.join(&path))?;
-            let rel = relative(&target, &out_dir);
-            m.resources.insert(
-                n,
-                Blob::Mapped {
-                    map,
-                    path: rel.to_string_lossy().replace('\\', "/"),
-                    offset,
-                    length,
-                },
-            );
-        }
+        } = blob
+        else {
+            continue;
+        };
+        let target = absolute(&model_dir.join(&path))?;
+        let new = match relative_inside(&target, &out_dir) {
+            Some(rel) => Blob::Mapped {
+                map,
+                path: rel.to_string_lossy().replace('\\', "/"),
+                offset,
+                length,
+            },
+            None => {
+                embedded += length;
+                Blob::Owned {
+                    data: std::sync::Arc::from(&map[offset as usize..(offset + length) as usize]),
+                    align: 64,
+                }
+            }
+        };
+        m.resources.insert(n, new);
     }
-    Ok(())
+    Ok(embedded)
 }
 
 #[cfg(test)]

@@ -72,18 +72,18 @@ fn to_npy(t: &Tensor) -> NpyArray {
     NpyArray { shape, data }
 }
 
-/// Runs `qc run`.
-pub fn run(args: &RunArgs) -> Result<(), Failure> {
-    let m = load_module(&args.model)?;
-    let f = m.func(&args.func).ok_or_else(|| {
-        input_error(format!(
-            "{}: no function @{}",
-            args.model.display(),
-            args.func
-        ))
-    })?;
+/// Runs function `func` of `m` with inputs given as `NAME=FILE.npy` specs (every argument exactly once);
+/// the interpreter's outputs in result order.
+pub fn run_with_inputs(
+    m: &qc_ir::Module,
+    func: &str,
+    specs: &[String],
+) -> Result<Vec<Tensor>, Failure> {
+    let f = m
+        .func(func)
+        .ok_or_else(|| input_error(format!("the model has no function @{func}")))?;
     let mut given = std::collections::BTreeMap::new();
-    for spec in &args.inputs {
+    for spec in specs {
         let (name, file) = spec
             .split_once('=')
             .ok_or_else(|| input_error(format!("--input '{spec}' must be NAME=FILE.npy")))?;
@@ -114,7 +114,20 @@ pub fn run(args: &RunArgs) -> Result<(), Failure> {
             arg_names(f)
         )));
     }
-    let outs = run_func(&m, &args.func, inputs).map_err(|d| Failure::Input(d.render(None)))?;
+    run_func(m, func, inputs).map_err(|d| Failure::Input(d.render(None)))
+}
+
+/// Runs `qc run`.
+pub fn run(args: &RunArgs) -> Result<(), Failure> {
+    let m = load_module(&args.model)?;
+    let f = m.func(&args.func).ok_or_else(|| {
+        input_error(format!(
+            "{}: no function @{}",
+            args.model.display(),
+            args.func
+        ))
+    })?;
+    let outs = run_with_inputs(&m, &args.func, &args.inputs)?;
     std::fs::create_dir_all(&args.output)
         .map_err(|e| input_error(format!("cannot create {}: {e}", args.output.display())))?;
     let names = crate::cmd::run::output_names(f);
