@@ -8,6 +8,7 @@ pub mod calib;
 pub mod canonicalize;
 pub mod cse;
 pub mod dce;
+pub mod gptq;
 pub mod quantize;
 pub mod weights;
 
@@ -20,5 +21,6 @@ pub fn registry() -> PassRegistry {
     r.register(cse::INFO);
     r.register(dce::INFO);
     r.register(quantize::INFO);
+    r.register(gptq::INFO);
     r
 }
