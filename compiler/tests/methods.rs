@@ -351,6 +351,10 @@ fn compile_emits_deterministic_qir_that_runs() {
     for (flags, bound) in [
         (&["--wformat", "int4_g128"][..], 0.2),
         (&["--wformat", "nvfp4", "--method", "gptq"], 0.2),
+        (
+            &["--wformat", "mxfp4", "--method", "mr-gptq", "--aformat", "fp8_e4m3"],
+            0.2,
+        ),
         (&["--wformat", "fp8_e4m3", "--aformat", "fp8_e4m3"], 0.1),
     ] {
         let mut texts = Vec::new();

@@ -1,15 +1,15 @@
 //! Calibration statistics, stored in the IR as discardable (dotted) attributes on linear layers.
 //!
-//! The `calibrate` pass measures the activation operand `x` of every linear layer (see
-//! [`crate::weights::linears`]) on calibration inputs and records, on the layer op:
+//! The `calibrate` pass ([`crate::calibrate`]) measures the activation operand `x` of every linear layer
+//! (see [`crate::weights::linears`]) on calibration inputs and records, on the layer op:
 //!
 //! | attribute        | value                                                                         |
 //! |------------------|-------------------------------------------------------------------------------|
-//! | `calib.rows`     | `Int`: the number of activation rows seen (product of all dims but the channel) |
-//! | `calib.amax`     | `Float`: max \|x\| over everything seen                                        |
-//! | `calib.ch_amax`  | `dense<...> : f32 [C]`: max \|x\| per input channel (`C = K` for matmul / gemm, the channel axis 1 for conv) |
-//! | `calib.hist`     | `dense_resource<R>`: [`HIST_BINS`] little-endian u64 counts of \|x\| over `[0, calib.amax]` (bin `b` holds `b*amax/BINS <= |x| < (b+1)*amax/BINS`, the last bin includes amax) |
-//! | `calib.xtx`      | `dense_resource<R>`: `K x K` little-endian f32, `sum over rows of x^T x` (not divided by rows); matmul / gemm only |
+//! | `calib.rows`     | `Int`: the number of activation rows seen (product of all dims but the channel, summed over runs) |
+//! | `calib.amax`     | `Float`: max \|x\| over everything seen (an f32 value)                          |
+//! | `calib.ch_amax`  | `dense<...> : f32 [C]`: max \|x\| per input channel (`C = K`, the last axis, for matmul / gemm; the channel axis 1 for conv) |
+//! | `calib.hist`     | `dense_resource<R>`: [`HIST_BINS`] little-endian u64 counts of \|x\| over `[0, calib.amax]`: bin `b` holds `b*amax/BINS <= |x| < (b+1)*amax/BINS` in exact arithmetic, the last bin also `|x| >= amax`; with `amax = 0` everything is in bin 0. Every element seen is counted once, so the counts sum to `rows * C` |
+//! | `calib.xtx`      | `dense_resource<R>`: `K x K` little-endian f32, `sum over rows of x^T x` (not divided by rows), accumulated in f64 and rounded to f32 once; matmul / gemm only |
 //!
 //! Passes that need data (activation quantization, GPTQ, SmoothQuant, LLM-FP4's exponent biases, LoRC with
 //! activations) read them with [`read`]; when a layer has none they refuse with a message that names

@@ -5,6 +5,7 @@
 #![deny(missing_docs)]
 
 pub mod calib;
+pub mod calibrate;
 pub mod canonicalize;
 pub mod cse;
 pub mod dce;
@@ -20,6 +21,7 @@ pub fn registry() -> PassRegistry {
     r.register(canonicalize::INFO);
     r.register(cse::INFO);
     r.register(dce::INFO);
+    r.register(calibrate::INFO);
     r.register(quantize::INFO);
     r.register(gptq::INFO);
     r

@@ -3,8 +3,8 @@
 //! A *linear layer* is an op that multiplies an activation by a constant float weight along one
 //! reduction axis of length `K` into `N` outputs:
 //! - `nn.matmul %x, %w` with `%w` a 2-D constant `[K, N]` (`x: [..., K]`);
-//! - `nn.gemm %a, %b, %c` with a 2-D constant `%b` (`[K, N]`, or `[N, K]` under `transB = 1`) and
-//!   `transA = 0`;
+//! - `nn.gemm %a, %b, %c` with a 2-D constant `%b` (`[K, N]`, or `[N, K]` under `trans_b = 1`) and
+//!   `trans_a = 0`;
 //! - `nn.conv %x, %w, ...` with a constant `%w: [N, C/group, kh, kw, ...]` (then `K = C/group * kh * kw`,
 //!   the reduction of one output channel; the input channel axis is 1).
 //!
@@ -111,10 +111,10 @@ pub fn linears(m: &Module, fi: usize) -> Vec<Linear> {
         let (kind, wi) = match NnOp::of(op) {
             Some(NnOp::Matmul) => (LinearKind::Matmul, 1),
             Some(NnOp::Gemm) => {
-                if op.attr("transA").and_then(Attribute::as_int).unwrap_or(0) != 0 {
+                if op.attr("trans_a").and_then(Attribute::as_int).unwrap_or(0) != 0 {
                     continue;
                 }
-                let tb = op.attr("transB").and_then(Attribute::as_int).unwrap_or(0) != 0;
+                let tb = op.attr("trans_b").and_then(Attribute::as_int).unwrap_or(0) != 0;
                 (LinearKind::Gemm { trans_b: tb }, 1)
             }
             Some(NnOp::Conv) => (LinearKind::Conv, 1),
@@ -157,6 +157,58 @@ pub fn linears(m: &Module, fi: usize) -> Vec<Linear> {
             w,
             y: op.results[0],
             kind,
+            k,
+            n,
+            name,
+        });
+    }
+    out
+}
+
+/// The `quant.matmul` layers of function `fi` whose activation is still float and whose weight is a
+/// quantized constant (the output of `quantize` / `gptq` / `lorc`), in op order, as [`Linear`]s of kind
+/// `Matmul` (`k`, `n` read from the quantized weight's type, `[N, K]` under `transpose_b`). Passes that
+/// work on activations after weight quantization (calibrate, activation quantization) use them; their
+/// weights are not float, so [`read_weight`] answers `None` for them.
+pub fn quantized_matmuls(m: &Module, fi: usize) -> Vec<Linear> {
+    let f = &m.funcs[fi];
+    let prod = producers(f);
+    let mut out = Vec::new();
+    for (i, op) in f.ops.iter().enumerate() {
+        if qc_quant::ops::QuantOp::of(op) != Some(qc_quant::ops::QuantOp::Matmul) {
+            continue;
+        }
+        let (x, w) = (op.operands[0], op.operands[1]);
+        if !f.ty(x).elem.is_float() {
+            continue;
+        }
+        let Some(&pi) = prod.get(&w) else { continue };
+        let Some(shape) = f.ty(w).static_shape() else {
+            continue;
+        };
+        if QcOp::of(&f.ops[pi]) != Some(QcOp::Constant) || shape.len() != 2 {
+            continue;
+        }
+        let (k, n) = if op.attr("transpose_b").is_some() {
+            (shape[1] as usize, shape[0] as usize)
+        } else {
+            (shape[0] as usize, shape[1] as usize)
+        };
+        let name = match f.ops[pi].attr("value") {
+            Some(Attribute::DenseResource(r)) => r.clone(),
+            _ => f
+                .value(w)
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("qlinear{}", out.len())),
+        };
+        out.push(Linear {
+            op: i,
+            weight_op: pi,
+            x,
+            w,
+            y: op.results[0],
+            kind: LinearKind::Matmul,
             k,
             n,
             name,

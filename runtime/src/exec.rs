@@ -2,7 +2,10 @@
 //!
 //! Values are float/integer [`Tensor`]s or, for quantized types, [`QuantizedTensor`]s produced and
 //! consumed bit-exactly by qc-quant. nn ops follow [`crate::interp`]'s semantics. `quant.matmul` decodes
-//! its weights exactly and multiplies with f64 accumulation. Errors are diagnostics at the failing op.
+//! its weights (and a quantized activation) exactly and multiplies with f64 accumulation;
+//! `quant.quantize {amax = A}` quantizes with the static maximum A ([`QuantizeOptions::tensor_amax`]).
+//! [`run_func_observed`] shows every computed tensor to a callback (calibration). Errors are diagnostics
+//! at the failing op.
 
 use qc_ir::attr::Attribute;
 use qc_ir::module::{Func, Module, Value};
@@ -55,6 +58,32 @@ pub fn check_fits(t: &Tensor, ty: &TensorType) -> Result<(), String> {
 
 /// Runs function `name` of `m` on `inputs` (one per argument, in order) and returns its results.
 pub fn run_func(m: &Module, name: &str, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, Diagnostic> {
+    run(m, name, inputs, None)
+}
+
+/// [`run_func`], also showing `observe` every float or integer tensor the run computes, as soon as it
+/// exists: first each argument (in order), then the results of each op in evaluation order (constants
+/// are evaluated just before their first use). `observe(v, t)` gets the value and its tensor by
+/// reference, before the run drops it; quantized values are not shown. Calibration uses it to measure
+/// activations without keeping them. The results are those of [`run_func`].
+pub fn run_func_observed(
+    m: &Module,
+    name: &str,
+    inputs: Vec<Tensor>,
+    observe: &mut dyn FnMut(Value, &Tensor),
+) -> Result<Vec<Tensor>, Diagnostic> {
+    run(m, name, inputs, Some(observe))
+}
+
+/// What [`run_func_observed`] calls for each computed tensor.
+type Observer<'a> = &'a mut dyn FnMut(Value, &Tensor);
+
+fn run(
+    m: &Module,
+    name: &str,
+    inputs: Vec<Tensor>,
+    mut observe: Option<Observer>,
+) -> Result<Vec<Tensor>, Diagnostic> {
     let f = m.func(name).ok_or_else(|| {
         Diagnostic::error(
             Default::default(),
@@ -75,6 +104,9 @@ pub fn run_func(m: &Module, name: &str, inputs: Vec<Tensor>) -> Result<Vec<Tenso
     for (i, (t, &a)) in inputs.into_iter().zip(&f.args).enumerate() {
         check_fits(&t, f.ty(a))
             .map_err(|e| Diagnostic::error(f.loc.clone(), format!("input {i}: {e}")))?;
+        if let Some(obs) = observe.as_mut() {
+            obs(a, &t);
+        }
         env[a.0 as usize] = Some(RtValue::Tensor(t));
     }
     // Memory: a model's weights are constants at the top of the function. Each constant without operands
@@ -115,6 +147,9 @@ pub fn run_func(m: &Module, name: &str, inputs: Vec<Tensor>) -> Result<Vec<Tenso
         let results = eval_op(m, f, op, &env)
             .map_err(|e| Diagnostic::error(op.loc.clone(), format!("{}: {e}", op.name())))?;
         for (&r, v) in op.results.iter().zip(results) {
+            if let (Some(obs), RtValue::Tensor(t)) = (observe.as_mut(), &v) {
+                obs(r, t);
+            }
             if last_use[r.0 as usize] != usize::MAX || returned[r.0 as usize] {
                 env[r.0 as usize] = Some(v);
             }
@@ -252,6 +287,12 @@ fn eval_quant(
                     .clone()
                     .unwrap_or_else(|| "tensor".into()),
                 seed: op.attr("seed").and_then(Attribute::as_int).unwrap_or(0) as u64,
+                // The calibrated static maximum (see quant.quantize): per-tensor formats take their
+                // scale from it, two-level formats their tensor scale.
+                tensor_amax: op
+                    .attr("amax")
+                    .and_then(Attribute::as_f64)
+                    .map(|a| a as f32),
                 ..QuantizeOptions::default()
             };
             let qt = quantize(&to_f32(x)?, &x.shape, fmt, &opts).map_err(|e| e.to_string())?;
@@ -319,7 +360,21 @@ fn eval_quant(
             )))
         }
         QuantOp::Matmul => {
-            let x = operand(env, op.operands[0])?.tensor()?;
+            // A quantized activation is decoded exactly, then rounded to the result's float type.
+            let xd;
+            let x = match operand(env, op.operands[0])? {
+                RtValue::Tensor(t) => t,
+                RtValue::Quant(xq) => {
+                    let elem = result_ty.elem.clone();
+                    let v = dequantize(xq).map_err(|e| e.to_string())?;
+                    xd = Tensor::new(
+                        xq.shape.clone(),
+                        elem.clone(),
+                        Data::F(v.into_iter().map(|v| round_to(&elem, v as f64)).collect()),
+                    );
+                    &xd
+                }
+            };
             let RtValue::Quant(w) = operand(env, op.operands[1])? else {
                 return Err("quant.matmul needs quantized weights".into());
             };
@@ -435,5 +490,82 @@ func.func @f(%x: tensor<2x32xf32>) -> (tensor<2x32xf32>, tensor<2x2xf32>) {
             .unwrap_err()
             .message
             .contains("needs"));
+    }
+
+    #[test]
+    fn the_observer_sees_every_tensor_once_and_changes_nothing() {
+        let text = r#"
+func.func @f(%x: tensor<2x32xf32>) -> tensor<2x2xf32> {
+  %c = qc.constant {value = dense<0.5>} : () -> tensor<32x2xf32>
+  %h = nn.relu %x : (tensor<2x32xf32>) -> tensor<2x32xf32>
+  %unused = nn.neg %x : (tensor<2x32xf32>) -> tensor<2x32xf32>
+  %q = quant.quantize %h : (tensor<2x32xf32>) -> tensor<2x32x!quant.mxfp8>
+  %d = quant.dequantize %q : (tensor<2x32x!quant.mxfp8>) -> tensor<2x32xf32>
+  %y = nn.matmul %d, %c : (tensor<2x32xf32>, tensor<32x2xf32>) -> tensor<2x2xf32>
+  return %y : tensor<2x2xf32>
+}"#;
+        let m = parse_module(text, &Source::named("t"), &registry()).unwrap();
+        let vals: Vec<f64> = (0..64).map(|i| (i % 9) as f64 - 4.0).collect();
+        let x = || Tensor::new(vec![2, 32], ElemType::F32, Data::F(vals.clone()));
+        let mut seen: Vec<(Value, Vec<usize>)> = Vec::new();
+        let out = run_func_observed(&m, "f", vec![x()], &mut |v, t| {
+            seen.push((v, t.shape.clone()))
+        })
+        .unwrap();
+        assert_eq!(out, run_func(&m, "f", vec![x()]).unwrap());
+        let f = &m.funcs[0];
+        let name = |v: Value| f.value(v).name.clone().unwrap_or_default();
+        let order: Vec<String> = seen.iter().map(|(v, _)| name(*v)).collect();
+        // The argument first; the constant just before its first use; no quantized value.
+        assert_eq!(order, ["x", "h", "unused", "d", "c", "y"]);
+        assert_eq!(seen[5].1, vec![2, 2]);
+    }
+
+    #[test]
+    fn quant_matmul_decodes_a_quantized_activation_quantized_with_a_static_amax() {
+        let text = r#"
+func.func @f(%x: tensor<2x32xf32>, %w: tensor<2x32xf32>) -> tensor<2x2xf32> {
+  %wq = quant.quantize %w : (tensor<2x32xf32>) -> tensor<2x32x!quant.mxfp8>
+  %xq = quant.quantize %x {amax = 2.0} : (tensor<2x32xf32>) -> tensor<2x32x!quant.fp8_e4m3>
+  %y = quant.matmul %xq, %wq {transpose_b} : (tensor<2x32x!quant.fp8_e4m3>, tensor<2x32x!quant.mxfp8>) -> tensor<2x2xf32>
+  return %y : tensor<2x2xf32>
+}"#;
+        let m = parse_module(text, &Source::named("t"), &registry()).unwrap();
+        qc_ir::verify_module(&m).unwrap();
+        let xv: Vec<f32> = (0..64).map(|i| ((i * 5 % 17) as f32 - 8.0) / 3.0).collect();
+        let wv: Vec<f32> = (0..64).map(|i| ((i * 7 % 13) as f32 - 6.0) / 4.0).collect();
+        let t = |v: &[f32]| {
+            Tensor::new(
+                vec![2, 32],
+                ElemType::F32,
+                Data::F(v.iter().map(|&a| a as f64).collect()),
+            )
+        };
+        let out = run_func(&m, "f", vec![t(&xv), t(&wv)]).unwrap();
+        let fp8 = qc_ir::quant::named_format("fp8_e4m3").unwrap().ty.clone();
+        let mx = qc_ir::quant::named_format("mxfp8").unwrap().ty.clone();
+        let opts = QuantizeOptions {
+            tensor_amax: Some(2.0),
+            ..QuantizeOptions::default()
+        };
+        let xd = dequantize(&quantize(&xv, &[2, 32], &fp8, &opts).unwrap()).unwrap();
+        let wd = dequantize(&quantize(&wv, &[2, 32], &mx, &QuantizeOptions::default()).unwrap())
+            .unwrap();
+        // |x| reaches 8/3 > amax 2: those elements saturate to 2.
+        assert!(xd.iter().all(|v| v.abs() <= 2.0 + 1e-6) && xd.contains(&2.0));
+        for i in 0..2 {
+            for j in 0..2 {
+                let s: f64 = (0..32)
+                    .map(|k| xd[i * 32 + k] as f64 * wd[j * 32 + k] as f64)
+                    .sum();
+                assert_eq!(out[0].data.f(i * 2 + j), s as f32 as f64, "({i}, {j})");
+            }
+        }
+        // amax must be a finite maximum.
+        for bad in ["-1.0", "nan", "inf"] {
+            let t = text.replace("amax = 2.0", &format!("amax = {bad}"));
+            let m = parse_module(&t, &Source::named("t"), &registry()).unwrap();
+            assert!(qc_ir::verify_module(&m).is_err(), "{bad}");
+        }
     }
 }

@@ -9,8 +9,9 @@
 //! rotate{...}                     --rotate hadamard | block:N
 //! calibrate{data=DATA}            --calib DATA (needed by --aformat, --smooth, gptq, mr-gptq)
 //! smooth{alpha=A}                 --smooth A
-//! quantize{w=F,...} | gptq{w=F,...} | lorc{rank=R,w=F}   --method, --lorc-rank
-//! quantize{w=F,a=AF}              --aformat AF (activations; weights already quantized stay as they are)
+//! quantize{w=F,a=AF,...}          --method rtn (a=AF with --aformat)
+//! gptq{w=F,...} | lorc{rank=R,w=F}, then quantize{w=F}     --method gptq | mr-gptq, --lorc-rank
+//!   calibrate{data=DATA},quantize{w=F,a=AF}   and with --aformat: activations of the quantized layers
 //! dce
 //! ```
 //!
@@ -88,6 +89,14 @@ pub struct CompileArgs {
     /// What to write.
     #[arg(long, value_enum, default_value_t = Emit::Qir)]
     pub emit: Emit,
+    /// Lower the compiled model with a backend and write a .qca artifact (needs -o) instead of --emit's
+    /// output: xla or tpu (StableHLO; needs a qc built with the cargo feature `xla`).
+    #[arg(long, value_enum, value_name = "TARGET")]
+    pub target: Option<crate::cmd::target::Target>,
+    /// With --target: a size for symbolic or dynamic dimensions, NAME=N for the symbol [NAME], or
+    /// ARG=D0xD1x... for the whole shape of argument ARG (repeatable).
+    #[arg(long = "shape", value_name = "NAME=DIMS")]
+    pub shapes: Vec<String>,
     /// Write the output here (atomically) instead of standard output.
     #[arg(short = 'o', long = "output")]
     pub output: Option<PathBuf>,
@@ -170,12 +179,33 @@ pub fn pipeline(args: &CompileArgs) -> Result<String, Failure> {
         .as_deref()
         .map(|k| format!(",keep_float={}", opt_value(k)))
         .unwrap_or_default();
+    let act = args
+        .aformat
+        .as_deref()
+        .map(|a| format!(",a={a}"))
+        .unwrap_or_default();
+    if args.aformat.is_some() {
+        needs_calib("--aformat")?;
+    }
+    // With --aformat after a method that quantized the weights itself, the activations of its
+    // quant.matmul layers are calibrated again (the statistics then include the upstream weight
+    // error, and MR-GPTQ's rotation) and quantized by a last quantize pass.
+    let recalibrate = |p: &mut Vec<String>| {
+        if let (Some(_), Some(d)) = (&args.aformat, &args.calib) {
+            p.push(format!(
+                "calibrate{{data={}}}",
+                opt_value(&d.to_string_lossy())
+            ));
+            p.push(format!("quantize{{w={w}{act}{keep}}}"));
+        }
+    };
     match (args.method, args.lorc_rank) {
-        (Method::Rtn, None) => p.push(format!("quantize{{w={w}{keep}}}")),
+        (Method::Rtn, None) => p.push(format!("quantize{{w={w}{act}{keep}}}")),
         (Method::Rtn, Some(r)) => {
             p.push(format!("lorc{{rank={r},w={w}}}"));
             // Layers lorc leaves alone (other kinds than matmul) still get quantized.
             p.push(format!("quantize{{w={w}{keep}}}"));
+            recalibrate(&mut p);
         }
         (Method::Gptq | Method::MrGptq, Some(_)) => {
             return Err(input_error(
@@ -189,14 +219,11 @@ pub fn pipeline(args: &CompileArgs) -> Result<String, Failure> {
                 "--method mr-gptq"
             })?;
             let mr = if m == Method::MrGptq { ",mr=true" } else { "" };
-            p.push(format!("gptq{{w={w}{mr}}}"));
+            p.push(format!("gptq{{w={w}{mr}{keep}}}"));
             // Layers GPTQ cannot take (gemm, conv) fall back to RTN.
             p.push(format!("quantize{{w={w}{keep}}}"));
+            recalibrate(&mut p);
         }
-    }
-    if let Some(a) = &args.aformat {
-        needs_calib("--aformat")?;
-        p.push(format!("quantize{{w={w},a={a}{keep}}}"));
     }
     p.push("dce".into());
     Ok(p.join(","))
@@ -227,6 +254,41 @@ pub fn run(args: &CompileArgs) -> Result<(), Failure> {
         let mut p = pipeline(args)?;
         p.push('\n');
         return write_output(None, p.as_bytes());
+    }
+    if let Some(target) = args.target {
+        let out = args
+            .output
+            .as_deref()
+            .filter(|o| o.as_os_str() != "-")
+            .ok_or_else(|| {
+                input_error("--target writes a .qca artifact: give its path with -o FILE.qca")
+            })?;
+        if !crate::cmd::target::HAS_XLA {
+            // Say so before the pipeline runs.
+            return crate::cmd::target::write_artifact(
+                target,
+                &Module::default(),
+                "main",
+                &[],
+                &args.model,
+                "",
+                out,
+            );
+        }
+        let m = compile_module(args, &mut std::io::stderr().lock())?;
+        let text = pipeline(args)?;
+        return crate::cmd::target::write_artifact(
+            target,
+            &m,
+            "main",
+            &args.shapes,
+            &args.model,
+            &text,
+            out,
+        );
+    }
+    if !args.shapes.is_empty() {
+        return Err(input_error("--shape is used with --target only"));
     }
     let mut m = compile_module(args, &mut std::io::stderr().lock())?;
     match args.emit {
@@ -362,8 +424,8 @@ mod tests {
             ]))
             .unwrap(),
             "canonicalize,cse,dce,rotate{mode=block:32},calibrate{data=c.npz},smooth{alpha=0.5},\
-             gptq{w=mxfp4,mr=true},quantize{w=mxfp4,keep_float=\"lm head\"},\
-             quantize{w=mxfp4,a=mxfp8,keep_float=\"lm head\"},dce"
+             gptq{w=mxfp4,mr=true,keep_float=\"lm head\"},quantize{w=mxfp4,keep_float=\"lm head\"},\
+             calibrate{data=c.npz},quantize{w=mxfp4,a=mxfp8,keep_float=\"lm head\"},dce"
         );
         assert_eq!(
             pipeline(&args(&["--passes", "cse"])).unwrap(),
@@ -412,12 +474,12 @@ mod tests {
     #[test]
     fn relative_paths() {
         assert_eq!(
-            relative(Path::new("/a/b/w.bin"), Path::new("/a/c/d")),
-            PathBuf::from("../../b/w.bin")
+            relative_inside(Path::new("/a/b/w.bin"), Path::new("/a/c/d")),
+            None
         );
         assert_eq!(
-            relative(Path::new("/a/w.bin"), Path::new("/a")),
-            PathBuf::from("w.bin")
+            relative_inside(Path::new("/a/b/w.bin"), Path::new("/a")),
+            Some(PathBuf::from("b/w.bin"))
         );
     }
 }

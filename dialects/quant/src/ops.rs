@@ -10,8 +10,13 @@ use qc_ir::types::TensorType;
 qc_ir::declare_ops! {
     /// The quant dialect's ops.
     pub enum QuantOp in "quant";
-    /// Quantizes a float tensor to the result's quantized element type (scales computed from the data).
-    Quantize = "quantize" { operands: Exactly(1), results: Exactly(1), attrs: [opt("seed", AttrKind::Int)], pure: true, verify: verify_quantize },
+    /// Quantizes a float tensor to the result's quantized element type. Scales are computed from the data,
+    /// except with `amax` (a static, calibrated maximum |x|, finite and >= 0): a per-tensor format takes
+    /// its one scale from it and a two-level format (nvfp4) its tensor scale, and values beyond saturate
+    /// per the format's saturation; block scales still come from the data (a block whose maximum exceeds
+    /// `amax` is scaled as if it were `amax`). Formats with only block, group or channel scales ignore it.
+    /// `seed` seeds stochastic rounding.
+    Quantize = "quantize" { operands: Exactly(1), results: Exactly(1), attrs: [opt("seed", AttrKind::Int), opt("amax", AttrKind::Float)], pure: true, verify: verify_quantize },
     /// Decodes a quantized tensor to the result's float element type.
     Dequantize = "dequantize" { operands: Exactly(1), results: Exactly(1), attrs: [], pure: true, verify: verify_dequantize },
     /// ONNX QuantizeLinear: x / scale rounded to nearest even (plus the zero point for integers), saturated
@@ -23,7 +28,9 @@ qc_ir::declare_ops! {
     DequantizeLinear = "dequantize_linear" { operands: Exactly(3), results: Exactly(1), attrs: [req("axis", AttrKind::Int), opt("block_size", AttrKind::Int)], pure: true, verify: verify_dequantize_linear },
     /// ONNX DynamicQuantizeLinear: uint8 codes, their f32 scale and uint8 zero point, from the data's range.
     DynamicQuantizeLinear = "dynamic_quantize_linear" { operands: Exactly(1), results: Exactly(3), attrs: [], pure: true, verify: verify_dynamic_quantize_linear },
-    /// Float activations [..., M, K] times quantized weights [K, N] ([N, K] with `transpose_b`), float result.
+    /// Activations [..., M, K] times quantized weights [K, N] ([N, K] with `transpose_b`), float result.
+    /// The activation is a float tensor of the result's type, or a quantized tensor (from
+    /// `quant.quantize`) that is decoded to the result's float type first.
     Matmul = "matmul" { operands: Exactly(2), results: Exactly(1), attrs: [opt("transpose_b", AttrKind::Unit)], pure: true, verify: verify_qmatmul },
     /// An online rotation: the last axis (length `n`) multiplied on the right by the orthonormal,
     /// symmetric block-diagonal Walsh-Hadamard matrix `H_{n,block}` ([`crate::hadamard`]); `block` is a
@@ -51,6 +58,11 @@ fn verify_quantize(cx: &OpCtx) -> Result<(), String> {
     }
     if r.elem.as_quant().is_none() {
         return Err(format!("quantize must produce a quantized tensor, not {r}"));
+    }
+    if let Some(amax) = cx.attr("amax").and_then(qc_ir::attr::Attribute::as_f64) {
+        if !(amax.is_finite() && amax >= 0.0) {
+            return Err(format!("amax must be finite and >= 0, not {amax}"));
+        }
     }
     same_dims(a, r)
 }
@@ -92,9 +104,15 @@ fn verify_hadamard(cx: &OpCtx) -> Result<(), String> {
 
 fn verify_qmatmul(cx: &OpCtx) -> Result<(), String> {
     let (x, w, r) = (cx.operand_ty(0), cx.operand_ty(1), cx.result_ty(0));
-    if !x.elem.is_float() {
+    let quantized_x = x.elem.as_quant().is_some();
+    if !x.elem.is_float() && !quantized_x {
         return Err(format!(
-            "the activation operand must be a float tensor, not {x}"
+            "the activation operand must be a float or quantized tensor, not {x}"
+        ));
+    }
+    if quantized_x && !r.elem.is_float() {
+        return Err(format!(
+            "with a quantized activation the result must be a float tensor, not {r}"
         ));
     }
     if w.elem.as_quant().is_none() {
@@ -111,7 +129,11 @@ fn verify_qmatmul(cx: &OpCtx) -> Result<(), String> {
     let dims = qc_nn::shape::matmul(&x.dims, &w.dims, cx.attr("transpose_b").is_some())?;
     let expected = TensorType {
         dims,
-        elem: x.elem.clone(),
+        elem: if quantized_x {
+            r.elem.clone()
+        } else {
+            x.elem.clone()
+        },
     };
     if qc_nn::shape::type_matches(&expected, r) {
         Ok(())

@@ -67,7 +67,11 @@ pub struct QuantizeOptions {
     pub seed: u64,
     /// NaN / infinity policy.
     pub nonfinite: NonFinitePolicy,
-    /// A calibrated tensor maximum for two-level formats, instead of the data's own.
+    /// A static (calibrated) maximum |x| of the whole tensor, used instead of the data's own: a
+    /// per-tensor format takes its one scale from it (with a zero point, from the range [-amax, amax]),
+    /// a two-level format its tensor scale, and a block of a two-level format whose own maximum exceeds
+    /// it is scaled as if its maximum were this one. Values beyond it saturate per the format's
+    /// saturation. Formats with only group, channel or block scales ignore it.
     pub tensor_amax: Option<f32>,
 }
 
@@ -432,6 +436,14 @@ pub fn quantize(
         }
     }
 
+    // A static tensor maximum replaces the one scale of a per-tensor format.
+    if let (Scheme::PerTensor, Some(t)) = (fmt.scheme, opts.tensor_amax) {
+        amax[0] = t;
+        if fmt.zero_point.is_some() {
+            (lo[0], hi[0]) = (-t, t);
+        }
+    }
+
     // Scales.
     let max_elem = fmt.elem.max_finite() as f32;
     let mut applies = Vec::with_capacity(lay.n_scales);
@@ -464,6 +476,11 @@ pub fn quantize(
             tensor_scale = ts.stored();
             let mut codes = Vec::with_capacity(lay.n_scales);
             for &a in &amax {
+                // Under a static tensor maximum, a larger block saturates instead of overflowing its scale.
+                let a = match opts.tensor_amax {
+                    Some(t) if a > t && t.is_finite() => t,
+                    _ => a,
+                };
                 let code = if a.is_finite() {
                     scale::ue4m3_block_code(a, fmt.convention, ts, max_elem)
                 } else {
@@ -889,5 +906,43 @@ mod tests {
         let x = dequantize(&q).unwrap();
         assert!(x[..32].iter().all(|v| v.is_nan()));
         assert!(x[32..].iter().all(|&v| v == 1.0));
+    }
+
+    #[test]
+    fn a_static_tensor_amax_sets_per_tensor_and_tensor_scales_and_saturates_beyond() {
+        let stat = |a| QuantizeOptions {
+            tensor_amax: Some(a),
+            ..Default::default()
+        };
+        // Per tensor: the scale comes from the static amax; 8 > 4 saturates to the value of 4.
+        let fp8 = named_format("fp8_e4m3").unwrap().ty.clone();
+        let d = [1.0f32, -2.0, 4.0, 8.0];
+        let q = quantize(&d, &[4], &fp8, &stat(4.0)).unwrap();
+        assert_eq!(q.scales, Scales::F32(vec![4.0 / 448.0]));
+        let x = dequantize(&q).unwrap();
+        assert!((x[2] - 4.0).abs() < 1e-6 && x[3] == x[2], "{x:?}");
+        // With a zero point the range is [-amax, amax].
+        let u8f = named_format("uint8").unwrap().ty.clone();
+        let q = quantize(&d, &[4], &u8f, &stat(4.0)).unwrap();
+        assert_eq!(q.scales, Scales::F32(vec![8.0 / 255.0]));
+        // Two-level: a block above the static amax saturates (no NaN block scale).
+        let nv = named_format("nvfp4").unwrap().ty.clone();
+        let mut d = vec![0.5f32; 32];
+        d[20] = 10.0;
+        let x = dequantize(&quantize(&d, &[32], &nv, &stat(2.0)).unwrap()).unwrap();
+        assert!(x.iter().all(|v| v.is_finite()), "{x:?}");
+        assert!((x[20] - 2.0).abs() < 1e-6, "{}", x[20]);
+        assert_eq!(x[0], 0.5);
+        // Formats with only group or channel scales ignore it.
+        for name in ["int4_g32", "int8_channel", "mxfp4"] {
+            let f = named_format(name).unwrap().ty.clone();
+            let d: Vec<f32> = (0..64).map(|i| (i as f32 - 30.0) / 7.0).collect();
+            let shape = [2, 32];
+            assert_eq!(
+                quantize(&d, &shape, &f, &stat(1.0)).unwrap(),
+                quantize(&d, &shape, &f, &QuantizeOptions::default()).unwrap(),
+                "{name}"
+            );
+        }
     }
 }
