@@ -52,6 +52,16 @@ pub struct LayerStats {
 }
 
 impl LayerStats {
+    /// The per-channel amax widened to `c` channels: the text form stores equal values as a one-value
+    /// splat (`dense<v>`), which [`read`] returns as a one-element list.
+    pub fn ch_amax_for(&self, c: usize) -> Vec<f32> {
+        if self.ch_amax.len() == 1 && c != 1 {
+            vec![self.ch_amax[0]; c]
+        } else {
+            self.ch_amax.clone()
+        }
+    }
+
     /// The mean second-moment matrix `X^T X / rows` (the GPTQ Hessian up to a factor 2), if recorded.
     pub fn hessian(&self) -> Option<Vec<f32>> {
         let r = self.rows.max(1) as f64;

@@ -9,8 +9,12 @@ pub mod calibrate;
 pub mod canonicalize;
 pub mod cse;
 pub mod dce;
+pub mod fold;
 pub mod gptq;
+pub mod lorc;
 pub mod quantize;
+pub mod reparam_exp_bias;
+pub mod smooth;
 pub mod weights;
 
 use qc_ir::pass::PassRegistry;
@@ -24,5 +28,8 @@ pub fn registry() -> PassRegistry {
     r.register(calibrate::INFO);
     r.register(quantize::INFO);
     r.register(gptq::INFO);
+    r.register(smooth::INFO);
+    r.register(reparam_exp_bias::INFO);
+    r.register(lorc::INFO);
     r
 }

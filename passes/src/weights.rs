@@ -102,12 +102,16 @@ pub fn producers(f: &Func) -> BTreeMap<Value, usize> {
 }
 
 /// The linear layers of function `fi`, in op order. Only layers whose weight is a float constant with a
-/// static shape are listed (the bytes may still be elided: [`read_weight`] then answers `None`).
+/// static shape are listed (the bytes may still be elided: [`read_weight`] then answers `None`); the
+/// matmuls of a LoRC compensation branch (marked `lorc.branch`) are not layers.
 pub fn linears(m: &Module, fi: usize) -> Vec<Linear> {
     let f = &m.funcs[fi];
     let prod = producers(f);
     let mut out = Vec::new();
     for (i, op) in f.ops.iter().enumerate() {
+        if op.attr(crate::lorc::BRANCH_ATTR).is_some() {
+            continue;
+        }
         let (kind, wi) = match NnOp::of(op) {
             Some(NnOp::Matmul) => (LinearKind::Matmul, 1),
             Some(NnOp::Gemm) => {
@@ -175,7 +179,9 @@ pub fn quantized_matmuls(m: &Module, fi: usize) -> Vec<Linear> {
     let prod = producers(f);
     let mut out = Vec::new();
     for (i, op) in f.ops.iter().enumerate() {
-        if qc_quant::ops::QuantOp::of(op) != Some(qc_quant::ops::QuantOp::Matmul) {
+        if qc_quant::ops::QuantOp::of(op) != Some(qc_quant::ops::QuantOp::Matmul)
+            || op.attr(crate::lorc::BRANCH_ATTR).is_some()
+        {
             continue;
         }
         let (x, w) = (op.operands[0], op.operands[1]);

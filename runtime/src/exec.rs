@@ -160,9 +160,23 @@ fn run(
             }
         }
     }
+    // A value returned more than once is cloned for all but its last position.
+    let mut remaining = vec![0usize; env.len()];
+    for &v in &f.ret {
+        remaining[v.0 as usize] += 1;
+    }
     f.ret
         .iter()
-        .map(|&v| match env[v.0 as usize].take() {
+        .map(|&v| {
+            let slot = v.0 as usize;
+            remaining[slot] -= 1;
+            if remaining[slot] > 0 {
+                env[slot].clone()
+            } else {
+                env[slot].take()
+            }
+        })
+        .map(|value| match value {
             Some(RtValue::Tensor(t)) => Ok(t),
             Some(RtValue::Quant(q)) => {
                 let data = dequantize(&q)
@@ -444,6 +458,22 @@ func.func @f(%x: tensor<2x32xf32>) -> (tensor<2x32xf32>, tensor<2x2xf32>) {
             .unwrap_err()
             .message
             .contains("does not fit"));
+    }
+
+    #[test]
+    fn a_value_returned_twice_is_returned_twice() {
+        let text = r#"
+func.func @f(%x: tensor<3xf32>) -> (tensor<3xf32>, tensor<3xf32>, tensor<3xf32>) {
+  %y = nn.neg %x : (tensor<3xf32>) -> tensor<3xf32>
+  return %y, %x, %y : tensor<3xf32>, tensor<3xf32>, tensor<3xf32>
+}"#;
+        let m = parse_module(text, &Source::named("t"), &registry()).unwrap();
+        let x = Tensor::new(vec![3], ElemType::F32, Data::F(vec![1.0, -2.0, 3.0]));
+        let out = run_func(&m, "f", vec![x]).unwrap();
+        assert_eq!(out.len(), 3);
+        assert_eq!(out[0].data, Data::F(vec![-1.0, 2.0, -3.0]));
+        assert_eq!(out[1].data, Data::F(vec![1.0, -2.0, 3.0]));
+        assert_eq!(out[2].data, out[0].data);
     }
 
     #[test]

@@ -111,7 +111,7 @@ pub fn pipeline_failure(e: PipelineError, text: Option<&str>) -> Failure {
 pub fn list_passes(passes: &PassRegistry) -> String {
     let mut s = String::from("Passes:\n");
     for p in passes.iter() {
-        s += &format!("  {:<16}{}\n", p.name, p.summary);
+        s += &format!("  {:<20}{}\n", p.name, p.summary);
         for o in p.options {
             s += &format!("      {}=<value>  {}\n", o.name, o.help);
         }
