@@ -14,6 +14,7 @@ pub mod gptq;
 pub mod lorc;
 pub mod quantize;
 pub mod reparam_exp_bias;
+pub mod rotate;
 pub mod smooth;
 pub mod weights;
 
@@ -27,6 +28,7 @@ pub fn registry() -> PassRegistry {
     r.register(dce::INFO);
     r.register(calibrate::INFO);
     r.register(quantize::INFO);
+    r.register(rotate::INFO);
     r.register(gptq::INFO);
     r.register(smooth::INFO);
     r.register(reparam_exp_bias::INFO);

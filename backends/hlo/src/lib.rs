@@ -6,14 +6,33 @@
 //! (`"stablehlo.add"(%a, %b) : (...) -> ...`), which every StableHLO consumer (XLA, JAX's
 //! `jax.extend`/`mlir` loaders, `stablehlo-opt`) parses. The surrounding `builtin.module`, `func.func` and
 //! `func.return` are upstream ops and are fully verified, including type agreement between the function
-//! signature, the ops and the return.
+//! signature, the ops and the return. A few elementwise functions StableHLO lacks (`erf`, `tan`, the
+//! inverse and hyperbolic trigonometric functions) are CHLO ops (`chlo.erf`), as JAX emits them; XLA
+//! lowers them.
 //!
-//! Today the crate builds one fixed program, [`emit_add`]; lowering of qc IR modules builds on the same
-//! path.
+//! [`lower_module`] lowers a whole qc function (after import and canonicalize, optionally after the
+//! quantization passes) to a module with one public function `@main`: first [`specialize`] makes every
+//! shape static from the argument shapes ([`ShapeBindings`]) and folds the shape arithmetic, then each op
+//! becomes StableHLO (`lower.rs`: nn ops, one function per family; `quant.rs`: quantized weights decoded
+//! in the module, activation quantization, Hadamard rotations). An op the backend cannot lower is a
+//! diagnostic naming the op and its location. Output is deterministic: the same module and bindings
+//! give the same text.
+//!
+//! [`emit_add`] builds one fixed program (the toolchain check of the first issue).
 #![deny(missing_docs)]
 
 use std::cell::RefCell;
 use std::rc::Rc;
+
+mod build;
+mod lower;
+mod quant;
+pub mod specialize;
+
+pub use quant::check_activation_format;
+pub use specialize::{specialize, ShapeBindings};
+
+use qc_ir::Diagnostic;
 
 use melior::dialect::{func, DialectHandle};
 use melior::ir::attribute::{StringAttribute, TypeAttribute};
@@ -129,4 +148,77 @@ pub fn verify_text(text: &str) -> Result<String, Error> {
     let module =
         Module::parse(&hlo.context, text).ok_or_else(|| Error::Rejected(hlo.take_diagnostics()))?;
     hlo.verified_text(&module)
+}
+
+/// The name of the function [`lower_module`] emits (XLA clients run `@main`).
+pub const ENTRY: &str = "main";
+
+/// Lowers function `func` of `m`, whose argument shapes must all be static, to a StableHLO module: MLIR
+/// text that MLIR parsed back and verified (see the crate documentation). The same as
+/// [`lower_module_with_shapes`] with no bindings.
+pub fn lower_module(m: &qc_ir::Module, func: &str) -> Result<String, Diagnostic> {
+    lower_module_with_shapes(m, func, &ShapeBindings::new())
+}
+
+/// Lowers function `func` of `m` to a StableHLO module with one public function `@main`, after
+/// specializing its symbolic and dynamic dimensions with `bindings` ([`specialize`] states the rule).
+///
+/// `@main` takes the function's arguments (integers as signless `iN`, `uiN` for unsigned, `i1` for
+/// booleans) and returns its results; a quantized result is returned dequantized to f32, as the
+/// reference interpreter does. Errors are diagnostics at the offending op (an op or format the backend
+/// does not lower, a shape that stays dynamic, an elided resource); a module MLIR rejects is an error
+/// too (a bug in the backend). The text is deterministic.
+pub fn lower_module_with_shapes(
+    m: &qc_ir::Module,
+    func: &str,
+    bindings: &ShapeBindings,
+) -> Result<String, Diagnostic> {
+    let s = specialize(m, func, bindings)?;
+    let f = &s.funcs[0];
+    let hlo = HloContext::new();
+    let context = &hlo.context;
+    let location = Location::unknown(context);
+    let module = Module::new(location);
+    let block = Block::new(&[]);
+    let arg_err = |i: usize, e: String| {
+        Diagnostic::error(f.loc.clone(), format!("argument {i} of @{}: {e}", f.name))
+    };
+    let mut arg_types = Vec::new();
+    {
+        let b = build::B::new(context, &block, location);
+        let mut args = Vec::new();
+        for (i, &a) in f.args.iter().enumerate() {
+            let (shape, e) = lower::emitted(f.ty(a)).map_err(|e| arg_err(i, e))?;
+            let ty = b.ty(&shape, e).map_err(|e| arg_err(i, e))?;
+            let v = block.add_argument(ty, location);
+            arg_types.push(ty);
+            args.push(b.wrap(v, &shape, e));
+        }
+        let results = lower::lower_func(&b, &s, f, args)?;
+        let result_types: Vec<Type> = results
+            .iter()
+            .map(|(s, e)| b.ty(s, *e))
+            .collect::<Result<_, _>>()
+            .map_err(|e| Diagnostic::error(f.ret_loc.clone(), e))?;
+        let region = Region::new();
+        region.append_block(block);
+        let function_type = FunctionType::new(context, &arg_types, &result_types);
+        module.body().append_operation(func::func(
+            context,
+            StringAttribute::new(context, ENTRY),
+            TypeAttribute::new(function_type.into()),
+            region,
+            &[],
+            location,
+        ));
+    }
+    hlo.verified_text(&module).map_err(|e| {
+        Diagnostic::error(
+            f.loc.clone(),
+            format!(
+                "internal error: the StableHLO module of @{} does not verify: {e}",
+                f.name
+            ),
+        )
+    })
 }

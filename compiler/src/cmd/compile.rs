@@ -18,6 +18,9 @@
 //! Emitting `qir` writes qc IR text: quantized weights are resources held in the file; float weights the
 //! pipeline left untouched stay in the model's external data when the output is written into a folder
 //! that contains it (referenced relative to the output), and are held in the output otherwise.
+//!
+//! `--target xla|tpu -o FILE.qca` instead lowers the compiled module with a backend and writes a `.qca`
+//! artifact (`cmd/target.rs`; `--shape` binds symbolic dimensions); it needs qc's cargo feature `xla`.
 
 use std::path::{Component, Path, PathBuf};
 

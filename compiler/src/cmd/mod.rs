@@ -3,7 +3,9 @@
 pub mod compile;
 pub mod formats;
 pub mod import;
+pub mod inspect;
 pub mod opt;
 pub mod quantize;
 pub mod report;
 pub mod run;
+pub mod target;

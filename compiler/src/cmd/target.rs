@@ -1,0 +1,148 @@
+//! `qc compile --target xla|tpu`: the compiled module lowered by a backend and written as a `.qca`
+//! artifact (qc_runtime::artifact).
+//!
+//! The XLA backend (qc-backend-hlo, which links MLIR) is behind the cargo feature `xla` of the `qc`
+//! crate; a qc built without it says how to get it. Both targets emit the same StableHLO module
+//! (`model.mlir`, entry `@main`); the manifest records which target was asked for.
+//!
+//! Shapes: the function's symbolic and dynamic dimensions are bound with `--shape NAME=N` (a symbol) or
+//! `--shape ARG=D0xD1x...` (a whole argument), as `qc_backend_hlo::specialize` documents.
+
+use std::path::Path;
+
+use clap::ValueEnum;
+use qc_ir::Module;
+use qc_runtime::artifact::{self, Artifact, Manifest, Provenance, TensorSig};
+
+use crate::output::{input_error, Failure};
+
+/// The targets `qc compile --target` knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Target {
+    /// StableHLO for XLA (CPU, GPU, TPU clients): an artifact holding model.mlir.
+    Xla,
+    /// StableHLO for TPU through XLA (the same module as xla; products at HIGHEST precision).
+    Tpu,
+}
+
+impl Target {
+    /// The name recorded in the manifest.
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Xla => "xla",
+            Target::Tpu => "tpu",
+        }
+    }
+}
+
+/// Whether this build of qc has the XLA backend.
+pub const HAS_XLA: bool = cfg!(feature = "xla");
+
+/// The quantization formats of `m`'s tensor types, as IR spells them, sorted and unique.
+pub fn formats_used(m: &Module) -> Vec<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for f in &m.funcs {
+        for i in 0..f.num_values() {
+            if let Some(q) = f.value(qc_ir::Value(i as u32)).ty.elem.as_quant() {
+                out.insert(q.to_string());
+            }
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// Bytes of the resources (weights) `m` holds.
+fn constant_bytes(m: &Module) -> u64 {
+    m.resources
+        .iter()
+        .map(|(_, b)| b.bytes().map_or(0, |b| b.len() as u64))
+        .sum()
+}
+
+fn dtype(e: &qc_ir::ElemType) -> String {
+    match e {
+        qc_ir::ElemType::Quant(_) => "f32".into(),
+        e => e.to_string(),
+    }
+}
+
+/// Lowers function `func` of the compiled module `m` for `target` and writes the artifact to `out`.
+/// `model` is the input model file (hashed into the provenance), `pipeline` the pass pipeline that ran,
+/// `shapes` the `--shape` bindings.
+pub fn write_artifact(
+    target: Target,
+    m: &Module,
+    func: &str,
+    shapes: &[String],
+    model: &Path,
+    pipeline: &str,
+    out: &Path,
+) -> Result<(), Failure> {
+    let (mlir, specialized) = lower(m, func, shapes)?;
+    let f = &specialized.funcs[0];
+    let sig = |v: qc_ir::Value, name: String| TensorSig {
+        name,
+        shape: f.ty(v).static_shape().unwrap_or_default(),
+        dtype: dtype(&f.ty(v).elem),
+    };
+    let inputs = f
+        .args
+        .iter()
+        .map(|&a| sig(a, f.value(a).name.clone().unwrap_or_default()))
+        .collect();
+    let outputs = f
+        .ret
+        .iter()
+        .zip(crate::cmd::run::output_names(f))
+        .map(|(&v, n)| sig(v, n))
+        .collect();
+    let model_bytes = std::fs::read(model)
+        .map_err(|e| input_error(format!("cannot read {}: {e}", model.display())))?;
+    let manifest = Manifest {
+        format_version: artifact::FORMAT_VERSION,
+        target: target.name().into(),
+        entry: ENTRY.into(),
+        inputs,
+        outputs,
+        formats: formats_used(m),
+        constant_bytes: constant_bytes(m),
+        parts: Vec::new(),
+        provenance: Provenance {
+            qc_version: env!("CARGO_PKG_VERSION").into(),
+            pipeline: pipeline.into(),
+            model: model
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            model_sha256: artifact::sha256_hex(&model_bytes),
+            shapes: shapes.to_vec(),
+        },
+    };
+    let a = Artifact::new(manifest, vec![("model.mlir".into(), mlir.into_bytes())])
+        .map_err(|e| Failure::Internal(format!("internal error: {e}\n")))?;
+    artifact::write(out, &a).map_err(|e| input_error(e.to_string()))
+}
+
+const ENTRY: &str = "main";
+
+#[cfg(feature = "xla")]
+fn lower(m: &Module, func: &str, shapes: &[String]) -> Result<(String, Module), Failure> {
+    let mut b = qc_backend_hlo::ShapeBindings::new();
+    for s in shapes {
+        b.add(s).map_err(|e| input_error(format!("--shape: {e}")))?;
+    }
+    let render = |d: qc_ir::Diagnostic| Failure::Input(d.render(None));
+    let specialized = qc_backend_hlo::specialize(m, func, &b).map_err(render)?;
+    let text = qc_backend_hlo::lower_module_with_shapes(m, func, &b).map_err(render)?;
+    debug_assert_eq!(qc_backend_hlo::ENTRY, ENTRY);
+    Ok((text, specialized))
+}
+
+#[cfg(not(feature = "xla"))]
+fn lower(_: &Module, _: &str, _: &[String]) -> Result<(String, Module), Failure> {
+    Err(input_error(
+        "this qc was built without the XLA backend (it links MLIR): rebuild it with \
+         `cargo build --release -p qc --features xla` (scripts/test.sh and scripts/demo.sh do) to use \
+         --target xla or tpu",
+    ))
+}
