@@ -9,6 +9,7 @@
 //! rotate{...}                     --rotate hadamard | block:N
 //! calibrate{data=DATA}            --calib DATA (needed by --aformat, --smooth, gptq, mr-gptq)
 //! smooth{alpha=A}                 --smooth A
+//! reparam-exp-bias                --exp-bias (LLM-FP4: channel scales folded into weight exponents)
 //! quantize{w=F,a=AF,...}          --method rtn (a=AF with --aformat)
 //! gptq{w=F,...} | lorc{rank=R,w=F}, then quantize{w=F}     --method gptq | mr-gptq, --lorc-rank
 //!   calibrate{data=DATA},quantize{w=F,a=AF}   and with --aformat: activations of the quantized layers
@@ -76,6 +77,10 @@ pub struct CompileArgs {
     /// SmoothQuant migration strength alpha in [0, 1] (needs --calib).
     #[arg(long, value_name = "ALPHA")]
     pub smooth: Option<f64>,
+    /// LLM-FP4's pre-shifted exponent bias: per-channel power-of-two activation scales folded into the
+    /// weights, so activations quantize per tensor (needs --calib).
+    #[arg(long)]
+    pub exp_bias: bool,
     /// Calibration data: an .npz, or a folder of .npy files, named after the model inputs
     /// (`NAME` for one run, `NAME.0`, `NAME.1`, ... for several).
     #[arg(long, value_name = "DATA")]
@@ -176,6 +181,10 @@ pub fn pipeline(args: &CompileArgs) -> Result<String, Failure> {
             )));
         }
         p.push(format!("smooth{{alpha={a}}}"));
+    }
+    if args.exp_bias {
+        needs_calib("--exp-bias")?;
+        p.push("reparam-exp-bias".into());
     }
     let keep = args
         .keep_float
@@ -407,6 +416,20 @@ mod tests {
         assert_eq!(
             pipeline(&args(&["--wformat", "nvfp4"])).unwrap(),
             "canonicalize,cse,dce,quantize{w=nvfp4},dce"
+        );
+        assert_eq!(
+            pipeline(&args(&[
+                "--wformat",
+                "nvfp4",
+                "--aformat",
+                "fp8_e4m3",
+                "--exp-bias",
+                "--calib",
+                "d"
+            ]))
+            .unwrap(),
+            "canonicalize,cse,dce,calibrate{data=d},reparam-exp-bias,\
+             quantize{w=nvfp4,a=fp8_e4m3},dce"
         );
         assert_eq!(
             pipeline(&args(&[
