@@ -28,6 +28,7 @@ mod build;
 mod lower;
 mod quant;
 pub mod specialize;
+pub mod upstream;
 
 pub use quant::check_activation_format;
 pub use specialize::{specialize, ShapeBindings};

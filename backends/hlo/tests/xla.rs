@@ -1138,3 +1138,656 @@ fn the_comparison_catches_a_wrong_module() {
     };
     assert!(msg.contains("differs from the interpreter"), "{msg}");
 }
+
+// ---------------------------------------------------------------------------------------------------
+// The upstream MLIR export (`qc_backend_hlo::upstream`, `qc compile --emit mlir`): every exported module
+// passes MLIR's verifier, parses back to the same text, and computes what the interpreter computes when
+// mlir-opt (LLVM 22) lowers it to the LLVM dialect and mlir-runner runs it. These tests need no Python;
+// the numeric ones need mlir-opt and mlir-runner (UPSTREAM_MLIR_BIN, default /usr/lib/llvm-22/bin).
+
+mod upstream {
+    use super::*;
+    use qc_backend_hlo::upstream::{export_module, verify_upstream_text};
+
+    fn llvm_bin(tool: &str) -> PathBuf {
+        let dir = std::env::var("UPSTREAM_MLIR_BIN").unwrap_or("/usr/lib/llvm-22/bin".into());
+        let p = Path::new(&dir).join(tool);
+        assert!(
+            p.exists(),
+            "{} is needed by the upstream MLIR tests (set UPSTREAM_MLIR_BIN to LLVM 22's bin folder)",
+            p.display()
+        );
+        p
+    }
+
+    fn llvm_lib(name: &str) -> PathBuf {
+        llvm_bin("mlir-opt")
+            .parent()
+            .and_then(Path::parent)
+            .unwrap()
+            .join("lib")
+            .join(name)
+    }
+
+    /// The pipeline that lowers an exported module to the LLVM dialect on a CPU (f4E2M1FN and f8E8M0FNU
+    /// are expanded by arith-expand; upstream MLIR has no CPU expansion of the other fp8 / fp6 types).
+    pub(crate) const LOWER_TO_LLVM: &[&str] = &[
+        "--convert-elementwise-to-linalg",
+        "--one-shot-bufferize=bufferize-function-boundaries",
+        "--convert-linalg-to-loops",
+        "--expand-strided-metadata",
+        "--lower-affine",
+        "--arith-expand=include-f4e2m1=true include-f8e8m0=true",
+        "--convert-math-to-llvm",
+        "--convert-math-to-libm",
+        "--convert-scf-to-cf",
+        "--convert-to-llvm",
+        "--reconcile-unrealized-casts",
+    ];
+
+    /// Exports `m`, checks determinism and that the text parses back (with MLIR's verifier) to itself.
+    fn export(name: &str, m: &Module) -> String {
+        let text = export_module(m, "main", &ShapeBindings::new())
+            .unwrap_or_else(|d| panic!("{name}: {d}"));
+        assert_eq!(
+            export_module(m, "main", &ShapeBindings::new()).unwrap(),
+            text,
+            "{name}: not deterministic"
+        );
+        let again = verify_upstream_text(&text)
+            .unwrap_or_else(|e| panic!("{name}: the text does not parse back: {e}\n{text}"));
+        assert_eq!(again, text, "{name}: the text does not round-trip");
+        text
+    }
+
+    fn hex(bytes: impl IntoIterator<Item = u8>) -> String {
+        bytes.into_iter().map(|b| format!("{b:02X}")).collect()
+    }
+
+    fn mlir_type(t: &Tensor) -> String {
+        let dims: String = t.shape.iter().map(|d| format!("{d}x")).collect();
+        let e = match t.elem {
+            ElemType::Int { bits, .. } => format!("i{bits}"),
+            ref e => e.to_string(),
+        };
+        format!("tensor<{dims}{e}>")
+    }
+
+    fn literal(t: &Tensor) -> String {
+        let bytes: Vec<u8> = match (&t.data, &t.elem) {
+            (Data::F(v), ElemType::F32) => {
+                v.iter().flat_map(|&x| (x as f32).to_le_bytes()).collect()
+            }
+            (Data::I(v), ElemType::Int { bits: 64, .. }) => {
+                v.iter().flat_map(|x| x.to_le_bytes()).collect()
+            }
+            _ => panic!("inputs are f32 or i64"),
+        };
+        format!("dense<\"0x{}\"> : {}", hex(bytes), mlir_type(t))
+    }
+
+    /// Runs the exported `main` on `inputs` through mlir-opt and mlir-runner; returns each f32 output's
+    /// bits.
+    fn run_upstream(text: &str, inputs: &[Tensor], outputs: &[Tensor]) -> Vec<Vec<u32>> {
+        let end = text.rfind('}').unwrap();
+        let mut entry = String::from(
+            "  func.func private @printMemrefI32(memref<*xi32>) attributes {llvm.emit_c_interface}\n  func.func @entry() {\n",
+        );
+        let mut args = Vec::new();
+        for (i, t) in inputs.iter().enumerate() {
+            entry += &format!("    %a{i} = arith.constant {}\n", literal(t));
+            args.push(format!("%a{i}"));
+        }
+        let in_tys: Vec<String> = inputs.iter().map(mlir_type).collect();
+        let out_tys: Vec<String> = outputs.iter().map(mlir_type).collect();
+        let n = outputs.len();
+        let res = if n == 1 {
+            "%r".into()
+        } else {
+            format!("%r:{n}")
+        };
+        entry += &format!(
+            "    {res} = func.call @main({}) : ({}) -> ({})\n",
+            args.join(", "),
+            in_tys.join(", "),
+            out_tys.join(", ")
+        );
+        for (i, ty) in out_tys.iter().enumerate() {
+            let r = if n == 1 {
+                "%r".into()
+            } else {
+                format!("%r#{i}")
+            };
+            let ity = ty.replace("xf32>", "xi32>").replace("<f32>", "<i32>");
+            let mty = ity.replace("tensor<", "memref<");
+            entry += &format!(
+                "    %b{i} = arith.bitcast {r} : {ty} to {ity}\n    %m{i} = bufferization.to_buffer %b{i} : {ity} to {mty}\n    %u{i} = memref.cast %m{i} : {mty} to memref<*xi32>\n    func.call @printMemrefI32(%u{i}) : (memref<*xi32>) -> ()\n"
+            );
+        }
+        entry += "    return\n  }\n";
+        let full = format!("{}{entry}}}\n", &text[..end]);
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("m.mlir");
+        let low = dir.path().join("m.llvm.mlir");
+        std::fs::write(&src, &full).unwrap();
+        let out = Command::new(llvm_bin("mlir-opt"))
+            .arg(&src)
+            .args(LOWER_TO_LLVM)
+            .arg("-o")
+            .arg(&low)
+            .output()
+            .expect("run mlir-opt");
+        assert!(
+            out.status.success(),
+            "mlir-opt failed:\n{}\n{full}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let libs = format!(
+            "-shared-libs={},{}",
+            llvm_lib("libmlir_runner_utils.so").display(),
+            llvm_lib("libmlir_c_runner_utils.so").display()
+        );
+        let out = Command::new(llvm_bin("mlir-runner"))
+            .args(["-e", "entry", "-entry-point-result=void", &libs])
+            .arg(&low)
+            .output()
+            .expect("run mlir-runner");
+        assert!(
+            out.status.success(),
+            "mlir-runner failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        stdout
+            .split("Unranked Memref")
+            .skip(1)
+            .map(|chunk| {
+                let data = &chunk[chunk.find("data =").expect("printMemref output") + 6..];
+                data.split(|c: char| !(c.is_ascii_digit() || c == '-'))
+                    .filter(|s| !s.is_empty() && *s != "-")
+                    .map(|s| s.parse::<i64>().unwrap() as u32)
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Exports, runs and compares with the interpreter; returns the text.
+    fn check_numerics(name: &str, m: &Module, inputs: Vec<Tensor>, tol: Tol) -> String {
+        let text = export(name, m);
+        let want = run_func(m, "main", inputs.clone())
+            .unwrap_or_else(|d| panic!("{name}: the interpreter failed: {d}"));
+        let got = run_upstream(&text, &inputs, &want);
+        assert_eq!(got.len(), want.len(), "{name}: outputs");
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(g.len(), w.len(), "{name} output {i}: element count");
+            let scale = (0..w.len()).fold(0f64, |m, k| m.max(w.data.f(k).abs()));
+            for (k, &bits) in g.iter().enumerate() {
+                let (x, y) = (f32::from_bits(bits) as f64, w.data.f(k) as f32 as f64);
+                let ok = match tol {
+                    Tol::Exact => x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()),
+                    Tol::Rel(t) => (x - y).abs() <= t * scale.max(f64::MIN_POSITIVE),
+                };
+                assert!(
+                    ok,
+                    "{name} output {i} element {k}: upstream MLIR gives {x}, the interpreter {y} ({tol:?})\n{text}"
+                );
+            }
+        }
+        text
+    }
+
+    fn one_op(op: &str, x: &str, y: &str) -> Module {
+        let (op, attrs) = split_op(op);
+        parse(&format!(
+            "func.func @main(%x: {x}) -> {y} {{\n  %y = {op} %x{attrs} : ({x}) -> {y}\n  return %y : {y}\n}}"
+        ))
+    }
+
+    fn two_op(op: &str, a: &str, b: &str, y: &str) -> Module {
+        let (op, attrs) = split_op(op);
+        parse(&format!(
+            "func.func @main(%a: {a}, %b: {b}) -> {y} {{\n  %y = {op} %a, %b{attrs} : ({a}, {b}) -> {y}\n  return %y : {y}\n}}"
+        ))
+    }
+
+    #[test]
+    fn upstream_elementwise_ops_compute_what_the_interpreter_computes() {
+        let x = || ft(&[4, 8], 1, -3.0, 3.0);
+        let pos = || ft(&[4, 8], 2, 0.1, 4.0);
+        for op in ["nn.neg", "nn.abs", "nn.relu", "nn.identity"] {
+            check_numerics(op, &one_op(op, F, F), vec![x()], Tol::Exact);
+        }
+        for op in [
+            "nn.exp",
+            "nn.tanh",
+            "nn.erf",
+            "nn.sigmoid",
+            "nn.gelu",
+            "nn.gelu {approximate = \"tanh\"}",
+            "nn.sin",
+            "nn.cos",
+            "nn.floor",
+            "nn.round",
+        ] {
+            let text = check_numerics(op, &one_op(op, F, F), vec![x()], Tol::Rel(1e-6));
+            if op == "nn.erf" {
+                assert!(text.contains("math.erf"), "{text}");
+            }
+        }
+        for op in ["nn.log", "nn.sqrt", "nn.reciprocal"] {
+            check_numerics(op, &one_op(op, F, F), vec![pos()], Tol::Rel(1e-6));
+        }
+        let row = "tensor<8xf32>";
+        for op in ["nn.add", "nn.sub", "nn.mul", "nn.div", "nn.max", "nn.min"] {
+            // The second operand broadcasts along the rows.
+            let text = check_numerics(
+                op,
+                &two_op(op, F, row, F),
+                vec![x(), ft(&[8], 3, 0.5, 2.0)],
+                Tol::Exact,
+            );
+            assert!(text.contains("affine_map<(d0, d1) -> (d1)>"), "{text}");
+        }
+        check_numerics(
+            "nn.pow",
+            &two_op("nn.pow", F, "tensor<f32>", F),
+            vec![
+                pos(),
+                Tensor::new(vec![], ElemType::F32, Data::F(vec![1.7])),
+            ],
+            Tol::Rel(1e-6),
+        );
+        // Comparisons, where, casts and clip.
+        let m = parse(
+            "func.func @main(%a: tensor<4x8xf32>, %b: tensor<4x8xf32>) -> (tensor<4x8xf32>, tensor<4x8xf32>, tensor<4x8xf32>) {
+  %c = nn.less %a, %b : (tensor<4x8xf32>, tensor<4x8xf32>) -> tensor<4x8xi1>
+  %n = nn.not %c : (tensor<4x8xi1>) -> tensor<4x8xi1>
+  %w = nn.where %n, %a, %b : (tensor<4x8xi1>, tensor<4x8xf32>, tensor<4x8xf32>) -> tensor<4x8xf32>
+  %i = nn.cast %a : (tensor<4x8xf32>) -> tensor<4x8xi64>
+  %f = nn.cast %i : (tensor<4x8xi64>) -> tensor<4x8xf32>
+  %lo = qc.constant {value = dense<-1.5>} : () -> tensor<f32>
+  %hi = qc.constant {value = dense<2.0>} : () -> tensor<f32>
+  %k = nn.clip %a, %lo, %hi : (tensor<4x8xf32>, tensor<f32>, tensor<f32>) -> tensor<4x8xf32>
+  return %w, %f, %k : tensor<4x8xf32>, tensor<4x8xf32>, tensor<4x8xf32>
+}",
+        );
+        check_numerics(
+            "compare, where, cast, clip",
+            &m,
+            vec![x(), ft(&[4, 8], 4, -3.0, 3.0)],
+            Tol::Exact,
+        );
+    }
+
+    #[test]
+    fn upstream_shape_reduction_and_linear_algebra_ops_compute_what_the_interpreter_computes() {
+        let x = || ft(&[2, 3, 8], 5, -2.0, 2.0);
+        let x3 = "tensor<2x3x8xf32>";
+        for (op, y, tol) in [
+            ("nn.softmax {axis = -1}", x3, Tol::Rel(1e-6)),
+            ("nn.log_softmax {axis = 1}", x3, Tol::Rel(1e-6)),
+            (
+                "nn.transpose {perm = [2, 0, 1]}",
+                "tensor<8x2x3xf32>",
+                Tol::Exact,
+            ),
+            ("nn.flatten {axis = 1}", "tensor<2x24xf32>", Tol::Exact),
+        ] {
+            let text = check_numerics(op, &one_op(op, x3, y), vec![x()], tol);
+            if op.starts_with("nn.softmax") {
+                assert!(text.contains("\"reduction\""), "{text}");
+            }
+        }
+        let m = parse(
+            "func.func @main(%x: tensor<2x3x8xf32>, %s: tensor<8xf32>, %b: tensor<8xf32>) -> (tensor<2x3x8xf32>, tensor<2x1x8xf32>, tensor<3xf32>) {
+  %y = nn.layer_norm %x, %s, %b {axis = -1, epsilon = 1.0e-5} : (tensor<2x3x8xf32>, tensor<8xf32>, tensor<8xf32>) -> tensor<2x3x8xf32>
+  %ax = qc.constant {value = dense<1>} : () -> tensor<1xi64>
+  %m = nn.reduce_mean %x, %ax {keepdims = 1} : (tensor<2x3x8xf32>, tensor<1xi64>) -> tensor<2x1x8xf32>
+  %ax2 = qc.constant {value = dense<[0, 2]>} : () -> tensor<2xi64>
+  %mx = nn.reduce_max %x, %ax2 {keepdims = 0} : (tensor<2x3x8xf32>, tensor<2xi64>) -> tensor<3xf32>
+  return %y, %m, %mx : tensor<2x3x8xf32>, tensor<2x1x8xf32>, tensor<3xf32>
+}",
+        );
+        check_numerics(
+            "layer_norm, reduce_mean, reduce_max",
+            &m,
+            vec![x(), ft(&[8], 6, 0.5, 1.5), ft(&[8], 7, -1.0, 1.0)],
+            Tol::Rel(1e-6),
+        );
+        // Matrix products: NumPy matmul with a broadcast batch, and gemm.
+        let m = parse(
+            "func.func @main(%a: tensor<2x3x8xf32>, %b: tensor<1x8x5xf32>, %c: tensor<5x8xf32>, %d: tensor<5xf32>) -> (tensor<2x3x5xf32>, tensor<3x5xf32>) {
+  %y = nn.matmul %a, %b : (tensor<2x3x8xf32>, tensor<1x8x5xf32>) -> tensor<2x3x5xf32>
+  %s = nn.reshape %a, %sh : (tensor<2x3x8xf32>, tensor<2xi64>) -> tensor<6x8xf32>
+  %t = nn.slice %s, %st, %en, %axes, %steps : (tensor<6x8xf32>, tensor<1xi64>, tensor<1xi64>, tensor<1xi64>, tensor<1xi64>) -> tensor<3x8xf32>
+  %g = nn.gemm %t, %c, %d {alpha = 0.5, beta = 2.0, trans_b = 1} : (tensor<3x8xf32>, tensor<5x8xf32>, tensor<5xf32>) -> tensor<3x5xf32>
+  return %y, %g : tensor<2x3x5xf32>, tensor<3x5xf32>
+}"
+            .replace(
+                "  %s = nn.reshape",
+                "  %sh = qc.constant {value = dense<[6, 8]>} : () -> tensor<2xi64>\n  %st = qc.constant {value = dense<0>} : () -> tensor<1xi64>\n  %en = qc.constant {value = dense<6>} : () -> tensor<1xi64>\n  %axes = qc.constant {value = dense<0>} : () -> tensor<1xi64>\n  %steps = qc.constant {value = dense<2>} : () -> tensor<1xi64>\n  %s = nn.reshape",
+            )
+            .as_str(),
+        );
+        let text = check_numerics(
+            "matmul, reshape, slice, gemm",
+            &m,
+            vec![
+                x(),
+                ft(&[1, 8, 5], 8, -1.0, 1.0),
+                ft(&[5, 8], 9, -1.0, 1.0),
+                ft(&[5], 10, -1.0, 1.0),
+            ],
+            Tol::Rel(1e-6),
+        );
+        assert!(
+            text.contains("tensor.collapse_shape") && text.contains("tensor.extract_slice"),
+            "{text}"
+        );
+        // Gather (negative indices wrap), concat, split, expand, unsqueeze.
+        let m = parse(
+            "func.func @main(%t: tensor<10x4xf32>, %i: tensor<2x3xi64>) -> (tensor<2x3x4xf32>, tensor<10x8xf32>, tensor<3x4xf32>, tensor<2x10x4xf32>) {
+  %g = nn.gather %t, %i {axis = 0} : (tensor<10x4xf32>, tensor<2x3xi64>) -> tensor<2x3x4xf32>
+  %c = nn.concat %t, %t {axis = 1} : (tensor<10x4xf32>, tensor<10x4xf32>) -> tensor<10x8xf32>
+  %sz = qc.constant {value = dense<[7, 3]>} : () -> tensor<2xi64>
+  %p, %q = nn.split %t, %sz {axis = 0} : (tensor<10x4xf32>, tensor<2xi64>) -> (tensor<7x4xf32>, tensor<3x4xf32>)
+  %ax = qc.constant {value = dense<0>} : () -> tensor<1xi64>
+  %u = nn.unsqueeze %t, %ax : (tensor<10x4xf32>, tensor<1xi64>) -> tensor<1x10x4xf32>
+  %shape = qc.constant {value = dense<[2, 10, 4]>} : () -> tensor<3xi64>
+  %e = nn.expand %u, %shape : (tensor<1x10x4xf32>, tensor<3xi64>) -> tensor<2x10x4xf32>
+  return %g, %c, %q, %e : tensor<2x3x4xf32>, tensor<10x8xf32>, tensor<3x4xf32>, tensor<2x10x4xf32>
+}",
+        );
+        let text = check_numerics(
+            "gather, concat, split, expand",
+            &m,
+            vec![
+                ft(&[10, 4], 11, -1.0, 1.0),
+                it(&[2, 3], vec![0, 9, -1, 3, -10, 5]),
+            ],
+            Tol::Exact,
+        );
+        assert!(
+            text.contains("tensor.extract") && text.contains("tensor.insert_slice"),
+            "{text}"
+        );
+    }
+
+    fn quantized_module(fmt: &str, n: usize, k: usize, w: &[f32]) -> Module {
+        let hex = blob_hex(w, &[n, k], fmt);
+        parse(&format!(
+            "func.func @main(%x: tensor<2x3x{k}xf32>) -> (tensor<2x3x{n}xf32>, tensor<{n}x{k}xf32>) {{
+  %w = qc.constant {{value = dense_resource<w>}} : () -> tensor<{n}x{k}x!quant.{fmt}>
+  %y = quant.matmul %x, %w {{transpose_b}} : (tensor<2x3x{k}xf32>, tensor<{n}x{k}x!quant.{fmt}>) -> tensor<2x3x{n}xf32>
+  %d = quant.dequantize %w : (tensor<{n}x{k}x!quant.{fmt}>) -> tensor<{n}x{k}xf32>
+  return %y, %d : tensor<2x3x{n}xf32>, tensor<{n}x{k}xf32>
+}}
+{{-# dialect_resources: {{ qc: {{ w: \"0x{hex}\" }} }} #-}}"
+        ))
+    }
+
+    fn weights(n: usize, k: usize) -> Vec<f32> {
+        vals(n * k, 50, -1.0, 1.0)
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| (v * if i % 37 == 0 { 9.0 } else { 1.0 }) as f32)
+            .collect()
+    }
+
+    #[test]
+    fn upstream_quantized_weights_are_builtin_low_precision_codes_with_scales() {
+        // (format, what the codes and scales must be typed as)
+        let cases: &[(&str, &[&str])] = &[
+            (
+                "nvfp4",
+                &[
+                    "tensor<16x64xf4E2M1FN>",
+                    "tensor<16x4xf8E4M3FN>",
+                    "arith.extf",
+                    "tensor<f32>",
+                ],
+            ),
+            ("nvfp4_ct", &["tensor<16x64xf4E2M1FN>", "arith.divf"]),
+            (
+                "mxfp4",
+                &["tensor<16x64xf4E2M1FN>", "tensor<16x2xf8E8M0FNU>"],
+            ),
+            (
+                "mxfp6",
+                &["tensor<16x64xf6E2M3FN>", "tensor<16x2xf8E8M0FNU>"],
+            ),
+            ("mxfp6_e3m2", &["tensor<16x64xf6E3M2FN>"]),
+            ("mxfp8", &["tensor<16x64xf8E4M3FN>"]),
+            ("mxfp8_e5m2", &["tensor<16x64xf8E5M2>"]),
+            (
+                "fp8_e4m3",
+                &["tensor<16x64xf8E4M3FN>", "arith.constant dense<"],
+            ),
+            (
+                "fp8_e4m3_channel",
+                &["tensor<16x64xf8E4M3FN>", "tensor<16xf32>"],
+            ),
+            (
+                "int4_g32",
+                &["tensor<16x64xi4>", "tensor<16x2xf32>", "arith.sitofp"],
+            ),
+            ("int8_channel", &["tensor<16x64xi8>", "arith.sitofp"]),
+            (
+                "uint4_g128",
+                &["tensor<16x128xi4>", "arith.uitofp", "arith.subf"],
+            ),
+            ("mxint8", &["tensor<16x64xi8>"]),
+            ("nvint4", &["tensor<16x64xi4>", "tensor<16x4xf8E4M3FN>"]),
+            ("nvfp4_ggml", &["tensor<16x64xf4E2M1FN>"]),
+        ];
+        let n = 16;
+        for (fmt, want) in cases {
+            let k = if fmt.ends_with("g128") { 128 } else { 64 };
+            let m = quantized_module(fmt, n, k, &weights(n, k));
+            let text = export(fmt, &m);
+            for w in *want {
+                assert!(text.contains(w), "{fmt}: no {w} in\n{text}");
+            }
+            assert!(text.contains("linalg.generic"), "{fmt}");
+        }
+    }
+
+    #[test]
+    fn upstream_dequantized_weights_are_bit_exact_when_run() {
+        // The formats whose element and scale types mlir-opt can lower on a CPU.
+        let n = 16;
+        for fmt in [
+            "int4_g128",
+            "int8_channel",
+            "mxfp4",
+            "uint4_g128",
+            "mxint8",
+            "int4_g32",
+        ] {
+            let k = if fmt.ends_with("g128") { 128 } else { 64 };
+            let w = weights(n, k);
+            let mut m = quantized_module(fmt, n, k, &w);
+            let x = ft(&[2, 3, k], 51, -2.0, 2.0);
+            // The weights bit for bit, the products within 1e-6 of their scale.
+            let mut only_w = m.clone();
+            {
+                let f = &mut only_w.funcs[0];
+                f.ret = vec![f.ret[1]];
+                f.result_types = vec![f.result_types[1].clone()];
+            }
+            check_numerics(
+                &format!("{fmt} weights"),
+                &only_w,
+                vec![x.clone()],
+                Tol::Exact,
+            );
+            {
+                let f = &mut m.funcs[0];
+                f.ret = vec![f.ret[0]];
+                f.result_types = vec![f.result_types[0].clone()];
+            }
+            check_numerics(&format!("{fmt} product"), &m, vec![x], Tol::Rel(1e-6));
+        }
+    }
+
+    #[test]
+    fn upstream_more_ops_compute_what_the_interpreter_computes() {
+        let x = || ft(&[4, 8], 13, -3.0, 3.0);
+        for op in [
+            "nn.sign",
+            "nn.softplus",
+            "nn.leaky_relu {alpha = 0.1}",
+            "nn.elu",
+            "nn.selu",
+            "nn.celu {alpha = 2.0}",
+            "nn.hard_sigmoid",
+            "nn.hard_swish",
+            "nn.softsign",
+            "nn.mish",
+            "nn.thresholded_relu {alpha = 0.5}",
+            "nn.swish",
+        ] {
+            check_numerics(op, &one_op(op, F, F), vec![x()], Tol::Rel(1e-6));
+        }
+        check_numerics(
+            "nn.mod",
+            &two_op("nn.mod", F, F, F),
+            vec![x(), ft(&[4, 8], 14, 0.5, 2.0)],
+            Tol::Rel(1e-6),
+        );
+        check_numerics(
+            "nn.mod {fmod = 1}",
+            &two_op("nn.mod {fmod = 1}", F, F, F),
+            vec![x(), ft(&[4, 8], 15, -2.0, -0.5)],
+            Tol::Rel(1e-6),
+        );
+        let m = parse(
+            "func.func @main(%x: tensor<2x3x4xf32>, %s: tensor<3xf32>, %b: tensor<3xf32>, %mu: tensor<3xf32>, %v: tensor<3xf32>, %i: tensor<2x3x2xi64>) -> (tensor<2x3x4xf32>, tensor<2x4xf32>, tensor<2x3x4xf32>, tensor<2x6x4xf32>, tensor<2x5x7xf32>, tensor<2x3x2xf32>, tensor<2x3x4xf32>) {
+  %bn = nn.batch_norm %x, %s, %b, %mu, %v {epsilon = 1.0e-3} : (tensor<2x3x4xf32>, tensor<3xf32>, tensor<3xf32>, tensor<3xf32>, tensor<3xf32>) -> tensor<2x3x4xf32>
+  %am = nn.arg_max %x {axis = 1, keepdims = 0} : (tensor<2x3x4xf32>) -> tensor<2x4xi64>
+  %amf = nn.cast %am : (tensor<2x4xi64>) -> tensor<2x4xf32>
+  %k = qc.constant {value = dense<1>} : () -> tensor<i64>
+  %tr = nn.trilu %x, %k {upper = 0} : (tensor<2x3x4xf32>, tensor<i64>) -> tensor<2x3x4xf32>
+  %reps = qc.constant {value = dense<[1, 2, 1]>} : () -> tensor<3xi64>
+  %tl = nn.tile %x, %reps : (tensor<2x3x4xf32>, tensor<3xi64>) -> tensor<2x6x4xf32>
+  %pads = qc.constant {value = dense<[0, 1, 2, 0, 1, 1]>} : () -> tensor<6xi64>
+  %pv = qc.constant {value = dense<7.5>} : () -> tensor<f32>
+  %pd = nn.pad %x, %pads, %pv : (tensor<2x3x4xf32>, tensor<6xi64>, tensor<f32>) -> tensor<2x5x7xf32>
+  %ge = nn.gather_elements %x, %i {axis = 2} : (tensor<2x3x4xf32>, tensor<2x3x2xi64>) -> tensor<2x3x2xf32>
+  %ax = qc.constant {value = dense<2>} : () -> tensor<i64>
+  %cs = nn.cum_sum %x, %ax {exclusive = 1, reverse = 1} : (tensor<2x3x4xf32>, tensor<i64>) -> tensor<2x3x4xf32>
+  return %bn, %amf, %tr, %tl, %pd, %ge, %cs : tensor<2x3x4xf32>, tensor<2x4xf32>, tensor<2x3x4xf32>, tensor<2x6x4xf32>, tensor<2x5x7xf32>, tensor<2x3x2xf32>, tensor<2x3x4xf32>
+}",
+        );
+        check_numerics(
+            "batch_norm, arg_max, trilu, tile, pad, gather_elements, cum_sum",
+            &m,
+            vec![
+                ft(&[2, 3, 4], 16, -2.0, 2.0),
+                ft(&[3], 17, 0.5, 1.5),
+                ft(&[3], 18, -1.0, 1.0),
+                ft(&[3], 19, -0.5, 0.5),
+                ft(&[3], 20, 0.5, 2.0),
+                it(&[2, 3, 2], vec![0, 3, -1, 2, 1, 1, -4, 0, 2, 3, 1, -2]),
+            ],
+            Tol::Rel(1e-6),
+        );
+    }
+
+    #[test]
+    fn upstream_comparison_catches_a_wrong_module() {
+        // mlir-runner runs x + 1 where the interpreter computes x + 2: the outputs must differ.
+        let plus = |c: &str| {
+            parse(&format!(
+                "func.func @main(%x: tensor<2x3xf32>) -> tensor<2x3xf32> {{
+  %c = qc.constant {{value = dense<{c}>}} : () -> tensor<f32>
+  %y = nn.add %x, %c : (tensor<2x3xf32>, tensor<f32>) -> tensor<2x3xf32>
+  return %y : tensor<2x3xf32>
+}}"
+            ))
+        };
+        let x = ft(&[2, 3], 12, -1.0, 1.0);
+        let text = export("x + 1", &plus("1.0"));
+        let want = run_func(&plus("2.0"), "main", vec![x.clone()]).unwrap();
+        let got = run_upstream(&text, std::slice::from_ref(&x), &want);
+        assert_eq!(got[0].len(), 6);
+        for (k, &bits) in got[0].iter().enumerate() {
+            let (g, w) = (f32::from_bits(bits) as f64, want[0].data.f(k));
+            assert!((w - g - 1.0).abs() < 1e-6, "element {k}: {g} vs {w}");
+        }
+    }
+
+    #[test]
+    fn upstream_minifloats_without_a_builtin_type_decode_through_a_table() {
+        // e2m2 (IEEE-style, 5 bits) has no MLIR type: its codes are i5 bit patterns and a table of values.
+        use qc_ir::quant::{Encoding, QuantType, ScaleRule, ScaleType, Scheme};
+        let fmt = QuantType::new(
+            Encoding::from_name("e2m2").unwrap(),
+            Scheme::Group { size: 16, axis: -1 },
+            ScaleType::F32,
+            ScaleRule::Amax,
+        );
+        let (n, k) = (8usize, 32usize);
+        let w = weights(n, k);
+        let q = qc_quant::tensor::quantize(&w, &[n, k], &fmt, &Default::default()).unwrap();
+        let blob = qc_quant::blob::to_blob(&q).unwrap();
+        let hex: String = [16u8, 0, 0, 0]
+            .iter()
+            .chain(&blob)
+            .map(|b| format!("{b:02X}"))
+            .collect();
+        let ty = format!(
+            "tensor<{n}x{k}x{}>",
+            qc_ir::types::ElemType::Quant(fmt.clone().into())
+        );
+        let m = parse(&format!(
+            "func.func @main(%x: tensor<1xf32>) -> tensor<{n}x{k}xf32> {{
+  %w = qc.constant {{value = dense_resource<w>}} : () -> {ty}
+  %d = quant.dequantize %w : ({ty}) -> tensor<{n}x{k}xf32>
+  return %d : tensor<{n}x{k}xf32>
+}}
+{{-# dialect_resources: {{ qc: {{ w: \"0x{hex}\" }} }} #-}}"
+        ));
+        let text = check_numerics("e2m2 weights", &m, vec![ft(&[1], 1, 0.0, 1.0)], Tol::Exact);
+        assert!(
+            text.contains("xi5>") && text.contains("tensor<32xf32>"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn upstream_export_of_what_it_cannot_express_is_a_located_diagnostic() {
+        let text = "func.func @main(%x: tensor<4x4xf32>) -> tensor<4x4xf32> {
+  %y = nn.lrn %x {size = 3} : (tensor<4x4xf32>) -> tensor<4x4xf32>
+  return %y : tensor<4x4xf32>
+}";
+        let e = export_module(&parse(text), "main", &ShapeBindings::new()).unwrap_err();
+        assert!(e.message.contains("cannot export nn.lrn"), "{e}");
+        assert_eq!(e.loc.to_string(), "case:2:3");
+        let text = "func.func @main(%x: tensor<4x32xf32>) -> tensor<4x32xf32> {
+  %q = quant.quantize %x : (tensor<4x32xf32>) -> tensor<4x32x!quant.mxfp4>
+  %y = quant.dequantize %q : (tensor<4x32x!quant.mxfp4>) -> tensor<4x32xf32>
+  return %y : tensor<4x32xf32>
+}";
+        let e = export_module(&parse(text), "main", &ShapeBindings::new()).unwrap_err();
+        assert!(e.message.contains("cannot export quant.quantize"), "{e}");
+        assert_eq!(e.loc.to_string(), "case:2:3");
+        // Symbolic shapes need bindings; with them the export is static.
+        let text = "func.func @main(%x: tensor<[n]x4xf32>) -> tensor<[n]x4xf32> {
+  %y = nn.tanh %x : (tensor<[n]x4xf32>) -> tensor<[n]x4xf32>
+  return %y : tensor<[n]x4xf32>
+}";
+        let m = parse(text);
+        assert!(export_module(&m, "main", &ShapeBindings::new()).is_err());
+        let mut b = ShapeBindings::new();
+        b.add("n=3").unwrap();
+        let out = export_module(&m, "main", &b).unwrap();
+        assert!(out.contains("tensor<3x4xf32>"), "{out}");
+        // MLIR's parser and verifier reject bad text, with locations.
+        let e = verify_upstream_text(
+            "func.func @f(%a: tensor<2xf32>) -> tensor<3xf32> {\n  return %a : tensor<2xf32>\n}",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("loc("), "{e}");
+    }
+}

@@ -22,6 +22,10 @@
 //!
 //! `--target xla|tpu -o FILE.qca` instead lowers the compiled module with a backend and writes a `.qca`
 //! artifact (`cmd/target.rs`; `--shape` binds symbolic dimensions); it needs qc's cargo feature `xla`.
+//!
+//! `--emit mlir` writes the compiled module in upstream MLIR dialects (func, arith, math, tensor,
+//! linalg) for IREE or `mlir-opt` (qc_backend_hlo::upstream documents the representation); shapes are
+//! made static with `--shape`, as for `--target`, and it needs the cargo feature `xla` too.
 
 use std::path::{Component, Path, PathBuf};
 
@@ -52,6 +56,10 @@ pub enum Emit {
     /// qc IR text after the pipeline.
     #[default]
     Qir,
+    /// Upstream MLIR (func, arith, math, tensor, linalg; quantized weights as builtin low-precision
+    /// codes, scales and an explicit dequantization), static shapes from --shape; needs the cargo
+    /// feature `xla`.
+    Mlir,
 }
 
 /// Arguments of `qc compile`.
@@ -101,8 +109,8 @@ pub struct CompileArgs {
     /// output: xla or tpu (StableHLO; needs a qc built with the cargo feature `xla`).
     #[arg(long, value_enum, value_name = "TARGET")]
     pub target: Option<crate::cmd::target::Target>,
-    /// With --target: a size for symbolic or dynamic dimensions, NAME=N for the symbol [NAME], or
-    /// ARG=D0xD1x... for the whole shape of argument ARG (repeatable).
+    /// With --target or --emit mlir: a size for symbolic or dynamic dimensions, NAME=N for the symbol
+    /// [NAME], or ARG=D0xD1x... for the whole shape of argument ARG (repeatable).
     #[arg(long = "shape", value_name = "NAME=DIMS")]
     pub shapes: Vec<String>,
     /// Write the output here (atomically) instead of standard output.
@@ -299,11 +307,21 @@ pub fn run(args: &CompileArgs) -> Result<(), Failure> {
             out,
         );
     }
-    if !args.shapes.is_empty() {
-        return Err(input_error("--shape is used with --target only"));
+    if !args.shapes.is_empty() && args.emit != Emit::Mlir {
+        return Err(input_error(
+            "--shape is used with --target or --emit mlir only",
+        ));
+    }
+    if args.emit == Emit::Mlir && !crate::cmd::target::HAS_XLA {
+        // Say so before the pipeline runs.
+        crate::cmd::target::export_mlir(&Module::default(), "main", &[])?;
     }
     let mut m = compile_module(args, &mut std::io::stderr().lock())?;
     match args.emit {
+        Emit::Mlir => {
+            let text = crate::cmd::target::export_mlir(&m, "main", &args.shapes)?;
+            write_output(args.output.as_deref(), text.as_bytes())
+        }
         Emit::Qir => {
             if let Some(out) = &args.output {
                 let embedded = rebase_external(&mut m, &args.model, out)?;

@@ -146,3 +146,24 @@ fn lower(_: &Module, _: &str, _: &[String]) -> Result<(String, Module), Failure>
          --target xla or tpu",
     ))
 }
+
+/// `qc compile --emit mlir`: function `func` of the compiled module `m` exported to upstream MLIR
+/// dialects (func, arith, math, tensor, linalg; qc_backend_hlo::upstream documents the representation),
+/// after specializing its shapes with the `--shape` bindings `shapes`. Needs the cargo feature `xla`.
+#[cfg(feature = "xla")]
+pub fn export_mlir(m: &Module, func: &str, shapes: &[String]) -> Result<String, Failure> {
+    let mut b = qc_backend_hlo::ShapeBindings::new();
+    for s in shapes {
+        b.add(s).map_err(|e| input_error(format!("--shape: {e}")))?;
+    }
+    qc_backend_hlo::upstream::export_module(m, func, &b).map_err(|d| Failure::Input(d.render(None)))
+}
+
+/// `qc compile --emit mlir` without the MLIR backend: says how to get it.
+#[cfg(not(feature = "xla"))]
+pub fn export_mlir(_: &Module, _: &str, _: &[String]) -> Result<String, Failure> {
+    Err(input_error(
+        "this qc was built without MLIR (the `xla` cargo feature): rebuild it with \
+         `cargo build --release -p qc --features xla` to use --emit mlir",
+    ))
+}

@@ -1,0 +1,2557 @@
+//! Export to upstream MLIR: the qc IR after the pipeline as a module of MLIR's own dialects (`func`,
+//! `arith`, `math`, `tensor`, `linalg`), for IREE or `mlir-opt` users to take further.
+//!
+//! # Shapes
+//! The function is first specialized to static shapes with [`crate::specialize`] (the `--shape`
+//! bindings of the StableHLO path); every tensor in the export is static.
+//!
+//! # Ops
+//! - Elementwise nn ops are `linalg.generic` ops with `parallel` iterators whose bodies hold `arith` and
+//!   `math` ops (`math.erf`, `math.tanh`, `math.sqrt`, `math.exp`, ...). NumPy broadcasting is in the
+//!   indexing maps: a broadcast dimension of an operand is the constant `0` in its map.
+//! - Matrix products (`nn.matmul`, `nn.gemm`, `quant.matmul`) are `linalg.generic` contractions
+//!   (`reduction` iterator over K, batch dimensions broadcast in the maps), the form IREE's
+//!   contraction matchers recognize; reductions, softmax and layer normalization are `linalg.generic`
+//!   reductions into a splat `arith.constant` init, followed by elementwise generics.
+//! - Gather and gather_elements are `linalg.generic` ops over the indices whose body reads the table
+//!   with `tensor.extract` (negative indices wrap); so are tile and constant pad (over the result,
+//!   `linalg.index` giving the coordinates). Reshapes are `tensor.collapse_shape` /
+//!   `tensor.expand_shape`, slices `tensor.extract_slice`, concatenation `tensor.insert_slice` into a
+//!   `tensor.empty`, transposes generics with a permuted input map, cum_sum a generic with a second,
+//!   reduction loop over the axis.
+//! - Constants are `arith.constant dense<...>` (large ones print as MLIR's hex form).
+//!
+//! Integers are signless (`iN`): an unsigned qc tensor (`uiN`) becomes `iN` and its ops use the unsigned
+//! arith variants (`divui`, `uitofp`, `extui`, `cmpi ult`, ...). Booleans are `i1`.
+//!
+//! # Quantized weights
+//! A quantized constant (a weight after `quantize{w=...}`) is written as three parts and an explicit
+//! dequantization:
+//! - the codes, one element per code, as an `arith.constant` whose element type is MLIR's builtin
+//!   low-precision type: `f4E2M1FN` (e2m1), `f6E2M3FN`, `f6E3M2FN`, `f8E4M3FN`, `f8E5M2` (and the other
+//!   builtin fp8 variants), `iN` for signed integer codes, `iN` read as unsigned (`arith.uitofp`) for
+//!   unsigned codes, `i8` for MX int8 (value k * 2^-6). A minifloat MLIR has no type for (a custom bias
+//!   or policy) is stored as its `iN` bit patterns plus a `tensor<2^N x f32>` table of the values each
+//!   code decodes to, read with `tensor.extract`. Packing (`lo_first`, `ggml`) is undone: MLIR's dense
+//!   attributes hold one sub-byte element per byte.
+//! - the block scales, one per block, in the scales' own type: `f8E4M3FN` for NVFP4's ue4m3 (sign bit
+//!   cleared), `f8E8M0FNU` for MX's e8m0, `f16` / `bf16` / `f32`; the second-level tensor scale of
+//!   two-level formats as a `tensor<f32>`; zero points of asymmetric formats as `iN` (one per block).
+//! - the dequantization: the codes are viewed by blocks (`tensor.expand_shape`, e.g. `NxK` ->
+//!   `Nx(K/16)x16` for 16-element groups) and one `linalg.generic` computes, per element,
+//!   `value(code) * scale` with `value` = `arith.extf` (minifloats), `arith.sitofp` / `uitofp`
+//!   (integers, `(q - z)` with a zero point) and `scale = arith.extf(block scale) * tensor scale`
+//!   (`/ tensor scale` for the reciprocal storage); the f32 result is collapsed back to the weight's
+//!   shape and feeds the consumer (`quant.matmul`, `quant.dequantize`). These are the operations of
+//!   `qc_quant::tensor::dequantize`.
+//!
+//! Not exported (a diagnostic naming the op and its location, exit code 2 from `qc compile --emit
+//! mlir`): activation quantization (`quant.quantize`, and `quant.matmul` of a quantized activation),
+//! Hadamard rotations, ONNX linear quantization (`quantize_linear` and friends), convolutions,
+//! pooling, `lrn`, `nll_loss`, slices with negative steps, pad modes other than `constant`, integer
+//! `pow`, and dense constants of raw minifloat types.
+//!
+//! # Taking it further
+//! The text parses in `mlir-opt` (LLVM 22) and bufferizes with
+//! `--one-shot-bufferize=bufferize-function-boundaries`. On a CPU, `--convert-elementwise-to-linalg
+//! --one-shot-bufferize=bufferize-function-boundaries --convert-linalg-to-loops
+//! --expand-strided-metadata --lower-affine --arith-expand="include-f4e2m1=true include-f8e8m0=true"
+//! --convert-math-to-llvm --convert-math-to-libm --convert-scf-to-cf --convert-to-llvm
+//! --reconcile-unrealized-casts` lowers float modules and those with integer, f4E2M1FN and f8E8M0FNU
+//! weights (int4/int8 formats, MXFP4) to the LLVM dialect, and mlir-runner runs them (the tests compare
+//! the results with the interpreter). Upstream MLIR has no CPU lowering of `arith.extf` from
+//! f8E4M3FN, f8E5M2 or the f6 types (NVFP4's block scales, FP8, MXFP6, MXFP8): those modules verify
+//! and bufferize, and need a target that knows the types (a GPU, or a pass of the user's) to go
+//! further.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use melior::dialect::DialectRegistry;
+use melior::ir::attribute::AttributeLike;
+use melior::ir::attribute::{DenseElementsAttribute, StringAttribute, TypeAttribute};
+use melior::ir::operation::{OperationBuilder, OperationLike};
+use melior::ir::r#type::{FunctionType, RankedTensorType};
+use melior::ir::{
+    Attribute, Block, BlockLike, Identifier, Location, Module, Region, RegionLike, Type, Value,
+};
+use melior::utility::register_all_dialects;
+use melior::Context;
+
+use qc_ir::attr::{Attribute as QAttr, DenseData};
+use qc_ir::module::{Func, Op};
+use qc_ir::ops::QcOp;
+use qc_ir::quant::{Encoding, QuantType, ScaleType, Scheme, TensorScale};
+use qc_ir::resource::Blob;
+use qc_ir::types::{ElemType, TensorType};
+use qc_ir::Diagnostic;
+use qc_nn::{norm_axis, NnOp};
+use qc_quant::codec::Codec;
+use qc_quant::ops::QuantOp;
+use qc_quant::tensor::Scales;
+
+use crate::specialize::{specialize, ShapeBindings};
+use crate::Error;
+
+type R<T> = Result<T, String>;
+
+/// An MLIR context with every upstream dialect registered and loaded, and its diagnostics.
+struct UpCtx {
+    context: Context,
+    diagnostics: Rc<RefCell<Vec<String>>>,
+}
+
+impl UpCtx {
+    fn new() -> Self {
+        let context = Context::new();
+        let registry = DialectRegistry::new();
+        register_all_dialects(&registry);
+        context.append_dialect_registry(&registry);
+        context.load_all_available_dialects();
+        let diagnostics = Rc::new(RefCell::new(Vec::new()));
+        let sink = Rc::clone(&diagnostics);
+        context.attach_diagnostic_handler(move |d| {
+            sink.borrow_mut().push(format!("{}: {}", d.location(), d));
+            true
+        });
+        UpCtx {
+            context,
+            diagnostics,
+        }
+    }
+
+    fn take_diagnostics(&self) -> String {
+        std::mem::take(&mut *self.diagnostics.borrow_mut()).join("\n")
+    }
+
+    fn verified_text(&self, module: &Module) -> Result<String, Error> {
+        if module.as_operation().verify() {
+            Ok(module.as_operation().to_string())
+        } else {
+            Err(Error::Rejected(self.take_diagnostics()))
+        }
+    }
+}
+
+/// Parses `text` as an MLIR module of upstream dialects (no unregistered ops), verifies it with MLIR's
+/// verifier and returns it re-printed. Errors are [`Error::Rejected`] with MLIR's diagnostics. Thread
+/// safe: each call has its own context.
+pub fn verify_upstream_text(text: &str) -> Result<String, Error> {
+    let up = UpCtx::new();
+    let module =
+        Module::parse(&up.context, text).ok_or_else(|| Error::Rejected(up.take_diagnostics()))?;
+    up.verified_text(&module)
+}
+
+/// Exports function `func` of `m` as a module of upstream MLIR dialects (see the module documentation),
+/// after specializing its shapes with `bindings`. The module holds one public `func.func` with the
+/// function's name; quantized results are returned dequantized to f32. The text is MLIR's print of a
+/// module its verifier accepted, and deterministic. An op that cannot be exported is a diagnostic at the
+/// op.
+pub fn export_module(
+    m: &qc_ir::Module,
+    func: &str,
+    bindings: &ShapeBindings,
+) -> Result<String, Diagnostic> {
+    let s = specialize(m, func, bindings)?;
+    let f = &s.funcs[0];
+    let up = UpCtx::new();
+    let context = &up.context;
+    let location = Location::unknown(context);
+    let module = Module::new(location);
+    let block = Block::new(&[]);
+    let arg_err = |i: usize, e: String| {
+        Diagnostic::error(f.loc.clone(), format!("argument {i} of @{}: {e}", f.name))
+    };
+    {
+        let u = U::new(context, &block, location);
+        let mut args = Vec::new();
+        let mut arg_types = Vec::new();
+        for (i, &a) in f.args.iter().enumerate() {
+            let (shape, e) = emitted(f.ty(a)).map_err(|e| arg_err(i, e))?;
+            let ty = u.ty(&shape, e).map_err(|e| arg_err(i, e))?;
+            let v = block.add_argument(ty, location);
+            arg_types.push(ty);
+            args.push(u.wrap(v, &shape, e));
+        }
+        let results = export_func(&u, &s, f, args)?;
+        let result_types: Vec<Type> = results
+            .iter()
+            .map(|(s, e)| u.ty(s, *e))
+            .collect::<Result<_, _>>()
+            .map_err(|e| Diagnostic::error(f.ret_loc.clone(), e))?;
+        let region = Region::new();
+        region.append_block(block);
+        let function_type = FunctionType::new(context, &arg_types, &result_types);
+        module.body().append_operation(melior::dialect::func::func(
+            context,
+            StringAttribute::new(context, &f.name),
+            TypeAttribute::new(function_type.into()),
+            region,
+            &[],
+            location,
+        ));
+    }
+    up.verified_text(&module).map_err(|e| {
+        Diagnostic::error(
+            f.loc.clone(),
+            format!(
+                "internal error: the upstream MLIR module of @{} does not verify: {e}",
+                f.name
+            ),
+        )
+    })
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Element types and the tensor builder.
+
+/// Element types of exported tensors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum El {
+    F16,
+    BF16,
+    F32,
+    F64,
+    /// Signless integer with signed semantics (`i1` for booleans).
+    I(u8),
+    /// Signless integer with unsigned semantics.
+    U(u8),
+    /// A builtin low-precision float (`f8E4M3FN`, ...).
+    Mf(&'static str),
+}
+
+impl El {
+    fn mlir(self) -> String {
+        match self {
+            El::F16 => "f16".into(),
+            El::BF16 => "bf16".into(),
+            El::F32 => "f32".into(),
+            El::F64 => "f64".into(),
+            El::I(n) | El::U(n) => format!("i{n}"),
+            El::Mf(s) => s.into(),
+        }
+    }
+
+    fn is_float(self) -> bool {
+        matches!(self, El::F16 | El::BF16 | El::F32 | El::F64 | El::Mf(_))
+    }
+
+    fn bits(self) -> u32 {
+        match self {
+            El::F16 | El::BF16 => 16,
+            El::F32 => 32,
+            El::F64 => 64,
+            El::I(n) | El::U(n) => n as u32,
+            El::Mf(s) => {
+                if s.starts_with("f4") {
+                    4
+                } else if s.starts_with("f6") {
+                    6
+                } else {
+                    8
+                }
+            }
+        }
+    }
+
+    fn of(e: &ElemType) -> R<El> {
+        Ok(match e {
+            ElemType::F16 => El::F16,
+            ElemType::BF16 => El::BF16,
+            ElemType::F32 => El::F32,
+            ElemType::F64 => El::F64,
+            ElemType::Int { bits, unsigned } => {
+                if *unsigned && *bits > 1 {
+                    El::U(*bits)
+                } else {
+                    El::I(*bits)
+                }
+            }
+            ElemType::Raw(enc) => El::Mf(
+                builtin_float(*enc)
+                    .ok_or_else(|| format!("tensors of {e} elements have no MLIR builtin type"))?,
+            ),
+            ElemType::Quant(q) => {
+                return Err(format!("a quantized tensor of {q} is used as plain"))
+            }
+        })
+    }
+}
+
+/// MLIR's builtin type for a minifloat encoding, if it has one.
+fn builtin_float(enc: Encoding) -> Option<&'static str> {
+    const NAMES: &[&str] = &[
+        "f4E2M1FN",
+        "f6E2M3FN",
+        "f6E3M2FN",
+        "f8E4M3FN",
+        "f8E4M3FNUZ",
+        "f8E5M2",
+        "f8E5M2FNUZ",
+        "f8E4M3",
+        "f8E3M4",
+        "f8E8M0FNU",
+    ];
+    let name = ElemType::Raw(enc).to_string();
+    NAMES.iter().copied().find(|n| *n == name)
+}
+
+/// The little-endian bytes of one element of `e` holding `f` (floats) or `i` (integers, wrapped).
+fn scalar_bytes(e: El, f: f64, i: i64) -> R<Vec<u8>> {
+    Ok(match e {
+        El::F16 => half::f16::from_f64(f).to_le_bytes().to_vec(),
+        El::BF16 => half::bf16::from_f64(f).to_le_bytes().to_vec(),
+        El::F32 => (f as f32).to_le_bytes().to_vec(),
+        El::F64 => f.to_le_bytes().to_vec(),
+        El::I(n) | El::U(n) if n <= 8 => vec![i as u8],
+        El::I(n) | El::U(n) => i.to_le_bytes()[..(n as usize).div_ceil(8)].to_vec(),
+        El::Mf(s) => return Err(format!("constants of {s} are only written from codes")),
+    })
+}
+
+/// A float or integer attribute value of scalar type `e` (floats by their bits, so exactly).
+fn scalar_attr(e: El, x: f64) -> String {
+    match e {
+        El::F16 => format!("0x{:04X} : f16", half::f16::from_f64(x).to_bits()),
+        El::BF16 => format!("0x{:04X} : bf16", half::bf16::from_f64(x).to_bits()),
+        El::F32 => format!("0x{:08X} : f32", (x as f32).to_bits()),
+        El::F64 => format!("0x{:016X} : f64", x.to_bits()),
+        El::I(1) => format!("{}", (x != 0.0) as i64),
+        El::I(n) | El::U(n) => format!("{} : i{n}", x as i64),
+        El::Mf(s) => format!("0.0 : {s}"),
+    }
+}
+
+fn dims_text(s: &[u64]) -> String {
+    s.iter().map(|d| format!("{d}x")).collect()
+}
+
+fn arr(v: &[i64]) -> String {
+    if v.is_empty() {
+        "array<i64>".into()
+    } else {
+        let items: Vec<String> = v.iter().map(|x| x.to_string()).collect();
+        format!("array<i64: {}>", items.join(", "))
+    }
+}
+
+/// An exported tensor value with its static shape and element type.
+#[derive(Clone, Copy)]
+struct V<'c, 'b> {
+    v: Value<'c, 'b>,
+    e: El,
+    shape: usize,
+}
+
+/// The builder of the function body: appends ops to its block.
+struct U<'c, 'b> {
+    ctx: &'c Context,
+    block: &'b Block<'c>,
+    loc: Location<'c>,
+    shapes: RefCell<Vec<Vec<u64>>>,
+}
+
+/// The builder of a `linalg.generic` body: values are handles (indices into `vals`).
+struct Bd<'c, 'x> {
+    ctx: &'c Context,
+    blk: &'x Block<'c>,
+    loc: Location<'c>,
+    vals: Vec<Value<'c, 'x>>,
+}
+
+/// A value inside a generic's body.
+type H = usize;
+
+fn parse_attr<'c>(ctx: &'c Context, s: &str) -> R<Attribute<'c>> {
+    Attribute::parse(ctx, s).ok_or_else(|| format!("MLIR cannot parse the attribute `{s}`"))
+}
+
+fn parse_type<'c>(ctx: &'c Context, s: &str) -> R<Type<'c>> {
+    Type::parse(ctx, s).ok_or_else(|| format!("MLIR does not know the type {s}"))
+}
+
+impl<'c, 'x> Bd<'c, 'x> {
+    fn op(&mut self, name: &str, args: &[H], attrs: &[(&str, String)], res: &str) -> R<H> {
+        let mut named = Vec::new();
+        for (k, v) in attrs {
+            named.push((Identifier::new(self.ctx, k), parse_attr(self.ctx, v)?));
+        }
+        let vals: Vec<Value> = args.iter().map(|&h| self.vals[h]).collect();
+        let mut b = OperationBuilder::new(name, self.loc)
+            .add_operands(&vals)
+            .add_attributes(&named);
+        if !res.is_empty() {
+            b = b.add_results(&[parse_type(self.ctx, res)?]);
+        }
+        let op = b
+            .build()
+            .map_err(|e| format!("building {name} failed: {e}"))?;
+        let op = self.blk.append_operation(op);
+        if res.is_empty() {
+            return Ok(usize::MAX);
+        }
+        let v: Value = op.result(0).map_err(|e| e.to_string())?.into();
+        self.vals.push(v);
+        Ok(self.vals.len() - 1)
+    }
+
+    /// A scalar constant of `e`.
+    fn cst(&mut self, e: El, x: f64) -> R<H> {
+        let attr = if e == El::I(1) {
+            (if x != 0.0 { "true" } else { "false" }).to_string()
+        } else {
+            scalar_attr(e, x)
+        };
+        self.op("arith.constant", &[], &[("value", attr)], &e.mlir())
+    }
+
+    fn index(&mut self, n: i64) -> R<H> {
+        self.op(
+            "arith.constant",
+            &[],
+            &[("value", format!("{n} : index"))],
+            "index",
+        )
+    }
+
+    fn bin(&mut self, k: Bin, e: El, a: H, b: H) -> R<H> {
+        let name = match (k, e.is_float(), matches!(e, El::U(_))) {
+            (Bin::Add, true, _) => "arith.addf",
+            (Bin::Add, false, _) => "arith.addi",
+            (Bin::Sub, true, _) => "arith.subf",
+            (Bin::Sub, false, _) => "arith.subi",
+            (Bin::Mul, true, _) => "arith.mulf",
+            (Bin::Mul, false, _) => "arith.muli",
+            (Bin::Div, true, _) => "arith.divf",
+            (Bin::Div, false, false) => "arith.divsi",
+            (Bin::Div, false, true) => "arith.divui",
+            (Bin::Max, true, _) => "arith.maximumf",
+            (Bin::Max, false, false) => "arith.maxsi",
+            (Bin::Max, false, true) => "arith.maxui",
+            (Bin::Min, true, _) => "arith.minimumf",
+            (Bin::Min, false, false) => "arith.minsi",
+            (Bin::Min, false, true) => "arith.minui",
+            (Bin::And, _, _) => "arith.andi",
+            (Bin::Or, _, _) => "arith.ori",
+            (Bin::Xor, _, _) => "arith.xori",
+            (Bin::Pow, true, _) => "math.powf",
+            (Bin::Pow, false, _) => "math.ipowi",
+        };
+        self.op(name, &[a, b], &[], &e.mlir())
+    }
+
+    fn binc(&mut self, k: Bin, e: El, a: H, x: f64) -> R<H> {
+        let c = self.cst(e, x)?;
+        self.bin(k, e, a, c)
+    }
+
+    fn un(&mut self, name: &str, e: El, a: H) -> R<H> {
+        self.op(name, &[a], &[], &e.mlir())
+    }
+
+    fn cmp(&mut self, c: Cmp, e: El, a: H, b: H) -> R<H> {
+        if e.is_float() {
+            // Ordered comparisons (false with NaN), except != which is unordered (true with NaN).
+            let p = match c {
+                Cmp::Eq => 1,
+                Cmp::Gt => 2,
+                Cmp::Ge => 3,
+                Cmp::Lt => 4,
+                Cmp::Le => 5,
+                Cmp::Ne => 13,
+            };
+            self.op(
+                "arith.cmpf",
+                &[a, b],
+                &[("predicate", format!("{p} : i64"))],
+                "i1",
+            )
+        } else {
+            let u = matches!(e, El::U(_)) || e == El::I(1);
+            let p = match (c, u) {
+                (Cmp::Eq, _) => 0,
+                (Cmp::Ne, _) => 1,
+                (Cmp::Lt, false) => 2,
+                (Cmp::Le, false) => 3,
+                (Cmp::Gt, false) => 4,
+                (Cmp::Ge, false) => 5,
+                (Cmp::Lt, true) => 6,
+                (Cmp::Le, true) => 7,
+                (Cmp::Gt, true) => 8,
+                (Cmp::Ge, true) => 9,
+            };
+            self.op(
+                "arith.cmpi",
+                &[a, b],
+                &[("predicate", format!("{p} : i64"))],
+                "i1",
+            )
+        }
+    }
+
+    fn select(&mut self, e: El, c: H, a: H, b: H) -> R<H> {
+        self.op("arith.select", &[c, a, b], &[], &e.mlir())
+    }
+
+    /// Converts a scalar from `from` to `to` (floats to integers truncate toward zero; nonzero is true).
+    fn cast(&mut self, from: El, to: El, a: H) -> R<H> {
+        if from == to || (from.mlir() == to.mlir() && from.is_float() == to.is_float()) {
+            return Ok(a);
+        }
+        if to == El::I(1) {
+            let z = self.cst(from, 0.0)?;
+            return self.cmp(Cmp::Ne, from, a, z);
+        }
+        let (fb, tb) = (from.bits(), to.bits());
+        let name = match (from.is_float(), to.is_float()) {
+            (true, true) if fb < tb => "arith.extf",
+            (true, true) if fb == tb => {
+                let f = self.cast(from, El::F32, a)?;
+                return self.cast(El::F32, to, f);
+            }
+            (true, true) => "arith.truncf",
+            (false, true) if matches!(from, El::U(_)) || from == El::I(1) => "arith.uitofp",
+            (false, true) => "arith.sitofp",
+            (true, false) if matches!(to, El::U(_)) => "arith.fptoui",
+            (true, false) => "arith.fptosi",
+            (false, false) if fb < tb && (matches!(from, El::U(_)) || from == El::I(1)) => {
+                "arith.extui"
+            }
+            (false, false) if fb < tb => "arith.extsi",
+            (false, false) => "arith.trunci",
+        };
+        self.un(name, to, a)
+    }
+
+    /// `linalg.index` of loop `d`.
+    fn loop_index(&mut self, d: usize) -> R<H> {
+        self.op(
+            "linalg.index",
+            &[],
+            &[("dim", format!("{d} : i64"))],
+            "index",
+        )
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Bin {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Max,
+    Min,
+    And,
+    Or,
+    Xor,
+    Pow,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cmp {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+/// One input of a generic: the tensor and its indexing map's results (`d0`, `0`, `d1 floordiv 4`, ...).
+type In<'c, 'b> = (V<'c, 'b>, Vec<String>);
+
+fn ids(dims: impl IntoIterator<Item = usize>) -> Vec<String> {
+    dims.into_iter().map(|d| format!("d{d}")).collect()
+}
+
+impl<'c, 'b> U<'c, 'b> {
+    fn new(ctx: &'c Context, block: &'b Block<'c>, loc: Location<'c>) -> Self {
+        U {
+            ctx,
+            block,
+            loc,
+            shapes: Default::default(),
+        }
+    }
+
+    fn shape(&self, t: &V) -> Vec<u64> {
+        self.shapes.borrow()[t.shape].clone()
+    }
+
+    fn rank(&self, t: &V) -> usize {
+        self.shapes.borrow()[t.shape].len()
+    }
+
+    fn wrap(&self, v: Value<'c, 'b>, shape: &[u64], e: El) -> V<'c, 'b> {
+        let mut s = self.shapes.borrow_mut();
+        s.push(shape.to_vec());
+        V {
+            v,
+            e,
+            shape: s.len() - 1,
+        }
+    }
+
+    fn ty(&self, shape: &[u64], e: El) -> R<Type<'c>> {
+        Ok(RankedTensorType::new(shape, parse_type(self.ctx, &e.mlir())?, None).into())
+    }
+
+    fn op(
+        &self,
+        name: &str,
+        operands: &[Value<'c, 'b>],
+        attrs: &[(&str, String)],
+        regions: Vec<Region<'c>>,
+        shape: &[u64],
+        e: El,
+    ) -> R<V<'c, 'b>> {
+        let mut named = Vec::new();
+        for (k, v) in attrs {
+            named.push((Identifier::new(self.ctx, k), parse_attr(self.ctx, v)?));
+        }
+        let op = OperationBuilder::new(name, self.loc)
+            .add_operands(operands)
+            .add_attributes(&named)
+            .add_regions_vec(regions)
+            .add_results(&[self.ty(shape, e)?])
+            .build()
+            .map_err(|e| format!("building {name} failed: {e}"))?;
+        let v: Value = self
+            .block
+            .append_operation(op)
+            .result(0)
+            .map_err(|e| e.to_string())?
+            .into();
+        Ok(self.wrap(v, shape, e))
+    }
+
+    /// `arith.constant` from little-endian element bytes (every element, or one for a splat).
+    fn constant_bytes(&self, shape: &[u64], e: El, bytes: &[u8]) -> R<V<'c, 'b>> {
+        let n: u64 = shape.iter().product();
+        let ty = self.ty(shape, e)?;
+        let attr: Attribute = if n == 0 {
+            parse_attr(
+                self.ctx,
+                &format!("dense<> : tensor<{}{}>", dims_text(shape), e.mlir()),
+            )?
+        } else if e == El::I(1) {
+            if bytes.len() == 1 {
+                DenseElementsAttribute::bool_splat(ty, bytes[0] != 0).into()
+            } else {
+                let v: Vec<i32> = bytes.iter().map(|&b| (b != 0) as i32).collect();
+                DenseElementsAttribute::bool_values(ty, &v).into()
+            }
+        } else {
+            let size = (e.bits() as u64).div_ceil(8);
+            if bytes.len() as u64 != n * size && bytes.len() as u64 != size {
+                return Err(format!(
+                    "{} bytes cannot hold {n} elements of {}",
+                    bytes.len(),
+                    e.mlir()
+                ));
+            }
+            let a: Attribute = DenseElementsAttribute::raw_buffer(ty, bytes).into();
+            if a.to_raw().ptr.is_null() {
+                return Err(format!("MLIR refused the constant of {}", e.mlir()));
+            }
+            a
+        };
+        let op = OperationBuilder::new("arith.constant", self.loc)
+            .add_attributes(&[(Identifier::new(self.ctx, "value"), attr)])
+            .add_results(&[ty])
+            .build()
+            .map_err(|e| format!("building a constant failed: {e}"))?;
+        let v: Value = self
+            .block
+            .append_operation(op)
+            .result(0)
+            .map_err(|e| e.to_string())?
+            .into();
+        Ok(self.wrap(v, shape, e))
+    }
+
+    fn splat(&self, shape: &[u64], e: El, x: f64) -> R<V<'c, 'b>> {
+        self.constant_bytes(shape, e, &scalar_bytes(e, x, x as i64)?)
+    }
+
+    fn empty(&self, shape: &[u64], e: El) -> R<V<'c, 'b>> {
+        self.op("tensor.empty", &[], &[], Vec::new(), shape, e)
+    }
+
+    /// `linalg.generic` over `loops` loops (`reductions` are the reduction loops) with `ins`, writing a
+    /// tensor of `shape` x `e` through `out_map` into `init` (a `tensor.empty` when None). The body gets
+    /// the input scalars (handles 0..ins.len()), the output scalar (handle ins.len()) and `outer`
+    /// values (the following handles) and returns the value to yield.
+    #[allow(clippy::too_many_arguments)]
+    fn generic(
+        &self,
+        ins: &[In<'c, 'b>],
+        outer: &[Value<'c, 'b>],
+        loops: usize,
+        reductions: &[usize],
+        out_map: Vec<String>,
+        shape: &[u64],
+        e: El,
+        init: Option<V<'c, 'b>>,
+        body: impl FnOnce(&mut Bd<'c, '_>) -> R<H>,
+    ) -> R<V<'c, 'b>> {
+        let init = match init {
+            Some(i) => i,
+            None => self.empty(shape, e)?,
+        };
+        let dims: Vec<String> = (0..loops).map(|d| format!("d{d}")).collect();
+        let map =
+            |res: &[String]| format!("affine_map<({}) -> ({})>", dims.join(", "), res.join(", "));
+        let mut maps: Vec<String> = ins.iter().map(|(_, m)| map(m)).collect();
+        maps.push(map(&out_map));
+        let iters: Vec<&str> = (0..loops)
+            .map(|d| {
+                if reductions.contains(&d) {
+                    "#linalg.iterator_type<reduction>"
+                } else {
+                    "#linalg.iterator_type<parallel>"
+                }
+            })
+            .collect();
+        let mut arg_types = Vec::new();
+        for (t, _) in ins {
+            arg_types.push((parse_type(self.ctx, &t.e.mlir())?, self.loc));
+        }
+        arg_types.push((parse_type(self.ctx, &e.mlir())?, self.loc));
+        let blk = Block::new(&arg_types);
+        {
+            let mut vals = Vec::new();
+            for i in 0..arg_types.len() {
+                vals.push(blk.argument(i).map_err(|e| e.to_string())?.into());
+            }
+            vals.extend(outer.iter().copied());
+            let mut bd = Bd {
+                ctx: self.ctx,
+                blk: &blk,
+                loc: self.loc,
+                vals,
+            };
+            let r = body(&mut bd)?;
+            let y = bd.vals[r];
+            let op = OperationBuilder::new("linalg.yield", self.loc)
+                .add_operands(&[y])
+                .build()
+                .map_err(|e| e.to_string())?;
+            blk.append_operation(op);
+        }
+        let region = Region::new();
+        region.append_block(blk);
+        let mut operands: Vec<Value> = ins.iter().map(|(t, _)| t.v).collect();
+        operands.push(init.v);
+        self.op(
+            "linalg.generic",
+            &operands,
+            &[
+                ("indexing_maps", format!("[{}]", maps.join(", "))),
+                ("iterator_types", format!("[{}]", iters.join(", "))),
+                (
+                    "operandSegmentSizes",
+                    format!("array<i32: {}, 1>", ins.len()),
+                ),
+            ],
+            vec![region],
+            shape,
+            e,
+        )
+    }
+
+    /// The indexing map results that broadcast `t` (NumPy rules, aligned right) to `shape`.
+    fn bmap(&self, t: &V, shape: &[u64]) -> R<Vec<String>> {
+        let s = self.shape(t);
+        if s.len() > shape.len() {
+            return Err(format!(
+                "cannot broadcast tensor<{}{}> to {:?}",
+                dims_text(&s),
+                t.e.mlir(),
+                shape
+            ));
+        }
+        let off = shape.len() - s.len();
+        Ok(s.iter()
+            .enumerate()
+            .map(|(i, &n)| {
+                if n == 1 && shape[off + i] != 1 {
+                    "0".to_string()
+                } else {
+                    format!("d{}", off + i)
+                }
+            })
+            .collect())
+    }
+
+    /// An elementwise generic over `ins` broadcast to `shape`.
+    fn ew(
+        &self,
+        ins: &[V<'c, 'b>],
+        shape: &[u64],
+        e: El,
+        body: impl FnOnce(&mut Bd<'c, '_>) -> R<H>,
+    ) -> R<V<'c, 'b>> {
+        let ins: Vec<In> = ins
+            .iter()
+            .map(|t| Ok((*t, self.bmap(t, shape)?)))
+            .collect::<R<_>>()?;
+        let r = shape.len();
+        self.generic(&ins, &[], r, &[], ids(0..r), shape, e, None, body)
+    }
+
+    /// Reduces `x` over `dims` (removed from the shape) with `k` (Add, Mul, Max or Min).
+    fn reduce(&self, x: V<'c, 'b>, dims: &[usize], k: Bin) -> R<V<'c, 'b>> {
+        let s = self.shape(&x);
+        let kept: Vec<usize> = (0..s.len()).filter(|d| !dims.contains(d)).collect();
+        let out: Vec<u64> = kept.iter().map(|&d| s[d]).collect();
+        let init = match (k, x.e.is_float()) {
+            (Bin::Add, _) => 0.0,
+            (Bin::Mul, _) => 1.0,
+            (Bin::Max, true) => f64::NEG_INFINITY,
+            (Bin::Min, true) => f64::INFINITY,
+            (Bin::Max, false) => int_range(x.e).0 as f64,
+            (Bin::Min, false) => int_range(x.e).1 as f64,
+            _ => return Err(format!("{k:?} is not a reduction")),
+        };
+        let init = self.constant_bytes(&out, x.e, &scalar_bytes(x.e, init, init as i64)?)?;
+        let e = x.e;
+        self.generic(
+            &[(x, ids(0..s.len()))],
+            &[],
+            s.len(),
+            dims,
+            ids(kept.iter().copied()),
+            &out,
+            e,
+            Some(init),
+            |b| b.bin(k, e, 0, 1),
+        )
+    }
+
+    /// Reshapes to `shape` (same element count): collapse to 1-D, then expand.
+    fn reshape(&self, x: V<'c, 'b>, shape: &[u64]) -> R<V<'c, 'b>> {
+        let s = self.shape(&x);
+        if s == shape {
+            return Ok(x);
+        }
+        let (n, m): (u64, u64) = (s.iter().product(), shape.iter().product());
+        if n != m {
+            return Err(format!(
+                "cannot reshape {n} elements to {}",
+                dims_text(shape)
+            ));
+        }
+        let mut x = x;
+        if s.len() != 1 {
+            let reass = if s.is_empty() {
+                // rank 0 -> all-ones shape: expand with an empty reassociation
+                return self.op(
+                    "tensor.expand_shape",
+                    &[x.v],
+                    &[
+                        ("reassociation", "[]".into()),
+                        (
+                            "static_output_shape",
+                            arr(&shape.iter().map(|&d| d as i64).collect::<Vec<_>>()),
+                        ),
+                    ],
+                    Vec::new(),
+                    shape,
+                    x.e,
+                );
+            } else if shape.is_empty() {
+                "[]".to_string()
+            } else {
+                format!(
+                    "[[{}]]",
+                    (0..s.len())
+                        .map(|d| d.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
+            let out: Vec<u64> = if shape.is_empty() { vec![] } else { vec![n] };
+            x = self.op(
+                "tensor.collapse_shape",
+                &[x.v],
+                &[("reassociation", reass)],
+                Vec::new(),
+                &out,
+                x.e,
+            )?;
+            if shape.is_empty() {
+                return Ok(x);
+            }
+        }
+        if shape.len() == 1 {
+            return Ok(x);
+        }
+        let reass = format!(
+            "[[{}]]",
+            (0..shape.len())
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        self.op(
+            "tensor.expand_shape",
+            &[x.v],
+            &[
+                ("reassociation", reass),
+                (
+                    "static_output_shape",
+                    arr(&shape.iter().map(|&d| d as i64).collect::<Vec<_>>()),
+                ),
+            ],
+            Vec::new(),
+            shape,
+            x.e,
+        )
+    }
+
+    fn extract_slice(
+        &self,
+        x: V<'c, 'b>,
+        offsets: &[i64],
+        sizes: &[u64],
+        strides: &[i64],
+    ) -> R<V<'c, 'b>> {
+        let sz: Vec<i64> = sizes.iter().map(|&d| d as i64).collect();
+        self.op(
+            "tensor.extract_slice",
+            &[x.v],
+            &[
+                ("operandSegmentSizes", "array<i32: 1, 0, 0, 0>".into()),
+                ("static_offsets", arr(offsets)),
+                ("static_sizes", arr(&sz)),
+                ("static_strides", arr(strides)),
+            ],
+            Vec::new(),
+            sizes,
+            x.e,
+        )
+    }
+
+    fn insert_slice(&self, src: V<'c, 'b>, dest: V<'c, 'b>, offsets: &[i64]) -> R<V<'c, 'b>> {
+        let sz: Vec<i64> = self.shape(&src).iter().map(|&d| d as i64).collect();
+        let ones = vec![1i64; sz.len()];
+        self.op(
+            "tensor.insert_slice",
+            &[src.v, dest.v],
+            &[
+                ("operandSegmentSizes", "array<i32: 1, 1, 0, 0, 0>".into()),
+                ("static_offsets", arr(offsets)),
+                ("static_sizes", arr(&sz)),
+                ("static_strides", arr(&ones)),
+            ],
+            Vec::new(),
+            &self.shape(&dest),
+            dest.e,
+        )
+    }
+
+    /// Converts the elements of `x` to `e`.
+    fn convert(&self, x: V<'c, 'b>, e: El) -> R<V<'c, 'b>> {
+        if x.e == e {
+            return Ok(x);
+        }
+        let from = x.e;
+        self.ew(&[x], &self.shape(&x), e, |b| b.cast(from, e, 0))
+    }
+
+    /// `tensor.extract` of a rank-0 tensor, for use as a scalar inside a generic's body.
+    fn scalar(&self, x: V<'c, 'b>) -> R<Value<'c, 'b>> {
+        let x = self.reshape(x, &[])?;
+        let op = OperationBuilder::new("tensor.extract", self.loc)
+            .add_operands(&[x.v])
+            .add_results(&[parse_type(self.ctx, &x.e.mlir())?])
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(self
+            .block
+            .append_operation(op)
+            .result(0)
+            .map_err(|e| e.to_string())?
+            .into())
+    }
+}
+
+fn int_range(e: El) -> (i64, i64) {
+    match e {
+        El::I(1) => (0, 1),
+        El::I(64) => (i64::MIN, i64::MAX),
+        El::I(n) => (-(1i64 << (n - 1)), (1i64 << (n - 1)) - 1),
+        El::U(64) => (0, -1),
+        El::U(n) => (0, (1i64 << n) - 1),
+        _ => (0, 0),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The function.
+
+#[derive(Clone, Copy)]
+enum Lv<'c, 'b> {
+    Plain(V<'c, 'b>),
+    /// A quantized tensor, carried as its dequantized f32 values.
+    Quant(V<'c, 'b>),
+}
+
+struct Cx<'a> {
+    m: &'a qc_ir::Module,
+    f: &'a Func,
+    op: &'a Op,
+    consts: &'a BTreeMap<qc_ir::Value, &'a DenseData>,
+}
+
+impl Cx<'_> {
+    fn result_ty(&self, i: usize) -> &TensorType {
+        self.f.ty(self.op.results[i])
+    }
+
+    fn int_attr(&self, name: &str, default: i64) -> i64 {
+        self.op
+            .attr(name)
+            .and_then(QAttr::as_int)
+            .unwrap_or(default)
+    }
+
+    fn f_attr(&self, name: &str, default: f64) -> f64 {
+        self.op
+            .attr(name)
+            .and_then(QAttr::as_f64)
+            .unwrap_or(default)
+    }
+
+    fn const_ints(&self, i: usize) -> R<Vec<i64>> {
+        let v = self.op.operands[i];
+        let d = self.consts.get(&v).ok_or_else(|| {
+            format!("operand {i} must be a compile-time constant (after shape specialization)")
+        })?;
+        let n = self.f.ty(v).num_elements().unwrap_or(0) as usize;
+        Ok((0..n).map(|k| d.get_i64(k)).collect())
+    }
+}
+
+fn emitted(t: &TensorType) -> R<(Vec<u64>, El)> {
+    let s = t
+        .static_shape()
+        .ok_or_else(|| format!("the type {t} is not static"))?;
+    Ok((s, El::of(&t.elem)?))
+}
+
+fn diag(op: &Op, msg: String) -> Diagnostic {
+    Diagnostic::error(
+        op.loc.clone(),
+        format!("cannot export {} to upstream MLIR: {msg}", op.name()),
+    )
+}
+
+fn export_func<'c, 'b>(
+    u: &U<'c, 'b>,
+    m: &qc_ir::Module,
+    f: &Func,
+    args: Vec<V<'c, 'b>>,
+) -> Result<Vec<(Vec<u64>, El)>, Diagnostic> {
+    let consts = qc_ir::ops::dense_constants(f);
+    let mut env: Vec<Option<Lv<'c, 'b>>> = vec![None; f.num_values()];
+    for (&a, t) in f.args.iter().zip(args) {
+        env[a.0 as usize] = Some(Lv::Plain(t));
+    }
+    // Only the ops the results depend on.
+    let mut needed = vec![false; f.num_values()];
+    for &v in &f.ret {
+        needed[v.0 as usize] = true;
+    }
+    let mut live = vec![false; f.ops.len()];
+    for (i, op) in f.ops.iter().enumerate().rev() {
+        if op.results.iter().any(|r| needed[r.0 as usize]) {
+            live[i] = true;
+            for &v in &op.operands {
+                needed[v.0 as usize] = true;
+            }
+        }
+    }
+    for (op, _) in f.ops.iter().zip(&live).filter(|(_, &l)| l) {
+        let cx = Cx {
+            m,
+            f,
+            op,
+            consts: &consts,
+        };
+        let ins: Vec<Lv> = op
+            .operands
+            .iter()
+            .map(|v| {
+                env[v.0 as usize].ok_or_else(|| diag(op, "an operand was never exported".into()))
+            })
+            .collect::<Result<_, _>>()?;
+        let outs = export_op(u, &cx, &ins).map_err(|e| diag(op, e))?;
+        if outs.len() != op.results.len() {
+            return Err(diag(
+                op,
+                "wrong number of results (a bug in the export)".into(),
+            ));
+        }
+        for (&r, v) in op.results.iter().zip(outs) {
+            env[r.0 as usize] = Some(v);
+        }
+    }
+    let mut rets = Vec::new();
+    let mut tys = Vec::new();
+    for &v in &f.ret {
+        let t = match env[v.0 as usize] {
+            Some(Lv::Plain(t)) | Some(Lv::Quant(t)) => t,
+            None => {
+                return Err(Diagnostic::error(
+                    f.ret_loc.clone(),
+                    "a returned value was never exported",
+                ))
+            }
+        };
+        tys.push((u.shape(&t), t.e));
+        rets.push(t.v);
+    }
+    u.block
+        .append_operation(melior::dialect::func::r#return(&rets, u.loc));
+    Ok(tys)
+}
+
+fn export_op<'c, 'b>(u: &U<'c, 'b>, cx: &Cx, ins: &[Lv<'c, 'b>]) -> R<Vec<Lv<'c, 'b>>> {
+    if let Some(QcOp::Constant) = QcOp::of(cx.op) {
+        return constant(u, cx).map(|v| vec![v]);
+    }
+    if let Some(q) = QuantOp::of(cx.op) {
+        return export_quant(u, cx, q, ins);
+    }
+    let Some(nn) = NnOp::of(cx.op) else {
+        return Err("the op is not known to the exporter".into());
+    };
+    let plain: Vec<V> = ins
+        .iter()
+        .map(|l| match l {
+            Lv::Plain(t) => Ok(*t),
+            Lv::Quant(_) => {
+                Err("a quantized tensor is used where a plain one is expected".to_string())
+            }
+        })
+        .collect::<R<_>>()?;
+    Ok(export_nn(u, cx, nn, &plain)?
+        .into_iter()
+        .map(Lv::Plain)
+        .collect())
+}
+
+fn constant<'c, 'b>(u: &U<'c, 'b>, cx: &Cx) -> R<Lv<'c, 'b>> {
+    let ty = cx.result_ty(0);
+    match cx.op.attr("value") {
+        Some(QAttr::Dense(d)) => {
+            let (shape, e) = emitted(ty)?;
+            if let El::Mf(s) = e {
+                return Err(format!("dense constants of {s} are not supported"));
+            }
+            let n: u64 = shape.iter().product();
+            let count = if d.len() == 1 { 1 } else { n as usize };
+            let mut bytes = Vec::new();
+            for i in 0..count {
+                bytes.extend(scalar_bytes(e, d.get_f64(i), d.get_i64(i))?);
+            }
+            Ok(Lv::Plain(u.constant_bytes(&shape, e, &bytes)?))
+        }
+        Some(QAttr::DenseResource(name)) => {
+            let blob =
+                cx.m.resources
+                    .get(name)
+                    .ok_or_else(|| format!("resource '{name}' is not defined"))?;
+            let bytes = match blob {
+                Blob::Elided => {
+                    return Err(format!(
+                        "resource '{name}' was elided: its bytes are not in this module"
+                    ))
+                }
+                b => b.bytes().unwrap_or_default(),
+            };
+            if let Some(fmt) = ty.elem.as_quant() {
+                return dequant_constant(u, fmt, ty, bytes, name).map(Lv::Quant);
+            }
+            let (shape, e) = emitted(ty)?;
+            Ok(Lv::Plain(u.constant_bytes(&shape, e, bytes)?))
+        }
+        _ => Err("a constant needs a dense value".into()),
+    }
+}
+
+fn unary_name(nn: NnOp) -> Option<&'static str> {
+    Some(match nn {
+        NnOp::Neg => "arith.negf",
+        NnOp::Abs => "math.absf",
+        NnOp::Exp => "math.exp",
+        NnOp::Log => "math.log",
+        NnOp::Sqrt => "math.sqrt",
+        NnOp::Tanh => "math.tanh",
+        NnOp::Erf => "math.erf",
+        NnOp::Sin => "math.sin",
+        NnOp::Cos => "math.cos",
+        NnOp::Tan => "math.tan",
+        NnOp::Floor => "math.floor",
+        NnOp::Ceil => "math.ceil",
+        NnOp::Round => "math.roundeven",
+        NnOp::Asin => "math.asin",
+        NnOp::Acos => "math.acos",
+        NnOp::Atan => "math.atan",
+        NnOp::Sinh => "math.sinh",
+        NnOp::Cosh => "math.cosh",
+        NnOp::Asinh => "math.asinh",
+        NnOp::Acosh => "math.acosh",
+        NnOp::Atanh => "math.atanh",
+        _ => return None,
+    })
+}
+
+fn export_nn<'c, 'b>(u: &U<'c, 'b>, cx: &Cx, nn: NnOp, ins: &[V<'c, 'b>]) -> R<Vec<V<'c, 'b>>> {
+    let (shape, e) = emitted(cx.result_ty(0))?;
+    let one = |t: V<'c, 'b>| Ok(vec![t]);
+    let bin = |k: Bin| -> R<Vec<V<'c, 'b>>> {
+        let e0 = ins[0].e;
+        let e1 = ins[1].e;
+        one(u.ew(&ins[..2], &shape, e, |b| {
+            let y = b.cast(e1, e0, 1)?;
+            b.bin(k, e0, 0, y)
+        })?)
+    };
+    match nn {
+        NnOp::Add => bin(Bin::Add),
+        NnOp::Sub => bin(Bin::Sub),
+        NnOp::Mul => bin(Bin::Mul),
+        NnOp::Div => bin(Bin::Div),
+        NnOp::Max => bin(Bin::Max),
+        NnOp::Min => bin(Bin::Min),
+        NnOp::And | NnOp::BitwiseAnd => bin(Bin::And),
+        NnOp::Or | NnOp::BitwiseOr => bin(Bin::Or),
+        NnOp::Xor | NnOp::BitwiseXor => bin(Bin::Xor),
+        NnOp::Pow => {
+            if let Some(d) = cx.consts.get(&cx.op.operands[1]) {
+                if d.len() == 1 && e.is_float() {
+                    let p = d.get_f64(0);
+                    if p == 2.0 || p == 1.0 || p == 0.5 {
+                        return one(u.ew(&ins[..1], &shape, e, |b| match p {
+                            2.0 => b.bin(Bin::Mul, e, 0, 0),
+                            1.0 => Ok(0),
+                            _ => b.un("math.sqrt", e, 0),
+                        })?);
+                    }
+                }
+            }
+            if !e.is_float() {
+                return Err("integer pow is not supported".into());
+            }
+            bin(Bin::Pow)
+        }
+        NnOp::Equal | NnOp::Less | NnOp::LessOrEqual | NnOp::Greater | NnOp::GreaterOrEqual => {
+            let c = match nn {
+                NnOp::Equal => Cmp::Eq,
+                NnOp::Less => Cmp::Lt,
+                NnOp::LessOrEqual => Cmp::Le,
+                NnOp::Greater => Cmp::Gt,
+                _ => Cmp::Ge,
+            };
+            let e0 = ins[0].e;
+            one(u.ew(&ins[..2], &shape, e, |b| b.cmp(c, e0, 0, 1))?)
+        }
+        NnOp::Not | NnOp::BitwiseNot => one(u.ew(&ins[..1], &shape, e, |b| {
+            let all = b.cst(e, -1.0)?;
+            b.bin(Bin::Xor, e, 0, all)
+        })?),
+        NnOp::Neg if !e.is_float() => one(u.ew(&ins[..1], &shape, e, |b| {
+            let z = b.cst(e, 0.0)?;
+            b.bin(Bin::Sub, e, z, 0)
+        })?),
+        NnOp::Abs if !e.is_float() => one(u.ew(&ins[..1], &shape, e, |b| b.un("math.absi", e, 0))?),
+        nn if unary_name(nn).is_some() && e.is_float() => {
+            let name = unary_name(nn).unwrap_or_default();
+            one(u.ew(&ins[..1], &shape, e, |b| b.un(name, e, 0))?)
+        }
+        NnOp::Reciprocal => one(u.ew(&ins[..1], &shape, e, |b| {
+            let o = b.cst(e, 1.0)?;
+            b.bin(Bin::Div, e, o, 0)
+        })?),
+        NnOp::Relu => one(u.ew(&ins[..1], &shape, e, |b| {
+            let z = b.cst(e, 0.0)?;
+            b.bin(Bin::Max, e, 0, z)
+        })?),
+        NnOp::Sigmoid => one(u.ew(&ins[..1], &shape, e, |b| {
+            let n = b.un("arith.negf", e, 0)?;
+            let x = b.un("math.exp", e, n)?;
+            let d = b.binc(Bin::Add, e, x, 1.0)?;
+            let o = b.cst(e, 1.0)?;
+            b.bin(Bin::Div, e, o, d)
+        })?),
+        NnOp::Gelu => {
+            let tanh_form =
+                matches!(cx.op.attr("approximate"), Some(QAttr::Str(s)) if s == "tanh");
+            one(u.ew(&ins[..1], &shape, e, |b| {
+                let inner = if tanh_form {
+                    let x2 = b.bin(Bin::Mul, e, 0, 0)?;
+                    let x3 = b.bin(Bin::Mul, e, x2, 0)?;
+                    let t = b.binc(Bin::Mul, e, x3, 0.044715)?;
+                    let t = b.bin(Bin::Add, e, 0, t)?;
+                    let t = b.binc(Bin::Mul, e, t, (2.0 / std::f64::consts::PI).sqrt())?;
+                    b.un("math.tanh", e, t)?
+                } else {
+                    let t = b.binc(Bin::Mul, e, 0, std::f64::consts::FRAC_1_SQRT_2)?;
+                    b.un("math.erf", e, t)?
+                };
+                let one = b.binc(Bin::Add, e, inner, 1.0)?;
+                let h = b.binc(Bin::Mul, e, 0, 0.5)?;
+                b.bin(Bin::Mul, e, h, one)
+            })?)
+        }
+        NnOp::Identity => one(ins[0]),
+        NnOp::Where => {
+            let (c, x, y) = (ins[0], ins[1], ins[2]);
+            one(u.ew(&[c, x, y], &shape, e, |b| b.select(e, 0, 1, 2))?)
+        }
+        NnOp::Clip => {
+            let lo = u.scalar(ins[1])?;
+            let hi = u.scalar(ins[2])?;
+            let x = ins[0];
+            let r = shape.len();
+            one(u.generic(
+                &[(x, ids(0..r))],
+                &[lo, hi],
+                r,
+                &[],
+                ids(0..r),
+                &shape,
+                e,
+                None,
+                |b| {
+                    let t = b.bin(Bin::Max, e, 0, 2)?;
+                    b.bin(Bin::Min, e, t, 3)
+                },
+            )?)
+        }
+        NnOp::Cast => {
+            let from = ins[0].e;
+            one(u.ew(&ins[..1], &shape, e, |b| b.cast(from, e, 0))?)
+        }
+        NnOp::Matmul => one(matmul(u, ins[0], ins[1], &shape)?),
+        NnOp::Gemm => one(gemm(u, cx, ins, &shape)?),
+        NnOp::Softmax | NnOp::LogSoftmax => {
+            let axis = norm_axis(cx.int_attr("axis", -1), shape.len())?;
+            one(softmax(u, ins[0], axis, nn == NnOp::LogSoftmax)?)
+        }
+        NnOp::LayerNorm => one(layer_norm(u, cx, ins)?),
+        NnOp::Reshape | NnOp::Flatten | NnOp::Squeeze | NnOp::Unsqueeze => {
+            one(u.reshape(ins[0], &shape)?)
+        }
+        NnOp::Expand => {
+            let x = ins[0];
+            one(u.ew(&[x], &shape, e, |_| Ok(0))?)
+        }
+        NnOp::Transpose => {
+            let perm = cx
+                .op
+                .attr("perm")
+                .and_then(QAttr::as_int_array)
+                .ok_or("perm is missing")?;
+            let r = perm.len();
+            // Result dimension i is operand dimension perm[i]: the operand's map sends dimension j to the
+            // loop i with perm[i] == j.
+            let mut inv = vec![0usize; r];
+            for (i, &p) in perm.iter().enumerate() {
+                inv[p as usize] = i;
+            }
+            one(u.generic(
+                &[(ins[0], ids(inv))],
+                &[],
+                r,
+                &[],
+                ids(0..r),
+                &shape,
+                e,
+                None,
+                |_| Ok(0),
+            )?)
+        }
+        NnOp::Concat => {
+            let axis = norm_axis(cx.int_attr("axis", 0), shape.len())?;
+            let mut acc = u.empty(&shape, e)?;
+            let mut off = 0i64;
+            for t in ins {
+                let n = u.shape(t)[axis];
+                if n == 0 {
+                    continue;
+                }
+                let mut offs = vec![0i64; shape.len()];
+                offs[axis] = off;
+                acc = u.insert_slice(*t, acc, &offs)?;
+                off += n as i64;
+            }
+            one(acc)
+        }
+        NnOp::Split => {
+            let x = ins[0];
+            let xs = u.shape(&x);
+            let axis = norm_axis(cx.int_attr("axis", 0), xs.len())?;
+            let mut start = 0i64;
+            let mut outs = Vec::new();
+            for i in 0..cx.op.results.len() {
+                let (s, _) = emitted(cx.result_ty(i))?;
+                let mut offs = vec![0i64; xs.len()];
+                offs[axis] = start;
+                outs.push(u.extract_slice(x, &offs, &s, &vec![1; xs.len()])?);
+                start += s[axis] as i64;
+            }
+            Ok(outs)
+        }
+        NnOp::Slice => {
+            let x = ins[0];
+            let xs = u.shape(&x);
+            let (starts, ends, axes, steps) = (
+                cx.const_ints(1)?,
+                cx.const_ints(2)?,
+                cx.const_ints(3)?,
+                cx.const_ints(4)?,
+            );
+            let r = xs.len();
+            let mut offs = vec![0i64; r];
+            let mut strides = vec![1i64; r];
+            for k in 0..axes.len() {
+                let a = norm_axis(axes[k], r)?;
+                let step = steps.get(k).copied().unwrap_or(1);
+                if step <= 0 {
+                    return Err("slices with negative steps are not supported".into());
+                }
+                let (s, _) = qc_nn::shape::slice_bounds(xs[a] as i64, starts[k], ends[k], step);
+                offs[a] = s;
+                strides[a] = step;
+            }
+            one(u.extract_slice(x, &offs, &shape, &strides)?)
+        }
+        NnOp::Gather => {
+            let (x, idx) = (ins[0], ins[1]);
+            let xs = u.shape(&x);
+            let axis = norm_axis(cx.int_attr("axis", 0), xs.len())?;
+            let q = u.rank(&idx);
+            let r = shape.len();
+            let n = xs[axis] as i64;
+            let ie = idx.e;
+            one(u.generic(
+                &[(idx, ids(axis..axis + q))],
+                &[x.v],
+                r,
+                &[],
+                ids(0..r),
+                &shape,
+                e,
+                None,
+                |b| {
+                    let i = wrapped_index(b, ie, 0, n)?;
+                    let mut coords = Vec::new();
+                    for d in 0..axis {
+                        coords.push(b.loop_index(d)?);
+                    }
+                    coords.push(i);
+                    for d in axis + q..r {
+                        coords.push(b.loop_index(d)?);
+                    }
+                    let mut args = vec![2];
+                    args.extend(coords);
+                    b.op("tensor.extract", &args, &[], &e.mlir())
+                },
+            )?)
+        }
+        NnOp::ReduceSum
+        | NnOp::ReduceMean
+        | NnOp::ReduceMax
+        | NnOp::ReduceMin
+        | NnOp::ReduceProd => {
+            let x = ins[0];
+            let rank = u.rank(&x);
+            let mut axes: Vec<usize> = cx
+                .const_ints(1)?
+                .into_iter()
+                .map(|a| norm_axis(a, rank))
+                .collect::<R<_>>()?;
+            if axes.is_empty() {
+                if cx.int_attr("noop_with_empty_axes", 0) != 0 {
+                    return one(x);
+                }
+                axes = (0..rank).collect();
+            }
+            axes.sort_unstable();
+            axes.dedup();
+            let k = match nn {
+                NnOp::ReduceMax => Bin::Max,
+                NnOp::ReduceMin => Bin::Min,
+                NnOp::ReduceProd => Bin::Mul,
+                _ => Bin::Add,
+            };
+            let mut r = u.reduce(x, &axes, k)?;
+            if nn == NnOp::ReduceMean {
+                let xs = u.shape(&x);
+                let n: u64 = axes.iter().map(|&a| xs[a]).product();
+                let re = r.e;
+                r = u.ew(&[r], &u.shape(&r), re, |b| b.binc(Bin::Div, re, 0, n as f64))?;
+            }
+            one(u.reshape(r, &shape)?)
+        }
+        NnOp::Shape | NnOp::Size => {
+            let xs = u.shape(&ins[0]);
+            let vals: Vec<i64> = if nn == NnOp::Size {
+                vec![xs.iter().product::<u64>() as i64]
+            } else {
+                let r = xs.len() as i64;
+                let clamp = |v: i64| if v < 0 { (v + r).max(0) } else { v.min(r) };
+                let (s, en) = (clamp(cx.int_attr("start", 0)), clamp(cx.int_attr("end", r)));
+                (s..en.max(s)).map(|i| xs[i as usize] as i64).collect()
+            };
+            let mut bytes = Vec::new();
+            for v in vals {
+                bytes.extend(scalar_bytes(e, v as f64, v)?);
+            }
+            one(u.constant_bytes(&shape, e, &bytes)?)
+        }
+        NnOp::ConstantOfShape => {
+            let v = match cx.op.attr("value") {
+                Some(QAttr::Dense(d)) => d.clone(),
+                _ => return Err("constant_of_shape needs a dense value".into()),
+            };
+            one(u.constant_bytes(&shape, e, &scalar_bytes(e, v.get_f64(0), v.get_i64(0))?)?)
+        }
+        NnOp::Range => {
+            let start = u.scalar(ins[0])?;
+            let delta = u.scalar(ins[2])?;
+            one(u.generic(&[], &[start, delta], 1, &[], ids(0..1), &shape, e, None, |b| {
+                let i = b.loop_index(0)?;
+                let i = b.op("arith.index_cast", &[i], &[], "i64")?;
+                let i = b.cast(El::I(64), e, i)?;
+                let t = b.bin(Bin::Mul, e, i, 2)?;
+                b.bin(Bin::Add, e, t, 1)
+            })?)
+        }
+        NnOp::Sign => one(u.ew(&ins[..1], &shape, e, |b| {
+            // 1, -1, 0 for +-0, and NaN stays NaN.
+            let z = b.cst(e, 0.0)?;
+            let o = b.cst(e, 1.0)?;
+            let m = b.cst(e, -1.0)?;
+            let eq = b.cmp(Cmp::Eq, e, 0, z)?;
+            let r = b.select(e, eq, z, 0)?;
+            let lt = b.cmp(Cmp::Lt, e, 0, z)?;
+            let r = b.select(e, lt, m, r)?;
+            let gt = b.cmp(Cmp::Gt, e, 0, z)?;
+            b.select(e, gt, o, r)
+        })?),
+        NnOp::Mod => {
+            let fmod = cx.int_attr("fmod", 0) != 0;
+            one(u.ew(&ins[..2], &shape, e, |b| {
+                let name = match e {
+                    e if e.is_float() => "arith.remf",
+                    El::U(_) => "arith.remui",
+                    _ => "arith.remsi",
+                };
+                let r = b.op(name, &[0, 1], &[], &e.mlir())?;
+                if fmod || matches!(e, El::U(_)) {
+                    return Ok(r);
+                }
+                // Python's remainder takes the sign of the divisor.
+                let z = b.cst(e, 0.0)?;
+                let nz = b.cmp(Cmp::Ne, e, r, z)?;
+                let rn = b.cmp(Cmp::Lt, e, r, z)?;
+                let qn = b.cmp(Cmp::Lt, e, 1, z)?;
+                let differ = b.op("arith.xori", &[rn, qn], &[], "i1")?;
+                let fix = b.op("arith.andi", &[nz, differ], &[], "i1")?;
+                let adj = b.bin(Bin::Add, e, r, 1)?;
+                b.select(e, fix, adj, r)
+            })?)
+        }
+        NnOp::BitShift => {
+            let left = matches!(cx.op.attr("direction"), Some(QAttr::Str(d)) if d == "LEFT");
+            let name = match (left, e) {
+                (true, _) => "arith.shli",
+                (false, El::U(_)) => "arith.shrui",
+                _ => "arith.shrsi",
+            };
+            one(u.ew(&ins[..2], &shape, e, |b| b.op(name, &[0, 1], &[], &e.mlir()))?)
+        }
+        NnOp::IsNan => one(u.ew(&ins[..1], &shape, e, |b| {
+            // Unordered: true exactly when x is NaN.
+            b.op(
+                "arith.cmpf",
+                &[0, 0],
+                &[("predicate", "14 : i64".into())],
+                "i1",
+            )
+        })?),
+        NnOp::IsInf => {
+            let xe = ins[0].e;
+            let (neg, pos) = (
+                cx.int_attr("detect_negative", 1) != 0,
+                cx.int_attr("detect_positive", 1) != 0,
+            );
+            one(u.ew(&ins[..1], &shape, e, |b| {
+                let a = b.un("math.absf", xe, 0)?;
+                let inf = b.cst(xe, f64::INFINITY)?;
+                let is = b.cmp(Cmp::Eq, xe, a, inf)?;
+                let z = b.cst(xe, 0.0)?;
+                match (neg, pos) {
+                    (true, true) => Ok(is),
+                    (false, false) => b.cst(El::I(1), 0.0),
+                    (true, false) => {
+                        let s = b.cmp(Cmp::Lt, xe, 0, z)?;
+                        b.op("arith.andi", &[is, s], &[], "i1")
+                    }
+                    (false, true) => {
+                        let s = b.cmp(Cmp::Gt, xe, 0, z)?;
+                        b.op("arith.andi", &[is, s], &[], "i1")
+                    }
+                }
+            })?)
+        }
+        NnOp::Softplus
+        | NnOp::LeakyRelu
+        | NnOp::Elu
+        | NnOp::HardSigmoid
+        | NnOp::HardSwish
+        | NnOp::Softsign
+        | NnOp::Mish
+        | NnOp::Selu
+        | NnOp::Celu
+        | NnOp::ThresholdedRelu
+        | NnOp::Swish
+            if e.is_float() =>
+        {
+            let alpha = cx.f_attr(
+                "alpha",
+                match nn {
+                    NnOp::LeakyRelu => 0.01,
+                    NnOp::HardSigmoid => 0.2,
+                    NnOp::Selu => 1.673_263_192_176_818_8,
+                    _ => 1.0,
+                },
+            );
+            let beta = cx.f_attr("beta", 0.5);
+            let gamma = cx.f_attr("gamma", 1.050_701_022_148_132_3);
+            one(u.ew(&ins[..1], &shape, e, |b| activation(b, nn, e, alpha, beta, gamma))?)
+        }
+        NnOp::BatchNorm => {
+            let x = ins[0];
+            let r = shape.len();
+            let eps = cx.f_attr("epsilon", 1e-5);
+            let ch = |t: V<'c, 'b>| -> R<In<'c, 'b>> {
+                let c = u.shape(&t).iter().product::<u64>();
+                Ok((u.reshape(t, &[c])?, ids([1])))
+            };
+            one(u.generic(
+                &[
+                    (x, ids(0..r)),
+                    ch(ins[1])?,
+                    ch(ins[2])?,
+                    ch(ins[3])?,
+                    ch(ins[4])?,
+                ],
+                &[],
+                r,
+                &[],
+                ids(0..r),
+                &shape,
+                e,
+                None,
+                |b| {
+                    let d = b.bin(Bin::Sub, e, 0, 3)?;
+                    let v = b.binc(Bin::Add, e, 4, eps)?;
+                    let sd = b.un("math.sqrt", e, v)?;
+                    let y = b.bin(Bin::Div, e, d, sd)?;
+                    let y = b.bin(Bin::Mul, e, y, 1)?;
+                    b.bin(Bin::Add, e, y, 2)
+                },
+            )?)
+        }
+        NnOp::ArgMax | NnOp::ArgMin => {
+            let x = ins[0];
+            let xs = u.shape(&x);
+            let r = xs.len();
+            let axis = norm_axis(cx.int_attr("axis", 0), r)?;
+            let max = nn == NnOp::ArgMax;
+            let m = u.reduce(x, &[axis], if max { Bin::Max } else { Bin::Min })?;
+            let last = cx.int_attr("select_last_index", 0) != 0;
+            let fill = if last { -1 } else { xs[axis] as i64 };
+            let out: Vec<u64> = u.shape(&m);
+            let init = u.constant_bytes(&out, El::I(64), &fill.to_le_bytes())?;
+            let xe = x.e;
+            let idx = u.generic(
+                &[(x, ids(0..r)), (m, kept(r, &[axis]))],
+                &[],
+                r,
+                &[axis],
+                kept(r, &[axis]),
+                &out,
+                El::I(64),
+                Some(init),
+                |b| {
+                    let i = b.loop_index(axis)?;
+                    let i = b.op("arith.index_cast", &[i], &[], "i64")?;
+                    let eq = b.cmp(Cmp::Eq, xe, 0, 1)?;
+                    let f = b.cst(El::I(64), fill as f64)?;
+                    let cand = b.select(El::I(64), eq, i, f)?;
+                    b.bin(if last { Bin::Max } else { Bin::Min }, El::I(64), 2, cand)
+                },
+            )?;
+            one(u.convert(u.reshape(idx, &shape)?, e)?)
+        }
+        NnOp::Trilu => {
+            let k = cx.const_ints(1)?.first().copied().unwrap_or(0);
+            let r = shape.len();
+            if r < 2 {
+                return Err("trilu needs rank >= 2".into());
+            }
+            let upper = cx.int_attr("upper", 1) != 0;
+            one(u.ew(&ins[..1], &shape, e, |b| {
+                let i = b.loop_index(r - 2)?;
+                let j = b.loop_index(r - 1)?;
+                let i = b.op("arith.index_cast", &[i], &[], "i64")?;
+                let j = b.op("arith.index_cast", &[j], &[], "i64")?;
+                let d = b.bin(Bin::Sub, El::I(64), j, i)?;
+                let kk = b.cst(El::I(64), k as f64)?;
+                let keep = b.cmp(if upper { Cmp::Ge } else { Cmp::Le }, El::I(64), d, kk)?;
+                let z = b.cst(e, 0.0)?;
+                b.select(e, keep, 0, z)
+            })?)
+        }
+        NnOp::Tile => {
+            let x = ins[0];
+            let xs = u.shape(&x);
+            let r = shape.len();
+            one(u.generic(&[], &[x.v], r, &[], ids(0..r), &shape, e, None, |b| {
+                let mut coords = vec![1];
+                for (d, &n) in xs.iter().enumerate() {
+                    let i = b.loop_index(d)?;
+                    let nn = b.index(n as i64)?;
+                    coords.push(b.op("arith.remui", &[i, nn], &[], "index")?);
+                }
+                b.op("tensor.extract", &coords, &[], &e.mlir())
+            })?)
+        }
+        NnOp::Pad => {
+            let mode = match cx.op.attr("mode") {
+                Some(QAttr::Str(s)) => s.as_str(),
+                _ => "constant",
+            };
+            if mode != "constant" {
+                return Err(format!(
+                    "pad mode '{mode}' is not supported (only 'constant')"
+                ));
+            }
+            let x = ins[0];
+            let xs = u.shape(&x);
+            let r = xs.len();
+            let pads = cx.const_ints(1)?;
+            let value = if u.shape(&ins[2]).iter().product::<u64>() == 0 {
+                u.splat(&[], e, 0.0)?
+            } else {
+                ins[2]
+            };
+            let value = u.scalar(value)?;
+            one(u.generic(
+                &[],
+                &[x.v, value],
+                r,
+                &[],
+                ids(0..r),
+                &shape,
+                e,
+                None,
+                |b| {
+                    let mut coords = vec![1];
+                    let mut inside: Option<H> = None;
+                    let zero = b.index(0)?;
+                    for (d, &n) in xs.iter().enumerate() {
+                        let j = b.loop_index(d)?;
+                        let lo = b.index(pads[d])?;
+                        let i = b.op("arith.subi", &[j, lo], &[], "index")?;
+                        let n1 = b.index(n as i64 - 1)?;
+                        let ge = b.op(
+                            "arith.cmpi",
+                            &[i, zero],
+                            &[("predicate", "5 : i64".into())],
+                            "i1",
+                        )?;
+                        let le = b.op(
+                            "arith.cmpi",
+                            &[i, n1],
+                            &[("predicate", "3 : i64".into())],
+                            "i1",
+                        )?;
+                        let ok = b.op("arith.andi", &[ge, le], &[], "i1")?;
+                        inside = Some(match inside {
+                            None => ok,
+                            Some(p) => b.op("arith.andi", &[p, ok], &[], "i1")?,
+                        });
+                        let c = b.op("arith.maxsi", &[i, zero], &[], "index")?;
+                        coords.push(b.op("arith.minsi", &[c, n1], &[], "index")?);
+                    }
+                    let v = b.op("tensor.extract", &coords, &[], &e.mlir())?;
+                    match inside {
+                        Some(ok) => b.select(e, ok, v, 2),
+                        None => Ok(v),
+                    }
+                },
+            )?)
+        }
+        NnOp::GatherElements => {
+            let (x, idx) = (ins[0], ins[1]);
+            let xs = u.shape(&x);
+            let r = xs.len();
+            let axis = norm_axis(cx.int_attr("axis", 0), r)?;
+            let n = xs[axis] as i64;
+            let ie = idx.e;
+            one(u.generic(
+                &[(idx, ids(0..r))],
+                &[x.v],
+                r,
+                &[],
+                ids(0..r),
+                &shape,
+                e,
+                None,
+                |b| {
+                    let i = wrapped_index(b, ie, 0, n)?;
+                    let mut coords = vec![2];
+                    for d in 0..r {
+                        coords.push(if d == axis { i } else { b.loop_index(d)? });
+                    }
+                    b.op("tensor.extract", &coords, &[], &e.mlir())
+                },
+            )?)
+        }
+        NnOp::CumSum => {
+            let x = ins[0];
+            let r = shape.len();
+            let axis = norm_axis(
+                cx.const_ints(1)?
+                    .first()
+                    .copied()
+                    .ok_or("cum_sum needs an axis")?,
+                r,
+            )?;
+            let (exclusive, reverse) = (
+                cx.int_attr("exclusive", 0) != 0,
+                cx.int_attr("reverse", 0) != 0,
+            );
+            // out[i] = sum over j of x[j] where j <= i (j < i exclusive; >= / > reversed), with j a
+            // reduction loop after the result's.
+            let mut xm = ids(0..r);
+            xm[axis] = format!("d{r}");
+            let init = u.splat(&shape, e, 0.0)?;
+            one(u.generic(
+                &[(x, xm)],
+                &[],
+                r + 1,
+                &[r],
+                ids(0..r),
+                &shape,
+                e,
+                Some(init),
+                |b| {
+                    let i = b.loop_index(axis)?;
+                    let j = b.loop_index(r)?;
+                    let p = match (reverse, exclusive) {
+                        (false, false) => 7, // ule: j <= i
+                        (false, true) => 6,  // ult
+                        (true, false) => 9,  // uge
+                        (true, true) => 8,   // ugt
+                    };
+                    let c = b.op(
+                        "arith.cmpi",
+                        &[j, i],
+                        &[("predicate", format!("{p} : i64"))],
+                        "i1",
+                    )?;
+                    let z = b.cst(e, 0.0)?;
+                    let v = b.select(e, c, 0, z)?;
+                    b.bin(Bin::Add, e, 1, v)
+                },
+            )?)
+        }
+        _ => Err(format!(
+            "{} has no upstream MLIR export (supported: elementwise arithmetic, comparisons and the \
+             activations, cast, matmul, gemm, softmax, layer_norm, batch_norm, reductions, arg_max, \
+             cum_sum, reshape, transpose, concat, split, slice, pad, tile, trilu, gather, \
+             gather_elements, expand, range, shape)",
+            cx.op.name()
+        )),
+    }
+}
+
+/// One scalar activation of `x` (handle 0) in a generic's body.
+fn activation(b: &mut Bd, nn: NnOp, e: El, alpha: f64, beta: f64, gamma: f64) -> R<H> {
+    let x = 0;
+    let sigmoid = |b: &mut Bd, t: H| -> R<H> {
+        let n = b.un("arith.negf", e, t)?;
+        let ex = b.un("math.exp", e, n)?;
+        let d = b.binc(Bin::Add, e, ex, 1.0)?;
+        let o = b.cst(e, 1.0)?;
+        b.bin(Bin::Div, e, o, d)
+    };
+    let softplus = |b: &mut Bd, t: H| -> R<H> {
+        let th = b.cst(e, 30.0)?;
+        let big = b.cmp(Cmp::Gt, e, t, th)?;
+        let ex = b.un("math.exp", e, t)?;
+        let l = b.un("math.log1p", e, ex)?;
+        b.select(e, big, t, l)
+    };
+    let elu = |b: &mut Bd, t: H, a: f64| -> R<H> {
+        let z = b.cst(e, 0.0)?;
+        let pos = b.cmp(Cmp::Gt, e, t, z)?;
+        let em = b.un("math.expm1", e, t)?;
+        let neg = b.binc(Bin::Mul, e, em, a)?;
+        b.select(e, pos, t, neg)
+    };
+    let clamp01 = |b: &mut Bd, t: H| -> R<H> {
+        let z = b.cst(e, 0.0)?;
+        let o = b.cst(e, 1.0)?;
+        let t = b.bin(Bin::Max, e, t, z)?;
+        b.bin(Bin::Min, e, t, o)
+    };
+    match nn {
+        NnOp::Softplus => softplus(b, x),
+        NnOp::LeakyRelu => {
+            let z = b.cst(e, 0.0)?;
+            let pos = b.cmp(Cmp::Ge, e, x, z)?;
+            let neg = b.binc(Bin::Mul, e, x, alpha)?;
+            b.select(e, pos, x, neg)
+        }
+        NnOp::Elu => elu(b, x, alpha),
+        NnOp::Selu => {
+            let y = elu(b, x, alpha)?;
+            b.binc(Bin::Mul, e, y, gamma)
+        }
+        NnOp::HardSigmoid => {
+            let t = b.binc(Bin::Mul, e, x, alpha)?;
+            let t = b.binc(Bin::Add, e, t, beta)?;
+            clamp01(b, t)
+        }
+        NnOp::HardSwish => {
+            let t = b.binc(Bin::Div, e, x, 6.0)?;
+            let t = b.binc(Bin::Add, e, t, 0.5)?;
+            let t = clamp01(b, t)?;
+            b.bin(Bin::Mul, e, x, t)
+        }
+        NnOp::Softsign => {
+            let a = b.un("math.absf", e, x)?;
+            let d = b.binc(Bin::Add, e, a, 1.0)?;
+            b.bin(Bin::Div, e, x, d)
+        }
+        NnOp::Mish => {
+            let s = softplus(b, x)?;
+            let t = b.un("math.tanh", e, s)?;
+            b.bin(Bin::Mul, e, x, t)
+        }
+        NnOp::Celu => {
+            let t = b.binc(Bin::Div, e, x, alpha)?;
+            let em = b.un("math.expm1", e, t)?;
+            let neg = b.binc(Bin::Mul, e, em, alpha)?;
+            let z = b.cst(e, 0.0)?;
+            let neg = b.bin(Bin::Min, e, neg, z)?;
+            let pos = b.bin(Bin::Max, e, x, z)?;
+            b.bin(Bin::Add, e, pos, neg)
+        }
+        NnOp::ThresholdedRelu => {
+            let a = b.cst(e, alpha)?;
+            let keep = b.cmp(Cmp::Gt, e, x, a)?;
+            let z = b.cst(e, 0.0)?;
+            b.select(e, keep, x, z)
+        }
+        NnOp::Swish => {
+            let t = b.binc(Bin::Mul, e, x, alpha)?;
+            let s = sigmoid(b, t)?;
+            b.bin(Bin::Mul, e, x, s)
+        }
+        _ => Err("not an activation".into()),
+    }
+}
+
+/// The index value of integer `h` (of type `ie`) along a dimension of size `n`, negative values
+/// counting from the end.
+fn wrapped_index(b: &mut Bd, ie: El, h: H, n: i64) -> R<H> {
+    if matches!(ie, El::U(_)) {
+        return b.op("arith.index_castui", &[h], &[], "index");
+    }
+    let i = b.op("arith.index_cast", &[h], &[], "index")?;
+    let zero = b.index(0)?;
+    let neg = b.op(
+        "arith.cmpi",
+        &[i, zero],
+        &[("predicate", "2 : i64".into())],
+        "i1",
+    )?;
+    let nn = b.index(n)?;
+    let wrapped = b.op("arith.addi", &[i, nn], &[], "index")?;
+    b.op("arith.select", &[neg, wrapped, i], &[], "index")
+}
+
+/// `acc + a * b` contraction: `a` and `b` with their maps over `loops` loops, reduction loop `red`.
+#[allow(clippy::too_many_arguments)]
+fn contract<'c, 'b>(
+    u: &U<'c, 'b>,
+    a: In<'c, 'b>,
+    b: In<'c, 'b>,
+    loops: usize,
+    red: usize,
+    out_map: Vec<String>,
+    out: &[u64],
+    e: El,
+) -> R<V<'c, 'b>> {
+    let init = u.splat(out, e, 0.0)?;
+    u.generic(
+        &[a, b],
+        &[],
+        loops,
+        &[red],
+        out_map,
+        out,
+        e,
+        Some(init),
+        |bd| {
+            let p = bd.bin(Bin::Mul, e, 0, 1)?;
+            bd.bin(Bin::Add, e, 2, p)
+        },
+    )
+}
+
+/// NumPy matmul: rank-1 operands are promoted, batch dimensions broadcast.
+fn matmul<'c, 'b>(u: &U<'c, 'b>, x: V<'c, 'b>, y: V<'c, 'b>, out: &[u64]) -> R<V<'c, 'b>> {
+    let (xs, ys) = (u.shape(&x), u.shape(&y));
+    let x2 = if xs.len() == 1 {
+        u.reshape(x, &[1, xs[0]])?
+    } else {
+        x
+    };
+    let y2 = if ys.len() == 1 {
+        u.reshape(y, &[ys[0], 1])?
+    } else {
+        y
+    };
+    let (xs, ys) = (u.shape(&x2), u.shape(&y2));
+    let (bx, by) = (&xs[..xs.len() - 2], &ys[..ys.len() - 2]);
+    let nb = bx.len().max(by.len());
+    let mut batch = vec![1u64; nb];
+    for (i, d) in batch.iter_mut().enumerate() {
+        let dx = (i + bx.len()).checked_sub(nb).map_or(1, |k| bx[k]);
+        let dy = (i + by.len()).checked_sub(nb).map_or(1, |k| by[k]);
+        *d = if dx == 1 { dy } else { dx };
+    }
+    let (m, n) = (xs[xs.len() - 2], ys[ys.len() - 1]);
+    // Loops: batch..., m, n, k.
+    let (lm, ln, lk) = (nb, nb + 1, nb + 2);
+    let bmaps = |b: &[u64]| -> Vec<String> {
+        let off = nb - b.len();
+        b.iter()
+            .enumerate()
+            .map(|(i, &d)| {
+                if d == 1 && batch[off + i] != 1 {
+                    "0".to_string()
+                } else {
+                    format!("d{}", off + i)
+                }
+            })
+            .collect()
+    };
+    let mut xm = bmaps(bx);
+    xm.extend(ids([lm, lk]));
+    let mut ym = bmaps(by);
+    ym.extend(ids([lk, ln]));
+    let mut rs = batch.clone();
+    rs.extend([m, n]);
+    let r = contract(u, (x2, xm), (y2, ym), nb + 3, lk, ids(0..nb + 2), &rs, x.e)?;
+    u.reshape(r, out)
+}
+
+fn gemm<'c, 'b>(u: &U<'c, 'b>, cx: &Cx, ins: &[V<'c, 'b>], out: &[u64]) -> R<V<'c, 'b>> {
+    let (ta, tb) = (
+        cx.int_attr("trans_a", 0) != 0,
+        cx.int_attr("trans_b", 0) != 0,
+    );
+    let (alpha, beta) = (cx.f_attr("alpha", 1.0), cx.f_attr("beta", 1.0));
+    // Loops: m, n, k.
+    let am = if ta { ids([2, 0]) } else { ids([0, 2]) };
+    let bm = if tb { ids([1, 2]) } else { ids([2, 1]) };
+    let e = ins[0].e;
+    let r = contract(u, (ins[0], am), (ins[1], bm), 3, 2, ids(0..2), out, e)?;
+    if alpha == 1.0 && beta == 0.0 {
+        return Ok(r);
+    }
+    u.ew(&[r, ins[2]], out, e, |b| {
+        let p = if alpha != 1.0 {
+            b.binc(Bin::Mul, e, 0, alpha)?
+        } else {
+            0
+        };
+        if beta == 0.0 {
+            return Ok(p);
+        }
+        let c = if beta != 1.0 {
+            b.binc(Bin::Mul, e, 1, beta)?
+        } else {
+            1
+        };
+        b.bin(Bin::Add, e, p, c)
+    })
+}
+
+/// The map of a tensor reduced over `dims` of a rank-`r` loop nest (the kept dimensions).
+fn kept(r: usize, dims: &[usize]) -> Vec<String> {
+    ids((0..r).filter(|d| !dims.contains(d)))
+}
+
+fn softmax<'c, 'b>(u: &U<'c, 'b>, x: V<'c, 'b>, axis: usize, log: bool) -> R<V<'c, 'b>> {
+    let s = u.shape(&x);
+    let r = s.len();
+    let e = x.e;
+    let mx = u.reduce(x, &[axis], Bin::Max)?;
+    let all = ids(0..r);
+    // d = x - max (log) or exp(x - max).
+    let d = u.generic(
+        &[(x, all.clone()), (mx, kept(r, &[axis]))],
+        &[],
+        r,
+        &[],
+        all.clone(),
+        &s,
+        e,
+        None,
+        |b| {
+            let d = b.bin(Bin::Sub, e, 0, 1)?;
+            if log {
+                Ok(d)
+            } else {
+                b.un("math.exp", e, d)
+            }
+        },
+    )?;
+    let ex = if log {
+        u.ew(&[d], &s, e, |b| b.un("math.exp", e, 0))?
+    } else {
+        d
+    };
+    let sum = u.reduce(ex, &[axis], Bin::Add)?;
+    u.generic(
+        &[(d, all.clone()), (sum, kept(r, &[axis]))],
+        &[],
+        r,
+        &[],
+        all,
+        &s,
+        e,
+        None,
+        |b| {
+            if log {
+                let l = b.un("math.log", e, 1)?;
+                b.bin(Bin::Sub, e, 0, l)
+            } else {
+                b.bin(Bin::Div, e, 0, 1)
+            }
+        },
+    )
+}
+
+fn layer_norm<'c, 'b>(u: &U<'c, 'b>, cx: &Cx, ins: &[V<'c, 'b>]) -> R<V<'c, 'b>> {
+    let x = ins[0];
+    let xs = u.shape(&x);
+    let r = xs.len();
+    let e = x.e;
+    let a = norm_axis(cx.int_attr("axis", -1), r)?;
+    let eps = cx.f_attr("epsilon", 1e-5);
+    let dims: Vec<usize> = (a..r).collect();
+    let n = xs[a..].iter().product::<u64>() as f64;
+    let all = ids(0..r);
+    let sum = u.reduce(x, &dims, Bin::Add)?;
+    let mean = u.ew(&[sum], &u.shape(&sum), e, |b| b.binc(Bin::Div, e, 0, n))?;
+    let d = u.generic(
+        &[(x, all.clone()), (mean, kept(r, &dims))],
+        &[],
+        r,
+        &[],
+        all.clone(),
+        &xs,
+        e,
+        None,
+        |b| b.bin(Bin::Sub, e, 0, 1),
+    )?;
+    let sq = u.ew(&[d], &xs, e, |b| b.bin(Bin::Mul, e, 0, 0))?;
+    let var = u.reduce(sq, &dims, Bin::Add)?;
+    let sd = u.ew(&[var], &u.shape(&var), e, |b| {
+        let v = b.binc(Bin::Div, e, 0, n)?;
+        let v = b.binc(Bin::Add, e, v, eps)?;
+        b.un("math.sqrt", e, v)
+    })?;
+    let (scale, bias) = (ins[1], ins[2]);
+    u.generic(
+        &[
+            (d, all.clone()),
+            (sd, kept(r, &dims)),
+            (scale, u.bmap(&scale, &xs)?),
+            (bias, u.bmap(&bias, &xs)?),
+        ],
+        &[],
+        r,
+        &[],
+        all,
+        &xs,
+        e,
+        None,
+        |b| {
+            let y = b.bin(Bin::Div, e, 0, 1)?;
+            let y = b.bin(Bin::Mul, e, y, 2)?;
+            b.bin(Bin::Add, e, y, 3)
+        },
+    )
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Quantized tensors.
+
+/// The blocked view of a tensor: each blocked dimension split into (blocks, block size); `outer` are
+/// the dimensions of `blocked` that index the scales.
+struct Blocked {
+    blocked: Vec<u64>,
+    outer: Vec<usize>,
+    scale_shape: Vec<u64>,
+    /// For each dimension of the tensor, the dimensions of `blocked` it splits into.
+    reass: String,
+}
+
+fn blocked(scheme: &Scheme, shape: &[u64]) -> R<Blocked> {
+    let r = shape.len();
+    let resolve = |axis: i32| -> R<usize> {
+        let a = if axis < 0 {
+            axis as i64 + r as i64
+        } else {
+            axis as i64
+        };
+        if a < 0 || a >= r as i64 {
+            return Err(format!("axis {axis} is out of range for rank {r}"));
+        }
+        Ok(a as usize)
+    };
+    let mut split: Vec<usize> = Vec::new();
+    let (blocked, inner): (Vec<u64>, Vec<usize>) = match *scheme {
+        Scheme::PerTensor => (shape.to_vec(), (0..r).collect()),
+        Scheme::PerChannel { axis } => {
+            let a = resolve(axis)?;
+            (shape.to_vec(), (0..r).filter(|&d| d != a).collect())
+        }
+        Scheme::Group { size, axis } => {
+            let a = resolve(axis)?;
+            let g = size as u64;
+            if g == 0 || !shape[a].is_multiple_of(g) {
+                return Err(format!(
+                    "dimension {a} is not a multiple of the group size {size}"
+                ));
+            }
+            let mut b = shape[..a].to_vec();
+            b.extend([shape[a] / g, g]);
+            b.extend(&shape[a + 1..]);
+            split.push(a);
+            (b, vec![a + 1])
+        }
+        Scheme::Block { rows, cols } => {
+            if r < 2 {
+                return Err("a 2-D block scheme needs rank >= 2".into());
+            }
+            let (rr, cc) = (rows as u64, cols as u64);
+            if !shape[r - 2].is_multiple_of(rr) || !shape[r - 1].is_multiple_of(cc) {
+                return Err(format!(
+                    "the shape is not a multiple of the {rows}x{cols} block"
+                ));
+            }
+            let mut b = shape[..r - 2].to_vec();
+            b.extend([shape[r - 2] / rr, rr, shape[r - 1] / cc, cc]);
+            split.extend([r - 2, r - 1]);
+            (b, vec![r - 1, r + 1])
+        }
+    };
+    let outer: Vec<usize> = (0..blocked.len()).filter(|d| !inner.contains(d)).collect();
+    let scale_shape = outer.iter().map(|&d| blocked[d]).collect();
+    let mut groups = Vec::new();
+    let mut j = 0;
+    for d in 0..r {
+        if split.contains(&d) {
+            groups.push(format!("[{}, {}]", j, j + 1));
+            j += 2;
+        } else {
+            groups.push(format!("[{j}]"));
+            j += 1;
+        }
+    }
+    Ok(Blocked {
+        blocked,
+        outer,
+        scale_shape,
+        reass: format!("[{}]", groups.join(", ")),
+    })
+}
+
+/// How the codes of an element encoding are stored and decoded.
+enum CodeKind {
+    /// A builtin float type: `arith.extf`.
+    Float(&'static str),
+    /// Integer codes of `bits` bits: `arith.sitofp` / `arith.uitofp`, times `mul`.
+    Int { bits: u8, signed: bool, mul: f64 },
+    /// `bits`-bit patterns looked up in a table of values.
+    Table { bits: u8 },
+}
+
+fn code_kind(enc: Encoding) -> CodeKind {
+    match enc {
+        Encoding::Int { bits, signed } => CodeKind::Int {
+            bits,
+            signed,
+            mul: 1.0,
+        },
+        Encoding::MxInt8 => CodeKind::Int {
+            bits: 8,
+            signed: true,
+            mul: 1.0 / 64.0,
+        },
+        e => match builtin_float(e) {
+            Some(name) => CodeKind::Float(name),
+            None => CodeKind::Table {
+                bits: e.bits() as u8,
+            },
+        },
+    }
+}
+
+/// The quantized constant (blob bytes of a tensor of type `ty` in `fmt`) as codes, scales and an
+/// explicit dequantization to f32 (see the module documentation).
+fn dequant_constant<'c, 'b>(
+    u: &U<'c, 'b>,
+    fmt: &QuantType,
+    ty: &TensorType,
+    bytes: &[u8],
+    name: &str,
+) -> R<V<'c, 'b>> {
+    let shape = ty
+        .static_shape()
+        .ok_or_else(|| format!("a quantized constant needs a static shape, not {ty}"))?;
+    let us: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+    let q = qc_quant::blob::from_blob(bytes, fmt, &us, name).map_err(|e| e.to_string())?;
+    let bl = blocked(&fmt.scheme, &shape)?;
+    let kind = code_kind(fmt.elem);
+    let mask = ((1u32 << fmt.elem.bits()) - 1) as u8;
+    let codes_bytes: Vec<u8> = q.codes.iter().map(|&c| c & mask).collect();
+    let code_el = match kind {
+        CodeKind::Float(n) => El::Mf(n),
+        CodeKind::Int { bits, signed, .. } => {
+            if signed {
+                El::I(bits)
+            } else {
+                El::U(bits)
+            }
+        }
+        CodeKind::Table { bits } => El::U(bits),
+    };
+    let codes = u.constant_bytes(&shape, code_el, &codes_bytes)?;
+    let codes = u.reshape_blocked(codes, &bl)?;
+    let scales = match (&q.scales, fmt.scale) {
+        (Scales::Codes(c), ScaleType::E8M0) => {
+            u.constant_bytes(&bl.scale_shape, El::Mf("f8E8M0FNU"), c)?
+        }
+        (Scales::Codes(c), ScaleType::UE4M3) => {
+            let c: Vec<u8> = c.iter().map(|&x| x & 0x7f).collect();
+            u.constant_bytes(&bl.scale_shape, El::Mf("f8E4M3FN"), &c)?
+        }
+        (Scales::F32(v), ScaleType::F32) => {
+            let b: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            u.constant_bytes(&bl.scale_shape, El::F32, &b)?
+        }
+        (Scales::F16(v), ScaleType::F16) => {
+            let b: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            u.constant_bytes(&bl.scale_shape, El::F16, &b)?
+        }
+        (Scales::BF16(v), ScaleType::BF16) => {
+            let b: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            u.constant_bytes(&bl.scale_shape, El::BF16, &b)?
+        }
+        _ => return Err("the stored scales do not match the format's scale type".into()),
+    };
+    let r = bl.blocked.len();
+    let mut ins: Vec<In> = vec![(codes, ids(0..r)), (scales, ids(bl.outer.iter().copied()))];
+    let ts = match (fmt.tensor_scale, q.tensor_scale) {
+        (TensorScale::None, _) => None,
+        (k, Some(t)) => {
+            let c = u.constant_bytes(&[], El::F32, &t.to_le_bytes())?;
+            ins.push((c, Vec::new()));
+            Some((k, ins.len() - 1))
+        }
+        (k, None) => {
+            return Err(format!(
+                "the format has a {k} tensor scale but none is stored"
+            ))
+        }
+    };
+    let zp = match (fmt.zero_point, &q.zero_points) {
+        (None, _) => None,
+        (Some(z), Some(zs)) => {
+            let (bits, signed) = match z {
+                Encoding::Int { bits, signed } => (bits, signed),
+                other => return Err(format!("zero points of {other} are not supported")),
+            };
+            let zm = ((1u32 << bits) - 1) as u8;
+            let zb: Vec<u8> = zs.iter().map(|&c| c & zm).collect();
+            let zel = if signed { El::I(bits) } else { El::U(bits) };
+            let c = u.constant_bytes(&bl.scale_shape, zel, &zb)?;
+            ins.push((c, ids(bl.outer.iter().copied())));
+            Some((zel, ins.len() - 1))
+        }
+        (Some(_), None) => return Err("the zero points are missing".into()),
+    };
+    let table = match kind {
+        CodeKind::Table { .. } => {
+            let codec = Codec::new(fmt.elem).map_err(|e| e.to_string())?;
+            let tb: Vec<u8> = codec.table().iter().flat_map(|v| v.to_le_bytes()).collect();
+            Some(u.constant_bytes(&[codec.table().len() as u64], El::F32, &tb)?)
+        }
+        _ => None,
+    };
+    let outer: Vec<Value> = table.iter().map(|t| t.v).collect();
+    let sel = scales.e;
+    let n_in = ins.len();
+    let f = El::F32;
+    let x = u.generic(&ins, &outer, r, &[], ids(0..r), &bl.blocked, f, None, |b| {
+        let mut s = b.cast(sel, f, 1)?;
+        if let Some((k, h)) = ts {
+            s = match k {
+                TensorScale::Reciprocal => b.bin(Bin::Div, f, s, h)?,
+                _ => b.bin(Bin::Mul, f, s, h)?,
+            };
+        }
+        let v = match kind {
+            CodeKind::Float(_) => b.cast(code_el, f, 0)?,
+            CodeKind::Int { mul, .. } => {
+                let v = match zp {
+                    Some((zel, h)) => {
+                        let q = b.cast(code_el, f, 0)?;
+                        let z = b.cast(zel, f, h)?;
+                        b.bin(Bin::Sub, f, q, z)?
+                    }
+                    None => b.cast(code_el, f, 0)?,
+                };
+                if mul != 1.0 {
+                    b.binc(Bin::Mul, f, v, mul)?
+                } else {
+                    v
+                }
+            }
+            CodeKind::Table { .. } => {
+                let i = b.op("arith.index_castui", &[0], &[], "index")?;
+                b.op("tensor.extract", &[n_in + 1, i], &[], "f32")?
+            }
+        };
+        b.bin(Bin::Mul, f, v, s)
+    })?;
+    u.reshape_blocked_back(x, &bl, &shape)
+}
+
+impl<'c, 'b> U<'c, 'b> {
+    /// Expands a tensor to its blocked view (each blocked dimension split in two).
+    fn reshape_blocked(&self, x: V<'c, 'b>, bl: &Blocked) -> R<V<'c, 'b>> {
+        if self.shape(&x) == bl.blocked {
+            return Ok(x);
+        }
+        self.op(
+            "tensor.expand_shape",
+            &[x.v],
+            &[
+                ("reassociation", bl.reass.clone()),
+                (
+                    "static_output_shape",
+                    arr(&bl.blocked.iter().map(|&d| d as i64).collect::<Vec<_>>()),
+                ),
+            ],
+            Vec::new(),
+            &bl.blocked,
+            x.e,
+        )
+    }
+
+    /// Collapses a blocked view back to `shape`.
+    fn reshape_blocked_back(&self, x: V<'c, 'b>, bl: &Blocked, shape: &[u64]) -> R<V<'c, 'b>> {
+        if self.shape(&x) == shape {
+            return Ok(x);
+        }
+        self.op(
+            "tensor.collapse_shape",
+            &[x.v],
+            &[("reassociation", bl.reass.clone())],
+            Vec::new(),
+            shape,
+            x.e,
+        )
+    }
+}
+
+fn export_quant<'c, 'b>(
+    u: &U<'c, 'b>,
+    cx: &Cx,
+    q: QuantOp,
+    ins: &[Lv<'c, 'b>],
+) -> R<Vec<Lv<'c, 'b>>> {
+    let (shape, e) = emitted(cx.result_ty(0))?;
+    match q {
+        QuantOp::Dequantize => {
+            let Lv::Quant(x) = ins[0] else {
+                return Err("dequantize takes a quantized tensor".into());
+            };
+            Ok(vec![Lv::Plain(u.convert(x, e)?)])
+        }
+        QuantOp::Matmul => {
+            let x = match ins[0] {
+                Lv::Plain(t) => u.convert(t, El::F32)?,
+                Lv::Quant(_) => {
+                    return Err(
+                        "quantized activations (from quant.quantize) are not exported".into(),
+                    )
+                }
+            };
+            let Lv::Quant(w) = ins[1] else {
+                return Err("the weights of quant.matmul must be quantized".into());
+            };
+            let xs = u.shape(&x);
+            let ws = u.shape(&w);
+            let tb = cx.op.attr("transpose_b").is_some();
+            let x2 = if xs.len() == 1 {
+                u.reshape(x, &[1, xs[0]])?
+            } else {
+                x
+            };
+            let xs2 = u.shape(&x2);
+            let r = xs2.len();
+            // Loops: x's dimensions but K, then N, then K.
+            let (ln, lk) = (r - 1, r);
+            let mut xm = ids(0..r - 1);
+            xm.push(format!("d{lk}"));
+            let wm = if tb { ids([ln, lk]) } else { ids([lk, ln]) };
+            let mut out = xs2[..r - 1].to_vec();
+            out.push(if tb { ws[0] } else { ws[1] });
+            let y = contract(u, (x2, xm), (w, wm), r + 1, lk, ids(0..r), &out, El::F32)?;
+            let y = u.reshape(y, &shape)?;
+            Ok(vec![Lv::Plain(u.convert(y, e)?)])
+        }
+        QuantOp::Quantize
+        | QuantOp::Hadamard
+        | QuantOp::QuantizeLinear
+        | QuantOp::DequantizeLinear
+        | QuantOp::DynamicQuantizeLinear => Err(format!(
+            "{} has no upstream MLIR export (supported: quantized weights with quant.matmul and \
+             quant.dequantize)",
+            cx.op.name()
+        )),
+    }
+}
