@@ -10,7 +10,7 @@
 //! calibrate{data=DATA}            --calib DATA (needed by --aformat, --smooth, gptq, mr-gptq)
 //! smooth{alpha=A}                 --smooth A
 //! reparam-exp-bias                --exp-bias (LLM-FP4: channel scales folded into weight exponents)
-//! quantize{w=F,a=AF,...}          --method rtn (a=AF with --aformat)
+//! quantize{w=F,a=AF,...}          --method rtn (a=AF with --aformat, fp_search=true with --fp-search)
 //! gptq{w=F,...} | lorc{rank=R,w=F}, then quantize{w=F}     --method gptq | mr-gptq, --lorc-rank
 //!   calibrate{data=DATA},quantize{w=F,a=AF}   and with --aformat: activations of the quantized layers
 //! dce
@@ -89,6 +89,10 @@ pub struct CompileArgs {
     /// weights, so activations quantize per tensor (needs --calib).
     #[arg(long)]
     pub exp_bias: bool,
+    /// LLM-FP4's format search: per layer, the minifloat exponent/mantissa split of the weight format's
+    /// width with the least weight error (with --method rtn and a minifloat --wformat).
+    #[arg(long)]
+    pub fp_search: bool,
     /// Calibration data: an .npz, or a folder of .npy files, named after the model inputs
     /// (`NAME` for one run, `NAME.0`, `NAME.1`, ... for several).
     #[arg(long, value_name = "DATA")]
@@ -219,8 +223,18 @@ pub fn pipeline(args: &CompileArgs) -> Result<String, Failure> {
             p.push(format!("quantize{{w={w}{act}{keep}}}"));
         }
     };
+    if args.fp_search && (args.method != Method::Rtn || args.lorc_rank.is_some()) {
+        return Err(input_error(
+            "--fp-search works with --method rtn without --lorc-rank (GPTQ and LoRC quantize to the given format)",
+        ));
+    }
+    let fp = if args.fp_search {
+        ",fp_search=true"
+    } else {
+        ""
+    };
     match (args.method, args.lorc_rank) {
-        (Method::Rtn, None) => p.push(format!("quantize{{w={w}{act}{keep}}}")),
+        (Method::Rtn, None) => p.push(format!("quantize{{w={w}{act}{fp}{keep}}}")),
         (Method::Rtn, Some(r)) => {
             p.push(format!("lorc{{rank={r},w={w}}}"));
             // Layers lorc leaves alone (other kinds than matmul) still get quantized.
@@ -434,6 +448,10 @@ mod tests {
         assert_eq!(
             pipeline(&args(&["--wformat", "nvfp4"])).unwrap(),
             "canonicalize,cse,dce,quantize{w=nvfp4},dce"
+        );
+        assert_eq!(
+            pipeline(&args(&["--wformat", "mxfp4", "--fp-search"])).unwrap(),
+            "canonicalize,cse,dce,quantize{w=mxfp4,fp_search=true},dce"
         );
         assert_eq!(
             pipeline(&args(&[
