@@ -1,9 +1,11 @@
 //! qc's CPU backend: LLVM IR built with [inkwell] (LLVM 22), optimized with LLVM's new pass manager and
 //! compiled to native x86-64 code in memory.
 //!
-//! Today the crate emits one fixed kernel, [`ADD_F32_SYMBOL`] (`qc_add_f32`), which proves the whole
+//! The crate emits one fixed kernel, [`ADD_F32_SYMBOL`] (`qc_add_f32`), which proves the whole
 //! toolchain path (IR construction, verification, `default<O2>` optimization, target machine, object
-//! emission) end to end. Lowering of qc IR modules builds on the same path.
+//! emission) end to end, and the quantized GEMV kernels of [`gemv`]: one kernel per weight format,
+//! decoding the `qc_quant::blob` layout in registers, linked into a shared library, loaded and run on
+//! a thread pool. Lowering of whole qc IR modules builds on the same path.
 //!
 //! LLVM is linked dynamically (`libLLVM.so.22.1` from Debian's `llvm-22-dev`), see the workspace's
 //! `.ci/install-toolchain.sh`.
@@ -20,6 +22,8 @@ use inkwell::targets::{
     CodeModel, FileType, InitializationConfig, RelocMode, Target, TargetMachine, TargetTriple,
 };
 use inkwell::{AddressSpace, IntPredicate, OptimizationLevel};
+
+pub mod gemv;
 
 /// The C symbol of the kernel that [`emit_object`] compiles.
 ///
@@ -62,6 +66,24 @@ pub enum Error {
     /// Code generation failed.
     #[error("LLVM code generation failed: {0}")]
     Codegen(String),
+    /// A weight format (or group size) that the kernels do not handle; the message names the reason.
+    #[error("{0}")]
+    Unsupported(String),
+    /// Operand shapes or lengths that do not fit (the message says which).
+    #[error("shape mismatch: {0}")]
+    Shape(String),
+    /// Linking the object into a shared library failed.
+    #[error("linking the kernels failed: {0}")]
+    Link(String),
+    /// Loading the shared library or one of its symbols failed.
+    #[error("loading the kernels failed: {0}")]
+    Load(String),
+    /// The host CPU lacks the instructions of the target, so its code cannot run here.
+    #[error("the host CPU cannot run {0} code")]
+    HostUnsupported(CpuTarget),
+    /// Decoding a weight blob for the reference failed.
+    #[error(transparent)]
+    Quant(#[from] qc_quant::QuantError),
 }
 
 /// A CPU that the backend can generate code for.
@@ -86,6 +108,38 @@ impl CpuTarget {
             CpuTarget::X86_64V3 => "x86-64-v3",
             CpuTarget::X86_64V4 => "x86-64-v4",
         }
+    }
+}
+
+impl CpuTarget {
+    /// Whether the host CPU implements every instruction set of this level (so its code can run here).
+    pub fn host_supports(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let v3 = std::is_x86_feature_detected!("avx2")
+                && std::is_x86_feature_detected!("fma")
+                && std::is_x86_feature_detected!("bmi2")
+                && std::is_x86_feature_detected!("f16c");
+            match self {
+                CpuTarget::X86_64V3 => v3,
+                CpuTarget::X86_64V4 => {
+                    v3 && std::is_x86_feature_detected!("avx512f")
+                        && std::is_x86_feature_detected!("avx512bw")
+                        && std::is_x86_feature_detected!("avx512cd")
+                        && std::is_x86_feature_detected!("avx512dq")
+                        && std::is_x86_feature_detected!("avx512vl")
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+
+    /// The highest level the host CPU runs, if any.
+    pub fn best_for_host() -> Option<CpuTarget> {
+        CpuTarget::ALL.into_iter().rev().find(|t| t.host_supports())
     }
 }
 

@@ -37,8 +37,12 @@ pub fn fwht(v: &mut [f64]) {
 
 /// Multiplies every row of `a` (`rows x cols`, row-major) on the right by the block-diagonal
 /// `H_{cols,block}`: each run of `block` consecutive elements of a row is transformed. `block` must be
-/// a power of two dividing `cols`. (`H` is symmetric, so this is also `a H^T`.)
+/// a power of two dividing `cols`. (`H` is symmetric, so this is also `a H^T`.) An empty `a` is left
+/// as it is.
 pub fn rotate_rows(a: &mut [f32], cols: usize, block: usize) {
+    if a.is_empty() {
+        return;
+    }
     assert!(supported(block) && cols.is_multiple_of(block) && a.len().is_multiple_of(cols));
     let mut buf = vec![0f64; block];
     for chunk in a.chunks_exact_mut(block) {
@@ -54,7 +58,11 @@ pub fn rotate_rows(a: &mut [f32], cols: usize, block: usize) {
 
 /// Multiplies `a` (`rows x cols`, row-major) on the left by `H_{rows,block}`: each run of `block`
 /// consecutive rows is transformed column by column. `block` must be a power of two dividing `rows`.
+/// An empty `a` (or `cols = 0`) is left as it is.
 pub fn rotate_cols(a: &mut [f32], cols: usize, block: usize) {
+    if a.is_empty() || cols == 0 {
+        return;
+    }
     let rows = a.len() / cols;
     assert!(supported(block) && rows.is_multiple_of(block) && a.len() == rows * cols);
     let mut buf = vec![0f64; block];
@@ -122,6 +130,15 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn empty_tensors_are_left_alone() {
+        let mut e: Vec<f32> = Vec::new();
+        rotate_rows(&mut e, 0, 4);
+        rotate_cols(&mut e, 0, 4);
+        rotate_cols(&mut e, 8, 4);
+        assert!(e.is_empty());
     }
 
     #[test]
