@@ -23,6 +23,7 @@ use inkwell::targets::{
 };
 use inkwell::{AddressSpace, IntPredicate, OptimizationLevel};
 
+pub mod aot;
 pub mod gemv;
 
 /// The C symbol of the kernel that [`emit_object`] compiles.

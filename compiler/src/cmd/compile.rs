@@ -22,6 +22,7 @@
 //!
 //! `--target xla|tpu -o FILE.qca` instead lowers the compiled module with a backend and writes a `.qca`
 //! artifact (`cmd/target.rs`; `--shape` binds symbolic dimensions); it needs qc's cargo feature `xla`.
+//! `--target x86-64-v4|x86-64-v3` writes a shared library and its C header (`cmd/cpu.rs`, feature `cpu`).
 //!
 //! `--emit mlir` writes the compiled module in upstream MLIR dialects (func, arith, math, tensor,
 //! linalg) for IREE or `mlir-opt` (qc_backend_hlo::upstream documents the representation); shapes are
@@ -110,7 +111,8 @@ pub struct CompileArgs {
     #[arg(long, value_enum, default_value_t = Emit::Qir)]
     pub emit: Emit,
     /// Lower the compiled model with a backend and write a .qca artifact (needs -o) instead of --emit's
-    /// output: xla or tpu (StableHLO; needs a qc built with the cargo feature `xla`).
+    /// output: xla or tpu (StableHLO; needs a qc built with the cargo feature `xla`), x86-64-v4 or
+    /// x86-64-v3 (a shared library with a C entry point and its header; needs the cargo feature `cpu`).
     #[arg(long, value_enum, value_name = "TARGET")]
     pub target: Option<crate::cmd::target::Target>,
     /// With --target or --emit mlir: a size for symbolic or dynamic dimensions, NAME=N for the symbol
@@ -297,7 +299,7 @@ pub fn run(args: &CompileArgs) -> Result<(), Failure> {
             .ok_or_else(|| {
                 input_error("--target writes a .qca artifact: give its path with -o FILE.qca")
             })?;
-        if !crate::cmd::target::HAS_XLA {
+        if !crate::cmd::target::HAS_XLA || (target.is_cpu() && !crate::cmd::target::HAS_CPU) {
             // Say so before the pipeline runs.
             return crate::cmd::target::write_artifact(
                 target,
@@ -348,10 +350,14 @@ pub fn run(args: &CompileArgs) -> Result<(), Failure> {
                     );
                 }
             }
-            write_output(
-                args.output.as_deref(),
-                print_module(&m, PrintOptions::full()).as_bytes(),
-            )
+            match args.output.as_deref() {
+                // Streamed into the temporary file: the text of large weights is never held whole.
+                Some(out) if out.as_os_str() != "-" => qc_ir::util::write_atomic_with(out, |w| {
+                    qc_ir::write_module(&m, PrintOptions::full(), w)
+                })
+                .map_err(input_error),
+                _ => write_output(None, print_module(&m, PrintOptions::full()).as_bytes()),
+            }
         }
     }
 }

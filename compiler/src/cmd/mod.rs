@@ -1,6 +1,8 @@
 //! The subcommands, one module each.
 
 pub mod compile;
+#[cfg(feature = "cpu")]
+pub mod cpu;
 pub mod formats;
 pub mod import;
 pub mod inspect;

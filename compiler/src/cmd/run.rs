@@ -1,4 +1,5 @@
-//! `qc run`: the reference interpreter on a model, inputs from .npy files, one .npy per output.
+//! `qc run`: the reference interpreter on a model, inputs from .npy files, one .npy per output. A `.qca`
+//! artifact for a CPU target runs its shared library instead (`cmd/cpu.rs`, cargo feature `cpu`).
 
 use std::path::PathBuf;
 
@@ -14,7 +15,7 @@ use crate::output::{input_error, Failure};
 /// Arguments of `qc run`.
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
-    /// The model: an .onnx file or qc IR (.qir).
+    /// The model: an .onnx file or qc IR (.qir), or a .qca artifact for x86-64-v4|v3 (feature `cpu`).
     pub model: PathBuf,
     /// An input: NAME=FILE.npy (NAME as the model names it; repeat for each input).
     #[arg(long = "input", value_name = "NAME=FILE.npy")]
@@ -119,6 +120,15 @@ pub fn run_with_inputs(
 
 /// Runs `qc run`.
 pub fn run(args: &RunArgs) -> Result<(), Failure> {
+    if args.model.extension().is_some_and(|e| e == "qca") {
+        #[cfg(feature = "cpu")]
+        return crate::cmd::cpu::run_artifact(args);
+        #[cfg(not(feature = "cpu"))]
+        return Err(input_error(
+            "this qc was built without the CPU backend: rebuild it with `cargo build --release -p qc \
+             --features cpu` to run .qca artifacts",
+        ));
+    }
     let m = load_module(&args.model)?;
     let f = m.func(&args.func).ok_or_else(|| {
         input_error(format!(

@@ -23,6 +23,13 @@ pub enum Target {
     Xla,
     /// StableHLO for TPU through XLA (the same module as xla; products at HIGHEST precision).
     Tpu,
+    /// x86-64 CPUs with AVX-512: a shared library with a C entry point, its header (cmd/cpu.rs; needs
+    /// a qc built with the cargo feature `cpu`).
+    #[value(name = "x86-64-v4")]
+    X86_64V4,
+    /// x86-64 CPUs with AVX2 and FMA: as x86-64-v4.
+    #[value(name = "x86-64-v3")]
+    X86_64V3,
 }
 
 impl Target {
@@ -31,9 +38,19 @@ impl Target {
         match self {
             Target::Xla => "xla",
             Target::Tpu => "tpu",
+            Target::X86_64V4 => "x86-64-v4",
+            Target::X86_64V3 => "x86-64-v3",
         }
     }
+
+    /// Whether this is a CPU target (cmd/cpu.rs) rather than StableHLO.
+    pub fn is_cpu(self) -> bool {
+        matches!(self, Target::X86_64V4 | Target::X86_64V3)
+    }
 }
+
+/// Whether this build of qc has the CPU backend.
+pub const HAS_CPU: bool = cfg!(feature = "cpu");
 
 /// Whether this build of qc has the XLA backend.
 pub const HAS_XLA: bool = cfg!(feature = "xla");
@@ -78,7 +95,33 @@ pub fn write_artifact(
     pipeline: &str,
     out: &Path,
 ) -> Result<(), Failure> {
+    if target.is_cpu() {
+        #[cfg(feature = "cpu")]
+        return crate::cmd::cpu::write_artifact(target, m, func, shapes, model, pipeline, out);
+        #[cfg(not(feature = "cpu"))]
+        return Err(input_error(format!(
+            "this qc was built without the CPU backend: rebuild it with `cargo build --release -p qc \
+             --features cpu` to use --target {}",
+            target.name()
+        )));
+    }
     let (mlir, specialized) = lower(m, func, shapes)?;
+    let manifest = manifest(target, m, &specialized, shapes, model, pipeline)?;
+    let a = Artifact::new(manifest, vec![("model.mlir".into(), mlir.into_bytes())])
+        .map_err(|e| Failure::Internal(format!("internal error: {e}\n")))?;
+    artifact::write(out, &a).map_err(|e| input_error(e.to_string()))
+}
+
+/// The manifest of an artifact for `target` of the compiled module `m`, whose function after shape
+/// specialization is the only function of `specialized` (parts are filled in by `Artifact::new`).
+pub fn manifest(
+    target: Target,
+    m: &Module,
+    specialized: &Module,
+    shapes: &[String],
+    model: &Path,
+    pipeline: &str,
+) -> Result<Manifest, Failure> {
     let f = &specialized.funcs[0];
     let sig = |v: qc_ir::Value, name: String| TensorSig {
         name,
@@ -98,7 +141,7 @@ pub fn write_artifact(
         .collect();
     let model_bytes = std::fs::read(model)
         .map_err(|e| input_error(format!("cannot read {}: {e}", model.display())))?;
-    let manifest = Manifest {
+    Ok(Manifest {
         format_version: artifact::FORMAT_VERSION,
         target: target.name().into(),
         entry: ENTRY.into(),
@@ -117,10 +160,7 @@ pub fn write_artifact(
             model_sha256: artifact::sha256_hex(&model_bytes),
             shapes: shapes.to_vec(),
         },
-    };
-    let a = Artifact::new(manifest, vec![("model.mlir".into(), mlir.into_bytes())])
-        .map_err(|e| Failure::Internal(format!("internal error: {e}\n")))?;
-    artifact::write(out, &a).map_err(|e| input_error(e.to_string()))
+    })
 }
 
 const ENTRY: &str = "main";

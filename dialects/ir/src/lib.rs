@@ -30,7 +30,7 @@ pub use diag::{Diagnostic, Diagnostics, Location};
 pub use module::{Func, Module, Op, Value};
 pub use ops::{OpDef, Registry};
 pub use parser::{parse_module, parse_type, Source};
-pub use printer::{print_module, PrintOptions};
+pub use printer::{print_module, write_module, PrintOptions};
 pub use quant::QuantType;
 pub use types::{Dim, ElemType, TensorType};
 pub use verify::verify_module;

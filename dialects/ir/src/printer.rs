@@ -33,6 +33,18 @@ impl PrintOptions {
 
 /// Prints a module.
 pub fn print_module(m: &Module, opts: PrintOptions) -> String {
+    let mut out = Vec::new();
+    write_module(m, opts, &mut out).expect("writing into memory cannot fail");
+    String::from_utf8(out).expect("the printer writes UTF-8")
+}
+
+/// Writes the text of [`print_module`] to `w` without building it in memory first: resource bytes are
+/// hex-encoded in chunks, so printing a module with large weights needs no second copy of them.
+pub fn write_module(
+    m: &Module,
+    opts: PrintOptions,
+    w: &mut dyn std::io::Write,
+) -> std::io::Result<()> {
     let mut out = String::from("module {\n");
     for (i, f) in m.funcs.iter().enumerate() {
         if i > 0 {
@@ -41,36 +53,56 @@ pub fn print_module(m: &Module, opts: PrintOptions) -> String {
         print_func(&mut out, f);
     }
     out.push_str("}\n");
-    let entries: Vec<String> = m
-        .resources
-        .iter()
-        .filter_map(|(name, blob)| match blob {
-            Blob::Owned { data, align } if opts.resources => {
-                let mut hex = String::with_capacity(10 + data.len() * 2);
-                hex.push_str("0x");
-                for b in align.to_le_bytes().iter().chain(data.iter()) {
-                    let _ = write!(hex, "{b:02X}");
+    w.write_all(out.as_bytes())?;
+    let mut first = true;
+    for (name, blob) in m.resources.iter() {
+        let shown = match blob {
+            Blob::Owned { .. } => opts.resources,
+            Blob::Mapped { .. } => true,
+            Blob::Elided => false,
+        };
+        if !shown {
+            continue;
+        }
+        if first {
+            w.write_all(b"\n{-#\n  dialect_resources: {\n    qc: {\n")?;
+            first = false;
+        } else {
+            w.write_all(b",\n")?;
+        }
+        match blob {
+            Blob::Owned { data, align } => {
+                write!(w, "      {name}: \"0x")?;
+                const HEX: &[u8; 16] = b"0123456789ABCDEF";
+                let mut buf = Vec::with_capacity(64 * 1024);
+                for &b in align.to_le_bytes().iter().chain(data.iter()) {
+                    buf.push(HEX[(b >> 4) as usize]);
+                    buf.push(HEX[(b & 15) as usize]);
+                    if buf.len() >= 64 * 1024 {
+                        w.write_all(&buf)?;
+                        buf.clear();
+                    }
                 }
-                Some(format!("      {name}: \"{hex}\""))
+                w.write_all(&buf)?;
+                w.write_all(b"\"")?;
             }
             Blob::Mapped {
                 path,
                 offset,
                 length,
                 ..
-            } => Some(format!(
+            } => write!(
+                w,
                 "      {name}: external<\"{}\", offset = {offset}, length = {length}>",
                 crate::attr::escape(path)
-            )),
-            Blob::Owned { .. } | Blob::Elided => None,
-        })
-        .collect();
-    if !entries.is_empty() {
-        out.push_str("\n{-#\n  dialect_resources: {\n    qc: {\n");
-        out.push_str(&entries.join(",\n"));
-        out.push_str("\n    }\n  }\n#-}\n");
+            )?,
+            Blob::Elided => {}
+        }
     }
-    out
+    if !first {
+        w.write_all(b"\n    }\n  }\n#-}\n")?;
+    }
+    Ok(())
 }
 
 /// Value names for one function.

@@ -1,0 +1,643 @@
+//! `qc compile --target x86-64-v4|x86-64-v3`: the compiled model as a shared library with a C entry
+//! point, and `qc run ARTIFACT.qca`, which loads and runs it. Needs qc's cargo feature `cpu` (which
+//! implies `xla`: the route goes through MLIR).
+//!
+//! # Route
+//! 1. The compiled module is specialized to static shapes (`--shape`) and exported to upstream MLIR
+//!    (`qc_backend_hlo::upstream::export_module`; its module documentation lists what exports).
+//! 2. LLVM 22's `mlir-opt` lowers it to the LLVM dialect with `--llvm-request-c-wrappers` followed by
+//!    the pipeline of qc_backend_hlo::upstream's documentation ([`LOWER_TO_LLVM`], the one the upstream
+//!    tests run with mlir-runner) with `--buffer-deallocation-pipeline` inserted after bufferization
+//!    (so that calls free their intermediate buffers), and `mlir-translate --mlir-to-llvmir` makes LLVM IR of it. The tools
+//!    are run as processes (text on their standard input and output) from `$QC_MLIR_BIN`, default
+//!    `/usr/lib/llvm-22/bin`.
+//! 3. qc_backend_llvm::aot compiles the IR for the CPU level with inkwell (`default<O3>`, target
+//!    machine `x86-64-v4` = AVX-512 or `x86-64-v3` = AVX2/FMA) and links it with a generated C shim
+//!    ([`shim_source`]) into `model.so` with `cc -shared` (libm, libc).
+//!
+//! The artifact holds `model.so`, `model.h` (the C header of the entry point) and the manifest (entry
+//! `qc_main`, inputs and outputs with static shapes). Compiling twice gives byte-identical artifacts.
+//!
+//! # C ABI (`model.h`)
+//! ```c
+//! int qc_main(const int64_t *input_ids, ..., float *out0, ...);  /* inputs, then outputs */
+//! int qc_main_packed(void **args);                               /* the same, args[i] in that order */
+//! ```
+//! One pointer per manifest input (read only, row major, contiguous, the manifest's static shape and
+//! dtype: f32 = `float`, f64 = `double`, i64 = `int64_t`, i32 = `int32_t`), then one per output
+//! (caller allocated, written row major). Returns 0, or -1 when memory runs out. The shim wraps MLIR's
+//! `_mlir_ciface_main` (memref descriptors): it copies the inputs into private buffers (MLIR may write
+//! into function arguments), copies each result out through its strides, and frees the result buffers
+//! (those `malloc`ed by the lowered code; not MLIR's global constants). Calls share no mutable state.
+//!
+//! Limitations: element types other than the four above are rejected; formats whose types upstream
+//! MLIR cannot lower on a CPU (f8E4M3FN, f8E5M2, f6: NVFP4, FP8, MXFP6/8) are rejected with MLIR's
+//! diagnostic (exit code 2); the code is single threaded, loops from `linalg` without tiling.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::str::FromStr;
+
+use qc_backend_llvm::CpuTarget;
+use qc_ir::Module;
+use qc_runtime::artifact::{self, Artifact, TensorSig};
+
+use crate::cmd::run::RunArgs;
+use crate::cmd::target::Target;
+use crate::npy::{read_npy, to_npy_bytes, NpyArray, NpyData};
+use crate::output::{input_error, Failure};
+
+/// The C entry point of the library.
+pub const ENTRY: &str = "qc_main";
+/// The entry point taking an array of pointers (what `qc run` calls).
+pub const ENTRY_PACKED: &str = "qc_main_packed";
+/// The parts of a CPU artifact besides the manifest.
+pub const LIBRARY: &str = "model.so";
+/// The C header part.
+pub const HEADER: &str = "model.h";
+
+/// The mlir-opt pipeline from the upstream export to the LLVM dialect (qc_backend_hlo::upstream).
+pub const LOWER_TO_LLVM: &[&str] = &[
+    "--convert-elementwise-to-linalg",
+    "--one-shot-bufferize=bufferize-function-boundaries",
+    "--convert-linalg-to-loops",
+    "--expand-strided-metadata",
+    "--lower-affine",
+    "--arith-expand=include-f4e2m1=true include-f8e8m0=true",
+    "--convert-math-to-llvm",
+    "--convert-math-to-libm",
+    "--convert-scf-to-cf",
+    "--convert-to-llvm",
+    "--reconcile-unrealized-casts",
+];
+
+fn cpu_target(t: Target) -> Result<CpuTarget, Failure> {
+    CpuTarget::from_str(t.name()).map_err(|e| Failure::Internal(format!("internal error: {e}\n")))
+}
+
+fn mlir_bin(tool: &str) -> PathBuf {
+    let dir = std::env::var_os("QC_MLIR_BIN").unwrap_or_else(|| "/usr/lib/llvm-22/bin".into());
+    Path::new(&dir).join(tool)
+}
+
+/// Runs an LLVM tool with `input` on standard input; its standard output.
+fn tool(name: &str, args: &[&str], input: &[u8], what: &str) -> Result<Vec<u8>, Failure> {
+    use std::io::Write;
+    let path = mlir_bin(name);
+    let mut child = Command::new(&path)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            input_error(format!(
+                "cannot run {} ({e}): the CPU targets need LLVM 22's MLIR tools (set QC_MLIR_BIN to \
+                 their folder)",
+                path.display()
+            ))
+        })?;
+    let mut stdin = child.stdin.take().expect("piped");
+    let data = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&data);
+    });
+    let out = child
+        .wait_with_output()
+        .map_err(|e| input_error(format!("{name}: {e}")))?;
+    let _ = writer.join();
+    if !out.status.success() {
+        return Err(input_error(format!(
+            "{what}: {name} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr).trim_end()
+        )));
+    }
+    Ok(out.stdout)
+}
+
+/// The exported upstream MLIR `text` lowered to LLVM IR (steps 2 of the module documentation).
+pub fn lower_to_llvm_ir(text: &str, target: &str) -> Result<String, Failure> {
+    let what = format!("the {target} target cannot lower this model");
+    // The documented pipeline, plus MLIR's buffer deallocation right after bufferization, so that a
+    // call frees its intermediate buffers (without it, each call of the tiny BERT leaks ~170 KiB).
+    let mut args = vec!["--llvm-request-c-wrappers"];
+    for a in LOWER_TO_LLVM {
+        args.push(a);
+        if a.starts_with("--one-shot-bufferize") {
+            args.push("--buffer-deallocation-pipeline");
+        }
+    }
+    let llvm_dialect = tool("mlir-opt", &args, text.as_bytes(), &what)?;
+    let ir = tool(
+        "mlir-translate",
+        &["--mlir-to-llvmir"],
+        &llvm_dialect,
+        &what,
+    )?;
+    String::from_utf8(ir).map_err(|e| Failure::Internal(format!("internal error: {e}\n")))
+}
+
+/// The C type of a manifest dtype the ABI supports.
+fn c_type(dtype: &str) -> Option<(&'static str, usize)> {
+    Some(match dtype {
+        "f32" => ("float", 4),
+        "f64" => ("double", 8),
+        "i64" => ("int64_t", 8),
+        "i32" => ("int32_t", 4),
+        _ => return None,
+    })
+}
+
+/// C identifiers for the tensors' names, unique, in order (inputs, then outputs).
+fn c_names(sigs: &[&TensorSig]) -> Vec<String> {
+    let mut used = std::collections::BTreeSet::new();
+    sigs.iter()
+        .map(|s| {
+            let mut base: String = s
+                .name
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                .collect();
+            if base.is_empty() || base.starts_with(|c: char| c.is_ascii_digit()) {
+                base.insert_str(0, "t_");
+            }
+            let mut name = base.clone();
+            let mut k = 1;
+            while !used.insert(name.clone()) || name == "args" {
+                name = format!("{base}_{k}");
+                k += 1;
+            }
+            name
+        })
+        .collect()
+}
+
+fn dims(s: &TensorSig) -> String {
+    if s.shape.is_empty() {
+        "scalar".into()
+    } else {
+        s.shape
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("x")
+    }
+}
+
+fn prototype(inputs: &[TensorSig], outputs: &[TensorSig]) -> String {
+    let all: Vec<&TensorSig> = inputs.iter().chain(outputs).collect();
+    let names = c_names(&all);
+    let params: Vec<String> = all
+        .iter()
+        .zip(&names)
+        .enumerate()
+        .map(|(i, (s, n))| {
+            let c = c_type(&s.dtype).expect("checked").0;
+            if i < inputs.len() {
+                format!("const {c} *{n}")
+            } else {
+                format!("{c} *{n}")
+            }
+        })
+        .collect();
+    format!("int {ENTRY}({})", params.join(", "))
+}
+
+/// The generated header `model.h` of an artifact for `target`.
+pub fn header_source(target: &str, inputs: &[TensorSig], outputs: &[TensorSig]) -> String {
+    let mut h = format!(
+        "/* model.h: the C entry point of a qc artifact for {target}. Generated by qc; do not edit.\n\
+         \x20*\n\
+         \x20* qc_main runs the model: one pointer per input (read only), then one per output (caller\n\
+         \x20* allocated); every tensor is row major and contiguous with the static shape below. It returns 0,\n\
+         \x20* or -1 when memory runs out. qc_main_packed takes the same pointers as an array, in the same\n\
+         \x20* order. Calls share no mutable state. The library needs a CPU implementing {target}.\n\
+         \x20*\n"
+    );
+    for (i, s) in inputs.iter().enumerate() {
+        h += &format!(" * input {i}  {}: {} {}\n", s.name, s.dtype, dims(s));
+    }
+    for (i, s) in outputs.iter().enumerate() {
+        h += &format!(" * output {i} {}: {} {}\n", s.name, s.dtype, dims(s));
+    }
+    h += " */\n#ifndef QC_MODEL_H\n#define QC_MODEL_H\n\n#include <stdint.h>\n\n#ifdef __cplusplus\nextern \"C\" {\n#endif\n\n";
+    h += &format!("{};\n", prototype(inputs, outputs));
+    h += &format!("int {ENTRY_PACKED}(void **args);\n");
+    h += "\n#ifdef __cplusplus\n}\n#endif\n\n#endif /* QC_MODEL_H */\n";
+    h
+}
+
+fn descriptor(t: &str, rank: usize) -> String {
+    if rank == 0 {
+        format!("typedef struct {{ void *allocated; void *aligned; int64_t offset; }} {t};\n")
+    } else {
+        format!(
+            "typedef struct {{ void *allocated; void *aligned; int64_t offset; int64_t sizes[{rank}]; \
+             int64_t strides[{rank}]; }} {t};\n"
+        )
+    }
+}
+
+/// The C shim that implements the ABI of `model.h` over MLIR's `_mlir_ciface_main`.
+pub fn shim_source(inputs: &[TensorSig], outputs: &[TensorSig]) -> String {
+    let all: Vec<&TensorSig> = inputs.iter().chain(outputs).collect();
+    let names = c_names(&all);
+    let mut c = String::from(
+        "/* Generated by qc: the C ABI of model.h over MLIR's _mlir_ciface_main. */\n\
+         #include <stdint.h>\n#include <stdlib.h>\n#include <string.h>\n\n",
+    );
+    for (i, s) in inputs.iter().enumerate() {
+        c += &descriptor(&format!("qc_in{i}_t"), s.shape.len());
+    }
+    for (i, s) in outputs.iter().enumerate() {
+        c += &descriptor(&format!("qc_out{i}_t"), s.shape.len());
+    }
+    c += "typedef struct {";
+    for i in 0..outputs.len() {
+        c += &format!(" qc_out{i}_t r{i};");
+    }
+    c += " } qc_results_t;\n\n";
+    let mut ext = vec!["qc_results_t *".to_string()];
+    for i in 0..inputs.len() {
+        ext.push(format!("qc_in{i}_t *"));
+    }
+    c += &format!("extern void _mlir_ciface_main({});\n\n", ext.join(", "));
+    c += "static void qc_copy_out(char *dst, const char *base, int64_t esize, int rank,\n\
+          \x20                       const int64_t *sizes, const int64_t *strides, int64_t n) {\n\
+          \x20 for (int64_t i = 0; i < n; i++) {\n\
+          \x20   int64_t rem = i, off = 0;\n\
+          \x20   for (int d = rank - 1; d >= 0; d--) {\n\
+          \x20     off += (rem % sizes[d]) * strides[d];\n\
+          \x20     rem /= sizes[d];\n\
+          \x20   }\n\
+          \x20   memcpy(dst + i * esize, base + off * esize, (size_t)esize);\n\
+          \x20 }\n\
+          }\n\n";
+    // memref.copy of non-contiguous memrefs lowers to a call of memrefCopy (MLIR's C runner utils):
+    // defined here, hidden, so that the library is self-contained.
+    c += "typedef struct { int64_t rank; void *descriptor; } qc_unranked_t;\n\n\
+          __attribute__((visibility(\"hidden\")))\n\
+          void memrefCopy(int64_t esize, qc_unranked_t *src, qc_unranked_t *dst) {\n\
+          \x20 int64_t rank = src->rank;\n\
+          \x20 char **s = (char **)src->descriptor, **d = (char **)dst->descriptor;\n\
+          \x20 const int64_t *sm = (const int64_t *)(s + 2), *dm = (const int64_t *)(d + 2);\n\
+          \x20 const char *sb = s[1] + sm[0] * esize;\n\
+          \x20 char *db = d[1] + dm[0] * esize;\n\
+          \x20 const int64_t *sizes = sm + 1, *ss = sm + 1 + rank, *ds = dm + 1 + rank;\n\
+          \x20 int64_t n = 1;\n\
+          \x20 for (int64_t r = 0; r < rank; r++) n *= sizes[r];\n\
+          \x20 for (int64_t i = 0; i < n; i++) {\n\
+          \x20   int64_t rem = i, so = 0, dof = 0;\n\
+          \x20   for (int64_t r = rank - 1; r >= 0; r--) {\n\
+          \x20     int64_t k = rem % sizes[r];\n\
+          \x20     rem /= sizes[r];\n\
+          \x20     so += k * ss[r];\n\
+          \x20     dof += k * ds[r];\n\
+          \x20   }\n\
+          \x20   memmove(db + dof * esize, sb + so * esize, (size_t)esize);\n\
+          \x20 }\n\
+          }\n\n";
+    c += &format!("{} {{\n", prototype(inputs, outputs));
+    // Private copies of the inputs.
+    for (i, s) in inputs.iter().enumerate() {
+        let (_, es) = c_type(&s.dtype).expect("checked");
+        let n: u64 = s.shape.iter().product();
+        let bytes = (n as usize * es).max(1);
+        c += &format!(
+            "  void *b{i} = malloc({bytes});\n  if (!b{i}) {{ {} return -1; }}\n  memcpy(b{i}, {}, {});\n",
+            (0..i).map(|k| format!("free(b{k});")).collect::<String>(),
+            names[i],
+            n as usize * es
+        );
+        c += &format!("  qc_in{i}_t d{i} = {{ b{i}, b{i}, 0");
+        let rank = s.shape.len();
+        if rank > 0 {
+            let sizes: Vec<String> = s.shape.iter().map(|d| d.to_string()).collect();
+            let mut strides = vec![1u64; rank];
+            for k in (0..rank - 1).rev() {
+                strides[k] = strides[k + 1] * s.shape[k + 1];
+            }
+            let strides: Vec<String> = strides.iter().map(|d| d.to_string()).collect();
+            c += &format!(", {{{}}}, {{{}}}", sizes.join(", "), strides.join(", "));
+        }
+        c += " };\n";
+    }
+    c += "  qc_results_t r;\n  memset(&r, 0, sizeof r);\n";
+    let mut call = vec!["&r".to_string()];
+    for i in 0..inputs.len() {
+        call.push(format!("&d{i}"));
+    }
+    c += &format!("  _mlir_ciface_main({});\n", call.join(", "));
+    // Copy out, then free each distinct malloc'ed result buffer (MLIR's globals carry 0xdeadbeef as
+    // their allocated pointer; a result may also alias an input copy or another result).
+    c += &format!(
+        "  void *freed[{}];\n  int nfreed = 0;\n",
+        outputs.len().max(1)
+    );
+    for (i, s) in outputs.iter().enumerate() {
+        let (_, es) = c_type(&s.dtype).expect("checked");
+        let n: u64 = s.shape.iter().product();
+        let rank = s.shape.len();
+        let (sz, st) = if rank == 0 {
+            ("0".to_string(), "0".to_string())
+        } else {
+            (format!("r.r{i}.sizes"), format!("r.r{i}.strides"))
+        };
+        c += &format!(
+            "  qc_copy_out((char *){}, (const char *)r.r{i}.aligned + r.r{i}.offset * {es}, {es}, {rank}, {sz}, {st}, {n});\n",
+            names[inputs.len() + i]
+        );
+        let not_input: String = (0..inputs.len())
+            .map(|k| format!(" && a != b{k}"))
+            .collect();
+        c += &format!(
+            "  {{\n    void *a = r.r{i}.allocated;\n    int seen = 0;\n    for (int k = 0; k < nfreed; k++) seen |= freed[k] == a;\n    if (a && a != (void *)(uintptr_t)0xdeadbeef{not_input} && !seen) {{ free(a); freed[nfreed++] = a; }}\n  }}\n"
+        );
+    }
+    for i in 0..inputs.len() {
+        c += &format!("  free(b{i});\n");
+    }
+    c += "  (void)freed;\n  return 0;\n}\n\n";
+    let args: Vec<String> = all
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let t = c_type(&s.dtype).expect("checked").0;
+            format!("({t} *)args[{i}]")
+        })
+        .collect();
+    c += &format!(
+        "int {ENTRY_PACKED}(void **args) {{\n  return {ENTRY}({});\n}}\n",
+        args.join(", ")
+    );
+    c
+}
+
+/// `qc compile --target x86-64-v4|x86-64-v3`: lowers function `func` of the compiled module `m` and
+/// writes the artifact (module documentation) to `out`.
+pub fn write_artifact(
+    target: Target,
+    m: &Module,
+    func: &str,
+    shapes: &[String],
+    model: &Path,
+    pipeline: &str,
+    out: &Path,
+) -> Result<(), Failure> {
+    let cpu = cpu_target(target)?;
+    let mut b = qc_backend_hlo::ShapeBindings::new();
+    for s in shapes {
+        b.add(s).map_err(|e| input_error(format!("--shape: {e}")))?;
+    }
+    let render = |d: qc_ir::Diagnostic| Failure::Input(d.render(None));
+    let specialized = qc_backend_hlo::specialize(m, func, &b).map_err(render)?;
+    let text = qc_backend_hlo::upstream::export_module(m, func, &b).map_err(render)?;
+    let mut manifest =
+        crate::cmd::target::manifest(target, m, &specialized, shapes, model, pipeline)?;
+    manifest.entry = ENTRY.into();
+    for (what, s) in manifest
+        .inputs
+        .iter()
+        .map(|s| ("input", s))
+        .chain(manifest.outputs.iter().map(|s| ("output", s)))
+    {
+        if c_type(&s.dtype).is_none() {
+            return Err(input_error(format!(
+                "the {} target takes f32, f64, i64 and i32 tensors at its boundary; {what} '{}' is {}",
+                target.name(),
+                s.name,
+                s.dtype
+            )));
+        }
+    }
+    let ir = lower_to_llvm_ir(&text, target.name())?;
+    let obj = qc_backend_llvm::aot::object_from_llvm_ir(&ir, cpu)
+        .map_err(|e| Failure::Internal(format!("internal error: {e}\n")))?;
+    let shim = shim_source(&manifest.inputs, &manifest.outputs);
+    let header = header_source(target.name(), &manifest.inputs, &manifest.outputs);
+    let so = qc_backend_llvm::aot::link_shared(
+        &[("model.o", &obj)],
+        &[("qc_shim.c", &shim)],
+        &[ENTRY, ENTRY_PACKED],
+        cpu,
+    )
+    .map_err(|e| input_error(e.to_string()))?;
+    let a = Artifact::new(
+        manifest,
+        vec![(LIBRARY.into(), so), (HEADER.into(), header.into_bytes())],
+    )
+    .map_err(|e| Failure::Internal(format!("internal error: {e}\n")))?;
+    artifact::write(out, &a).map_err(|e| input_error(e.to_string()))
+}
+
+/// An 8-byte aligned buffer for one tensor.
+fn buffer(bytes: usize) -> Vec<u64> {
+    vec![0u64; bytes.div_ceil(8).max(1)]
+}
+
+fn as_bytes_mut(b: &mut [u64]) -> &mut [u8] {
+    // SAFETY: u64 has no invalid bit patterns and u8 alignment is 1.
+    unsafe { std::slice::from_raw_parts_mut(b.as_mut_ptr() as *mut u8, b.len() * 8) }
+}
+
+fn fill_input(sig: &TensorSig, a: &NpyArray, what: &str) -> Result<Vec<u64>, Failure> {
+    let want: Vec<usize> = sig.shape.iter().map(|&d| d as usize).collect();
+    if a.shape != want {
+        return Err(input_error(format!(
+            "{what}: input '{}' has shape {:?}, the artifact takes {:?}",
+            sig.name, a.shape, want
+        )));
+    }
+    let (_, es) = c_type(&sig.dtype).ok_or_else(|| input_error("unsupported dtype"))?;
+    let n = a.data.len();
+    let mut b = buffer(n * es);
+    let bytes = as_bytes_mut(&mut b);
+    let mismatch = || {
+        input_error(format!(
+            "{what}: a {} array cannot feed input '{}' of element type {}",
+            a.data.descr(),
+            sig.name,
+            sig.dtype
+        ))
+    };
+    match (sig.dtype.as_str(), &a.data) {
+        ("f32", NpyData::F32(v)) => {
+            for (k, x) in v.iter().enumerate() {
+                bytes[4 * k..4 * k + 4].copy_from_slice(&x.to_le_bytes());
+            }
+        }
+        ("f64", NpyData::F64(v)) => {
+            for (k, x) in v.iter().enumerate() {
+                bytes[8 * k..8 * k + 8].copy_from_slice(&x.to_le_bytes());
+            }
+        }
+        ("i64", NpyData::I64(v)) => {
+            for (k, x) in v.iter().enumerate() {
+                bytes[8 * k..8 * k + 8].copy_from_slice(&x.to_le_bytes());
+            }
+        }
+        ("i32", NpyData::I64(v)) => {
+            for (k, x) in v.iter().enumerate() {
+                bytes[4 * k..4 * k + 4].copy_from_slice(&(*x as i32).to_le_bytes());
+            }
+        }
+        _ => return Err(mismatch()),
+    }
+    Ok(b)
+}
+
+fn output_array(sig: &TensorSig, b: &mut [u64]) -> NpyArray {
+    let shape: Vec<usize> = sig.shape.iter().map(|&d| d as usize).collect();
+    let n: usize = shape.iter().product();
+    let bytes = as_bytes_mut(b);
+    let data = match sig.dtype.as_str() {
+        "f32" => NpyData::F32(
+            (0..n)
+                .map(|k| f32::from_le_bytes(bytes[4 * k..4 * k + 4].try_into().unwrap()))
+                .collect(),
+        ),
+        "f64" => NpyData::F64(
+            (0..n)
+                .map(|k| f64::from_le_bytes(bytes[8 * k..8 * k + 8].try_into().unwrap()))
+                .collect(),
+        ),
+        "i64" => NpyData::I64(
+            (0..n)
+                .map(|k| i64::from_le_bytes(bytes[8 * k..8 * k + 8].try_into().unwrap()))
+                .collect(),
+        ),
+        _ => NpyData::I64(
+            (0..n)
+                .map(|k| i32::from_le_bytes(bytes[4 * k..4 * k + 4].try_into().unwrap()) as i64)
+                .collect(),
+        ),
+    };
+    NpyArray { shape, data }
+}
+
+/// `qc run ARTIFACT.qca`: loads the artifact's library and runs it on the inputs, one NAME.npy per
+/// output in the output folder.
+pub fn run_artifact(args: &RunArgs) -> Result<(), Failure> {
+    let path = &args.model;
+    let bytes = std::fs::read(path)
+        .map_err(|e| input_error(format!("cannot read {}: {e}", path.display())))?;
+    let a = artifact::from_bytes(&bytes)
+        .map_err(|e| input_error(format!("{}: {e}", path.display())))?;
+    let m = &a.manifest;
+    let cpu = CpuTarget::from_str(&m.target).map_err(|_| {
+        input_error(format!(
+            "{}: qc run runs artifacts for x86-64-v4 and x86-64-v3, not for {}",
+            path.display(),
+            m.target
+        ))
+    })?;
+    if !cpu.host_supports() {
+        return Err(input_error(format!(
+            "{}: this CPU cannot run {} code",
+            path.display(),
+            m.target
+        )));
+    }
+    let lib_bytes = a
+        .part(LIBRARY)
+        .ok_or_else(|| input_error(format!("{}: the artifact has no {LIBRARY}", path.display())))?;
+    for s in m.inputs.iter().chain(&m.outputs) {
+        if c_type(&s.dtype).is_none() {
+            return Err(input_error(format!(
+                "{}: unsupported dtype {}",
+                path.display(),
+                s.dtype
+            )));
+        }
+    }
+    let mut given = std::collections::BTreeMap::new();
+    for spec in &args.inputs {
+        let (name, file) = spec
+            .split_once('=')
+            .ok_or_else(|| input_error(format!("--input '{spec}' must be NAME=FILE.npy")))?;
+        if given
+            .insert(name.to_string(), PathBuf::from(file))
+            .is_some()
+        {
+            return Err(input_error(format!("input '{name}' is given twice")));
+        }
+    }
+    let names = m
+        .inputs
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut bufs = Vec::new();
+    for s in &m.inputs {
+        let file = given.remove(&s.name).ok_or_else(|| {
+            input_error(format!(
+                "missing --input {}=FILE.npy (the artifact's inputs: {names})",
+                s.name
+            ))
+        })?;
+        let arr = read_npy(&file).map_err(input_error)?;
+        bufs.push(fill_input(s, &arr, &file.display().to_string())?);
+    }
+    if let Some(name) = given.keys().next() {
+        return Err(input_error(format!(
+            "the artifact has no input '{name}' (its inputs: {names})"
+        )));
+    }
+    for s in &m.outputs {
+        let n: u64 = s.shape.iter().product();
+        bufs.push(buffer(n as usize * c_type(&s.dtype).expect("checked").1));
+    }
+    let mut tmp = tempfile::Builder::new()
+        .prefix("qc-model-")
+        .suffix(".so")
+        .tempfile()
+        .map_err(|e| input_error(format!("cannot write a temporary file: {e}")))?;
+    {
+        use std::io::Write;
+        tmp.write_all(lib_bytes)
+            .and_then(|_| tmp.flush())
+            .map_err(|e| input_error(format!("cannot write a temporary file: {e}")))?;
+    }
+    let rc = {
+        // SAFETY: the library is the artifact's, built by qc for this CPU level (checked above); its
+        // entry reads and writes exactly the buffers sized from the manifest.
+        // RTLD_NOW: an unresolved symbol is an error here, not a crash in the middle of a call.
+        let lib = unsafe {
+            libloading::os::unix::Library::open(
+                Some(tmp.path()),
+                libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_LOCAL,
+            )
+        }
+        .map_err(|e| input_error(format!("{}: cannot load {LIBRARY}: {e}", path.display())))?;
+        let entry: libloading::os::unix::Symbol<
+            unsafe extern "C" fn(*mut *mut std::ffi::c_void) -> i32,
+        > = unsafe { lib.get(ENTRY_PACKED.as_bytes()) }.map_err(|e| {
+            input_error(format!(
+                "{}: {LIBRARY} has no {ENTRY_PACKED}: {e}",
+                path.display()
+            ))
+        })?;
+        let mut ptrs: Vec<*mut std::ffi::c_void> = bufs
+            .iter_mut()
+            .map(|b| b.as_mut_ptr() as *mut std::ffi::c_void)
+            .collect();
+        // SAFETY: one pointer per input and output, each to a buffer of the manifest's size.
+        unsafe { entry(ptrs.as_mut_ptr()) }
+    };
+    if rc != 0 {
+        return Err(input_error(format!(
+            "{}: the model failed (qc_main returned {rc}: out of memory)",
+            path.display()
+        )));
+    }
+    std::fs::create_dir_all(&args.output)
+        .map_err(|e| input_error(format!("cannot create {}: {e}", args.output.display())))?;
+    let k = m.inputs.len();
+    for (i, s) in m.outputs.iter().enumerate() {
+        let arr = output_array(s, &mut bufs[k + i]);
+        let out = args.output.join(format!("{}.npy", s.name));
+        qc_ir::util::write_atomic(&out, &to_npy_bytes(&arr)).map_err(input_error)?;
+    }
+    Ok(())
+}
