@@ -23,6 +23,8 @@
 //! `--target xla|tpu -o FILE.qca` instead lowers the compiled module with a backend and writes a `.qca`
 //! artifact (`cmd/target.rs`; `--shape` binds symbolic dimensions); it needs qc's cargo feature `xla`.
 //! `--target x86-64-v4|x86-64-v3` writes a shared library and its C header (`cmd/cpu.rs`, feature `cpu`).
+//! `--target sm_80|sm_89|sm_90a|sm_100a|sm_120a` writes PTX checked by ptxas and a launch plan
+//! (`cmd/cuda.rs`, feature `cpu`).
 //!
 //! `--emit mlir` writes the compiled module in upstream MLIR dialects (func, arith, math, tensor,
 //! linalg) for IREE or `mlir-opt` (qc_backend_hlo::upstream documents the representation); shapes are
@@ -299,7 +301,9 @@ pub fn run(args: &CompileArgs) -> Result<(), Failure> {
             .ok_or_else(|| {
                 input_error("--target writes a .qca artifact: give its path with -o FILE.qca")
             })?;
-        if !crate::cmd::target::HAS_XLA || (target.is_cpu() && !crate::cmd::target::HAS_CPU) {
+        if !crate::cmd::target::HAS_XLA
+            || (target.needs_cpu_feature() && !crate::cmd::target::HAS_CPU)
+        {
             // Say so before the pipeline runs.
             return crate::cmd::target::write_artifact(
                 target,

@@ -3,6 +3,8 @@
 pub mod compile;
 #[cfg(feature = "cpu")]
 pub mod cpu;
+#[cfg(feature = "cpu")]
+pub mod cuda;
 pub mod formats;
 pub mod import;
 pub mod inspect;

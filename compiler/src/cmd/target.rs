@@ -1,4 +1,4 @@
-//! `qc compile --target xla|tpu`: the compiled module lowered by a backend and written as a `.qca`
+//! `qc compile --target xla|tpu` (and the CPU and GPU targets of cmd/cpu.rs and cmd/cuda.rs): the compiled module lowered by a backend and written as a `.qca`
 //! artifact (qc_runtime::artifact).
 //!
 //! The XLA backend (qc-backend-hlo, which links MLIR) is behind the cargo feature `xla` of the `qc`
@@ -30,6 +30,22 @@ pub enum Target {
     /// x86-64 CPUs with AVX2 and FMA: as x86-64-v4.
     #[value(name = "x86-64-v3")]
     X86_64V3,
+    /// NVIDIA Ampere (A100): PTX checked by ptxas and a launch plan (cmd/cuda.rs; needs a qc built
+    /// with the cargo feature `cpu`).
+    #[value(name = "sm_80")]
+    Sm80,
+    /// NVIDIA Ada (L4, L40): as sm_80.
+    #[value(name = "sm_89")]
+    Sm89,
+    /// NVIDIA Hopper (H100, H200), architecture-specific: as sm_80 (`sm_90` is the same).
+    #[value(name = "sm_90a", alias = "sm_90")]
+    Sm90a,
+    /// NVIDIA Blackwell data center (B200), architecture-specific: as sm_80 (`sm_100` is the same).
+    #[value(name = "sm_100a", alias = "sm_100")]
+    Sm100a,
+    /// NVIDIA Blackwell consumer (RTX 50xx), architecture-specific: as sm_80 (`sm_120` is the same).
+    #[value(name = "sm_120a", alias = "sm_120")]
+    Sm120a,
 }
 
 impl Target {
@@ -40,12 +56,30 @@ impl Target {
             Target::Tpu => "tpu",
             Target::X86_64V4 => "x86-64-v4",
             Target::X86_64V3 => "x86-64-v3",
+            Target::Sm80 => "sm_80",
+            Target::Sm89 => "sm_89",
+            Target::Sm90a => "sm_90a",
+            Target::Sm100a => "sm_100a",
+            Target::Sm120a => "sm_120a",
         }
     }
 
     /// Whether this is a CPU target (cmd/cpu.rs) rather than StableHLO.
     pub fn is_cpu(self) -> bool {
         matches!(self, Target::X86_64V4 | Target::X86_64V3)
+    }
+
+    /// Whether this is an NVIDIA GPU target (cmd/cuda.rs; built with the cargo feature `cpu`).
+    pub fn is_gpu(self) -> bool {
+        matches!(
+            self,
+            Target::Sm80 | Target::Sm89 | Target::Sm90a | Target::Sm100a | Target::Sm120a
+        )
+    }
+
+    /// Whether this target needs the cargo feature `cpu` (the CPU and GPU targets).
+    pub fn needs_cpu_feature(self) -> bool {
+        self.is_cpu() || self.is_gpu()
     }
 }
 
@@ -95,6 +129,16 @@ pub fn write_artifact(
     pipeline: &str,
     out: &Path,
 ) -> Result<(), Failure> {
+    if target.is_gpu() {
+        #[cfg(feature = "cpu")]
+        return crate::cmd::cuda::write_artifact(target, m, func, shapes, model, pipeline, out);
+        #[cfg(not(feature = "cpu"))]
+        return Err(input_error(format!(
+            "this qc was built without the GPU backend: rebuild it with `cargo build --release -p qc \
+             --features cpu` to use --target {}",
+            target.name()
+        )));
+    }
     if target.is_cpu() {
         #[cfg(feature = "cpu")]
         return crate::cmd::cpu::write_artifact(target, m, func, shapes, model, pipeline, out);
