@@ -352,7 +352,14 @@ fn compile_emits_deterministic_qir_that_runs() {
         (&["--wformat", "int4_g128"][..], 0.2),
         (&["--wformat", "nvfp4", "--method", "gptq"], 0.2),
         (
-            &["--wformat", "mxfp4", "--method", "mr-gptq", "--aformat", "fp8_e4m3"],
+            &[
+                "--wformat",
+                "mxfp4",
+                "--method",
+                "mr-gptq",
+                "--aformat",
+                "fp8_e4m3",
+            ],
             0.2,
         ),
         (&["--wformat", "fp8_e4m3", "--aformat", "fp8_e4m3"], 0.1),

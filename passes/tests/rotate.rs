@@ -5,7 +5,6 @@
 //! Llama models of scripts/models are generated and imported when python3 with numpy and onnx is
 //! present (they are skipped with a note otherwise).
 
-
 use qc_ir::pass::{Changed, Pass, PassContext};
 use qc_ir::quant::named_format;
 use qc_ir::types::ElemType;

@@ -75,28 +75,39 @@ fn cpu_target(t: Target) -> Result<CpuTarget, Failure> {
     CpuTarget::from_str(t.name()).map_err(|e| Failure::Internal(format!("internal error: {e}\n")))
 }
 
-fn mlir_bin(tool: &str) -> PathBuf {
+/// The path of LLVM/MLIR tool `tool` (`QC_MLIR_BIN`, default /usr/lib/llvm-22/bin).
+pub(crate) fn mlir_bin(tool: &str) -> PathBuf {
     let dir = std::env::var_os("QC_MLIR_BIN").unwrap_or_else(|| "/usr/lib/llvm-22/bin".into());
     Path::new(&dir).join(tool)
 }
 
-/// Runs an LLVM tool with `input` on standard input; its standard output.
-fn tool(name: &str, args: &[&str], input: &[u8], what: &str) -> Result<Vec<u8>, Failure> {
+/// Runs the LLVM/MLIR tool `name` with `args` (and the environment variables `env`) on `input` given on
+/// standard input; its standard output. A tool that cannot start or fails is a diagnostic (exit 2) that
+/// says `what` was being done and quotes the tool's errors.
+pub(crate) fn tool<S: AsRef<std::ffi::OsStr>>(
+    name: &str,
+    args: &[S],
+    env: &[(&str, &Path)],
+    input: &[u8],
+    what: &str,
+) -> Result<Vec<u8>, Failure> {
     use std::io::Write;
     let path = mlir_bin(name);
-    let mut child = Command::new(&path)
-        .args(args)
+    let mut cmd = Command::new(&path);
+    cmd.args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| {
-            input_error(format!(
-                "cannot run {} ({e}): the CPU targets need LLVM 22's MLIR tools (set QC_MLIR_BIN to \
-                 their folder)",
-                path.display()
-            ))
-        })?;
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().map_err(|e| {
+        input_error(format!(
+            "cannot run {} ({e}): qc's CPU and GPU targets need LLVM 22's MLIR tools (set \
+             QC_MLIR_BIN to their folder)",
+            path.display()
+        ))
+    })?;
     let mut stdin = child.stdin.take().expect("piped");
     let data = input.to_vec();
     let writer = std::thread::spawn(move || {
@@ -127,10 +138,11 @@ pub fn lower_to_llvm_ir(text: &str, target: &str) -> Result<String, Failure> {
             args.push("--buffer-deallocation-pipeline");
         }
     }
-    let llvm_dialect = tool("mlir-opt", &args, text.as_bytes(), &what)?;
+    let llvm_dialect = tool("mlir-opt", &args, &[], text.as_bytes(), &what)?;
     let ir = tool(
         "mlir-translate",
         &["--mlir-to-llvmir"],
+        &[],
         &llvm_dialect,
         &what,
     )?;

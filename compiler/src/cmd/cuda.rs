@@ -38,7 +38,6 @@
 //! lower are rejected with MLIR's diagnostic (exit code 2).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use qc_backend_ptx::GpuTarget;
 use qc_ir::Module;
@@ -93,51 +92,15 @@ pub fn gpu_target(t: Target) -> Result<GpuTarget, Failure> {
     GpuTarget::parse(t.name()).map_err(|e| Failure::Internal(format!("internal error: {e}\n")))
 }
 
-fn mlir_bin(tool: &str) -> PathBuf {
-    let dir = std::env::var_os("QC_MLIR_BIN").unwrap_or_else(|| "/usr/lib/llvm-22/bin".into());
-    Path::new(&dir).join(tool)
-}
-
-/// Runs mlir-opt with `args` and `input` on standard input (and `CUDA_ROOT` when given); its output.
+/// Runs mlir-opt with `args` on `input` (and `CUDA_ROOT` when given, for libdevice); its output.
 fn mlir_opt(
     args: &[String],
     input: &[u8],
     cuda_root: Option<&Path>,
     what: &str,
 ) -> Result<Vec<u8>, Failure> {
-    use std::io::Write;
-    let path = mlir_bin("mlir-opt");
-    let mut cmd = Command::new(&path);
-    cmd.args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if let Some(root) = cuda_root {
-        cmd.env("CUDA_ROOT", root);
-    }
-    let mut child = cmd.spawn().map_err(|e| {
-        input_error(format!(
-            "cannot run {} ({e}): the GPU targets need LLVM 22's MLIR tools (set QC_MLIR_BIN to \
-             their folder)",
-            path.display()
-        ))
-    })?;
-    let mut stdin = child.stdin.take().expect("piped");
-    let data = input.to_vec();
-    let writer = std::thread::spawn(move || {
-        let _ = stdin.write_all(&data);
-    });
-    let out = child
-        .wait_with_output()
-        .map_err(|e| input_error(format!("mlir-opt: {e}")))?;
-    let _ = writer.join();
-    if !out.status.success() {
-        return Err(input_error(format!(
-            "{what}: mlir-opt failed:\n{}",
-            String::from_utf8_lossy(&out.stderr).trim_end()
-        )));
-    }
-    Ok(out.stdout)
+    let env: Vec<(&str, &Path)> = cuda_root.map(|r| ("CUDA_ROOT", r)).into_iter().collect();
+    crate::cmd::cpu::tool("mlir-opt", args, &env, input, what)
 }
 
 /// The CUDA toolkit folder holding `ptxas` (`<root>/bin/ptxas`) when it has libdevice.

@@ -170,7 +170,10 @@ fn effective_weight(m: &Module, fi: usize, r: &Reference) -> Option<(Vec<f32>, O
         let mut orig_kn = r.w_kn.clone();
         // An online rotation the method put in front of the layer (MR-GPTQ): x H W^ = x (H W^); the
         // stored weight is H W. (A rotation already in the float model reads the same value as before.)
-        if let Some(&hi) = prod.get(&op.operands[0]).filter(|_| op.operands[0] != r.lin.x) {
+        if let Some(&hi) = prod
+            .get(&op.operands[0])
+            .filter(|_| op.operands[0] != r.lin.x)
+        {
             let h = &f.ops[hi];
             if QuantOp::of(h) == Some(QuantOp::Hadamard) {
                 let b = h.attr("block").and_then(Attribute::as_int)? as usize;
