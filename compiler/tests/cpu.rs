@@ -13,44 +13,11 @@ use std::process::Command;
 
 use qc::npy::read_npy;
 
+mod common;
+use common::{ok, p, qc, qc_out, rel, repo};
+
 /// Outputs must agree within this fraction of the largest reference magnitude.
 const TOL: f64 = 1e-5;
-
-fn p(path: &Path) -> &str {
-    path.to_str().expect("temporary paths are UTF-8")
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn ok(cmd: &mut Command, what: &str) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn qc(args: &[&str]) -> String {
-    ok(
-        Command::new(env!("CARGO_BIN_EXE_qc")).args(args),
-        &format!("qc {}", args.join(" ")),
-    )
-}
-
-fn qc_out(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_qc"))
-        .args(args)
-        .output()
-        .expect("run qc")
-}
 
 struct Bert {
     _dir: tempfile::TempDir,
@@ -124,23 +91,6 @@ fn host_supports(target: &str) -> bool {
                 && std::is_x86_feature_detected!("avx512vl")
         }
     }
-}
-
-/// Max |a - b| / max |b| over two .npy files.
-fn rel(actual: &Path, expected: &Path) -> f64 {
-    let (a, e) = (read_npy(actual).unwrap(), read_npy(expected).unwrap());
-    assert_eq!(a.shape, e.shape, "{}", actual.display());
-    let (av, ev) = (a.to_f32(), e.to_f32());
-    let scale = ev.iter().fold(0f64, |m, &x| m.max((x as f64).abs()));
-    assert!(scale > 0.0);
-    av.iter().zip(&ev).fold(0f64, |m, (&x, &y)| {
-        let d = (x as f64 - y as f64).abs();
-        if d.is_nan() {
-            f64::INFINITY
-        } else {
-            m.max(d)
-        }
-    }) / scale
 }
 
 fn input_args(b: &Bert) -> Vec<String> {

@@ -7,7 +7,6 @@
 //! (`bash .ci/install-python.sh`); fails, saying so, without them.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 
 use qc::cmd::compile::{compile_module, CompileArgs, Method};
@@ -17,26 +16,14 @@ use qc_ir::pass::PassManager;
 use qc_ir::Module;
 use qc_runtime::interp::{Data, Tensor};
 
-const SCRIPTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/models");
+mod common;
+use common::{models_script, qc_out};
 
 struct Fixture {
     model: PathBuf,
     calib: PathBuf,
     /// `NAME=FILE.npy` specs of the held-out input.
     eval: Vec<String>,
-}
-
-fn python(script: &str, args: &[&str]) {
-    let out = Command::new("python3")
-        .arg(format!("{SCRIPTS}/{script}"))
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("python3 is required (bash .ci/install-python.sh): {e}"));
-    assert!(
-        out.status.success(),
-        "python3 {script} {args:?} failed (bash .ci/install-python.sh installs numpy and onnx):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn fixture() -> &'static Fixture {
@@ -47,7 +34,7 @@ fn fixture() -> &'static Fixture {
         std::fs::create_dir_all(&dir).unwrap();
         let model = dir.join("bert.onnx");
         let m = model.to_str().unwrap();
-        python(
+        models_script(
             "make_bert.py",
             &[
                 "--config",
@@ -75,7 +62,7 @@ fn fixture() -> &'static Fixture {
         for run in 0..8 {
             let d = dir.join(format!("run{run}"));
             let seed = (100 + run).to_string();
-            python(
+            models_script(
                 "check.py",
                 &[
                     "inputs",
@@ -98,7 +85,7 @@ fn fixture() -> &'static Fixture {
             }
         }
         let held = dir.join("eval");
-        python(
+        models_script(
             "check.py",
             &[
                 "inputs",
@@ -335,13 +322,6 @@ fn exponent_bias_folding_and_smoothquant_are_exact_in_f32() {
     assert!(e < 1e-5, "SmoothQuant changed the f32 function: {e:.2e}");
 }
 
-fn qc(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_qc"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
 #[test]
 fn compile_emits_deterministic_qir_that_runs() {
     let f = fixture();
@@ -375,7 +355,7 @@ fn compile_emits_deterministic_qir_that_runs() {
             ];
             args.extend_from_slice(flags);
             args.extend(["--emit", "qir", "-o", out.to_str().unwrap()]);
-            let o = qc(&args);
+            let o = qc_out(&args);
             assert!(
                 o.status.success(),
                 "qc {args:?}: {}",
@@ -409,7 +389,7 @@ fn report_writes_a_table_and_html_with_plots() {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("methods-report");
     std::fs::create_dir_all(&dir).unwrap();
     let html = dir.join("report.html");
-    let o = qc(&[
+    let o = qc_out(&[
         "report",
         f.model.to_str().unwrap(),
         "--formats",

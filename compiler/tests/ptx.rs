@@ -14,36 +14,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod common;
+use common::{ok, p, qc, repo};
+
 const TARGETS: [&str; 5] = ["sm_80", "sm_89", "sm_90a", "sm_100a", "sm_120a"];
-
-fn p(path: &Path) -> &str {
-    path.to_str().expect("temporary paths are UTF-8")
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn ok(cmd: &mut Command, what: &str) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn qc(args: &[&str]) -> String {
-    ok(
-        Command::new(env!("CARGO_BIN_EXE_qc")).args(args),
-        &format!("qc {}", args.join(" ")),
-    )
-}
 
 /// The ptxas executable, or None when there is none and `QC_ALLOW_NO_PTXAS=1` (else a failure).
 fn ptxas() -> Option<PathBuf> {

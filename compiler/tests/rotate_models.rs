@@ -4,27 +4,14 @@
 //! Llama. Needs python3 with numpy and onnx (`bash .ci/install-python.sh`); fails, saying so, without.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use qc::cmd::run::run_with_inputs;
 use qc_ir::pass::PassManager;
 use qc_ir::Module;
 use qc_runtime::interp::{Data, Tensor};
 
-const SCRIPTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/models");
-
-fn python(script: &str, args: &[&str]) {
-    let out = Command::new("python3")
-        .arg(format!("{SCRIPTS}/{script}"))
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("python3 is required (bash .ci/install-python.sh): {e}"));
-    assert!(
-        out.status.success(),
-        "python3 {script} {args:?} failed (bash .ci/install-python.sh installs numpy and onnx):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+mod common;
+use common::models_script;
 
 /// Writes the tiny `kind` model and one input; returns the imported module and the input specs.
 fn model(kind: &str) -> (Module, Vec<String>) {
@@ -33,12 +20,12 @@ fn model(kind: &str) -> (Module, Vec<String>) {
     std::fs::create_dir_all(&dir).unwrap();
     let onnx = dir.join(format!("{kind}.onnx"));
     let o = onnx.to_str().unwrap();
-    python(
+    models_script(
         &format!("make_{kind}.py"),
         &["--config", "tiny", "--seed", "1", "--out", o],
     );
     let inputs = dir.join("in");
-    python(
+    models_script(
         "check.py",
         &[
             "inputs",

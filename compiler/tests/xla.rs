@@ -7,21 +7,13 @@
 //! and python3 with numpy, onnx and jax (`bash .ci/install-python.sh`); they fail, saying so, when
 //! python is incomplete. Without the feature, the test here checks that `--target` says how to get it.
 
+#[cfg(feature = "xla")]
 use std::path::Path;
 #[cfg(feature = "xla")]
-use std::path::PathBuf;
 use std::process::Command;
 
-fn p(path: &Path) -> &str {
-    path.to_str().expect("temporary paths are UTF-8")
-}
-
-fn qc_out(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_qc"))
-        .args(args)
-        .output()
-        .expect("run qc")
-}
+mod common;
+use common::{p, qc_out};
 
 #[test]
 fn inspect_rejects_what_is_not_an_artifact() {
@@ -64,35 +56,10 @@ fn target_without_the_backend_says_how_to_get_it() {
 #[cfg(feature = "xla")]
 mod with_xla {
     use super::*;
-    use qc::npy::read_npy;
+    use common::{ok as run, qc, rel, repo};
 
     /// Outputs must agree within this fraction of the largest reference magnitude.
     const TOL: f64 = 1e-4;
-
-    fn repo() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-    }
-
-    fn run(cmd: &mut Command, what: &str) -> String {
-        let out = cmd
-            .output()
-            .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
-        assert!(
-            out.status.success(),
-            "{what} failed ({}):\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn qc(args: &[&str]) -> String {
-        run(
-            Command::new(env!("CARGO_BIN_EXE_qc")).args(args),
-            &format!("qc {}", args.join(" ")),
-        )
-    }
 
     fn require_python() {
         let probe = Command::new("python3")
@@ -115,23 +82,6 @@ mod with_xla {
             Command::new("python3").arg(script).args(args),
             &format!("python3 {} {}", script.display(), args.join(" ")),
         )
-    }
-
-    /// Max |a - b| / max |b| over two .npy files.
-    fn rel(actual: &Path, expected: &Path) -> f64 {
-        let (a, e) = (read_npy(actual).unwrap(), read_npy(expected).unwrap());
-        assert_eq!(a.shape, e.shape, "{}", actual.display());
-        let (av, ev) = (a.to_f32(), e.to_f32());
-        let scale = ev.iter().fold(0f64, |m, &x| m.max((x as f64).abs()));
-        assert!(scale > 0.0);
-        av.iter().zip(&ev).fold(0f64, |m, (&x, &y)| {
-            let d = (x as f64 - y as f64).abs();
-            if d.is_nan() {
-                f64::INFINITY
-            } else {
-                m.max(d)
-            }
-        }) / scale
     }
 
     /// Compiles `kind` with `passes` for `target`, runs it on XLA and compares with `qc run` of the same
@@ -371,26 +321,9 @@ fn emit_mlir_without_the_backend_says_how_to_get_it() {
 #[cfg(feature = "xla")]
 mod emit_mlir {
     use super::*;
+    use common::{ok, repo};
     use qc::npy::{read_npy, NpyData};
     use std::path::PathBuf;
-
-    fn repo() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-    }
-
-    fn ok(cmd: &mut Command, what: &str) -> String {
-        let out = cmd
-            .output()
-            .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
-        assert!(
-            out.status.success(),
-            "{what} failed ({}):\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
 
     fn llvm_bin(tool: &str) -> PathBuf {
         let dir = std::env::var("UPSTREAM_MLIR_BIN").unwrap_or("/usr/lib/llvm-22/bin".into());
