@@ -26,6 +26,8 @@ enum Command {
     Import(cmd::import::ImportArgs),
     /// Run a model (.onnx or .qir) with the reference interpreter.
     Run(cmd::run::RunArgs),
+    /// Time a compiled CPU artifact (.qca): one JSON line with the best and median latency.
+    Bench(cmd::bench::BenchArgs),
     /// Summarize a .qca artifact (target, formats, sizes, provenance); --extract DIR writes its parts.
     Inspect(cmd::inspect::InspectArgs),
     /// Quantize an array (.npy) to a format; writes codes, scales, packed bytes and the decoded values (.npz).
@@ -58,6 +60,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Import(a) => cmd::import::run(&a),
         Command::Run(a) => cmd::run::run(&a),
         Command::Inspect(a) => cmd::inspect::run(&a),
+        Command::Bench(a) => cmd::bench::run(&a),
         Command::Quantize(a) => cmd::quantize::run_quantize(&a),
         Command::Dequantize(a) => cmd::quantize::run_dequantize(&a),
     }

@@ -1,6 +1,8 @@
-//! `qc compile --target x86-64-v4|x86-64-v3` and `qc run ARTIFACT.qca`, end to end: the tiny BERT-style
-//! encoder (scripts/models), float and with int4_g32 / mxfp4 weights, compiled to a shared library
-//! (upstream MLIR -> mlir-opt / mlir-translate of LLVM 22 -> inkwell -> cc -shared), run from the
+//! `qc compile --target x86-64-v4|x86-64-v3|native` and `qc run ARTIFACT.qca`, end to end: the tiny
+//! BERT-style encoder and the tiny Llama-style decoder (scripts/models), float and with quantized
+//! weights in the formats qc's CPU kernels read (int4, int8, nvfp4, mxfp4, mxfp6, mxint8, fp8),
+//! compiled to a shared library (upstream MLIR -> mlir-opt / mlir-translate of LLVM 22 -> inkwell -> cc
+//! -shared, quantized products calling qc's kernels on the artifact's weights.bin), run from the
 //! artifact and compared with `qc run` (the reference interpreter) on the same compiled IR. Each level
 //! runs only where the host CPU implements it.
 //!
@@ -19,14 +21,17 @@ use common::{ok, p, qc, qc_out, rel, repo};
 /// Outputs must agree within this fraction of the largest reference magnitude.
 const TOL: f64 = 1e-5;
 
-struct Bert {
+struct Model {
     _dir: tempfile::TempDir,
     d: PathBuf,
     model: PathBuf,
+    inputs: &'static [&'static str],
+    outputs: &'static [&'static str],
 }
 
-/// The tiny BERT-style model and its inputs (batch 2, sequence 7).
-fn bert() -> Bert {
+/// A model of scripts/models (`make_bert.py` or `make_llama.py`, tiny config) and its inputs (batch
+/// 2, sequence 7).
+fn model(script: &str, inputs: &'static [&'static str], outputs: &'static [&'static str]) -> Model {
     let probe = Command::new("python3")
         .args(["-c", "import numpy, onnx"])
         .output();
@@ -36,21 +41,19 @@ fn bert() -> Bert {
     );
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_path_buf();
-    let model = d.join("bert.onnx");
+    let model = d.join("model.onnx");
     let scripts = repo().join("scripts/models");
     ok(
-        Command::new("python3")
-            .arg(scripts.join("make_bert.py"))
-            .args([
-                "--config",
-                "tiny",
-                "--seed",
-                "0",
-                "--out",
-                p(&model),
-                "--embedded",
-            ]),
-        "make_bert.py",
+        Command::new("python3").arg(scripts.join(script)).args([
+            "--config",
+            "tiny",
+            "--seed",
+            "0",
+            "--out",
+            p(&model),
+            "--embedded",
+        ]),
+        script,
     );
     ok(
         Command::new("python3").arg(scripts.join("check.py")).args([
@@ -66,15 +69,30 @@ fn bert() -> Bert {
         ]),
         "check.py inputs",
     );
-    Bert {
+    Model {
         _dir: dir,
         d,
         model,
+        inputs,
+        outputs,
     }
 }
 
-const INPUTS: [&str; 3] = ["input_ids", "token_type_ids", "attention_mask"];
-const OUTPUTS: [&str; 2] = ["last_hidden_state", "pooler_output"];
+fn bert() -> Model {
+    model(
+        "make_bert.py",
+        &["input_ids", "token_type_ids", "attention_mask"],
+        &["last_hidden_state", "pooler_output"],
+    )
+}
+
+fn llama() -> Model {
+    model(
+        "make_llama.py",
+        &["input_ids", "attention_mask"],
+        &["logits"],
+    )
+}
 
 fn host_supports(target: &str) -> bool {
     let v3 = std::is_x86_feature_detected!("avx2")
@@ -93,8 +111,8 @@ fn host_supports(target: &str) -> bool {
     }
 }
 
-fn input_args(b: &Bert) -> Vec<String> {
-    INPUTS
+fn input_args(b: &Model) -> Vec<String> {
+    b.inputs
         .iter()
         .flat_map(|n| {
             [
@@ -105,9 +123,19 @@ fn input_args(b: &Bert) -> Vec<String> {
         .collect()
 }
 
-/// Compiles the model with `passes` for every CPU level the host runs, checks determinism and the
-/// parts, runs each artifact and compares with the interpreter; returns the relative errors.
-fn check(b: &Bert, passes: &str, tag: &str) -> Vec<f64> {
+/// What [`check`] does besides comparing each level's outputs with the interpreter.
+#[derive(Clone, Copy, PartialEq)]
+enum Extra {
+    /// Nothing more.
+    None,
+    /// Compile twice (byte-identical artifacts), check `qc inspect` and its extracted parts, and call
+    /// the library from a C program.
+    All,
+}
+
+/// Compiles the model with `passes` for every CPU level the host runs, runs each artifact and compares
+/// with the interpreter (plus `extra`); returns the relative errors.
+fn check(b: &Model, passes: &str, tag: &str, extra: Extra) -> Vec<f64> {
     let qir = b.d.join(format!("{tag}.qir"));
     qc(&["compile", p(&b.model), "--passes", passes, "-o", p(&qir)]);
     let refdir = b.d.join(format!("{tag}.ref"));
@@ -137,45 +165,15 @@ fn check(b: &Bert, passes: &str, tag: &str) -> Vec<f64> {
             p(&qca),
         ];
         qc(&args);
-        let again = b.d.join(format!("{tag}.{target}.again.qca"));
-        let mut args2 = args;
-        args2[args2.len() - 1] = p(&again);
-        qc(&args2);
-        assert_eq!(
-            std::fs::read(&qca).unwrap(),
-            std::fs::read(&again).unwrap(),
-            "{tag} {target}: the artifact is not deterministic"
-        );
-        let summary = qc(&["inspect", p(&qca)]);
-        for want in [
-            format!("target     {target}"),
-            "entry      @qc_main".into(),
-            "model.so".into(),
-            "model.h".into(),
-            format!("pipeline   {passes}"),
-        ] {
-            assert!(summary.contains(&want), "no '{want}' in\n{summary}");
-        }
-        let ex = b.d.join(format!("{tag}.{target}.ex"));
-        qc(&["inspect", p(&qca), "--extract", p(&ex)]);
-        assert!(ex.join("manifest.json").exists());
-        let header = std::fs::read_to_string(ex.join("model.h")).unwrap();
-        assert!(
-            header.contains(
-                "int qc_main(const int64_t *input_ids, const int64_t *token_type_ids, const int64_t \
-                 *attention_mask, float *last_hidden_state, float *pooler_output);"
-            ),
-            "{header}"
-        );
         let outdir = b.d.join(format!("{tag}.{target}.out"));
         let mut args = vec!["run".to_string(), p(&qca).into()];
         args.extend(input_args(b));
         args.extend(["-o".into(), p(&outdir).into()]);
         qc(&args.iter().map(String::as_str).collect::<Vec<_>>());
-        if tag == "float" {
-            c_caller(b, &ex, &outdir, target);
+        if extra == Extra::All {
+            inspect_and_call(b, passes, tag, target, &qca, &outdir);
         }
-        for name in OUTPUTS {
+        for name in b.outputs {
             let r = rel(
                 &outdir.join(format!("{name}.npy")),
                 &refdir.join(format!("{name}.npy")),
@@ -191,10 +189,60 @@ fn check(b: &Bert, passes: &str, tag: &str) -> Vec<f64> {
     errs
 }
 
-/// A C program includes the extracted `model.h`, links `model.so` and calls `qc_main` on the same
-/// inputs: its outputs are bit-identical to those of `qc run ARTIFACT.qca` in `outdir`.
-fn c_caller(b: &Bert, ex: &Path, outdir: &Path, target: &str) {
-    for n in INPUTS {
+/// Re-compiles into a second file (byte-identical), checks `qc inspect` and `--extract`, and runs the
+/// C caller of [`c_caller`].
+fn inspect_and_call(b: &Model, passes: &str, tag: &str, target: &str, qca: &Path, outdir: &Path) {
+    let again = b.d.join(format!("{tag}.{target}.again.qca"));
+    qc(&[
+        "compile",
+        p(&b.model),
+        "--passes",
+        passes,
+        "--target",
+        target,
+        "--shape",
+        "batch=2",
+        "--shape",
+        "seq=7",
+        "-o",
+        p(&again),
+    ]);
+    assert_eq!(
+        std::fs::read(qca).unwrap(),
+        std::fs::read(&again).unwrap(),
+        "{tag} {target}: the artifact is not deterministic"
+    );
+    let summary = qc(&["inspect", p(qca)]);
+    for want in [
+        format!("target     {target}"),
+        "entry      @qc_main".into(),
+        "model.so".into(),
+        "model.h".into(),
+        "weights.bin".into(),
+        format!("pipeline   {passes}"),
+    ] {
+        assert!(summary.contains(&want), "no '{want}' in\n{summary}");
+    }
+    let ex = b.d.join(format!("{tag}.{target}.ex"));
+    qc(&["inspect", p(qca), "--extract", p(&ex)]);
+    assert!(ex.join("manifest.json").exists());
+    let header = std::fs::read_to_string(ex.join("model.h")).unwrap();
+    assert!(
+        header.contains(
+            "int qc_main(const void *weights, const int64_t *input_ids, const int64_t \
+             *token_type_ids, const int64_t *attention_mask, float *last_hidden_state, float \
+             *pooler_output);"
+        ) && header.contains("int64_t qc_weights_size(void);"),
+        "{header}"
+    );
+    c_caller(b, &ex, outdir, target);
+}
+
+/// A C program includes the extracted `model.h`, loads `weights.bin` into a 64-byte aligned buffer,
+/// links `model.so` and calls `qc_main` on the same inputs: its outputs are bit-identical to those of
+/// `qc run ARTIFACT.qca` in `outdir`.
+fn c_caller(b: &Model, ex: &Path, outdir: &Path, target: &str) {
+    for n in b.inputs {
         let a = read_npy(&b.d.join(format!("in/{n}.npy"))).unwrap();
         let qc::npy::NpyData::I64(v) = &a.data else {
             panic!("{n}: inputs are int64")
@@ -213,15 +261,20 @@ static void load(const char *f, void *p, size_t n) {
 int main(void) {
   int64_t ids[14], tt[14], am[14];
   float hidden[2 * 7 * 32], pooled[2 * 32];
+  size_t wn = (size_t)qc_weights_size();
+  void *w = wn ? aligned_alloc(64, (wn + 63) / 64 * 64) : NULL;
+  if (wn && !w) return 5;
+  if (wn) load("weights.bin", w, wn);
   load("input_ids.bin", ids, sizeof ids);
   load("token_type_ids.bin", tt, sizeof tt);
   load("attention_mask.bin", am, sizeof am);
   for (int k = 0; k < 3; k++)
-    if (qc_main(ids, tt, am, hidden, pooled) != 0) return 4;
+    if (qc_main(w, ids, tt, am, hidden, pooled) != 0) return 4;
   FILE *o = fopen("out.bin", "wb");
   fwrite(hidden, 1, sizeof hidden, o);
   fwrite(pooled, 1, sizeof pooled, o);
   fclose(o);
+  free(w);
   return 0;
 }
 "#;
@@ -247,7 +300,7 @@ int main(void) {
     );
     let got = std::fs::read(ex.join("out.bin")).unwrap();
     let mut want = Vec::new();
-    for name in OUTPUTS {
+    for name in b.outputs {
         let a = read_npy(&outdir.join(format!("{name}.npy"))).unwrap();
         want.extend(a.to_f32().iter().flat_map(|x| x.to_le_bytes()));
     }
@@ -257,22 +310,40 @@ int main(void) {
     );
 }
 
+fn quantized(w: &str) -> String {
+    format!("canonicalize,cse,dce,quantize{{w={w}}},dce")
+}
+
 #[test]
 fn bert_float_on_cpu_matches_the_interpreter() {
     let b = bert();
-    check(&b, "canonicalize,cse,dce", "float");
+    check(&b, "canonicalize,cse,dce", "float", Extra::All);
 }
 
 #[test]
 fn bert_quantized_on_cpu_matches_the_interpreter() {
     let b = bert();
+    check(&b, &quantized("nvfp4"), "nvfp4", Extra::All);
     // The tiny model's dimensions (32, 64) are not multiples of 128: int4_g32 stands in for int4_g128.
-    for w in ["int4_g32", "mxfp4"] {
-        check(
-            &b,
-            &format!("canonicalize,cse,dce,quantize{{w={w}}},dce"),
-            w,
-        );
+    for w in [
+        "int4_g32",
+        "int8_channel",
+        "mxfp4",
+        "mxfp6",
+        "mxfp8",
+        "mxint8",
+        "fp8_e4m3",
+    ] {
+        check(&b, &quantized(w), w, Extra::None);
+    }
+}
+
+#[test]
+fn llama_on_cpu_matches_the_interpreter() {
+    let l = llama();
+    check(&l, "canonicalize,cse,dce", "float", Extra::None);
+    for w in ["nvfp4", "mxfp4", "int4_g32"] {
+        check(&l, &quantized(w), w, Extra::None);
     }
 }
 
@@ -303,33 +374,78 @@ fn what_the_cpu_target_cannot_lower_is_a_diagnostic() {
         "{err}"
     );
     assert!(!out_path.exists(), "a failed compile wrote its output");
-    // A format upstream MLIR cannot lower on a CPU (NVFP4's f8E4M3FN block scales): mlir's diagnostic.
-    let b = bert();
-    let out_path = b.d.join("nvfp4.qca");
-    let out = qc_out(&[
-        "compile",
-        p(&b.model),
-        "--passes",
-        "canonicalize,cse,dce,quantize{w=nvfp4},dce",
-        "--target",
-        "x86-64-v3",
-        "--shape",
-        "batch=2",
-        "--shape",
-        "seq=7",
-        "-o",
-        p(&out_path),
-    ]);
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("x86-64-v3 target cannot lower") && err.contains("f8E4M3FN"),
-        "{err}"
-    );
-    assert!(!out_path.exists());
-    // qc run refuses an artifact of another target.
-    let bad = b.d.join("bad.qca");
+    // qc run refuses what is not an artifact.
+    let bad = dir.path().join("bad.qca");
     std::fs::write(&bad, b"PK\x03\x04 not really").unwrap();
-    let out = qc_out(&["run", p(&bad), "-o", p(&b.d.join("o"))]);
+    let out = qc_out(&["run", p(&bad), "-o", p(&dir.path().join("o"))]);
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// Products big enough to run on several threads (`[M, 1024] x [1024, 1536]`, M = 1 and 5): outputs
+/// are bit-identical for 1 and 2 OpenMP threads and match the interpreter, for a 4-bit, an 8-bit
+/// integer and an 8-bit minifloat format.
+#[test]
+fn threaded_products_are_deterministic_and_match_the_interpreter() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = d.join("mm.onnx");
+    let script = format!(
+        "import numpy as np, onnx\n\
+         from onnx import helper as h, TensorProto as T, numpy_helper as nh\n\
+         r = np.random.default_rng(0)\n\
+         w = nh.from_array((r.standard_normal((1024, 1536)) * 0.05).astype(np.float32), 'w')\n\
+         g = h.make_graph([h.make_node('MatMul', ['x', 'w'], ['y']), h.make_node('Relu', ['y'], ['z'])],\n\
+         \x20   'mm', [h.make_tensor_value_info('x', T.FLOAT, ['batch', 1024])],\n\
+         \x20   [h.make_tensor_value_info('z', T.FLOAT, ['batch', 1536])], [w])\n\
+         onnx.save(h.make_model(g, opset_imports=[h.make_opsetid('', 18)]), '{}')\n\
+         for m in (1, 5, 20):\n\
+         \x20   np.save('{}/x%d.npy' % m, r.standard_normal((m, 1024)).astype(np.float32))\n",
+        p(&model),
+        p(d)
+    );
+    ok(
+        Command::new("python3").args(["-c", &script]),
+        "making the MatMul model",
+    );
+    for w in ["int4_g32", "int8_channel", "mxfp8"] {
+        let passes = quantized(w);
+        let qir = d.join(format!("{w}.qir"));
+        qc(&["compile", p(&model), "--passes", &passes, "-o", p(&qir)]);
+        for m in [1, 5, 20] {
+            let x = format!("x={}", p(&d.join(format!("x{m}.npy"))));
+            let refdir = d.join(format!("{w}.{m}.ref"));
+            qc(&["run", p(&qir), "--input", &x, "-o", p(&refdir)]);
+            let qca = d.join(format!("{w}.{m}.qca"));
+            qc(&[
+                "compile",
+                p(&model),
+                "--passes",
+                &passes,
+                "--target",
+                "native",
+                "--shape",
+                &format!("batch={m}"),
+                "-o",
+                p(&qca),
+            ]);
+            let mut outs = Vec::new();
+            for threads in ["1", "2"] {
+                let out = d.join(format!("{w}.{m}.t{threads}"));
+                ok(
+                    Command::new(env!("CARGO_BIN_EXE_qc"))
+                        .env("OMP_NUM_THREADS", threads)
+                        .args(["run", p(&qca), "--input", &x, "-o", p(&out)]),
+                    "qc run",
+                );
+                let r = rel(&out.join("z.npy"), &refdir.join("z.npy"));
+                eprintln!("{w} M={m} threads={threads}: {r:.3e} of the output's scale");
+                assert!(r <= TOL, "{w} M={m} threads={threads}: {r:.3e}");
+                outs.push(std::fs::read(out.join("z.npy")).unwrap());
+            }
+            assert!(
+                outs[0] == outs[1],
+                "{w} M={m}: 1 and 2 threads give different outputs"
+            );
+        }
+    }
 }

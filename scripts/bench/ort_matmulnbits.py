@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Peer measurement for qc's quantized GEMV benchmark: onnxruntime's MatMulNBits (com.microsoft) on the
-CPU, M = 1, with the same N, K and block size as qc's kernels.
+"""Peer measurement for qc's quantized GEMV and GEMM benchmarks: onnxruntime's MatMulNBits
+(com.microsoft) on the CPU, M = 1 (or --m M), with the same N, K and block size as qc's kernels.
 
 For each configuration it builds a one-node model (A[1, K] f32, B[N, K/block, block*bits/8] uint8
 constant, scales[N * K/block] f32 constant, no zero points: symmetric, implicit zero point
@@ -11,10 +11,13 @@ one JSON object per (bits, block, threads, accuracy_level) line on stdout:
    "accuracy_level": 0, "weight_bytes": ..., "best_s": ..., "median_s": ..., "gbps": ..., "check": ...}
 
 weight_bytes counts B and the scales (what the kernel must stream); gbps = weight_bytes / best_s / 1e9.
+With --m M > 1 (A[M, K], Y[M, N]) each line also has "m": M and "gflops": 2 M N K / best_s / 1e9; the
+output for M = 1 (the default) is unchanged.
 "check" is the largest |y - y_ref| / max|y_ref| over the first 8 rows, y_ref computed with numpy from the
 same codes and scales (accuracy_level 4 quantizes A to int8, so its check is looser by design).
 
-Usage: ort_matmulnbits.py --n N --k K --bits 4 --block 32 [--threads 1,2] [--levels 0,4] [--reps 5]
+Usage: ort_matmulnbits.py --n N --k K --bits 4 --block 32 [--m 1] [--threads 1,2] [--levels 0,4]
+       [--reps 5]
 Weights are random (seeded); timing is the best of --reps runs after one warm-up run.
 """
 
@@ -30,7 +33,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 
-def build_model(n, k, bits, block, level, b, scales):
+def build_model(n, k, bits, block, level, b, scales, m=1):
     node = helper.make_node(
         "MatMulNBits",
         ["A", "B", "scales"],
@@ -45,8 +48,8 @@ def build_model(n, k, bits, block, level, b, scales):
     graph = helper.make_graph(
         [node],
         "gemv",
-        [helper.make_tensor_value_info("A", TensorProto.FLOAT, [1, k])],
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, n])],
+        [helper.make_tensor_value_info("A", TensorProto.FLOAT, [m, k])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [m, n])],
         initializer=[numpy_helper.from_array(b, "B"), numpy_helper.from_array(scales, "scales")],
     )
     model = helper.make_model(
@@ -80,12 +83,15 @@ def main():
     ap.add_argument("--k", type=int, required=True)
     ap.add_argument("--bits", type=int, choices=[4, 8], required=True)
     ap.add_argument("--block", type=int, required=True)
+    ap.add_argument("--m", type=int, default=1, help="activation rows (1: GEMV)")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--levels", default="0,4")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
-    n, k, bits, block = a.n, a.k, a.bits, a.block
+    n, k, bits, block, m = a.n, a.k, a.bits, a.block, a.m
+    if m < 1:
+        sys.exit("--m must be at least 1")
     if k % block:
         sys.exit(f"K = {k} is not a multiple of the block {block}")
     rng = np.random.default_rng(a.seed)
@@ -94,17 +100,21 @@ def main():
     scales = rng.uniform(0.001, 0.01, size=n * kb).astype(np.float32)
     x = rng.standard_normal(k).astype(np.float32)
     ref = reference_rows(b, scales, x, n, k, bits, block, 8)
+    # M > 1: activation row 0 is x (checked against ref), the others random.
+    xs = x.reshape(1, k)
+    if m > 1:
+        xs = np.concatenate([xs, rng.standard_normal((m - 1, k)).astype(np.float32)])
     weight_bytes = b.nbytes + scales.nbytes
     for level in [int(v) for v in a.levels.split(",")]:
-        model = build_model(n, k, bits, block, level, b, scales)
+        model = build_model(n, k, bits, block, level, b, scales, m)
         for threads in [int(v) for v in a.threads.split(",")]:
             so = ort.SessionOptions()
             so.intra_op_num_threads = threads
             so.inter_op_num_threads = 1
             so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
             sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
-            feed = {"A": x.reshape(1, k)}
-            y = sess.run(None, feed)[0].reshape(-1)
+            feed = {"A": xs}
+            y = sess.run(None, feed)[0][0].reshape(-1)
             check = float(np.max(np.abs(y[:8] - ref)) / max(np.max(np.abs(ref)), 1e-30))
             times = []
             for _ in range(a.reps):
@@ -112,26 +122,25 @@ def main():
                 sess.run(None, feed)
                 times.append(time.perf_counter() - t0)
             best = min(times)
-            print(
-                json.dumps(
-                    {
-                        "peer": "onnxruntime",
-                        "version": ort.__version__,
-                        "bits": bits,
-                        "block": block,
-                        "n": n,
-                        "k": k,
-                        "threads": threads,
-                        "accuracy_level": level,
-                        "weight_bytes": weight_bytes,
-                        "best_s": best,
-                        "median_s": statistics.median(times),
-                        "gbps": weight_bytes / best / 1e9,
-                        "check": check,
-                    }
-                ),
-                flush=True,
-            )
+            rec = {
+                "peer": "onnxruntime",
+                "version": ort.__version__,
+                "bits": bits,
+                "block": block,
+                "n": n,
+                "k": k,
+                "threads": threads,
+                "accuracy_level": level,
+                "weight_bytes": weight_bytes,
+                "best_s": best,
+                "median_s": statistics.median(times),
+                "gbps": weight_bytes / best / 1e9,
+                "check": check,
+            }
+            if m != 1:
+                rec["m"] = m
+                rec["gflops"] = 2.0 * m * n * k / best / 1e9
+            print(json.dumps(rec), flush=True)
             del sess
 
 

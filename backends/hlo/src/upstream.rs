@@ -154,6 +154,134 @@ pub fn export_module(
     func: &str,
     bindings: &ShapeBindings,
 ) -> Result<String, Diagnostic> {
+    export_module_with(m, func, bindings, &ExportOptions::default()).map(|x| x.text)
+}
+
+/// Constants of at least this many bytes become function arguments under
+/// [`ExportOptions::constant_args`].
+pub const CONSTANT_ARG_MIN_BYTES: usize = 4096;
+
+/// What [`export_module_with`] made.
+#[derive(Clone, Debug)]
+pub struct Exported {
+    /// The module's text.
+    pub text: String,
+    /// The kernel calls, in program order.
+    pub calls: Vec<KernelCall>,
+    /// The constants passed as arguments, in the order of the function's trailing arguments.
+    pub constant_args: Vec<ConstantArg>,
+}
+
+/// A constant passed to the function as a trailing argument `memref<SHAPExTYPE>` (read only, row
+/// major) rather than written into the module ([`ExportOptions::constant_args`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConstantArg {
+    /// The resource holding its bytes (little-endian elements, row major).
+    pub resource: String,
+    /// Its shape.
+    pub shape: Vec<u64>,
+    /// Its element type as MLIR spells it (`f32`, `f64`, `f16`, `bf16`, `i32`, `i64`).
+    pub elem: String,
+}
+
+/// Which matrix products [`export_module_with`] leaves to external kernels.
+#[derive(Default)]
+pub struct ExportOptions<'a> {
+    /// When set, every `quant.matmul {transpose_b}` whose weight is a quantized constant (`[N, K]`) of
+    /// a format for which this returns true becomes a *kernel call* (see [`KernelCall`]) instead of a
+    /// contraction over the dequantized weight; a quantized constant all of whose uses are kernel calls
+    /// is not exported at all.
+    pub kernel_calls: Option<&'a dyn Fn(&QuantType) -> bool>,
+    /// When true, every f32 `nn.matmul` whose operands are `[..., M, K] x [K, N]` or `[B..., M, K] x
+    /// [B..., K, N]` (the same batch dimensions) becomes a kernel call of kind [`KernelOp::Sgemm`].
+    pub float_matmul_calls: bool,
+    /// When true, every resource-backed constant of a plain type (`f32`, `f64`, `f16`, `bf16`, `i32`,
+    /// `i64`) of at least [`CONSTANT_ARG_MIN_BYTES`] bytes becomes a trailing argument of the function
+    /// (marked `bufferization.writable = false`), listed in [`Exported::constant_args`], instead of an
+    /// `arith.constant` in the text.
+    pub constant_args: bool,
+}
+
+/// What a [`KernelCall`] computes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum KernelOp {
+    /// `y[M, N] = x[M, K] W^T` for the quantized constant `W[N, K]`:
+    ///
+    /// ```mlir
+    /// func.func private @SYMBOL(memref<MxKxf32>, memref<MxNxf32>)   // x, y
+    /// ```
+    ///
+    /// `x` has its leading dimensions collapsed into M (row major); `y` is a fresh, 64-byte aligned
+    /// buffer to fill.
+    QuantMatmul {
+        /// The resource holding the weight's blob (`qc_quant::blob` bytes).
+        resource: String,
+        /// The weight's format.
+        format: QuantType,
+    },
+    /// `c[b] = a[b] x b[b]` (f32) for every `b < batch`:
+    ///
+    /// ```mlir
+    /// func.func private @SYMBOL(memref<BxMxKxf32>, memref<B'xKxNxf32>, memref<BxMxNxf32>)  // a, b, c
+    /// ```
+    ///
+    /// with `B' = 1` (one `b` shared by every batch) when `shared_b`, else `B' = B`; `c` is a fresh,
+    /// 64-byte aligned buffer to fill.
+    Sgemm {
+        /// B.
+        batch: u64,
+        /// Whether one right-hand matrix serves every batch.
+        shared_b: bool,
+    },
+}
+
+/// A matrix product exported as a call of an external function (see [`KernelOp`] for the signatures).
+/// With `--llvm-request-c-wrappers` the lowered code calls `_mlir_ciface_SYMBOL(...)` with pointers to
+/// MLIR's memref descriptors (allocated pointer, aligned pointer, offset, sizes[rank], strides[rank]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct KernelCall {
+    /// The external function's name: `qc_matmul_<i>` or `qc_sgemm_<i>`, `i` counting calls in program
+    /// order.
+    pub symbol: String,
+    /// What it computes.
+    pub op: KernelOp,
+    /// Rows of the activation matrix.
+    pub m: u64,
+    /// Output features (weight rows).
+    pub n: u64,
+    /// Reduction length (weight columns).
+    pub k: u64,
+    /// Location of the `quant.matmul`.
+    pub loc: qc_ir::Location,
+}
+
+impl KernelCall {
+    /// The MLIR types of the external function's arguments.
+    pub fn memref_types(&self) -> Vec<String> {
+        let (m, n, k) = (self.m, self.n, self.k);
+        match self.op {
+            KernelOp::QuantMatmul { .. } => {
+                vec![
+                    format!("memref<{m}x{k}xf32>"),
+                    format!("memref<{m}x{n}xf32>"),
+                ]
+            }
+            KernelOp::Sgemm { batch, shared_b } => vec![
+                format!("memref<{batch}x{m}x{k}xf32>"),
+                format!("memref<{}x{k}x{n}xf32>", if shared_b { 1 } else { batch }),
+                format!("memref<{batch}x{m}x{n}xf32>"),
+            ],
+        }
+    }
+}
+
+/// Like [`export_module`], with kernel calls and constant arguments per `opts`.
+pub fn export_module_with(
+    m: &qc_ir::Module,
+    func: &str,
+    bindings: &ShapeBindings,
+    opts: &ExportOptions,
+) -> Result<Exported, Diagnostic> {
     let s = specialize(m, func, bindings)?;
     let f = &s.funcs[0];
     let up = UpCtx::new();
@@ -164,8 +292,13 @@ pub fn export_module(
     let arg_err = |i: usize, e: String| {
         Diagnostic::error(f.loc.clone(), format!("argument {i} of @{}: {e}", f.name))
     };
+    let calls;
+    let constant_args;
     {
-        let u = U::new(context, &block, location);
+        let mut u = U::new(context, &block, location);
+        u.kernel_calls = opts.kernel_calls;
+        u.float_calls = opts.float_matmul_calls;
+        u.constant_args = opts.constant_args;
         let mut args = Vec::new();
         let mut arg_types = Vec::new();
         for (i, &a) in f.args.iter().enumerate() {
@@ -175,7 +308,24 @@ pub fn export_module(
             arg_types.push(ty);
             args.push(u.wrap(v, &shape, e));
         }
+        let n_inputs = arg_types.len();
         let results = export_func(&u, &s, f, args)?;
+        calls = u.calls.take();
+        let (consts, const_types): (Vec<ConstantArg>, Vec<Type>) =
+            u.const_args.take().into_iter().unzip();
+        constant_args = consts;
+        arg_types.extend(const_types);
+        let arg_attrs = format!(
+            "[{}]",
+            (0..arg_types.len())
+                .map(|i| if i < n_inputs {
+                    "{}"
+                } else {
+                    "{bufferization.writable = false}"
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         let result_types: Vec<Type> = results
             .iter()
             .map(|(s, e)| u.ty(s, *e))
@@ -184,16 +334,45 @@ pub fn export_module(
         let region = Region::new();
         region.append_block(block);
         let function_type = FunctionType::new(context, &arg_types, &result_types);
+        for c in &calls {
+            let decl: Vec<Type> = c
+                .memref_types()
+                .iter()
+                .map(|t| parse_type(context, t))
+                .collect::<R<_>>()
+                .map_err(|e| Diagnostic::error(c.loc.clone(), format!("internal error: {e}")))?;
+            module.body().append_operation(melior::dialect::func::func(
+                context,
+                StringAttribute::new(context, &c.symbol),
+                TypeAttribute::new(FunctionType::new(context, &decl, &[]).into()),
+                Region::new(),
+                &[(
+                    Identifier::new(context, "sym_visibility"),
+                    StringAttribute::new(context, "private").into(),
+                )],
+                location,
+            ));
+        }
+        let attrs = if constant_args.is_empty() {
+            Vec::new()
+        } else {
+            vec![(
+                Identifier::new(context, "arg_attrs"),
+                parse_attr(context, &arg_attrs).map_err(|e| {
+                    Diagnostic::error(f.loc.clone(), format!("internal error: {e}"))
+                })?,
+            )]
+        };
         module.body().append_operation(melior::dialect::func::func(
             context,
             StringAttribute::new(context, &f.name),
             TypeAttribute::new(function_type.into()),
             region,
-            &[],
+            &attrs,
             location,
         ));
     }
-    up.verified_text(&module).map_err(|e| {
+    let text = up.verified_text(&module).map_err(|e| {
         Diagnostic::error(
             f.loc.clone(),
             format!(
@@ -201,6 +380,11 @@ pub fn export_module(
                 f.name
             ),
         )
+    })?;
+    Ok(Exported {
+        text,
+        calls,
+        constant_args,
     })
 }
 
@@ -351,6 +535,16 @@ struct U<'c, 'b> {
     block: &'b Block<'c>,
     loc: Location<'c>,
     shapes: RefCell<Vec<Vec<u64>>>,
+    /// [`ExportOptions::kernel_calls`].
+    kernel_calls: Option<&'b dyn Fn(&QuantType) -> bool>,
+    /// [`ExportOptions::float_matmul_calls`].
+    float_calls: bool,
+    /// [`ExportOptions::constant_args`].
+    constant_args: bool,
+    /// The constants made arguments so far, with their MLIR types.
+    const_args: RefCell<Vec<(ConstantArg, Type<'c>)>>,
+    /// The kernel calls made so far.
+    calls: RefCell<Vec<KernelCall>>,
 }
 
 /// The builder of a `linalg.generic` body: values are handles (indices into `vals`).
@@ -574,6 +768,11 @@ impl<'c, 'b> U<'c, 'b> {
             block,
             loc,
             shapes: Default::default(),
+            kernel_calls: None,
+            float_calls: false,
+            constant_args: false,
+            const_args: Default::default(),
+            calls: Default::default(),
         }
     }
 
@@ -999,6 +1198,9 @@ enum Lv<'c, 'b> {
     Plain(V<'c, 'b>),
     /// A quantized tensor, carried as its dequantized f32 values.
     Quant(V<'c, 'b>),
+    /// A quantized constant not exported yet (kernel calls read its blob instead): the index of its
+    /// `qc.constant` op. Materialized as `Quant` at its first other use.
+    Deferred(usize),
 }
 
 struct Cx<'a> {
@@ -1076,20 +1278,31 @@ fn export_func<'c, 'b>(
             }
         }
     }
-    for (op, _) in f.ops.iter().zip(&live).filter(|(_, &l)| l) {
+    for (index, (op, _)) in f.ops.iter().zip(&live).enumerate().filter(|(_, (_, &l))| l) {
         let cx = Cx {
             m,
             f,
             op,
             consts: &consts,
         };
-        let ins: Vec<Lv> = op
-            .operands
-            .iter()
-            .map(|v| {
-                env[v.0 as usize].ok_or_else(|| diag(op, "an operand was never exported".into()))
-            })
-            .collect::<Result<_, _>>()?;
+        if u.kernel_calls.is_some() && is_quantized_resource(&cx) {
+            env[op.results[0].0 as usize] = Some(Lv::Deferred(index));
+            continue;
+        }
+        let mut ins: Vec<Lv> = Vec::with_capacity(op.operands.len());
+        for (i, v) in op.operands.iter().enumerate() {
+            let mut lv = env[v.0 as usize]
+                .ok_or_else(|| diag(op, "an operand was never exported".into()))?;
+            if let Lv::Deferred(c) = lv {
+                if !(i == 1 && kernel_call_wanted(u, &cx)) {
+                    let def = &f.ops[c];
+                    let dcx = Cx { op: def, ..cx };
+                    lv = constant(u, &dcx).map_err(|e| diag(def, e))?;
+                    env[v.0 as usize] = Some(lv);
+                }
+            }
+            ins.push(lv);
+        }
         let outs = export_op(u, &cx, &ins).map_err(|e| diag(op, e))?;
         if outs.len() != op.results.len() {
             return Err(diag(
@@ -1104,9 +1317,19 @@ fn export_func<'c, 'b>(
     let mut rets = Vec::new();
     let mut tys = Vec::new();
     for &v in &f.ret {
+        if let Some(Lv::Deferred(c)) = env[v.0 as usize] {
+            let def = &f.ops[c];
+            let cx = Cx {
+                m,
+                f,
+                op: def,
+                consts: &consts,
+            };
+            env[v.0 as usize] = Some(constant(u, &cx).map_err(|e| diag(def, e))?);
+        }
         let t = match env[v.0 as usize] {
             Some(Lv::Plain(t)) | Some(Lv::Quant(t)) => t,
-            None => {
+            Some(Lv::Deferred(_)) | None => {
                 return Err(Diagnostic::error(
                     f.ret_loc.clone(),
                     "a returned value was never exported",
@@ -1119,6 +1342,27 @@ fn export_func<'c, 'b>(
     u.block
         .append_operation(melior::dialect::func::r#return(&rets, u.loc));
     Ok(tys)
+}
+
+/// Whether the op of `cx` is a `qc.constant` of a quantized resource.
+fn is_quantized_resource(cx: &Cx) -> bool {
+    matches!(QcOp::of(cx.op), Some(QcOp::Constant))
+        && matches!(cx.op.attr("value"), Some(QAttr::DenseResource(_)))
+        && cx.result_ty(0).elem.as_quant().is_some()
+}
+
+/// Whether the op of `cx` is a `quant.matmul {transpose_b}` of a float activation that the export
+/// leaves to a kernel (its weight, operand 1, being a quantized constant).
+fn kernel_call_wanted(u: &U, cx: &Cx) -> bool {
+    let Some(accept) = u.kernel_calls else {
+        return false;
+    };
+    if QuantOp::of(cx.op) != Some(QuantOp::Matmul) || cx.op.attr("transpose_b").is_none() {
+        return false;
+    }
+    let x = cx.f.ty(cx.op.operands[0]);
+    let w = cx.f.ty(cx.op.operands[1]);
+    x.elem.as_quant().is_none() && w.rank() == 2 && w.elem.as_quant().is_some_and(accept)
 }
 
 fn export_op<'c, 'b>(u: &U<'c, 'b>, cx: &Cx, ins: &[Lv<'c, 'b>]) -> R<Vec<Lv<'c, 'b>>> {
@@ -1135,7 +1379,7 @@ fn export_op<'c, 'b>(u: &U<'c, 'b>, cx: &Cx, ins: &[Lv<'c, 'b>]) -> R<Vec<Lv<'c,
         .iter()
         .map(|l| match l {
             Lv::Plain(t) => Ok(*t),
-            Lv::Quant(_) => {
+            Lv::Quant(_) | Lv::Deferred(_) => {
                 Err("a quantized tensor is used where a plain one is expected".to_string())
             }
         })
@@ -1179,6 +1423,31 @@ fn constant<'c, 'b>(u: &U<'c, 'b>, cx: &Cx) -> R<Lv<'c, 'b>> {
                 return dequant_constant(u, fmt, ty, bytes, name).map(Lv::Quant);
             }
             let (shape, e) = emitted(ty)?;
+            let plain = matches!(
+                e,
+                El::F16 | El::BF16 | El::F32 | El::F64 | El::I(32) | El::I(64)
+            );
+            if u.constant_args && plain && bytes.len() >= CONSTANT_ARG_MIN_BYTES {
+                let n: u64 = shape.iter().product();
+                if bytes.len() as u64 != n * (e.bits() as u64 / 8) {
+                    return Err(format!(
+                        "resource '{name}' holds {} bytes, not the {n} elements of {}",
+                        bytes.len(),
+                        e.mlir()
+                    ));
+                }
+                let t = u.ty(&shape, e)?;
+                let v = u.block.add_argument(t, u.loc);
+                u.const_args.borrow_mut().push((
+                    ConstantArg {
+                        resource: name.clone(),
+                        shape: shape.clone(),
+                        elem: e.mlir(),
+                    },
+                    t,
+                ));
+                return Ok(Lv::Plain(u.wrap(v, &shape, e)));
+            }
             Ok(Lv::Plain(u.constant_bytes(&shape, e, bytes)?))
         }
         _ => Err("a constant needs a dense value".into()),
@@ -1339,6 +1608,10 @@ fn export_nn<'c, 'b>(u: &U<'c, 'b>, cx: &Cx, nn: NnOp, ins: &[V<'c, 'b>]) -> R<V
             let from = ins[0].e;
             one(u.ew(&ins[..1], &shape, e, |b| b.cast(from, e, 0))?)
         }
+        NnOp::Matmul if u.float_calls => match sgemm_call(u, cx, ins[0], ins[1], &shape)? {
+            Some(v) => one(v),
+            None => one(matmul(u, ins[0], ins[1], &shape)?),
+        },
         NnOp::Matmul => one(matmul(u, ins[0], ins[1], &shape)?),
         NnOp::Gemm => one(gemm(u, cx, ins, &shape)?),
         NnOp::Softmax | NnOp::LogSoftmax => {
@@ -2514,12 +2787,15 @@ fn export_quant<'c, 'b>(
         QuantOp::Matmul => {
             let x = match ins[0] {
                 Lv::Plain(t) => u.convert(t, El::F32)?,
-                Lv::Quant(_) => {
+                Lv::Quant(_) | Lv::Deferred(_) => {
                     return Err(
                         "quantized activations (from quant.quantize) are not exported".into(),
                     )
                 }
             };
+            if let Lv::Deferred(c) = ins[1] {
+                return kernel_call(u, cx, x, c, &shape, e).map(|v| vec![Lv::Plain(v)]);
+            }
             let Lv::Quant(w) = ins[1] else {
                 return Err("the weights of quant.matmul must be quantized".into());
             };
@@ -2554,4 +2830,166 @@ fn export_quant<'c, 'b>(
             cx.op.name()
         )),
     }
+}
+
+/// `quant.matmul {transpose_b}` of `x` by the quantized constant defined by op `def` as a kernel call
+/// (see [`KernelCall`]): `x` collapsed to `[M, K]`, handed over as a memref with a fresh `[M, N]`
+/// output, the result expanded back to `shape` and converted to `e`.
+fn kernel_call<'c, 'b>(
+    u: &U<'c, 'b>,
+    cx: &Cx,
+    x: V<'c, 'b>,
+    def: usize,
+    shape: &[u64],
+    e: El,
+) -> R<V<'c, 'b>> {
+    let wop = &cx.f.ops[def];
+    let Some(QAttr::DenseResource(resource)) = wop.attr("value") else {
+        return Err("internal error: a deferred weight is not a resource constant".into());
+    };
+    let wty = cx.f.ty(wop.results[0]);
+    let format = wty
+        .elem
+        .as_quant()
+        .cloned()
+        .ok_or("the weight is not quantized")?;
+    let ws = wty
+        .static_shape()
+        .ok_or_else(|| format!("the weight's type {wty} is not static"))?;
+    let (n, k) = (ws[0], ws[1]);
+    let xs = u.shape(&x);
+    if xs.last() != Some(&k) {
+        return Err(format!(
+            "the activations {} do not end in K = {k}",
+            dims_text(&xs)
+        ));
+    }
+    let m: u64 = xs[..xs.len() - 1].iter().product();
+    let x2 = u.reshape(x, &[m, k])?;
+    let call = KernelCall {
+        symbol: format!("qc_matmul_{}", u.calls.borrow().len()),
+        op: KernelOp::QuantMatmul {
+            resource: resource.clone(),
+            format,
+        },
+        m,
+        n,
+        k,
+        loc: cx.op.loc.clone(),
+    };
+    let y = emit_call(u, call, &[x2], &[m, n])?;
+    let y = u.reshape(y, shape)?;
+    u.convert(y, e)
+}
+
+/// Appends `call` of the external function (its inputs `ins` handed over as memrefs of the call's
+/// types, then a fresh output buffer) and returns the output as an f32 tensor of shape `out`.
+fn emit_call<'c, 'b>(
+    u: &U<'c, 'b>,
+    call: KernelCall,
+    ins: &[V<'c, 'b>],
+    out: &[u64],
+) -> R<V<'c, 'b>> {
+    let types = call.memref_types();
+    let build = |op: OperationBuilder<'c>, what: &str| -> R<Option<Value<'c, 'b>>> {
+        let op = op
+            .build()
+            .map_err(|e| format!("building {what} failed: {e}"))?;
+        let op = u.block.append_operation(op);
+        Ok(op.result(0).ok().map(Into::into))
+    };
+    let mut operands = Vec::new();
+    for (x, t) in ins.iter().zip(&types) {
+        operands.push(
+            build(
+                OperationBuilder::new("bufferization.to_buffer", u.loc)
+                    .add_operands(&[x.v])
+                    .add_attributes(&[(
+                        Identifier::new(u.ctx, "read_only"),
+                        Attribute::unit(u.ctx),
+                    )])
+                    .add_results(&[parse_type(u.ctx, t)?]),
+                "bufferization.to_buffer",
+            )?
+            .ok_or("no buffer")?,
+        );
+    }
+    let ym = build(
+        OperationBuilder::new("memref.alloc", u.loc)
+            .add_attributes(&[
+                (
+                    Identifier::new(u.ctx, "alignment"),
+                    parse_attr(u.ctx, "64 : i64")?,
+                ),
+                (
+                    Identifier::new(u.ctx, "operandSegmentSizes"),
+                    parse_attr(u.ctx, "array<i32: 0, 0>")?,
+                ),
+            ])
+            .add_results(&[parse_type(u.ctx, types.last().ok_or("no types")?)?]),
+        "memref.alloc",
+    )?
+    .ok_or("no allocation")?;
+    operands.push(ym);
+    build(
+        OperationBuilder::new("func.call", u.loc)
+            .add_operands(&operands)
+            .add_attributes(&[(
+                Identifier::new(u.ctx, "callee"),
+                parse_attr(u.ctx, &format!("@{}", call.symbol))?,
+            )]),
+        "func.call",
+    )?;
+    let y = build(
+        OperationBuilder::new("bufferization.to_tensor", u.loc)
+            .add_operands(&[ym])
+            .add_attributes(&[
+                (Identifier::new(u.ctx, "restrict"), Attribute::unit(u.ctx)),
+                (Identifier::new(u.ctx, "writable"), Attribute::unit(u.ctx)),
+            ])
+            .add_results(&[u.ty(out, El::F32)?]),
+        "bufferization.to_tensor",
+    )?
+    .ok_or("no tensor")?;
+    u.calls.borrow_mut().push(call);
+    Ok(u.wrap(y, out, El::F32))
+}
+
+/// An f32 `nn.matmul` as a [`KernelOp::Sgemm`] call, when its shapes are of the two handled kinds
+/// (see [`ExportOptions::float_matmul_calls`]); `None` otherwise.
+fn sgemm_call<'c, 'b>(
+    u: &U<'c, 'b>,
+    cx: &Cx,
+    x: V<'c, 'b>,
+    y: V<'c, 'b>,
+    out: &[u64],
+) -> R<Option<V<'c, 'b>>> {
+    let (xs, ys) = (u.shape(&x), u.shape(&y));
+    if x.e != El::F32 || y.e != El::F32 || xs.len() < 2 || ys.len() < 2 {
+        return Ok(None);
+    }
+    let (m, k) = (xs[xs.len() - 2], xs[xs.len() - 1]);
+    let (k2, n) = (ys[ys.len() - 2], ys[ys.len() - 1]);
+    if k != k2 || m == 0 || n == 0 || k == 0 {
+        return Ok(None);
+    }
+    let (batch, m, shared_b) = if ys.len() == 2 {
+        (1, xs[..xs.len() - 1].iter().product::<u64>(), true)
+    } else if xs.len() == ys.len() && xs[..xs.len() - 2] == ys[..ys.len() - 2] {
+        (xs[..xs.len() - 2].iter().product::<u64>(), m, false)
+    } else {
+        return Ok(None);
+    };
+    let a = u.reshape(x, &[batch, m, k])?;
+    let b = u.reshape(y, &[if shared_b { 1 } else { batch }, k, n])?;
+    let call = KernelCall {
+        symbol: format!("qc_sgemm_{}", u.calls.borrow().len()),
+        op: KernelOp::Sgemm { batch, shared_b },
+        m,
+        n,
+        k,
+        loc: cx.op.loc.clone(),
+    };
+    let c = emit_call(u, call, &[a, b], &[batch, m, n])?;
+    u.reshape(c, out).map(Some)
 }

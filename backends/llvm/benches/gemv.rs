@@ -7,8 +7,16 @@
 //! scales). The DRAM read bandwidth is a streaming sum over a 1 GiB buffer on 1 and 2 threads (each
 //! thread sums one half), plain and with a software prefetch 16 KiB ahead (as the kernels prefetch),
 //! measured before and after the formats; the ratios use the larger of the two measurements. Peers
-//! (onnxruntime's MatMulNBits through scripts/bench/ort_matmulnbits.py) run on the same shapes in
-//! between. A first section times each kernel on a 1 MiB matrix that stays in the caches (the
+//! run on the same shapes in between: onnxruntime's MatMulNBits through
+//! scripts/bench/ort_matmulnbits.py, and llama.cpp's ggml (`ggml_mul_mat`, M = 1) through
+//! `target/ggml-bench/ggml_matmul` (built by `bash scripts/bench/ggml/build.sh`; another path with
+//! `QC_GGML_MATMUL=path`; skipped with a note when absent): Q4_0 next to int4_g32, Q8_0 next to
+//! int8_g128 (qc has no int8 format with 32-element groups; Q8_0 is int8, 32-element blocks, f16
+//! scales) and MXFP4 next to mxfp4, each with the weights as llama.cpp loads them by default (Q4_0
+//! and MXFP4 repacked into ggml's 8x8 interleaved layout on AVX2 hosts, Q8_0 as stored) and, where
+//! that was repacked, once more in the plain layout. ggml's GB/s count its own weight bytes (Q4_0
+//! 4.5 bits a weight, Q8_0 8.5, MXFP4 4.25; the same N and K as qc), and ggml quantizes x to Q8_0
+//! before its integer dot products (its error column is that of the int8 x). A first section times each kernel on a 1 MiB matrix that stays in the caches (the
 //! core's 1 MiB L2 and the L3: about the kernel's compute ceiling, one thread).
 //!
 //! Environment: `QC_BENCH_QUICK=1` (16 MiB of codes, 64 MiB bandwidth buffer: a smoke run, numbers
@@ -276,6 +284,121 @@ struct Peer {
     label: String,
     gbps: [f64; 2],
     check: f64,
+    /// The peer's own weight MiB where it differs from qc's (ggml's block formats).
+    mib: Option<f64>,
+}
+
+/// Minimal parsing of a one-line JSON object as the peer scripts print it (`"key": value`).
+fn json_field(line: &str, key: &str) -> f64 {
+    json_str(line, key).parse().unwrap_or(f64::NAN)
+}
+
+fn json_str(line: &str, key: &str) -> String {
+    let pat = format!("\"{key}\": ");
+    let Some(i) = line.find(&pat).map(|i| i + pat.len()) else {
+        return String::new();
+    };
+    let rest = &line[i..];
+    if let Some(q) = rest.strip_prefix('"') {
+        q.split('"').next().unwrap_or("").to_string()
+    } else {
+        rest.split([',', '}'])
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string()
+    }
+}
+
+/// ggml's type for the same shape, if the format has a counterpart there: (ggml type, note).
+fn ggml_config(name: &str) -> Option<(&'static str, &'static str)> {
+    match name {
+        "int4_g32" => Some(("q4_0", "")),
+        // Q8_0 is int8 with 32-element blocks and f16 scales; qc has no int8_g32.
+        "int8_g128" => Some(("q8_0", " (qc has no int8_g32)")),
+        "mxfp4" => Some(("mxfp4", "")),
+        _ => None,
+    }
+}
+
+/// The ggml_matmul tool: `QC_GGML_MATMUL`, else the workspace's `target/ggml-bench/ggml_matmul`.
+fn ggml_tool() -> Option<std::path::PathBuf> {
+    let p = match std::env::var_os("QC_GGML_MATMUL") {
+        Some(p) => std::path::PathBuf::from(p),
+        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../target/ggml-bench/ggml_matmul"),
+    };
+    p.is_file().then_some(p)
+}
+
+/// ggml's `mul_mat` (M = 1) on `W[n, k]` of type `ty`, on 1 and 2 threads: as llama.cpp loads
+/// weights by default (the repacked layout where ggml has one for the type on this CPU), and, when
+/// that was repacked, once more in the plain layout.
+fn run_ggml(
+    tool: &std::path::Path,
+    ty: &str,
+    note: &str,
+    n: usize,
+    k: usize,
+    reps: usize,
+) -> Vec<Peer> {
+    let mut peers = Vec::new();
+    for repack in [1, 0] {
+        let mut p = Peer {
+            label: String::new(),
+            gbps: [f64::NAN; 2],
+            check: f64::NAN,
+            mib: None,
+        };
+        let (mut version, mut layout) = (String::from("?"), String::from("?"));
+        for t in 1..=2usize {
+            let out = Command::new(tool)
+                .args(["--type", ty, "--n", &n.to_string(), "--k", &k.to_string()])
+                .args(["--m", "1", "--threads", &t.to_string()])
+                .args(["--reps", &reps.to_string(), "--repack", &repack.to_string()])
+                .output();
+            let line = match out {
+                Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
+                Ok(o) => {
+                    eprintln!(
+                        "  ggml peer failed ({ty}, {t} threads, repack {repack}): {}{}",
+                        o.status,
+                        String::from_utf8_lossy(&o.stderr)
+                    );
+                    continue;
+                }
+                Err(e) => {
+                    eprintln!("  ggml peer not run: {e}");
+                    return peers;
+                }
+            };
+            let line = line.lines().find(|l| l.contains("\"peer\"")).unwrap_or("");
+            version = json_str(line, "version");
+            layout = json_str(line, "layout");
+            p.gbps[t - 1] = json_field(line, "gbps");
+            let c = json_field(line, "check");
+            p.check = if p.check.is_nan() { c } else { p.check.max(c) };
+            p.mib = Some(json_field(line, "weight_bytes") / (1 << 20) as f64);
+        }
+        if p.gbps.iter().all(|g| g.is_nan()) {
+            continue;
+        }
+        let how = match (repack, layout.as_str()) {
+            (1, "repacked") => "repacked (llama.cpp's default)",
+            (1, _) => "plain (llama.cpp's default: no repacked layout here)",
+            _ => "plain layout",
+        };
+        if peers.is_empty() {
+            println!("{:>14}   peer ggml: {version}", "");
+        }
+        p.label = format!("ggml {} {how}{note}", ty.to_uppercase());
+        let repacked = layout == "repacked";
+        peers.push(p);
+        if !repacked {
+            break;
+        }
+    }
+    peers
 }
 
 /// onnxruntime MatMulNBits on the same shape, if the format has an equivalent: (bits, block).
@@ -320,19 +443,7 @@ fn run_ort(bits: u32, block: usize, n: usize, k: usize, reps: usize) -> Vec<Peer
             return vec![];
         }
     };
-    // Minimal parsing of the script's one-line JSON objects.
-    let field = |line: &str, key: &str| -> f64 {
-        let pat = format!("\"{key}\": ");
-        let i = line.find(&pat).map(|i| i + pat.len()).unwrap_or(line.len());
-        line[i..]
-            .split([',', '}'])
-            .next()
-            .unwrap_or("")
-            .trim()
-            .trim_matches('"')
-            .parse()
-            .unwrap_or(f64::NAN)
-    };
+    let field = json_field;
     let version = out
         .lines()
         .next()
@@ -348,6 +459,7 @@ fn run_ort(bits: u32, block: usize, n: usize, k: usize, reps: usize) -> Vec<Peer
             ),
             gbps: [f64::NAN; 2],
             check: f64::NAN,
+            mib: None,
         };
         for line in out.lines() {
             if field(line, "accuracy_level") == level {
@@ -379,6 +491,7 @@ fn main() {
         Err(_) => DEFAULT_FORMATS.iter().map(|s| s.to_string()).collect(),
     };
     let code_bytes: usize = if quick { 16 << 20 } else { 256 << 20 };
+    let ggml_tool = ggml_tool();
     let bw_bytes: usize = if quick { 64 << 20 } else { 1 << 30 };
     let k = 8192usize;
 
@@ -512,19 +625,30 @@ fn main() {
         );
         drop(w);
         drop(blob);
-        let peers = match ort_config(name, k) {
-            Some((bits, block)) if peers_on => {
-                let p = run_ort(bits, block, n, k, reps);
-                for p in &p {
-                    println!(
-                        "{:>14}   peer {}: 1 thread {:.2} GB/s, 2 threads {:.2} GB/s (max rel. error of 8 rows {:.1e})",
-                        "", p.label, p.gbps[0], p.gbps[1], p.check
-                    );
-                }
-                p
-            }
+        let mut peers = match ort_config(name, k) {
+            Some((bits, block)) if peers_on => run_ort(bits, block, n, k, reps),
             _ => vec![],
         };
+        if let (Some((ty, note)), true) = (ggml_config(name), peers_on) {
+            match &ggml_tool {
+                Some(tool) => peers.extend(run_ggml(tool, ty, note, n, k, reps)),
+                None => println!(
+                    "{:>14}   peer ggml {ty}: skipped (no ggml_matmul: run `bash scripts/bench/ggml/build.sh` or set QC_GGML_MATMUL)",
+                    ""
+                ),
+            }
+        }
+        for p in &peers {
+            println!(
+                "{:>14}   peer {}: 1 thread {:.2} GB/s, 2 threads {:.2} GB/s (max rel. error of 8 rows {:.1e}){}",
+                "",
+                p.label,
+                p.gbps[0],
+                p.gbps[1],
+                p.check,
+                p.mib.map_or(String::new(), |m| format!("; {m:.0} MiB of weights"))
+            );
+        }
         rows.push(Row {
             name: name.clone(),
             n,
@@ -567,7 +691,7 @@ fn main() {
                 "| peer: {} | {} x {k} | {:.0} | {:.2} | {} | {} | {:.2} | {} | {} | |",
                 p.label,
                 r.n,
-                r.mib,
+                p.mib.unwrap_or(r.mib),
                 p.gbps[0],
                 pct(p.gbps[0], bw[0]),
                 pct(p.gbps[0], bwp[0]),

@@ -24,8 +24,15 @@ use crate::{target_machine, CpuTarget, Error};
 
 /// Compiles the textual LLVM IR `ir` into a relocatable, position independent x86-64 ELF object for
 /// `target`, optimized with `default<O3>`. The IR's own triple and data layout are replaced by the
-/// target machine's. Thread safe: each call uses its own LLVM context.
-pub fn object_from_llvm_ir(ir: &str, target: CpuTarget) -> Result<Vec<u8>, Error> {
+/// target machine's. After optimization, every function *declared* (not defined) under a name `from`
+/// of `renames` is renamed `to`, so that its calls go to another implementation (the CPU target routes
+/// the model's `malloc` and `free` to its shim's buffer cache this way). Thread safe: each call uses its
+/// own LLVM context.
+pub fn object_from_llvm_ir(
+    ir: &str,
+    target: CpuTarget,
+    renames: &[(&str, &str)],
+) -> Result<Vec<u8>, Error> {
     let machine = target_machine(target)?;
     let context = Context::create();
     let buffer = MemoryBuffer::create_from_memory_range_copy(ir.as_bytes(), "model.ll");
@@ -38,6 +45,13 @@ pub fn object_from_llvm_ir(ir: &str, target: CpuTarget) -> Result<Vec<u8>, Error
     module
         .run_passes("default<O3>", &machine, PassBuilderOptions::create())
         .map_err(|e| Error::Passes(e.to_string()))?;
+    for (from, to) in renames {
+        if let Some(f) = module.get_function(from) {
+            if f.count_basic_blocks() == 0 {
+                f.as_global_value().set_name(to);
+            }
+        }
+    }
     let out = machine
         .write_to_memory_buffer(&module, FileType::Object)
         .map_err(|e| Error::Codegen(e.to_string()))?;
@@ -58,17 +72,27 @@ fn run(cmd: &mut Command, what: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// Links the objects `objects` and the C sources `c_sources` (name, text; compiled with `-O2
-/// -march=<target>` and `-fPIC`) into a shared library, returned as bytes. The library links libm and
+/// Links the objects `objects` and the C sources `c_sources` (name, text; compiled with `-O3
+/// -march=<target> -fPIC -std=gnu11 -ffp-contract=fast`: `a * b + c` is one FMA) into a shared library, returned as bytes. The library links libm and
 /// libc dynamically (the model's `math` calls and its buffers' `malloc`/`free`). Only the symbols
 /// `exports` are exported (a version script makes every other symbol local, so that no definition of
 /// the library, e.g. MLIR's function `main`, is interposed by or interposes a symbol of the program).
+/// With `openmp`, the C sources are compiled with `-fopenmp` and the library links the compiler's
+/// OpenMP runtime (libgomp for gcc) dynamically; it is then marked `-z nodelete` (dlclose leaves it
+/// loaded), because the runtime's idle worker threads would otherwise outlive the unloaded runtime.
 pub fn link_shared(
     objects: &[(&str, &[u8])],
     c_sources: &[(&str, &str)],
     exports: &[&str],
+    openmp: bool,
     target: CpuTarget,
 ) -> Result<Vec<u8>, Error> {
+    let omp: &[&str] = if openmp { &["-fopenmp"] } else { &[] };
+    let omp_link: &[&str] = if openmp {
+        &["-fopenmp", "-Wl,-z,nodelete"]
+    } else {
+        &[]
+    };
     let cc = std::env::var_os("CC").unwrap_or_else(|| "cc".into());
     let ccs = cc.to_string_lossy().into_owned();
     let dir = tempfile::tempdir().map_err(|e| Error::Link(format!("temporary folder: {e}")))?;
@@ -84,7 +108,15 @@ pub fn link_shared(
         run(
             Command::new(&cc)
                 .current_dir(d)
-                .args(["-c", "-O2", "-fPIC", "-std=c11", "-fno-ident"])
+                .args([
+                    "-c",
+                    "-O3",
+                    "-fPIC",
+                    "-std=gnu11",
+                    "-fno-ident",
+                    "-ffp-contract=fast",
+                ])
+                .args(omp)
                 .arg(format!("-march={}", target.cpu_name()))
                 .arg(name)
                 .arg("-o")
@@ -111,6 +143,7 @@ pub fn link_shared(
                 "-o",
                 "model.so",
             ])
+            .args(omp_link)
             .args(&inputs)
             .args(["-lm", "-lc"]),
         &format!("{ccs} -shared"),

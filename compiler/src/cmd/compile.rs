@@ -294,6 +294,7 @@ pub fn run(args: &CompileArgs) -> Result<(), Failure> {
         return write_output(None, p.as_bytes());
     }
     if let Some(target) = args.target {
+        let target = target.resolve()?;
         let out = args
             .output
             .as_deref()

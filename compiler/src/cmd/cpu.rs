@@ -1,38 +1,58 @@
-//! `qc compile --target x86-64-v4|x86-64-v3`: the compiled model as a shared library with a C entry
-//! point, and `qc run ARTIFACT.qca`, which loads and runs it. Needs qc's cargo feature `cpu` (which
-//! implies `xla`: the route goes through MLIR).
+//! `qc compile --target x86-64-v4|x86-64-v3|native`: the compiled model as a shared library with a C
+//! entry point, its weights blob and its header; `qc run ARTIFACT.qca` loads and runs it and `qc bench
+//! ARTIFACT.qca` times it. Needs qc's cargo feature `cpu` (which implies `xla`: the route goes through
+//! MLIR). `native` is the best level this machine runs (the manifest records which).
 //!
 //! # Route
 //! 1. The compiled module is specialized to static shapes (`--shape`) and exported to upstream MLIR
-//!    (`qc_backend_hlo::upstream::export_module`; its module documentation lists what exports).
+//!    (`qc_backend_hlo::upstream::export_module_with`; its module documentation lists what exports),
+//!    with the matrix products left to qc's kernels as external calls (cmd/cpu_kernels.rs): every
+//!    `quant.matmul` of a weight format the kernels read (int4/int8 per channel or group, NVFP4,
+//!    MXFP4/6/8, MXINT8, NVINT4, FP8, FP6) and every f32 `nn.matmul` of `[.., M, K] x [K, N]` or
+//!    equal batch dimensions.
 //! 2. LLVM 22's `mlir-opt` lowers it to the LLVM dialect with `--llvm-request-c-wrappers` followed by
 //!    the pipeline of qc_backend_hlo::upstream's documentation ([`LOWER_TO_LLVM`], the one the upstream
 //!    tests run with mlir-runner) with `--buffer-deallocation-pipeline` inserted after bufferization
-//!    (so that calls free their intermediate buffers), and `mlir-translate --mlir-to-llvmir` makes LLVM IR of it. The tools
-//!    are run as processes (text on their standard input and output) from `$QC_MLIR_BIN`, default
-//!    `/usr/lib/llvm-22/bin`.
+//!    (so that calls free their intermediate buffers), and `mlir-translate --mlir-to-llvmir` makes LLVM
+//!    IR of it. The tools are run as processes (text on their standard input and output) from
+//!    `$QC_MLIR_BIN`, default `/usr/lib/llvm-22/bin`.
 //! 3. qc_backend_llvm::aot compiles the IR for the CPU level with inkwell (`default<O3>`, target
-//!    machine `x86-64-v4` = AVX-512 or `x86-64-v3` = AVX2/FMA) and links it with a generated C shim
-//!    ([`shim_source`]) into `model.so` with `cc -shared` (libm, libc).
+//!    machine `x86-64-v4` = AVX-512 or `x86-64-v3` = AVX2/FMA); qc_backend_llvm's kernels of the
+//!    formats used are emitted into a second object; both are linked with a generated C shim
+//!    ([`shim_source`], which includes the kernel glue) into `model.so` with `cc -shared -fopenmp`
+//!    (libm, libc, libgomp; `-z nodelete`).
 //!
-//! The artifact holds `model.so`, `model.h` (the C header of the entry point) and the manifest (entry
-//! `qc_main`, inputs and outputs with static shapes). Compiling twice gives byte-identical artifacts.
+//! The artifact holds `model.so`, `model.h` (the C header of the entry point), `weights.bin` (the
+//! quantized weights the kernels read, cmd/cpu_kernels.rs) and the manifest (entry `qc_main`, inputs
+//! and outputs with static shapes). Float constants other than matrix-product weights stay in the
+//! library's data. Compiling twice gives byte-identical artifacts.
 //!
 //! # C ABI (`model.h`)
 //! ```c
-//! int qc_main(const int64_t *input_ids, ..., float *out0, ...);  /* inputs, then outputs */
-//! int qc_main_packed(void **args);                               /* the same, args[i] in that order */
+//! int qc_main(const void *weights, const int64_t *input_ids, ..., float *out0, ...);
+//! int qc_main_packed(const void *weights, void **args);  /* inputs then outputs, args[i] in order */
+//! int64_t qc_weights_size(void);                          /* bytes of weights.bin */
 //! ```
-//! One pointer per manifest input (read only, row major, contiguous, the manifest's static shape and
-//! dtype: f32 = `float`, f64 = `double`, i64 = `int64_t`, i32 = `int32_t`), then one per output
-//! (caller allocated, written row major). Returns 0, or -1 when memory runs out. The shim wraps MLIR's
-//! `_mlir_ciface_main` (memref descriptors): it copies the inputs into private buffers (MLIR may write
-//! into function arguments), copies each result out through its strides, and frees the result buffers
-//! (those `malloc`ed by the lowered code; not MLIR's global constants). Calls share no mutable state.
+//! `weights` is the address of a 64-byte aligned copy (or mapping) of `weights.bin` (NULL when it is
+//! empty). Then one pointer per manifest input (read only, row major, contiguous, the manifest's static
+//! shape and dtype: f32 = `float`, f64 = `double`, i64 = `int64_t`, i32 = `int32_t`), then one per
+//! output (caller allocated, written row major). Returns 0, or -1 when memory runs out. The shim wraps
+//! MLIR's `_mlir_ciface_main` (memref descriptors): it copies the inputs into private buffers (MLIR may
+//! write into function arguments), copies each result out through its strides, and frees the result
+//! buffers (those `malloc`ed by the lowered code; not MLIR's global constants). Calls share no mutable
+//! state (the weights pointer reaches the kernels through a thread-local variable).
 //!
-//! Limitations: element types other than the four above are rejected; formats whose types upstream
-//! MLIR cannot lower on a CPU (f8E4M3FN, f8E5M2, f6: NVFP4, FP8, MXFP6/8) are rejected with MLIR's
-//! diagnostic (exit code 2); the code is single threaded, loops from `linalg` without tiling.
+//! # Numerics and threads
+//! Matrix products accumulate in f32 with FMA, each output element over K in order (the quantized
+//! kernels in the order qc_backend_llvm::gemv documents); the rest is MLIR's `linalg` loops in f32.
+//! Products run on OpenMP threads (`OMP_NUM_THREADS`); results are bit-identical for every thread
+//! count.
+//!
+//! Limitations: element types other than the four above are rejected at the boundary; quantized
+//! weights that no kernel reads (zero points) go through MLIR's dequantization, and formats whose
+//! types upstream MLIR cannot lower on a CPU (f8E4M3FN, f8E5M2, f6) are then rejected with MLIR's
+//! diagnostic (exit code 2); the non-product code is `linalg` loops without tiling (elementwise,
+//! normalization, softmax).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -42,6 +62,7 @@ use qc_backend_llvm::CpuTarget;
 use qc_ir::Module;
 use qc_runtime::artifact::{self, Artifact, TensorSig};
 
+use crate::cmd::cpu_kernels;
 use crate::cmd::run::RunArgs;
 use crate::cmd::target::Target;
 use crate::npy::{read_npy, to_npy_bytes, NpyArray, NpyData};
@@ -55,11 +76,13 @@ pub const ENTRY_PACKED: &str = "qc_main_packed";
 pub const LIBRARY: &str = "model.so";
 /// The C header part.
 pub const HEADER: &str = "model.h";
+/// The function returning the byte size of the weights blob the library expects.
+pub const WEIGHTS_SIZE: &str = "qc_weights_size";
 
 /// The mlir-opt pipeline from the upstream export to the LLVM dialect (qc_backend_hlo::upstream).
 pub const LOWER_TO_LLVM: &[&str] = &[
     "--convert-elementwise-to-linalg",
-    "--one-shot-bufferize=bufferize-function-boundaries",
+    "--one-shot-bufferize=bufferize-function-boundaries function-boundary-type-conversion=identity-layout-map",
     "--convert-linalg-to-loops",
     "--expand-strided-metadata",
     "--lower-affine",
@@ -212,7 +235,7 @@ fn prototype(inputs: &[TensorSig], outputs: &[TensorSig]) -> String {
             }
         })
         .collect();
-    format!("int {ENTRY}({})", params.join(", "))
+    format!("int {ENTRY}(const void *weights, {})", params.join(", "))
 }
 
 /// The generated header `model.h` of an artifact for `target`.
@@ -220,10 +243,13 @@ pub fn header_source(target: &str, inputs: &[TensorSig], outputs: &[TensorSig]) 
     let mut h = format!(
         "/* model.h: the C entry point of a qc artifact for {target}. Generated by qc; do not edit.\n\
          \x20*\n\
-         \x20* qc_main runs the model: one pointer per input (read only), then one per output (caller\n\
-         \x20* allocated); every tensor is row major and contiguous with the static shape below. It returns 0,\n\
-         \x20* or -1 when memory runs out. qc_main_packed takes the same pointers as an array, in the same\n\
-         \x20* order. Calls share no mutable state. The library needs a CPU implementing {target}.\n\
+         \x20* qc_main runs the model: the address of the artifact's weights.bin (64-byte aligned, read\n\
+         \x20* only; qc_weights_size() bytes, NULL when that is 0), then one pointer per input (read only),\n\
+         \x20* then one per output (caller allocated); every tensor is row major and contiguous with the\n\
+         \x20* static shape below. It returns 0, or -1 when memory runs out. qc_main_packed takes the same\n\
+         \x20* pointers as an array, in the same order, after the weights. Calls share no mutable state.\n\
+         \x20* Quantized products run on OpenMP threads (OMP_NUM_THREADS). The library needs a CPU\n\
+         \x20* implementing {target}.\n\
          \x20*\n"
     );
     for (i, s) in inputs.iter().enumerate() {
@@ -234,7 +260,8 @@ pub fn header_source(target: &str, inputs: &[TensorSig], outputs: &[TensorSig]) 
     }
     h += " */\n#ifndef QC_MODEL_H\n#define QC_MODEL_H\n\n#include <stdint.h>\n\n#ifdef __cplusplus\nextern \"C\" {\n#endif\n\n";
     h += &format!("{};\n", prototype(inputs, outputs));
-    h += &format!("int {ENTRY_PACKED}(void **args);\n");
+    h += &format!("int {ENTRY_PACKED}(const void *weights, void **args);\n");
+    h += &format!("int64_t {WEIGHTS_SIZE}(void);\n");
     h += "\n#ifdef __cplusplus\n}\n#endif\n\n#endif /* QC_MODEL_H */\n";
     h
 }
@@ -250,19 +277,101 @@ fn descriptor(t: &str, rank: usize) -> String {
     }
 }
 
-/// The C shim that implements the ABI of `model.h` over MLIR's `_mlir_ciface_main`.
-pub fn shim_source(inputs: &[TensorSig], outputs: &[TensorSig]) -> String {
+/// The buffer cache of the shim: the lowered model's `malloc` and `free` are renamed `qc_malloc` and
+/// `qc_free` (qc_backend_llvm::aot::object_from_llvm_ir). A call of the model allocates the same sizes
+/// in the same order every time, so freed blocks are kept per thread and handed out again for a
+/// request of the same size: after the first
+/// call, a call returns no memory to the system and takes none from it (page faults and TLB
+/// shootdowns otherwise dominate the cost of large intermediate buffers). Blocks carry a 16-byte
+/// header (size, next) and sit in 1024 hash buckets by size, up to `QC_CACHE_BYTES` (4 GiB) per
+/// thread; a thread's cache is freed when it exits.
+const ALLOCATOR: &str = r#"#include <pthread.h>
+#define QC_CACHE_BUCKETS 1024
+#define QC_CACHE_BYTES ((size_t)4 << 30)
+typedef struct qc_blk { size_t size; struct qc_blk *next; } qc_blk_t; /* 16-byte header */
+typedef struct { qc_blk_t *bucket[QC_CACHE_BUCKETS]; size_t bytes; } qc_cache_t;
+static __thread qc_cache_t *qc_cache;
+static pthread_key_t qc_cache_key;
+static pthread_once_t qc_cache_once = PTHREAD_ONCE_INIT;
+static size_t qc_bucket(size_t size) { return (size * 0x9E3779B97F4A7C15ull) >> 54; }
+static void qc_cache_drop(void *p) {
+  qc_cache_t *c = p;
+  for (size_t i = 0; i < QC_CACHE_BUCKETS; i++)
+    for (qc_blk_t *b = c->bucket[i], *next; b; b = next) {
+      next = b->next;
+      free(b);
+    }
+  free(c);
+}
+static void qc_cache_init(void) { pthread_key_create(&qc_cache_key, qc_cache_drop); }
+__attribute__((visibility("hidden"))) void *qc_malloc(size_t size) {
+  qc_cache_t *c = qc_cache;
+  if (c)
+    for (qc_blk_t **at = &c->bucket[qc_bucket(size)]; *at; at = &(*at)->next)
+      if ((*at)->size == size) {
+        qc_blk_t *b = *at;
+        *at = b->next;
+        c->bytes -= size;
+        return b + 1;
+      }
+  qc_blk_t *b = malloc(size + sizeof(qc_blk_t));
+  if (!b) return 0;
+  b->size = size;
+  return b + 1;
+}
+__attribute__((visibility("hidden"))) void qc_free(void *p) {
+  if (!p) return;
+  qc_blk_t *b = (qc_blk_t *)p - 1;
+  qc_cache_t *c = qc_cache;
+  if (!c) {
+    pthread_once(&qc_cache_once, qc_cache_init);
+    c = calloc(1, sizeof *c);
+    if (c) {
+      qc_cache = c;
+      pthread_setspecific(qc_cache_key, c);
+    }
+  }
+  if (!c || c->bytes + b->size > QC_CACHE_BYTES) {
+    free(b);
+    return;
+  }
+  qc_blk_t **at = &c->bucket[qc_bucket(b->size)];
+  b->next = *at;
+  *at = b;
+  c->bytes += b->size;
+}
+
+"#;
+
+/// The C shim that implements the ABI of `model.h` over MLIR's `_mlir_ciface_main`, with the glue of
+/// the model's kernel calls ([`cpu_kernels::Plan`]) and the size of its weights blob.
+pub fn shim_source(
+    inputs: &[TensorSig],
+    outputs: &[TensorSig],
+    constants: &[qc_backend_hlo::upstream::ConstantArg],
+    kernels: &cpu_kernels::Plan,
+) -> String {
     let all: Vec<&TensorSig> = inputs.iter().chain(outputs).collect();
     let names = c_names(&all);
     let mut c = String::from(
         "/* Generated by qc: the C ABI of model.h over MLIR's _mlir_ciface_main. */\n\
          #include <stdint.h>\n#include <stdlib.h>\n#include <string.h>\n\n",
     );
+    let has_kernels = !kernels.glue.is_empty();
+    c += ALLOCATOR;
+    c += &kernels.glue;
+    c += &format!(
+        "int64_t {WEIGHTS_SIZE}(void) {{ return {}; }}\n\n",
+        kernels.weights.len()
+    );
     for (i, s) in inputs.iter().enumerate() {
         c += &descriptor(&format!("qc_in{i}_t"), s.shape.len());
     }
     for (i, s) in outputs.iter().enumerate() {
         c += &descriptor(&format!("qc_out{i}_t"), s.shape.len());
+    }
+    for (i, k) in constants.iter().enumerate() {
+        c += &descriptor(&format!("qc_const{i}_t"), k.shape.len());
     }
     c += "typedef struct {";
     for i in 0..outputs.len() {
@@ -272,6 +381,9 @@ pub fn shim_source(inputs: &[TensorSig], outputs: &[TensorSig]) -> String {
     let mut ext = vec!["qc_results_t *".to_string()];
     for i in 0..inputs.len() {
         ext.push(format!("qc_in{i}_t *"));
+    }
+    for i in 0..constants.len() {
+        ext.push(format!("qc_const{i}_t *"));
     }
     c += &format!("extern void _mlir_ciface_main({});\n\n", ext.join(", "));
     c += "static void qc_copy_out(char *dst, const char *base, int64_t esize, int rank,\n\
@@ -335,9 +447,38 @@ pub fn shim_source(inputs: &[TensorSig], outputs: &[TensorSig]) -> String {
         c += " };\n";
     }
     c += "  qc_results_t r;\n  memset(&r, 0, sizeof r);\n";
+    if has_kernels {
+        c += "  qc_weights = (const uint8_t *)weights;\n  qc_failed = 0;\n";
+    } else if constants.is_empty() {
+        c += "  (void)weights;\n";
+    }
+    // The constants: read-only views of the weights blob.
+    for (i, (k, off)) in constants.iter().zip(&kernels.constant_offsets).enumerate() {
+        let rank = k.shape.len();
+        c += &format!(
+            "  qc_const{i}_t k{i} = {{ (void *)((const char *)weights + {off}), (void *)((const char *)weights + {off}), 0"
+        );
+        if rank > 0 {
+            let mut strides = vec![1u64; rank];
+            for d in (0..rank - 1).rev() {
+                strides[d] = strides[d + 1] * k.shape[d + 1];
+            }
+            let j = |v: &[u64]| {
+                v.iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            c += &format!(", {{{}}}, {{{}}}", j(&k.shape), j(&strides));
+        }
+        c += " };\n";
+    }
     let mut call = vec!["&r".to_string()];
     for i in 0..inputs.len() {
         call.push(format!("&d{i}"));
+    }
+    for i in 0..constants.len() {
+        call.push(format!("&k{i}"));
     }
     c += &format!("  _mlir_ciface_main({});\n", call.join(", "));
     // Copy out, then free each distinct malloc'ed result buffer (MLIR's globals carry 0xdeadbeef as
@@ -359,15 +500,25 @@ pub fn shim_source(inputs: &[TensorSig], outputs: &[TensorSig]) -> String {
             "  qc_copy_out((char *){}, (const char *)r.r{i}.aligned + r.r{i}.offset * {es}, {es}, {rank}, {sz}, {st}, {n});\n",
             names[inputs.len() + i]
         );
-        let not_input: String = (0..inputs.len())
+        let mut not_input: String = (0..inputs.len())
             .map(|k| format!(" && a != b{k}"))
             .collect();
+        if !constants.is_empty() {
+            // A result may be a view of a constant: inside the weights, not to be freed.
+            not_input += &format!(
+                " && ((const char *)a < (const char *)weights || (const char *)a >= (const char *)weights + {})",
+                kernels.weights.len()
+            );
+        }
         c += &format!(
-            "  {{\n    void *a = r.r{i}.allocated;\n    int seen = 0;\n    for (int k = 0; k < nfreed; k++) seen |= freed[k] == a;\n    if (a && a != (void *)(uintptr_t)0xdeadbeef{not_input} && !seen) {{ free(a); freed[nfreed++] = a; }}\n  }}\n"
+            "  {{\n    void *a = r.r{i}.allocated;\n    int seen = 0;\n    for (int k = 0; k < nfreed; k++) seen |= freed[k] == a;\n    if (a && a != (void *)(uintptr_t)0xdeadbeef{not_input} && !seen) {{ qc_free(a); freed[nfreed++] = a; }}\n  }}\n"
         );
     }
     for i in 0..inputs.len() {
         c += &format!("  free(b{i});\n");
+    }
+    if has_kernels {
+        c += "  qc_weights = 0;\n  if (qc_failed) return -1;\n";
     }
     c += "  (void)freed;\n  return 0;\n}\n\n";
     let args: Vec<String> = all
@@ -379,7 +530,7 @@ pub fn shim_source(inputs: &[TensorSig], outputs: &[TensorSig]) -> String {
         })
         .collect();
     c += &format!(
-        "int {ENTRY_PACKED}(void **args) {{\n  return {ENTRY}({});\n}}\n",
+        "int {ENTRY_PACKED}(const void *weights, void **args) {{\n  return {ENTRY}(weights, {});\n}}\n",
         args.join(", ")
     );
     c
@@ -403,7 +554,20 @@ pub fn write_artifact(
     }
     let render = |d: qc_ir::Diagnostic| Failure::Input(d.render(None));
     let specialized = qc_backend_hlo::specialize(m, func, &b).map_err(render)?;
-    let text = qc_backend_hlo::upstream::export_module(m, func, &b).map_err(render)?;
+    let accept: &dyn Fn(&qc_ir::QuantType) -> bool = &cpu_kernels::has_kernel;
+    let opts = qc_backend_hlo::upstream::ExportOptions {
+        kernel_calls: Some(accept),
+        float_matmul_calls: true,
+        constant_args: true,
+    };
+    let exported =
+        qc_backend_hlo::upstream::export_module_with(m, func, &b, &opts).map_err(render)?;
+    let kernels = cpu_kernels::plan(m, &exported, cpu)?;
+    let text = exported.text;
+    if let Some(dir) = std::env::var_os("QC_CPU_DUMP") {
+        // For developers: the exported module, as mlir-opt receives it.
+        let _ = std::fs::write(Path::new(&dir).join("model.export.mlir"), &text);
+    }
     let mut manifest =
         crate::cmd::target::manifest(target, m, &specialized, shapes, model, pipeline)?;
     manifest.entry = ENTRY.into();
@@ -423,20 +587,41 @@ pub fn write_artifact(
         }
     }
     let ir = lower_to_llvm_ir(&text, target.name())?;
-    let obj = qc_backend_llvm::aot::object_from_llvm_ir(&ir, cpu)
-        .map_err(|e| Failure::Internal(format!("internal error: {e}\n")))?;
-    let shim = shim_source(&manifest.inputs, &manifest.outputs);
+    let obj = qc_backend_llvm::aot::object_from_llvm_ir(
+        &ir,
+        cpu,
+        &[("malloc", "qc_malloc"), ("free", "qc_free")],
+    )
+    .map_err(|e| Failure::Internal(format!("internal error: {e}\n")))?;
+    let shim = shim_source(
+        &manifest.inputs,
+        &manifest.outputs,
+        &exported.constant_args,
+        &kernels,
+    );
     let header = header_source(target.name(), &manifest.inputs, &manifest.outputs);
+    let mut objects: Vec<(&str, &[u8])> = vec![("model.o", &obj)];
+    let kernel_obj;
+    if !kernels.formats.is_empty() {
+        kernel_obj = qc_backend_llvm::gemm::emit_kernels_object(&kernels.formats, cpu)
+            .map_err(|e| Failure::Internal(format!("internal error: {e}\n")))?;
+        objects.push(("kernels.o", &kernel_obj));
+    }
     let so = qc_backend_llvm::aot::link_shared(
-        &[("model.o", &obj)],
+        &objects,
         &[("qc_shim.c", &shim)],
-        &[ENTRY, ENTRY_PACKED],
+        &[ENTRY, ENTRY_PACKED, WEIGHTS_SIZE],
+        !kernels.glue.is_empty(),
         cpu,
     )
     .map_err(|e| input_error(e.to_string()))?;
     let a = Artifact::new(
         manifest,
-        vec![(LIBRARY.into(), so), (HEADER.into(), header.into_bytes())],
+        vec![
+            (LIBRARY.into(), so),
+            (HEADER.into(), header.into_bytes()),
+            (cpu_kernels::WEIGHTS.into(), kernels.weights),
+        ],
     )
     .map_err(|e| Failure::Internal(format!("internal error: {e}\n")))?;
     artifact::write(out, &a).map_err(|e| input_error(e.to_string()))
@@ -527,93 +712,69 @@ fn output_array(sig: &TensorSig, b: &mut [u64]) -> NpyArray {
     NpyArray { shape, data }
 }
 
-/// `qc run ARTIFACT.qca`: loads the artifact's library and runs it on the inputs, one NAME.npy per
-/// output in the output folder.
-pub fn run_artifact(args: &RunArgs) -> Result<(), Failure> {
-    let path = &args.model;
-    let bytes = std::fs::read(path)
-        .map_err(|e| input_error(format!("cannot read {}: {e}", path.display())))?;
-    let a = artifact::from_bytes(&bytes)
-        .map_err(|e| input_error(format!("{}: {e}", path.display())))?;
-    let m = &a.manifest;
-    let cpu = CpuTarget::from_str(&m.target).map_err(|_| {
-        input_error(format!(
-            "{}: qc run runs artifacts for x86-64-v4 and x86-64-v3, not for {}",
-            path.display(),
-            m.target
-        ))
-    })?;
-    if !cpu.host_supports() {
-        return Err(input_error(format!(
-            "{}: this CPU cannot run {} code",
-            path.display(),
-            m.target
-        )));
-    }
-    let lib_bytes = a
-        .part(LIBRARY)
-        .ok_or_else(|| input_error(format!("{}: the artifact has no {LIBRARY}", path.display())))?;
-    for s in m.inputs.iter().chain(&m.outputs) {
-        if c_type(&s.dtype).is_none() {
-            return Err(input_error(format!(
-                "{}: unsupported dtype {}",
-                path.display(),
-                s.dtype
-            )));
-        }
-    }
-    let mut given = std::collections::BTreeMap::new();
-    for spec in &args.inputs {
-        let (name, file) = spec
-            .split_once('=')
-            .ok_or_else(|| input_error(format!("--input '{spec}' must be NAME=FILE.npy")))?;
-        if given
-            .insert(name.to_string(), PathBuf::from(file))
-            .is_some()
+type Entry = unsafe extern "C" fn(*const u8, *mut *mut std::ffi::c_void) -> i32;
+
+/// A CPU artifact loaded into the process: its library (from a temporary copy; linked `-z nodelete`
+/// when it uses OpenMP), its entry point, its manifest and its weights, mapped from the file.
+struct Loaded {
+    path: PathBuf,
+    manifest: artifact::Manifest,
+    map: memmap2::Mmap,
+    weights: std::ops::Range<usize>,
+    entry: Entry,
+    _lib: libloading::os::unix::Library,
+    _tmp: tempfile::NamedTempFile,
+}
+
+impl Loaded {
+    /// Loads the artifact at `path`; a diagnostic when it is not a CPU artifact this machine runs.
+    fn open(path: &Path) -> Result<Loaded, Failure> {
+        let err = |e: String| input_error(format!("{}: {e}", path.display()));
+        let file = std::fs::File::open(path)
+            .map_err(|e| input_error(format!("cannot read {}: {e}", path.display())))?;
+        // SAFETY: the artifact is mapped read only; qc does not write it while it runs.
+        let map = unsafe { memmap2::Mmap::map(&file) }
+            .map_err(|e| input_error(format!("cannot read {}: {e}", path.display())))?;
+        let a = artifact::from_bytes(&map).map_err(|e| err(e.to_string()))?;
+        // The weights straight from the mapping: members start on 64-byte boundaries of the file.
+        let weights = match artifact::list_parts_bytes(&map)
+            .map_err(|e| err(e.to_string()))?
+            .into_iter()
+            .find(|p| p.name == cpu_kernels::WEIGHTS)
         {
-            return Err(input_error(format!("input '{name}' is given twice")));
-        }
-    }
-    let names = m
-        .inputs
-        .iter()
-        .map(|s| s.name.as_str())
-        .collect::<Vec<_>>()
-        .join(", ");
-    let mut bufs = Vec::new();
-    for s in &m.inputs {
-        let file = given.remove(&s.name).ok_or_else(|| {
-            input_error(format!(
-                "missing --input {}=FILE.npy (the artifact's inputs: {names})",
-                s.name
+            Some(p) => p.offset as usize..(p.offset + p.size) as usize,
+            None => 0..0,
+        };
+        let m = a.manifest.clone();
+        let cpu = CpuTarget::from_str(&m.target).map_err(|_| {
+            err(format!(
+                "qc runs artifacts for x86-64-v4 and x86-64-v3 here, not for {}",
+                m.target
             ))
         })?;
-        let arr = read_npy(&file).map_err(input_error)?;
-        bufs.push(fill_input(s, &arr, &file.display().to_string())?);
-    }
-    if let Some(name) = given.keys().next() {
-        return Err(input_error(format!(
-            "the artifact has no input '{name}' (its inputs: {names})"
-        )));
-    }
-    for s in &m.outputs {
-        let n: u64 = s.shape.iter().product();
-        bufs.push(buffer(n as usize * c_type(&s.dtype).expect("checked").1));
-    }
-    let mut tmp = tempfile::Builder::new()
-        .prefix("qc-model-")
-        .suffix(".so")
-        .tempfile()
-        .map_err(|e| input_error(format!("cannot write a temporary file: {e}")))?;
-    {
-        use std::io::Write;
-        tmp.write_all(lib_bytes)
-            .and_then(|_| tmp.flush())
+        if !cpu.host_supports() {
+            return Err(err(format!("this CPU cannot run {} code", m.target)));
+        }
+        let lib_bytes = a
+            .part(LIBRARY)
+            .ok_or_else(|| err(format!("the artifact has no {LIBRARY}")))?;
+        for s in m.inputs.iter().chain(&m.outputs) {
+            if c_type(&s.dtype).is_none() {
+                return Err(err(format!("unsupported dtype {}", s.dtype)));
+            }
+        }
+        let mut tmp = tempfile::Builder::new()
+            .prefix("qc-model-")
+            .suffix(".so")
+            .tempfile()
             .map_err(|e| input_error(format!("cannot write a temporary file: {e}")))?;
-    }
-    let rc = {
-        // SAFETY: the library is the artifact's, built by qc for this CPU level (checked above); its
-        // entry reads and writes exactly the buffers sized from the manifest.
+        {
+            use std::io::Write;
+            tmp.write_all(lib_bytes)
+                .and_then(|_| tmp.flush())
+                .map_err(|e| input_error(format!("cannot write a temporary file: {e}")))?;
+        }
+        // SAFETY: the library is the artifact's, built by qc for this CPU level (checked above).
         // RTLD_NOW: an unresolved symbol is an error here, not a crash in the middle of a call.
         let lib = unsafe {
             libloading::os::unix::Library::open(
@@ -621,30 +782,111 @@ pub fn run_artifact(args: &RunArgs) -> Result<(), Failure> {
                 libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_LOCAL,
             )
         }
-        .map_err(|e| input_error(format!("{}: cannot load {LIBRARY}: {e}", path.display())))?;
-        let entry: libloading::os::unix::Symbol<
-            unsafe extern "C" fn(*mut *mut std::ffi::c_void) -> i32,
-        > = unsafe { lib.get(ENTRY_PACKED.as_bytes()) }.map_err(|e| {
-            input_error(format!(
-                "{}: {LIBRARY} has no {ENTRY_PACKED}: {e}",
-                path.display()
-            ))
-        })?;
+        .map_err(|e| err(format!("cannot load {LIBRARY}: {e}")))?;
+        // SAFETY: qc's libraries define both symbols with these types (shim_source).
+        let entry: Entry = *unsafe { lib.get::<Entry>(ENTRY_PACKED.as_bytes()) }
+            .map_err(|e| err(format!("{LIBRARY} has no {ENTRY_PACKED}: {e}")))?;
+        let size = *unsafe { lib.get::<unsafe extern "C" fn() -> i64>(WEIGHTS_SIZE.as_bytes()) }
+            .map_err(|e| err(format!("{LIBRARY} has no {WEIGHTS_SIZE}: {e}")))?;
+        // SAFETY: a function without arguments returning a constant.
+        let want = unsafe { size() };
+        let have = weights.len();
+        if want != have as i64 || !(map[weights.clone()].as_ptr() as usize).is_multiple_of(64) {
+            return Err(err(format!(
+                "{LIBRARY} expects {want} bytes of weights (64-byte aligned), the artifact's {} has \
+                 {have}",
+                cpu_kernels::WEIGHTS
+            )));
+        }
+        Ok(Loaded {
+            path: path.to_path_buf(),
+            manifest: m,
+            map,
+            weights,
+            entry,
+            _lib: lib,
+            _tmp: tmp,
+        })
+    }
+
+    /// Input buffers from `--input NAME=FILE.npy` specs, followed by zeroed output buffers.
+    fn buffers(&self, specs: &[String]) -> Result<Vec<Vec<u64>>, Failure> {
+        let m = &self.manifest;
+        let mut given = std::collections::BTreeMap::new();
+        for spec in specs {
+            let (name, file) = spec
+                .split_once('=')
+                .ok_or_else(|| input_error(format!("--input '{spec}' must be NAME=FILE.npy")))?;
+            if given
+                .insert(name.to_string(), PathBuf::from(file))
+                .is_some()
+            {
+                return Err(input_error(format!("input '{name}' is given twice")));
+            }
+        }
+        let names = m
+            .inputs
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut bufs = Vec::new();
+        for s in &m.inputs {
+            let file = given.remove(&s.name).ok_or_else(|| {
+                input_error(format!(
+                    "missing --input {}=FILE.npy (the artifact's inputs: {names})",
+                    s.name
+                ))
+            })?;
+            let arr = read_npy(&file).map_err(input_error)?;
+            bufs.push(fill_input(s, &arr, &file.display().to_string())?);
+        }
+        if let Some(name) = given.keys().next() {
+            return Err(input_error(format!(
+                "the artifact has no input '{name}' (its inputs: {names})"
+            )));
+        }
+        for s in &m.outputs {
+            let n: u64 = s.shape.iter().product();
+            bufs.push(buffer(n as usize * c_type(&s.dtype).expect("checked").1));
+        }
+        Ok(bufs)
+    }
+
+    /// One call of the model on `bufs` (from [`Loaded::buffers`]).
+    fn call(&self, bufs: &mut [Vec<u64>]) -> Result<(), Failure> {
         let mut ptrs: Vec<*mut std::ffi::c_void> = bufs
             .iter_mut()
             .map(|b| b.as_mut_ptr() as *mut std::ffi::c_void)
             .collect();
-        // SAFETY: one pointer per input and output, each to a buffer of the manifest's size.
-        unsafe { entry(ptrs.as_mut_ptr()) }
-    };
-    if rc != 0 {
-        return Err(input_error(format!(
-            "{}: the model failed (qc_main returned {rc}: out of memory)",
-            path.display()
-        )));
+        let w = &self.map[self.weights.clone()];
+        let w = if w.is_empty() {
+            std::ptr::null()
+        } else {
+            w.as_ptr()
+        };
+        // SAFETY: one pointer per input and output, each to a buffer of the manifest's size
+        // (`buffers`), and the weights the library expects (checked in `open`).
+        let rc = unsafe { (self.entry)(w, ptrs.as_mut_ptr()) };
+        if rc != 0 {
+            return Err(input_error(format!(
+                "{}: the model failed (qc_main returned {rc}: out of memory)",
+                self.path.display()
+            )));
+        }
+        Ok(())
     }
+}
+
+/// `qc run ARTIFACT.qca`: loads the artifact's library and runs it on the inputs, one NAME.npy per
+/// output in the output folder.
+pub fn run_artifact(args: &RunArgs) -> Result<(), Failure> {
+    let l = Loaded::open(&args.model)?;
+    let mut bufs = l.buffers(&args.inputs)?;
+    l.call(&mut bufs)?;
     std::fs::create_dir_all(&args.output)
         .map_err(|e| input_error(format!("cannot create {}: {e}", args.output.display())))?;
+    let m = &l.manifest;
     let k = m.inputs.len();
     for (i, s) in m.outputs.iter().enumerate() {
         let arr = output_array(s, &mut bufs[k + i]);
@@ -652,4 +894,37 @@ pub fn run_artifact(args: &RunArgs) -> Result<(), Failure> {
         qc_ir::util::write_atomic(&out, &to_npy_bytes(&arr)).map_err(input_error)?;
     }
     Ok(())
+}
+
+/// `qc bench ARTIFACT.qca`: the latency of one call of the model, measured in this process. Prints
+/// one JSON line: artifact, target, threads (`OMP_NUM_THREADS`, or the number of CPUs when unset), reps,
+/// best_s, median_s, mean_s. Loading, the inputs and `warmup` untimed calls come first.
+pub fn bench_artifact(args: &crate::cmd::bench::BenchArgs) -> Result<String, Failure> {
+    let l = Loaded::open(&args.artifact)?;
+    let mut bufs = l.buffers(&args.inputs)?;
+    for _ in 0..args.warmup {
+        l.call(&mut bufs)?;
+    }
+    let mut times = Vec::with_capacity(args.reps);
+    for _ in 0..args.reps.max(1) {
+        let t = std::time::Instant::now();
+        l.call(&mut bufs)?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    let mean = times.iter().sum::<f64>() / times.len() as f64;
+    times.sort_by(f64::total_cmp);
+    let threads = std::env::var("OMP_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    Ok(format!(
+        "{{\"artifact\": {:?}, \"target\": {:?}, \"threads\": {threads}, \"reps\": {}, \"best_s\": {:.6e}, \
+         \"median_s\": {:.6e}, \"mean_s\": {:.6e}}}\n",
+        args.artifact.display().to_string(),
+        l.manifest.target,
+        times.len(),
+        times[0],
+        times[times.len() / 2],
+        mean
+    ))
 }

@@ -1,8 +1,11 @@
 //! The subcommands, one module each.
 
+pub mod bench;
 pub mod compile;
 #[cfg(feature = "cpu")]
 pub mod cpu;
+#[cfg(feature = "cpu")]
+pub mod cpu_kernels;
 #[cfg(feature = "cpu")]
 pub mod cuda;
 pub mod formats;

@@ -30,6 +30,9 @@ pub enum Target {
     /// x86-64 CPUs with AVX2 and FMA: as x86-64-v4.
     #[value(name = "x86-64-v3")]
     X86_64V3,
+    /// The CPU qc runs on: x86-64-v4 where it has AVX-512, else x86-64-v3 (the manifest records
+    /// which).
+    Native,
     /// NVIDIA Ampere (A100): PTX checked by ptxas and a launch plan (cmd/cuda.rs; needs a qc built
     /// with the cargo feature `cpu`).
     #[value(name = "sm_80")]
@@ -56,6 +59,7 @@ impl Target {
             Target::Tpu => "tpu",
             Target::X86_64V4 => "x86-64-v4",
             Target::X86_64V3 => "x86-64-v3",
+            Target::Native => "native",
             Target::Sm80 => "sm_80",
             Target::Sm89 => "sm_89",
             Target::Sm90a => "sm_90a",
@@ -66,7 +70,28 @@ impl Target {
 
     /// Whether this is a CPU target (cmd/cpu.rs) rather than StableHLO.
     pub fn is_cpu(self) -> bool {
-        matches!(self, Target::X86_64V4 | Target::X86_64V3)
+        matches!(self, Target::X86_64V4 | Target::X86_64V3 | Target::Native)
+    }
+
+    /// `native` as the CPU level of this machine (an error where it has neither); other targets as
+    /// they are.
+    pub fn resolve(self) -> Result<Target, Failure> {
+        if self != Target::Native {
+            return Ok(self);
+        }
+        #[cfg(feature = "cpu")]
+        {
+            match qc_backend_llvm::CpuTarget::best_for_host() {
+                Some(qc_backend_llvm::CpuTarget::X86_64V4) => Ok(Target::X86_64V4),
+                Some(qc_backend_llvm::CpuTarget::X86_64V3) => Ok(Target::X86_64V3),
+                None => Err(input_error(
+                    "--target native: this CPU has neither AVX-512 (x86-64-v4) nor AVX2 and FMA \
+                     (x86-64-v3)",
+                )),
+            }
+        }
+        #[cfg(not(feature = "cpu"))]
+        Ok(self)
     }
 
     /// Whether this is an NVIDIA GPU target (cmd/cuda.rs; built with the cargo feature `cpu`).

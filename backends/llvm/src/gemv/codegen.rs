@@ -72,43 +72,91 @@ pub fn lanes(target: CpuTarget) -> usize {
     }
 }
 
-struct Gen<'a, 'ctx> {
-    cx: &'ctx Context,
-    m: &'a Module<'ctx>,
-    b: Builder<'ctx>,
-    f: FunctionValue<'ctx>,
-    spec: &'a KernelSpec,
-    target: CpuTarget,
-    l: u32,
-    i8t: IntType<'ctx>,
-    i16t: IntType<'ctx>,
-    i32t: IntType<'ctx>,
-    i64t: IntType<'ctx>,
-    f32t: FloatType<'ctx>,
-    f16t: FloatType<'ctx>,
-    table: GlobalValue<'ctx>,
+/// The IR builder of one kernel function: its types, its decoding tables and the decoding helpers that
+/// the GEMV kernels and the GEMM kernels ([`crate::gemm`]) share.
+pub(crate) struct Gen<'a, 'ctx> {
+    pub(crate) cx: &'ctx Context,
+    pub(crate) m: &'a Module<'ctx>,
+    pub(crate) b: Builder<'ctx>,
+    pub(crate) f: FunctionValue<'ctx>,
+    pub(crate) spec: &'a KernelSpec,
+    pub(crate) target: CpuTarget,
+    pub(crate) l: u32,
+    pub(crate) i8t: IntType<'ctx>,
+    pub(crate) i16t: IntType<'ctx>,
+    pub(crate) i32t: IntType<'ctx>,
+    pub(crate) i64t: IntType<'ctx>,
+    pub(crate) f32t: FloatType<'ctx>,
+    pub(crate) f16t: FloatType<'ctx>,
+    pub(crate) table: GlobalValue<'ctx>,
 }
 
-type Vals<'ctx> = Vec<BasicValueEnum<'ctx>>;
+pub(crate) type Vals<'ctx> = Vec<BasicValueEnum<'ctx>>;
 
 impl<'a, 'ctx> Gen<'a, 'ctx> {
-    fn c64(&self, v: u64) -> IntValue<'ctx> {
+    /// A builder for the kernel `f` of `spec` on `target`; adds the private constant table of the
+    /// spec's scalar kernel values (`<f's name>.table`, read by [`Gen::scalar_value`]) to `m`.
+    pub(crate) fn new(
+        cx: &'ctx Context,
+        m: &'a Module<'ctx>,
+        f: FunctionValue<'ctx>,
+        spec: &'a KernelSpec,
+        target: CpuTarget,
+    ) -> Self {
+        let f32t = cx.f32_type();
+        let name = f.get_name().to_string_lossy().into_owned();
+        let table = m.add_global(
+            f32t.array_type(spec.scalar_table.len() as u32),
+            None,
+            &format!("{name}.table"),
+        );
+        table.set_initializer(
+            &f32t.const_array(
+                &spec
+                    .scalar_table
+                    .iter()
+                    .map(|&v| f32t.const_float(v as f64))
+                    .collect::<Vec<_>>(),
+            ),
+        );
+        table.set_constant(true);
+        table.set_linkage(Linkage::Private);
+        table.set_unnamed_addr(true);
+        Gen {
+            cx,
+            m,
+            b: cx.create_builder(),
+            f,
+            spec,
+            target,
+            l: lanes(target) as u32,
+            i8t: cx.i8_type(),
+            i16t: cx.i16_type(),
+            i32t: cx.i32_type(),
+            i64t: cx.i64_type(),
+            f32t,
+            f16t: cx.f16_type(),
+            table,
+        }
+    }
+
+    pub(crate) fn c64(&self, v: u64) -> IntValue<'ctx> {
         self.i64t.const_int(v, false)
     }
 
-    fn vf(&self) -> VectorType<'ctx> {
+    pub(crate) fn vf(&self) -> VectorType<'ctx> {
         self.f32t.vec_type(self.l)
     }
 
-    fn splat_int(&self, t: IntType<'ctx>, v: u64) -> VectorValue<'ctx> {
+    pub(crate) fn splat_int(&self, t: IntType<'ctx>, v: u64) -> VectorValue<'ctx> {
         self.splat_n(t, v, self.l)
     }
 
-    fn splat_n(&self, t: IntType<'ctx>, v: u64, n: u32) -> VectorValue<'ctx> {
+    pub(crate) fn splat_n(&self, t: IntType<'ctx>, v: u64, n: u32) -> VectorValue<'ctx> {
         VectorType::const_vector(&vec![t.const_int(v, false); n as usize])
     }
 
-    fn load_vec_n(
+    pub(crate) fn load_vec_n(
         &self,
         ty: BasicTypeEnum<'ctx>,
         n: u32,
@@ -122,12 +170,12 @@ impl<'a, 'ctx> Gen<'a, 'ctx> {
         Ok(self.load_aligned(vt, p, 1)?.into_vector_value())
     }
 
-    fn zero_vf(&self) -> VectorValue<'ctx> {
+    pub(crate) fn zero_vf(&self) -> VectorValue<'ctx> {
         self.vf().const_zero()
     }
 
     /// `base + off` bytes.
-    fn gep8(
+    pub(crate) fn gep8(
         &self,
         base: PointerValue<'ctx>,
         off: IntValue<'ctx>,
@@ -137,7 +185,7 @@ impl<'a, 'ctx> Gen<'a, 'ctx> {
     }
 
     /// `base + idx` f32 elements.
-    fn gepf(
+    pub(crate) fn gepf(
         &self,
         base: PointerValue<'ctx>,
         idx: IntValue<'ctx>,
@@ -146,7 +194,7 @@ impl<'a, 'ctx> Gen<'a, 'ctx> {
         Ok(unsafe { self.b.build_in_bounds_gep(self.f32t, base, &[idx], "pf")? })
     }
 
-    fn load_aligned(
+    pub(crate) fn load_aligned(
         &self,
         ty: BasicTypeEnum<'ctx>,
         p: PointerValue<'ctx>,
@@ -160,7 +208,7 @@ impl<'a, 'ctx> Gen<'a, 'ctx> {
         Ok(v)
     }
 
-    fn load_vec(
+    pub(crate) fn load_vec(
         &self,
         elem: BasicTypeEnum<'ctx>,
         p: PointerValue<'ctx>,
@@ -173,7 +221,7 @@ impl<'a, 'ctx> Gen<'a, 'ctx> {
         Ok(self.load_aligned(ty, p, 1)?.into_vector_value())
     }
 
-    fn call(
+    pub(crate) fn call(
         &self,
         name: &str,
         types: &[BasicTypeEnum<'ctx>],
@@ -189,7 +237,7 @@ impl<'a, 'ctx> Gen<'a, 'ctx> {
             .ok_or_else(|| Error::Verify(format!("{name} returned no value")))
     }
 
-    fn fma(
+    pub(crate) fn fma(
         &self,
         a: VectorValue<'ctx>,
         b: VectorValue<'ctx>,
@@ -204,15 +252,27 @@ impl<'a, 'ctx> Gen<'a, 'ctx> {
             .into_vector_value())
     }
 
-    fn fmul(&self, a: VectorValue<'ctx>, b: VectorValue<'ctx>) -> Result<VectorValue<'ctx>, Error> {
+    pub(crate) fn fmul(
+        &self,
+        a: VectorValue<'ctx>,
+        b: VectorValue<'ctx>,
+    ) -> Result<VectorValue<'ctx>, Error> {
         Ok(self.b.build_float_mul(a, b, "mul")?)
     }
 
-    fn fadd(&self, a: VectorValue<'ctx>, b: VectorValue<'ctx>) -> Result<VectorValue<'ctx>, Error> {
+    pub(crate) fn fadd(
+        &self,
+        a: VectorValue<'ctx>,
+        b: VectorValue<'ctx>,
+    ) -> Result<VectorValue<'ctx>, Error> {
         Ok(self.b.build_float_add(a, b, "add")?)
     }
 
-    fn shuffle(&self, v: VectorValue<'ctx>, mask: &[u32]) -> Result<VectorValue<'ctx>, Error> {
+    pub(crate) fn shuffle(
+        &self,
+        v: VectorValue<'ctx>,
+        mask: &[u32],
+    ) -> Result<VectorValue<'ctx>, Error> {
         let m: Vec<_> = mask
             .iter()
             .map(|&i| self.i32t.const_int(i as u64, false))
@@ -227,7 +287,7 @@ impl<'a, 'ctx> Gen<'a, 'ctx> {
 
     /// A counted loop: runs `body` for `i = start, start + step, ...` while `i + step <= end`, threading
     /// `init` through as loop-carried values. Returns the first `i` not run and the carried values.
-    fn counted<F>(
+    pub(crate) fn counted<F>(
         &self,
         start: IntValue<'ctx>,
         end: IntValue<'ctx>,
@@ -291,7 +351,7 @@ impl<'a, 'ctx> Gen<'a, 'ctx> {
     /// Decodes the block of code bytes at `p` into the vectors of [`BlockLayout`] (kernel values), and
     /// updates the row's NaN detector `nan` (8-bit minifloats with a NaN code: the lane-wise maximum of
     /// the codes' magnitude bits).
-    fn decode_block(
+    pub(crate) fn decode_block(
         &self,
         p: PointerValue<'ctx>,
         nan: &mut Option<VectorValue<'ctx>>,
@@ -413,7 +473,7 @@ impl<'a, 'ctx> Gen<'a, 'ctx> {
     /// i16 lanes holding a minifloat code with its sign at bit 15 (lower bits: the code's other bits,
     /// then anything) as f16 values: an arithmetic shift puts the mantissa's lowest bit at f16 bit
     /// `10 - M` (the sign's copies fill the bits above the exponent, cleared by the mask).
-    fn minifloat_top(
+    pub(crate) fn minifloat_top(
         &self,
         t: VectorValue<'ctx>,
         exp_bits: u32,
@@ -441,7 +501,7 @@ impl<'a, 'ctx> Gen<'a, 'ctx> {
     /// (-8..7 in two's complement), `Some(false)` for the u4 values (0..15), `None` otherwise. (On
     /// AVX2 a table lookup costs two permutes and a blend per vector, more than two shifts and a
     /// conversion; on AVX-512 it is one permute, and the arithmetic decode measured 30% slower.)
-    fn int_nibbles(&self, table: &[f32; 16]) -> Option<bool> {
+    pub(crate) fn int_nibbles(&self, table: &[f32; 16]) -> Option<bool> {
         if !ARITH_NIBBLES.contains(&self.target) {
             return None;
         }
@@ -458,7 +518,7 @@ impl<'a, 'ctx> Gen<'a, 'ctx> {
 
     /// `table[idx & 15]` per lane of the i32 vector `idx`; `sign_bit` is the index bit that selects the
     /// upper half of the table (3: the nibble's own top bit; the caller shifts high nibbles down first).
-    fn lookup16(
+    pub(crate) fn lookup16(
         &self,
         table: &[f32; 16],
         idx: VectorValue<'ctx>,
@@ -515,7 +575,7 @@ impl<'a, 'ctx> Gen<'a, 'ctx> {
     // ---- scale decoding ----
 
     /// `lanes` consecutive scales at `p`, as kernel values.
-    fn scales_vec(
+    pub(crate) fn scales_vec(
         &self,
         store: ScaleStore,
         p: PointerValue<'ctx>,
@@ -597,7 +657,7 @@ impl<'a, 'ctx> Gen<'a, 'ctx> {
     }
 
     /// One scale at `p`, as a kernel value.
-    fn scale_scalar(
+    pub(crate) fn scale_scalar(
         &self,
         store: ScaleStore,
         p: PointerValue<'ctx>,
@@ -671,7 +731,7 @@ impl<'a, 'ctx> Gen<'a, 'ctx> {
         }
     }
 
-    fn splat(&self, s: FloatValue<'ctx>) -> Result<VectorValue<'ctx>, Error> {
+    pub(crate) fn splat(&self, s: FloatValue<'ctx>) -> Result<VectorValue<'ctx>, Error> {
         let v =
             self.b
                 .build_insert_element(self.vf().get_undef(), s, self.i32t.const_zero(), "ins")?;
@@ -681,7 +741,7 @@ impl<'a, 'ctx> Gen<'a, 'ctx> {
     // ---- products ----
 
     /// The weight vectors of the block at element `e` of the row whose codes start at `cbase`.
-    fn decode_at(
+    pub(crate) fn decode_at(
         &self,
         cbase: PointerValue<'ctx>,
         e: IntValue<'ctx>,
@@ -696,7 +756,7 @@ impl<'a, 'ctx> Gen<'a, 'ctx> {
     }
 
     /// A software prefetch of the cache line at `p` into the L2 cache (`prefetcht1`); never faults.
-    fn prefetch(&self, p: PointerValue<'ctx>) -> Result<(), Error> {
+    pub(crate) fn prefetch(&self, p: PointerValue<'ctx>) -> Result<(), Error> {
         let decl = Intrinsic::find("llvm.prefetch")
             .and_then(|i| i.get_declaration(self.m, &[p.get_type().into()]))
             .ok_or_else(|| Error::Verify("LLVM has no llvm.prefetch".into()))?;
@@ -715,7 +775,7 @@ impl<'a, 'ctx> Gen<'a, 'ctx> {
     }
 
     /// The activation vectors of the block at element `e` (one per weight vector).
-    fn load_xs(
+    pub(crate) fn load_xs(
         &self,
         xp: PointerValue<'ctx>,
         e: IntValue<'ctx>,
@@ -731,7 +791,7 @@ impl<'a, 'ctx> Gen<'a, 'ctx> {
 
     /// Sum of the products `w x` in K order, in `ceil(n / 4)` (at most four) round-robin chains
     /// (a multiply, then FMAs) added as a tree.
-    fn chain_sum(
+    pub(crate) fn chain_sum(
         &self,
         prods: Vec<(VectorValue<'ctx>, VectorValue<'ctx>)>,
     ) -> Result<VectorValue<'ctx>, Error> {
@@ -752,7 +812,10 @@ impl<'a, 'ctx> Gen<'a, 'ctx> {
         )
     }
 
-    fn tree_sum(&self, mut v: Vec<VectorValue<'ctx>>) -> Result<VectorValue<'ctx>, Error> {
+    pub(crate) fn tree_sum(
+        &self,
+        mut v: Vec<VectorValue<'ctx>>,
+    ) -> Result<VectorValue<'ctx>, Error> {
         while v.len() > 1 {
             let mut next = Vec::with_capacity(v.len().div_ceil(2));
             for pair in v.chunks(2) {
@@ -768,7 +831,7 @@ impl<'a, 'ctx> Gen<'a, 'ctx> {
     }
 
     /// Lane sum of `v` as a tree of halves.
-    fn hsum(&self, mut v: VectorValue<'ctx>) -> Result<FloatValue<'ctx>, Error> {
+    pub(crate) fn hsum(&self, mut v: VectorValue<'ctx>) -> Result<FloatValue<'ctx>, Error> {
         let mut w = self.l;
         while w > 1 {
             let h = w / 2;
@@ -783,8 +846,67 @@ impl<'a, 'ctx> Gen<'a, 'ctx> {
             .into_float_value())
     }
 
+    /// The kernel value of element `e` of the row whose codes start at `cbase`, decoded through the
+    /// scalar table (no scale applied).
+    pub(crate) fn scalar_value(
+        &self,
+        cbase: PointerValue<'ctx>,
+        e: IntValue<'ctx>,
+    ) -> Result<FloatValue<'ctx>, Error> {
+        let pb = self.spec.elem.per_byte() as u64;
+        let boff = if pb == 2 {
+            self.b.build_right_shift(e, self.c64(1), false, "boff")?
+        } else {
+            e
+        };
+        let byte = self
+            .load_aligned(self.i8t.into(), self.gep8(cbase, boff)?, 1)?
+            .into_int_value();
+        let z = self.b.build_int_z_extend(byte, self.i64t, "z")?;
+        let code = if pb == 2 {
+            let odd = self.b.build_and(e, self.c64(1), "odd")?;
+            let sh = self.b.build_left_shift(odd, self.c64(2), "sh")?;
+            let c = self.b.build_right_shift(z, sh, false, "c")?;
+            self.b.build_and(c, self.c64(15), "c")?
+        } else {
+            let mask = self.spec.scalar_table.len() as u64 - 1;
+            self.b.build_and(z, self.c64(mask), "c")?
+        };
+        // SAFETY: code < table length.
+        let tp = unsafe {
+            self.b.build_in_bounds_gep(
+                self.f32t.array_type(self.spec.scalar_table.len() as u32),
+                self.table.as_pointer_value(),
+                &[self.c64(0), code],
+                "tp",
+            )?
+        };
+        Ok(self
+            .load_aligned(self.f32t.into(), tp, 4)?
+            .into_float_value())
+    }
+
+    /// The group scale (kernel value) of element `e` of the row whose scales start at `sbase`, for
+    /// group formats (`None` otherwise).
+    pub(crate) fn element_group_scale(
+        &self,
+        sbase: PointerValue<'ctx>,
+        e: IntValue<'ctx>,
+    ) -> Result<Option<FloatValue<'ctx>>, Error> {
+        let ScaleKind::Group { size, store } = self.spec.scale else {
+            return Ok(None);
+        };
+        let gi = self
+            .b
+            .build_int_unsigned_div(e, self.c64(size as u64), "gi")?;
+        let soff = self
+            .b
+            .build_int_mul(gi, self.c64(store.bytes() as u64), "soff")?;
+        Ok(Some(self.scale_scalar(store, self.gep8(sbase, soff)?)?))
+    }
+
     /// Scalar accumulation of elements `[e0, k)` of the row (the part after the last full block).
-    fn scalar_tail(
+    pub(crate) fn scalar_tail(
         &self,
         cbase: PointerValue<'ctx>,
         sbase: PointerValue<'ctx>,
@@ -792,44 +914,13 @@ impl<'a, 'ctx> Gen<'a, 'ctx> {
         e0: IntValue<'ctx>,
         k: IntValue<'ctx>,
     ) -> Result<FloatValue<'ctx>, Error> {
-        let pb = self.spec.elem.per_byte() as u64;
         let (_, out) = self.counted(e0, k, 1, vec![self.f32t.const_zero().into()], |g, e, c| {
-            let boff = if pb == 2 {
-                g.b.build_right_shift(e, g.c64(1), false, "boff")?
-            } else {
-                e
-            };
-            let byte = g
-                .load_aligned(g.i8t.into(), g.gep8(cbase, boff)?, 1)?
-                .into_int_value();
-            let z = g.b.build_int_z_extend(byte, g.i64t, "z")?;
-            let code = if pb == 2 {
-                let odd = g.b.build_and(e, g.c64(1), "odd")?;
-                let sh = g.b.build_left_shift(odd, g.c64(2), "sh")?;
-                let c = g.b.build_right_shift(z, sh, false, "c")?;
-                g.b.build_and(c, g.c64(15), "c")?
-            } else {
-                let mask = g.spec.scalar_table.len() as u64 - 1;
-                g.b.build_and(z, g.c64(mask), "c")?
-            };
-            // SAFETY: code < table length.
-            let tp = unsafe {
-                g.b.build_in_bounds_gep(
-                    g.f32t.array_type(g.spec.scalar_table.len() as u32),
-                    g.table.as_pointer_value(),
-                    &[g.c64(0), code],
-                    "tp",
-                )?
-            };
-            let v = g.load_aligned(g.f32t.into(), tp, 4)?.into_float_value();
+            let v = g.scalar_value(cbase, e)?;
             let xv = g
                 .load_aligned(g.f32t.into(), g.gepf(xp, e)?, 4)?
                 .into_float_value();
             let mut prod = g.b.build_float_mul(v, xv, "prod")?;
-            if let ScaleKind::Group { size, store } = g.spec.scale {
-                let gi = g.b.build_int_unsigned_div(e, g.c64(size as u64), "gi")?;
-                let soff = g.b.build_int_mul(gi, g.c64(store.bytes() as u64), "soff")?;
-                let s = g.scale_scalar(store, g.gep8(sbase, soff)?)?;
+            if let Some(s) = g.element_group_scale(sbase, e)? {
                 prod = g.b.build_float_mul(prod, s, "prod")?;
             }
             let acc = g.b.build_float_add(c[0].into_float_value(), prod, "tacc")?;
@@ -845,6 +936,31 @@ fn vals<'ctx>(v: &[VectorValue<'ctx>]) -> Vals<'ctx> {
 
 fn vecs<'ctx>(v: &[BasicValueEnum<'ctx>]) -> Vec<VectorValue<'ctx>> {
     v.iter().map(|x| x.into_vector_value()).collect()
+}
+
+/// Sets the function attributes of a kernel: the vector width of `target`, `nounwind`, and `noalias`
+/// on the parameters `noalias` (the outputs).
+pub(crate) fn kernel_attributes<'ctx>(
+    cx: &'ctx Context,
+    f: FunctionValue<'ctx>,
+    target: CpuTarget,
+    noalias: &[u32],
+) {
+    let attr = |k: &str, v: &str| cx.create_string_attribute(k, v);
+    let width = (lanes(target) * 32).to_string();
+    f.add_attribute(AttributeLoc::Function, attr("prefer-vector-width", &width));
+    f.add_attribute(
+        AttributeLoc::Function,
+        attr("min-legal-vector-width", &width),
+    );
+    f.add_attribute(
+        AttributeLoc::Function,
+        cx.create_enum_attribute(Attribute::get_named_enum_kind_id("nounwind"), 0),
+    );
+    for &i in noalias {
+        let na = cx.create_enum_attribute(Attribute::get_named_enum_kind_id("noalias"), 0);
+        f.add_attribute(AttributeLoc::Param(i), na);
+    }
 }
 
 /// Builds the kernel of `spec` for `target` into `m` (unoptimized; the caller verifies and optimizes).
@@ -871,54 +987,9 @@ pub fn build_gemv<'ctx>(
         false,
     );
     let f = m.add_function(&spec.symbol, fn_type, Some(Linkage::External));
-    let attr = |k: &str, v: &str| cx.create_string_attribute(k, v);
-    let width = (lanes(target) * 32).to_string();
-    f.add_attribute(AttributeLoc::Function, attr("prefer-vector-width", &width));
-    f.add_attribute(
-        AttributeLoc::Function,
-        attr("min-legal-vector-width", &width),
-    );
-    f.add_attribute(
-        AttributeLoc::Function,
-        cx.create_enum_attribute(Attribute::get_named_enum_kind_id("nounwind"), 0),
-    );
-    let noalias = cx.create_enum_attribute(Attribute::get_named_enum_kind_id("noalias"), 0);
-    f.add_attribute(AttributeLoc::Param(3), noalias);
+    kernel_attributes(cx, f, target, &[3]);
 
-    let table = m.add_global(
-        f32t.array_type(spec.scalar_table.len() as u32),
-        None,
-        &format!("{}.table", spec.symbol),
-    );
-    table.set_initializer(
-        &f32t.const_array(
-            &spec
-                .scalar_table
-                .iter()
-                .map(|&v| f32t.const_float(v as f64))
-                .collect::<Vec<_>>(),
-        ),
-    );
-    table.set_constant(true);
-    table.set_linkage(Linkage::Private);
-    table.set_unnamed_addr(true);
-
-    let g = Gen {
-        cx,
-        m,
-        b: cx.create_builder(),
-        f,
-        spec,
-        target,
-        l: lanes(target) as u32,
-        i8t: cx.i8_type(),
-        i16t: cx.i16_type(),
-        i32t: cx.i32_type(),
-        i64t,
-        f32t,
-        f16t: cx.f16_type(),
-        table,
-    };
+    let g = Gen::new(cx, m, f, spec, target);
     let p = |i: u32| f.get_nth_param(i).expect("declared parameter");
     let codes = p(0).into_pointer_value();
     let scales = p(1).into_pointer_value();

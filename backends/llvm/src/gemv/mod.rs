@@ -221,6 +221,16 @@ impl<'a> QuantMatrix<'a> {
         &self.sections
     }
 
+    /// The blob bytes.
+    pub fn blob(&self) -> &'a [u8] {
+        self.blob
+    }
+
+    /// The kernels' `post` argument for this matrix ([`KernelSpec::post_scale`] of its tensor scale).
+    pub fn post(&self) -> f32 {
+        self.post
+    }
+
     /// Bytes the kernels stream per call: codes and the scales section (the weight bytes that GB/s
     /// figures count).
     pub fn weight_bytes(&self) -> usize {
@@ -256,7 +266,7 @@ impl std::fmt::Debug for GemvLibrary {
     }
 }
 
-fn link_shared(obj: &Path, lib: &Path) -> Result<(), Error> {
+pub(crate) fn link_shared(obj: &Path, lib: &Path) -> Result<(), Error> {
     let cc = std::env::var_os("CC").unwrap_or_else(|| "cc".into());
     let out = Command::new(&cc)
         .arg("-shared")

@@ -1,0 +1,327 @@
+//! The quantized matrix products of a CPU artifact: `quant.matmul` of a quantized weight runs qc's own
+//! kernels (qc_backend_llvm::gemv and ::gemm) on the weight's packed bytes, which live in the artifact's
+//! weights blob rather than in the code.
+//!
+//! # How a product is compiled
+//! The upstream MLIR export leaves every `quant.matmul {transpose_b}` whose weight format has a kernel
+//! to an external function (`qc_backend_hlo::upstream::KernelCall`): the lowered model calls
+//! `_mlir_ciface_qc_matmul_<i>(x, y)` with MLIR memref descriptors of the activations `x[M, K]` and of
+//! a fresh output `y[M, N]`. [`plan`] lays the weights out and generates the C of those functions
+//! ([`Plan::glue`]), which the shim of cmd/cpu.rs includes:
+//! 1. the activation rows are copied into the kernel layout of the format (`qc_prepare_row`, the C twin
+//!    of `qc_backend_llvm::gemv::layout::prepare_x`);
+//! 2. the weight rows are cut into chunks, run in parallel with OpenMP (`schedule(dynamic, 1)`; a
+//!    product under [`PARALLEL_MIN_MACS`] multiply-adds runs on the calling thread), each chunk by
+//!    kernel calls: the GEMV kernel once per activation row when M < [`GEMM_MIN_ROWS`], else one call
+//!    of the GEMM kernel for all rows.
+//!
+//! f32 products (`KernelOp::Sgemm`) run `qc_sgemm`, C compiled with the artifact: register tiles of
+//! 4 rows x 64 columns (AVX-512; 4 x 16 with AVX2) over 64-row blocks, each output one FMA chain over
+//! K in order, tasks (batch, column panel, row block) on OpenMP threads.
+//!
+//! A kernel's result for a row does not depend on the chunking (its accumulation order is a function
+//! of the format, K and the target), so outputs are bit-identical for every thread count.
+//!
+//! # The weights blob (`weights.bin`)
+//! Each distinct resource once, at an offset that is a multiple of 64 bytes: first the large float
+//! and integer constants that the export passes as arguments (`ConstantArg`, little-endian elements,
+//! row major), then the quantized weights of the kernel calls in order of first use, as their
+//! `qc_quant::blob` bytes (codes | scales | tensor scale sections, the layout the kernels read). `qc_main` receives its address (any 64-byte aligned copy: `qc run` maps the artifact, whose
+//! members are 64-byte aligned) and hands it to the kernels through a thread-local pointer, so calls
+//! on different threads share no mutable state.
+
+use qc_backend_hlo::upstream::{Exported, KernelOp};
+use qc_backend_llvm::gemv::{codegen, layout::BlockLayout, KernelSpec, QuantMatrix};
+use qc_backend_llvm::CpuTarget;
+use qc_ir::quant::QuantType;
+use qc_ir::Module;
+
+use crate::output::Failure;
+
+/// The artifact part holding the weights.
+pub const WEIGHTS: &str = "weights.bin";
+
+/// Products with fewer multiply-adds than this run on the calling thread (forking costs more).
+pub const PARALLEL_MIN_MACS: u64 = 1 << 21;
+
+/// Quantized products with at least this many activation rows run the GEMM kernel (which decodes a
+/// weight panel once for all rows); fewer rows run the GEMV kernel once per row, on weight rows that
+/// stay in cache (faster below about 16 rows: the GEMM kernel's panel decode is not amortized).
+pub const GEMM_MIN_ROWS: u64 = 16;
+
+/// Whether qc's CPU kernels handle weights in `fmt` (the filter given to the upstream export).
+pub fn has_kernel(fmt: &QuantType) -> bool {
+    KernelSpec::from_quant_type(fmt).is_ok()
+}
+
+/// The weights blob and the C glue of a model's kernel calls.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// `weights.bin` (module documentation).
+    pub weights: Vec<u8>,
+    /// The formats whose kernels the library must contain, distinct, in first-use order.
+    pub formats: Vec<QuantType>,
+    /// C source defining `_mlir_ciface_qc_matmul_<i>` for every call, and the thread-local weights
+    /// pointer `qc_weights` and failure flag `qc_failed` that the shim's entry point sets and reads.
+    /// Empty when there are no calls.
+    pub glue: String,
+    /// The offset in `weights` of each of the export's constant arguments, in order.
+    pub constant_offsets: Vec<usize>,
+}
+
+fn layout_code(l: BlockLayout) -> u32 {
+    match l {
+        BlockLayout::Tile => 0,
+        BlockLayout::NibbleDword => 1,
+        BlockLayout::MiniWord => 2,
+    }
+}
+
+/// The C helpers every glue starts with.
+const GLUE_PRELUDE: &str = r#"/* Quantized matrix products: qc's kernels over the weights blob (cmd/cpu_kernels.rs). */
+#include <omp.h>
+typedef struct { float *allocated; float *aligned; int64_t offset; int64_t sizes[2]; int64_t strides[2]; } qc_md2_t;
+typedef struct { float *allocated; float *aligned; int64_t offset; int64_t sizes[3]; int64_t strides[3]; } qc_md3_t;
+typedef void (*qc_gemv_fn)(const uint8_t *, const uint8_t *, const float *, float *, int64_t, int64_t, int64_t, float);
+typedef void (*qc_gemm_fn)(const uint8_t *, const uint8_t *, const float *, int64_t, float *, int64_t, int64_t, int64_t, int64_t, int64_t, float);
+static __thread const uint8_t *qc_weights;
+static __thread int qc_failed;
+
+static float qc_f32(uint32_t bits) { float f; memcpy(&f, &bits, 4); return f; }
+
+/* Row i of x (stride s1 between elements) in the kernel layout `lay` with `lanes` lanes:
+   0 = as it is, 1 = nibbles of 32-bit words, 2 = bytes of 16-bit words (qc_backend_llvm::gemv::layout). */
+static void qc_prepare_row(int lay, int64_t lanes, const float *x, int64_t s1, float *out, int64_t k) {
+  int64_t e = lay == 1 ? 8 * lanes : 4 * lanes, v = lay == 1 ? 8 : 4;
+  int64_t full = lay == 0 ? 0 : k / e * e;
+  for (int64_t b = 0; b < full; b += e)
+    for (int64_t s = 0; s < v; s++)
+      for (int64_t l = 0; l < lanes; l++) {
+        int64_t el = lay == 1 ? 8 * l + s : 2 * l + 2 * lanes * (s % 2) + s / 2;
+        out[b + s * lanes + l] = x[(b + el) * s1];
+      }
+  for (int64_t j = full; j < k; j++) out[j] = x[j * s1];
+}
+
+/* f32 products: c[M, N] = a[M, K] b[K, N] (row major, leading dimensions lda, ldb, ldc). Each element is
+   one f32 FMA chain over k in order, so the result does not depend on the tiling or the threads.
+   Register tiles of QC_MR rows x QC_NV vectors of QC_VL lanes (GCC vector extensions). */
+#ifdef __AVX512F__
+#define QC_VL 16
+#define QC_NV 4
+#else
+#define QC_VL 8
+#define QC_NV 2
+#endif
+#define QC_MR 4
+#define QC_NR (QC_VL * QC_NV)
+#define QC_MB 64
+#define QC_KC 256
+typedef float qc_vf __attribute__((vector_size(QC_VL * 4)));
+typedef float qc_vfu __attribute__((vector_size(QC_VL * 4), aligned(4)));
+
+static void qc_sgemm_block(const float *a, int64_t lda, const float *b, int64_t ldb, float *c, int64_t ldc,
+                           int64_t m, int64_t n, int64_t k) {
+  int64_t i = 0;
+  if (n == QC_NR) {
+    int64_t full = m / QC_MR * QC_MR;
+    /* K in blocks of QC_KC (the block of b stays in L2, the rows of a in L1); the running sums go
+       through c between blocks, which leaves each element's FMA chain as it is. */
+    for (int64_t p0 = 0; p0 < k; p0 += QC_KC) {
+      int64_t p1 = p0 + QC_KC < k ? p0 + QC_KC : k;
+      for (i = 0; i < full; i += QC_MR) {
+        qc_vf acc[QC_MR][QC_NV];
+        for (int r = 0; r < QC_MR; r++)
+          for (int v = 0; v < QC_NV; v++)
+            acc[r][v] = p0 == 0 ? (qc_vf){0} : *(const qc_vfu *)(c + (i + r) * ldc + v * QC_VL);
+        for (int64_t p = p0; p < p1; p++) {
+          qc_vf bv[QC_NV];
+          for (int v = 0; v < QC_NV; v++) bv[v] = *(const qc_vfu *)(b + p * ldb + v * QC_VL);
+          for (int r = 0; r < QC_MR; r++) {
+            qc_vf av = (qc_vf){0} + a[(i + r) * lda + p];
+            for (int v = 0; v < QC_NV; v++) acc[r][v] += av * bv[v]; /* one FMA: -ffp-contract=fast */
+          }
+        }
+        for (int r = 0; r < QC_MR; r++)
+          for (int v = 0; v < QC_NV; v++) *(qc_vfu *)(c + (i + r) * ldc + v * QC_VL) = acc[r][v];
+      }
+    }
+    i = full;
+  }
+  for (; i < m; i++)
+    for (int64_t j = 0; j < n; j++) {
+      float s = 0.0f;
+      for (int64_t p = 0; p < k; p++) s = __builtin_fmaf(a[i * lda + p], b[p * ldb + j], s);
+      c[i * ldc + j] = s;
+    }
+}
+
+static void qc_sgemm(const qc_md3_t *a, const qc_md3_t *b, qc_md3_t *c) {
+  int64_t batch = a->sizes[0], m = a->sizes[1], k = a->sizes[2], n = b->sizes[2];
+  int64_t lda = a->strides[1], ldb = b->strides[1], ldc = c->strides[1];
+  if (a->strides[2] != 1 || b->strides[2] != 1 || c->strides[2] != 1) { qc_failed = 1; return; }
+  int64_t panels = (n + QC_NR - 1) / QC_NR, mblocks = (m + QC_MB - 1) / QC_MB;
+  int64_t tasks = batch * panels * mblocks;
+  int par = omp_get_max_threads() > 1 && (uint64_t)batch * m * n * k >= QC_PARALLEL_MIN_MACS;
+#pragma omp parallel for schedule(dynamic, 1) if (par)
+  for (int64_t t = 0; t < tasks; t++) {
+    int64_t bi = t / (panels * mblocks), rest = t % (panels * mblocks);
+    int64_t j0 = (rest / mblocks) * QC_NR, i0 = (rest % mblocks) * QC_MB;
+    const float *ab = a->aligned + a->offset + bi * a->strides[0] + i0 * lda;
+    const float *bb = b->aligned + b->offset + (b->sizes[0] == 1 ? 0 : bi * b->strides[0]) + j0;
+    float *cb = c->aligned + c->offset + bi * c->strides[0] + i0 * ldc + j0;
+    int64_t mm = m - i0 < QC_MB ? m - i0 : QC_MB, nn = n - j0 < QC_NR ? n - j0 : QC_NR;
+    qc_sgemm_block(ab, lda, bb, ldb, cb, ldc, mm, nn, k);
+  }
+}
+
+/* y[M, N] = x[M, K] W^T for W[N, K] at codes/scales (its blob sections). */
+static void qc_matmul(qc_gemv_fn gemv, qc_gemm_fn gemm, int lay, int64_t lanes, const uint8_t *codes,
+                      const uint8_t *scales, float post, int64_t row_bytes, int64_t n, int64_t k,
+                      const qc_md2_t *x, qc_md2_t *y) {
+  int64_t m = x->sizes[0];
+  const float *xa = x->aligned + x->offset;
+  float *ya = y->aligned + y->offset;
+  int64_t ldy = y->strides[0];
+  if (m <= 0 || n <= 0) return;
+  void *xbuf = qc_malloc((size_t)(m * k * 4 + 64));
+  if (!xbuf) { qc_failed = 1; return; }
+  float *xp = (float *)(((uintptr_t)xbuf + 63) & ~(uintptr_t)63);
+  for (int64_t i = 0; i < m; i++)
+    qc_prepare_row(lay, lanes, xa + i * x->strides[0], x->strides[1], xp + i * k, k);
+  int threads = omp_get_max_threads();
+  int par = threads > 1 && (uint64_t)m * (uint64_t)n * (uint64_t)k >= QC_PARALLEL_MIN_MACS;
+  int use_gemm = m >= QC_GEMM_MIN_ROWS;
+  /* Chunks: about 4 per thread; at least 256 KiB of weights (GEMV) or 64 rows, a whole number of
+     the GEMM kernel's 64-row panels (GEMM). */
+  int64_t chunk = (n + 4 * threads - 1) / (4 * threads);
+  int64_t least = use_gemm ? 64 : (256 << 10) / (row_bytes > 0 ? row_bytes : 1);
+  if (chunk < least) chunk = least;
+  if (use_gemm) chunk = (chunk + 63) / 64 * 64;
+  if (chunk < 1) chunk = 1;
+  int64_t chunks = (n + chunk - 1) / chunk;
+#pragma omp parallel for schedule(dynamic, 1) if (par)
+  for (int64_t c = 0; c < chunks; c++) {
+    int64_t r0 = c * chunk, r1 = r0 + chunk < n ? r0 + chunk : n;
+    if (!use_gemm) {
+      for (int64_t i = 0; i < m; i++) gemv(codes, scales, xp + i * k, ya + i * ldy + r0, k, r0, r1, post);
+    } else {
+      gemm(codes, scales, xp, k, ya + r0, ldy, m, k, r0, r1, post);
+    }
+  }
+  qc_free(xbuf);
+}
+
+"#;
+
+/// Lays out the weights of the export's kernel calls and constant arguments (resources of `m`) and
+/// generates the calls' glue for `cpu`.
+pub fn plan(m: &Module, exported: &Exported, cpu: CpuTarget) -> Result<Plan, Failure> {
+    let mut p = Plan::default();
+    let mut placed: Vec<(String, usize)> = Vec::new();
+    let mut place = |weights: &mut Vec<u8>, resource: &str, blob: &[u8]| match placed
+        .iter()
+        .find(|(r, _)| r == resource)
+    {
+        Some(&(_, o)) => o,
+        None => {
+            let o = weights.len().div_ceil(64) * 64;
+            weights.resize(o, 0);
+            weights.extend_from_slice(blob);
+            placed.push((resource.to_string(), o));
+            o
+        }
+    };
+    for c in &exported.constant_args {
+        let blob = m
+            .resources
+            .get(&c.resource)
+            .and_then(|b| b.bytes())
+            .ok_or_else(|| {
+                Failure::Internal(format!(
+                    "internal error: the constant resource '{}' has no bytes\n",
+                    c.resource
+                ))
+            })?;
+        let o = place(&mut p.weights, &c.resource, blob);
+        p.constant_offsets.push(o);
+    }
+    let calls = &exported.calls;
+    if calls.is_empty() {
+        return Ok(p);
+    }
+    let lanes = codegen::lanes(cpu);
+    let mut glue = String::from(GLUE_PRELUDE)
+        .replace("QC_PARALLEL_MIN_MACS", &format!("{PARALLEL_MIN_MACS}ull"))
+        .replace("QC_GEMM_MIN_ROWS", &GEMM_MIN_ROWS.to_string());
+    let mut declared: Vec<String> = Vec::new();
+    let mut bodies = String::new();
+    for c in calls {
+        let (resource, format) = match &c.op {
+            KernelOp::QuantMatmul { resource, format } => (resource, format),
+            KernelOp::Sgemm { .. } => {
+                bodies += &format!(
+                    "void _mlir_ciface_{}(qc_md3_t *a, qc_md3_t *b, qc_md3_t *c) {{ qc_sgemm(a, b, c); }}\n\n",
+                    c.symbol
+                );
+                continue;
+            }
+        };
+        let at =
+            |msg: String| Failure::Input(qc_ir::Diagnostic::error(c.loc.clone(), msg).render(None));
+        let blob = m
+            .resources
+            .get(resource)
+            .and_then(|b| b.bytes())
+            .ok_or_else(|| at(format!("the weight resource '{resource}' has no bytes")))?;
+        let w = QuantMatrix::new(format, c.n as usize, c.k as usize, blob)
+            .map_err(|e| at(format!("the {} kernels cannot read this weight: {e}", cpu)))?;
+        let offset = place(&mut p.weights, resource, blob);
+        if !p.formats.contains(format) {
+            p.formats.push(format.clone());
+        }
+        let spec = w.spec();
+        let gemv = spec.symbol.clone();
+        let gemm = qc_backend_llvm::gemm::gemm_symbol(spec);
+        for s in [&gemv, &gemm] {
+            if !declared.contains(s) {
+                declared.push(s.clone());
+            }
+        }
+        bodies += &format!(
+            "void _mlir_ciface_{sym}(qc_md2_t *x, qc_md2_t *y) {{\n  \
+             /* {res}: {fmt} [{n}, {k}] at {offset} */\n  \
+             qc_matmul({gemv}, {gemm}, {lay}, {lanes}, qc_weights + {offset}, qc_weights + {scales}, \
+             qc_f32(0x{post:08x}u), {row_bytes}, {n}, {k}, x, y);\n}}\n\n",
+            sym = c.symbol,
+            res = resource
+                .chars()
+                .map(|ch| if ch.is_ascii_graphic() && ch != '*' { ch } else { '_' })
+                .collect::<String>(),
+            fmt = format,
+            n = c.n,
+            k = c.k,
+            lay = layout_code(BlockLayout::of(&spec.elem)),
+            scales = offset + w.sections().scales,
+            post = w.post().to_bits(),
+            row_bytes = w.sections().row_bytes,
+        );
+    }
+    for s in &declared {
+        if s.starts_with("qc_gemm") {
+            glue += &format!(
+                "extern void {s}(const uint8_t *, const uint8_t *, const float *, int64_t, float *, \
+                 int64_t, int64_t, int64_t, int64_t, int64_t, float);\n"
+            );
+        } else {
+            glue += &format!(
+                "extern void {s}(const uint8_t *, const uint8_t *, const float *, float *, int64_t, \
+                 int64_t, int64_t, float);\n"
+            );
+        }
+    }
+    glue += "\n";
+    glue += &bodies;
+    p.glue = glue;
+    Ok(p)
+}
