@@ -82,6 +82,7 @@ pub const WEIGHTS_SIZE: &str = "qc_weights_size";
 /// The mlir-opt pipeline from the upstream export to the LLVM dialect (qc_backend_hlo::upstream).
 pub const LOWER_TO_LLVM: &[&str] = &[
     "--convert-elementwise-to-linalg",
+    "--linalg-fuse-elementwise-ops",
     "--one-shot-bufferize=bufferize-function-boundaries function-boundary-type-conversion=identity-layout-map",
     "--convert-linalg-to-loops",
     "--expand-strided-metadata",
