@@ -123,6 +123,24 @@ fn input_args(b: &Model) -> Vec<String> {
         .collect()
 }
 
+/// `qc compile` of the model with `passes` for `target` (batch 2, sequence 7) into `out`.
+fn compile_for(b: &Model, passes: &str, target: &str, out: &Path) {
+    qc(&[
+        "compile",
+        p(&b.model),
+        "--passes",
+        passes,
+        "--target",
+        target,
+        "--shape",
+        "batch=2",
+        "--shape",
+        "seq=7",
+        "-o",
+        p(out),
+    ]);
+}
+
 /// What [`check`] does besides comparing each level's outputs with the interpreter.
 #[derive(Clone, Copy, PartialEq)]
 enum Extra {
@@ -150,21 +168,7 @@ fn check(b: &Model, passes: &str, tag: &str, extra: Extra) -> Vec<f64> {
             continue;
         }
         let qca = b.d.join(format!("{tag}.{target}.qca"));
-        let args = [
-            "compile",
-            p(&b.model),
-            "--passes",
-            passes,
-            "--target",
-            target,
-            "--shape",
-            "batch=2",
-            "--shape",
-            "seq=7",
-            "-o",
-            p(&qca),
-        ];
-        qc(&args);
+        compile_for(b, passes, target, &qca);
         let outdir = b.d.join(format!("{tag}.{target}.out"));
         let mut args = vec!["run".to_string(), p(&qca).into()];
         args.extend(input_args(b));
@@ -193,20 +197,7 @@ fn check(b: &Model, passes: &str, tag: &str, extra: Extra) -> Vec<f64> {
 /// C caller of [`c_caller`].
 fn inspect_and_call(b: &Model, passes: &str, tag: &str, target: &str, qca: &Path, outdir: &Path) {
     let again = b.d.join(format!("{tag}.{target}.again.qca"));
-    qc(&[
-        "compile",
-        p(&b.model),
-        "--passes",
-        passes,
-        "--target",
-        target,
-        "--shape",
-        "batch=2",
-        "--shape",
-        "seq=7",
-        "-o",
-        p(&again),
-    ]);
+    compile_for(b, passes, target, &again);
     assert_eq!(
         std::fs::read(qca).unwrap(),
         std::fs::read(&again).unwrap(),

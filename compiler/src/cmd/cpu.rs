@@ -813,18 +813,7 @@ impl Loaded {
     /// Input buffers from `--input NAME=FILE.npy` specs, followed by zeroed output buffers.
     fn buffers(&self, specs: &[String]) -> Result<Vec<Vec<u64>>, Failure> {
         let m = &self.manifest;
-        let mut given = std::collections::BTreeMap::new();
-        for spec in specs {
-            let (name, file) = spec
-                .split_once('=')
-                .ok_or_else(|| input_error(format!("--input '{spec}' must be NAME=FILE.npy")))?;
-            if given
-                .insert(name.to_string(), PathBuf::from(file))
-                .is_some()
-            {
-                return Err(input_error(format!("input '{name}' is given twice")));
-            }
-        }
+        let mut given = crate::cmd::run::input_files(specs)?;
         let names = m
             .inputs
             .iter()

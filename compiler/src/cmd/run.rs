@@ -73,16 +73,11 @@ fn to_npy(t: &Tensor) -> NpyArray {
     NpyArray { shape, data }
 }
 
-/// Runs function `func` of `m` with inputs given as `NAME=FILE.npy` specs (every argument exactly once);
-/// the interpreter's outputs in result order.
-pub fn run_with_inputs(
-    m: &qc_ir::Module,
-    func: &str,
+/// The `--input NAME=FILE.npy` specs as a map from name to file; a diagnostic for a spec without `=`
+/// or a name given twice.
+pub fn input_files(
     specs: &[String],
-) -> Result<Vec<Tensor>, Failure> {
-    let f = m
-        .func(func)
-        .ok_or_else(|| input_error(format!("the model has no function @{func}")))?;
+) -> Result<std::collections::BTreeMap<String, PathBuf>, Failure> {
     let mut given = std::collections::BTreeMap::new();
     for spec in specs {
         let (name, file) = spec
@@ -95,6 +90,20 @@ pub fn run_with_inputs(
             return Err(input_error(format!("input '{name}' is given twice")));
         }
     }
+    Ok(given)
+}
+
+/// Runs function `func` of `m` with inputs given as `NAME=FILE.npy` specs (every argument exactly once);
+/// the interpreter's outputs in result order.
+pub fn run_with_inputs(
+    m: &qc_ir::Module,
+    func: &str,
+    specs: &[String],
+) -> Result<Vec<Tensor>, Failure> {
+    let f = m
+        .func(func)
+        .ok_or_else(|| input_error(format!("the model has no function @{func}")))?;
+    let mut given = input_files(specs)?;
     let mut inputs = Vec::new();
     for &a in &f.args {
         let name = f.value(a).name.clone().unwrap_or_default();
