@@ -22,225 +22,23 @@
 //! last 8 weight rows of the first and last activation rows are checked against `reference_gemm`
 //! (relative L2 error <= 1e-5).
 
-use std::process::Command;
-use std::time::Instant;
-
 use qc_backend_llvm::gemm::{reference_gemm, GemmLibrary};
-use qc_backend_llvm::gemv::{named, QuantMatrix};
-use qc_backend_llvm::CpuTarget;
-use qc_ir::quant::{QuantType, ScaleType};
+use qc_backend_llvm::gemv::QuantMatrix;
 
-const DEFAULT_FORMATS: &[&str] = &[
-    "int8_channel",
-    "int8_g128",
-    "int4_g32",
-    "int4_g128",
-    "nvfp4",
-    "mxfp4",
-    "mxfp6",
-    "mxfp8",
-    "mxint8",
-    "fp8_e4m3",
-];
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn uniform(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
-}
-
-/// A valid random blob of `W[n, k]` in `fmt`: random codes (the e4m3fn NaN codes replaced), scales in
-/// a normal range.
-fn random_blob(fmt: &QuantType, n: usize, k: usize, seed: u64) -> Vec<u8> {
-    let len = qc_quant::blob::blob_len(fmt, &[n, k]).unwrap();
-    let mut blob = vec![0u8; len];
-    let s = *QuantMatrix::new(fmt, n, k, &blob).unwrap().sections();
-    let codes = n * s.row_bytes;
-    let mut r = Rng(seed | 1);
-    for b in &mut blob[..codes] {
-        *b = r.next() as u8;
-    }
-    if let qc_ir::quant::Encoding::Float(m) = fmt.elem {
-        let bits = m.bits();
-        let mask = ((1u32 << bits) - 1) as u8;
-        let nan = m.policy == qc_ir::quant::InfNan::Fn;
-        let top = mask >> 1;
-        for b in &mut blob[..codes] {
-            if bits < 8 && fmt.elem.bits() != 4 {
-                *b &= mask;
-            }
-            if nan && bits == 8 && *b & top == top {
-                *b ^= 1;
-            }
-        }
-    }
-    let sb = fmt.scale.bits() as usize / 8;
-    for i in 0..s.n_scales {
-        let at = s.scales + i * sb;
-        let v = 0.001 + 0.009 * (r.next() % 1000) as f32 / 1000.0;
-        match fmt.scale {
-            ScaleType::F32 => blob[at..at + 4].copy_from_slice(&v.to_le_bytes()),
-            ScaleType::F16 => {
-                blob[at..at + 2].copy_from_slice(&qc_quant::codec::f32_to_f16_bits(v).to_le_bytes())
-            }
-            ScaleType::BF16 => blob[at..at + 2]
-                .copy_from_slice(&qc_quant::codec::f32_to_bf16_bits(v).to_le_bytes()),
-            ScaleType::E8M0 => blob[at] = 118 + (r.next() % 8) as u8,
-            ScaleType::UE4M3 => blob[at] = 0x20 + (r.next() % 0x30) as u8,
-        }
-    }
-    if let Some(at) = s.tensor_scale {
-        blob[at..at + 4].copy_from_slice(&(1.0f32 / 2688.0).to_le_bytes());
-    }
-    blob
-}
-
-/// The blob of rows `[a, b)` of `W`.
-fn sub_blob(fmt: &QuantType, n: usize, k: usize, blob: &[u8], a: usize, b: usize) -> Vec<u8> {
-    let s = *QuantMatrix::new(fmt, n, k, blob).unwrap().sections();
-    let m = b - a;
-    let mut out = vec![0u8; qc_quant::blob::blob_len(fmt, &[m, k]).unwrap()];
-    let t = *QuantMatrix::new(fmt, m, k, &out).unwrap().sections();
-    out[..m * s.row_bytes].copy_from_slice(&blob[a * s.row_bytes..b * s.row_bytes]);
-    let sb = fmt.scale.bits() as usize / 8;
-    let (per_row, first) = if s.n_scales == 1 {
-        (0, 0)
-    } else {
-        (s.n_scales / n, a * (s.n_scales / n))
-    };
-    let count = if per_row == 0 { 1 } else { m * per_row };
-    out[t.scales..t.scales + count * sb]
-        .copy_from_slice(&blob[s.scales + first * sb..s.scales + (first + count) * sb]);
-    if let (Some(src), Some(dst)) = (s.tensor_scale, t.tensor_scale) {
-        out[dst..dst + 4].copy_from_slice(&blob[src..src + 4]);
-    }
-    out
-}
-
-fn rel_l2(y: &[f32], r: &[f64]) -> f64 {
-    let (mut num, mut den) = (0f64, 0f64);
-    for (&a, &b) in y.iter().zip(r) {
-        num += (a as f64 - b) * (a as f64 - b);
-        den += b * b;
-    }
-    (num / den.max(f64::MIN_POSITIVE)).sqrt()
-}
-
-fn time_best<F: FnMut()>(reps: usize, mut f: F) -> (f64, f64) {
-    f();
-    let mut t: Vec<f64> = (0..reps)
-        .map(|_| {
-            let t0 = Instant::now();
-            f();
-            t0.elapsed().as_secs_f64()
-        })
-        .collect();
-    t.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    (t[0], t[t.len() / 2])
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
-}
-
-fn cmd_out(cmd: &str, args: &[&str]) -> String {
-    Command::new(cmd)
-        .args(args)
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default()
-}
-
-/// Minimal parsing of a one-line JSON object as the peer tools print it (`"key": value`, with or
-/// without a space after the colon).
-fn json_str(line: &str, key: &str) -> String {
-    let pat = format!("\"{key}\":");
-    let Some(i) = line.find(&pat).map(|i| i + pat.len()) else {
-        return String::new();
-    };
-    let rest = line[i..].trim_start();
-    if let Some(q) = rest.strip_prefix('"') {
-        q.split('"').next().unwrap_or("").to_string()
-    } else {
-        rest.split([',', '}'])
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_string()
-    }
-}
-
-fn json_field(line: &str, key: &str) -> f64 {
-    json_str(line, key).parse().unwrap_or(f64::NAN)
-}
+mod common;
+use common::{
+    build_timed, date, env_usize, ggml_tool, ggml_type, json_field, json_str, loadavg, ort_config,
+    pool, print_host, random_blob, rel_l2, run_ggml_tool, run_ort_script, run_python, sub_blob,
+    time_best, Codes, Rng,
+};
 
 struct Peer {
     label: String,
     gflops: [f64; 2],
 }
 
-fn run_python(args: &[String]) -> Option<String> {
-    match Command::new("python3").args(args).output() {
-        Ok(o) if o.status.success() => Some(String::from_utf8_lossy(&o.stdout).into_owned()),
-        Ok(o) => {
-            eprintln!("  peer failed: {}", String::from_utf8_lossy(&o.stderr));
-            None
-        }
-        Err(e) => {
-            eprintln!("  peer not run: {e}");
-            None
-        }
-    }
-}
-
-/// onnxruntime MatMulNBits on the same shape, if the format has an equivalent: (bits, block).
-fn ort_config(name: &str, k: usize) -> Option<(u32, usize)> {
-    match name {
-        "int4_g32" => Some((4, 32)),
-        "int4_g128" => Some((4, 128)),
-        "int8_g128" => Some((8, 128)),
-        "int8_channel" => Some((8, k)),
-        _ => None,
-    }
-}
-
 fn run_ort(bits: u32, block: usize, m: usize, n: usize, k: usize, reps: usize) -> Vec<Peer> {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../scripts/bench/ort_matmulnbits.py");
-    let args: Vec<String> = [
-        script.to_string_lossy().as_ref(),
-        "--m",
-        &m.to_string(),
-        "--n",
-        &n.to_string(),
-        "--k",
-        &k.to_string(),
-        "--bits",
-        &bits.to_string(),
-        "--block",
-        &block.to_string(),
-        "--reps",
-        &reps.to_string(),
-        "--threads",
-        "1,2",
-        "--levels",
-        "0,4",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let Some(out) = run_python(&args) else {
+    let Some(out) = run_ort_script("peer", Some(m), (n, k), (bits, block), reps) else {
         return vec![];
     };
     let version = out
@@ -306,7 +104,7 @@ fn run_ort_f32(m: usize, n: usize, k: usize, reps: usize) -> Option<Peer> {
         .map(|s| s.to_string())
         .chain([m, n, k, reps].iter().map(|v| v.to_string()))
         .collect();
-    let out = run_python(&args)?;
+    let out = run_python("peer", &args)?;
     let mut p = Peer {
         label: String::new(),
         gflops: [f64::NAN; 2],
@@ -326,25 +124,13 @@ fn run_ort_f32(m: usize, n: usize, k: usize, reps: usize) -> Option<Peer> {
 
 /// ggml's type for the same shape, if the format has a counterpart there: (ggml type, note).
 fn ggml_config(name: &str) -> Option<(&'static str, &'static str)> {
-    match name {
-        "int4_g32" => Some(("q4_0", "")),
-        "int8_g128" => Some((
-            "q8_0",
-            " (32-element blocks, f16 scales: qc has no int8_g32, so it stands next to int8_g128)",
-        )),
-        "mxfp4" => Some(("mxfp4", "")),
-        _ => None,
-    }
-}
-
-/// The ggml_matmul tool: `QC_GGML_MATMUL`, else the workspace's `target/ggml-bench/ggml_matmul`.
-fn ggml_tool() -> Option<std::path::PathBuf> {
-    let p = match std::env::var_os("QC_GGML_MATMUL") {
-        Some(p) => std::path::PathBuf::from(p),
-        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../target/ggml-bench/ggml_matmul"),
+    let ty = ggml_type(name)?;
+    let note = if ty == "q8_0" {
+        " (32-element blocks, f16 scales: qc has no int8_g32, so it stands next to int8_g128)"
+    } else {
+        ""
     };
-    p.is_file().then_some(p)
+    Some((ty, note))
 }
 
 fn run_ggml(
@@ -362,27 +148,12 @@ fn run_ggml(
     };
     let (mut version, mut layout) = (String::from("?"), String::from("?"));
     for t in 1..=2usize {
-        let out = Command::new(tool)
-            .args(["--type", ty, "--n", &n.to_string(), "--k", &k.to_string()])
-            .args(["--m", &m.to_string(), "--threads", &t.to_string()])
-            .args(["--reps", &reps.to_string()])
-            .output();
-        let line = match out {
-            Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
-            Ok(o) => {
-                eprintln!(
-                    "  ggml peer failed ({ty}, {t} threads): {}{}",
-                    o.status,
-                    String::from_utf8_lossy(&o.stderr)
-                );
-                continue;
-            }
-            Err(e) => {
-                eprintln!("  ggml peer not run: {e}");
-                return None;
-            }
+        let line = match run_ggml_tool(tool, ty, (m, n, k), t, reps, None) {
+            Ok(Some(line)) => line,
+            Ok(None) => continue,
+            Err(_) => return None,
         };
-        let line = line.lines().find(|l| l.contains("\"peer\"")).unwrap_or("");
+        let line = line.as_str();
         version = json_str(line, "version");
         layout = json_str(line, "layout");
         p.gflops[t - 1] = json_field(line, "gflops");
@@ -397,16 +168,9 @@ fn run_ggml(
     Some(p)
 }
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn main() {
-    let quick = std::env::var_os("QC_BENCH_QUICK").is_some();
-    let peers_on = std::env::var("QC_BENCH_PEERS").map_or(true, |v| v != "0");
+    let quick = common::quick();
+    let peers_on = common::peers_on();
     let reps = env_usize("QC_BENCH_REPS", if quick { 1 } else { 3 });
     let (m, n, k) = if quick {
         (
@@ -421,51 +185,25 @@ fn main() {
             env_usize("QC_BENCH_K", 4096),
         )
     };
-    let target = match std::env::var("QC_BENCH_TARGET") {
-        Ok(t) => t.parse().expect("QC_BENCH_TARGET"),
-        Err(_) => CpuTarget::best_for_host().expect("an x86-64-v3 host"),
-    };
-    let names: Vec<String> = match std::env::var("QC_BENCH_FORMATS") {
-        Ok(v) => v.split(',').map(str::to_string).collect(),
-        Err(_) => DEFAULT_FORMATS.iter().map(|s| s.to_string()).collect(),
-    };
+    let target = common::target();
+    let fmts = common::formats();
     let flop = 2.0 * (m * n * k) as f64;
 
     println!("# qc GEMM benchmark: M = {m}, N = {n}, K = {k}");
-    println!(
-        "cpu: {} ({} threads online); target {target}; rustc: {}",
-        cmd_out(
-            "sh",
-            &["-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"]
-        ),
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        cmd_out("rustc", &["-V"])
-    );
+    print_host(target);
     println!(
         "date: {}; load average at start: {}; best of {reps} after a warm-up",
-        cmd_out("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        date(),
         loadavg()
     );
 
-    let fmts: Vec<(String, QuantType)> = names
-        .iter()
-        .map(|n| (n.clone(), named(n).unwrap().clone()))
-        .collect();
-    let t0 = Instant::now();
-    let lib = GemmLibrary::build(
-        &fmts.iter().map(|(_, f)| f.clone()).collect::<Vec<_>>(),
-        target,
-    )
-    .unwrap();
+    let (lib, secs) = build_timed(&fmts, |f| GemmLibrary::build(f, target));
     println!(
         "compiled and linked the GEMV + GEMM kernels of {} formats for {target} in {:.2} s",
         fmts.len(),
-        t0.elapsed().as_secs_f64()
+        secs
     );
-    let pool2 = rayon::ThreadPoolBuilder::new()
-        .num_threads(2)
-        .build()
-        .unwrap();
+    let pool2 = pool(2);
     let mut r = Rng(12345);
     let x: Vec<f32> = (0..m * k).map(|_| r.uniform()).collect();
     let ggml = ggml_tool();
@@ -484,7 +222,7 @@ fn main() {
     }
     let mut rows = Vec::new();
     for (i, (name, fmt)) in fmts.iter().enumerate() {
-        let blob = random_blob(fmt, n, k, 7 + i as u64);
+        let blob = random_blob(fmt, n, k, 7 + i as u64, Codes::Bytes);
         let w = QuantMatrix::new(fmt, n, k, &blob).unwrap();
         let xp = lib.prepare_x(&w, &x);
         let mut y = vec![0f32; m * n];

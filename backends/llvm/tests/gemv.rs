@@ -5,135 +5,17 @@
 
 use qc_backend_llvm::gemv::{
     emit_gemv_assembly, emit_gemv_object, kernel_specs, named, reference_gemv, GemvLibrary,
-    KernelSpec, QuantMatrix, ScaleKind, SUPPORTED_NAMED_FORMATS,
+    KernelSpec, QuantMatrix, ScaleKind,
 };
 use qc_backend_llvm::{CpuTarget, Error};
 use qc_ir::quant::{Encoding, QuantType, ScaleRule, ScaleType, Scheme};
-use qc_quant::blob::{blob_len, to_blob};
-use qc_quant::{quantize, QuantizeOptions};
+use qc_quant::blob::blob_len;
 
-/// A small deterministic generator (xorshift64*), so the tests need no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// Uniform in [-1, 1).
-    fn uniform(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
-
-    /// Roughly Gaussian (sum of four uniforms), with an occasional outlier and per-row magnitudes, so
-    /// that groups get different scales.
-    fn weight(&mut self, row_scale: f32) -> f32 {
-        let g = (self.uniform() + self.uniform() + self.uniform() + self.uniform()) * 0.5;
-        let outlier = if self.next().is_multiple_of(97) {
-            6.0
-        } else {
-            1.0
-        };
-        g * outlier * row_scale
-    }
-}
-
-fn weights(n: usize, k: usize, seed: u64) -> Vec<f32> {
-    let mut r = Rng(seed | 1);
-    let mut w = Vec::with_capacity(n * k);
-    for i in 0..n {
-        let rs = 0.01 * (1.0 + (i % 7) as f32);
-        for _ in 0..k {
-            w.push(r.weight(rs));
-        }
-    }
-    w
-}
-
-fn activations(k: usize, seed: u64) -> Vec<f32> {
-    let mut r = Rng(seed.wrapping_mul(7) | 1);
-    (0..k).map(|_| r.uniform() * 2.0).collect()
-}
-
-fn blob_of(fmt: &QuantType, n: usize, k: usize, seed: u64) -> Vec<u8> {
-    let w = weights(n, k, seed);
-    let q = quantize(&w, &[n, k], fmt, &QuantizeOptions::default())
-        .unwrap_or_else(|e| panic!("{fmt}: {e}"));
-    to_blob(&q).unwrap()
-}
-
-fn rel_l2(y: &[f32], r: &[f64]) -> f64 {
-    let (mut num, mut den) = (0f64, 0f64);
-    for (&a, &b) in y.iter().zip(r) {
-        num += (a as f64 - b) * (a as f64 - b);
-        den += b * b;
-    }
-    (num / den.max(f64::MIN_POSITIVE)).sqrt()
-}
-
-fn l2(v: &[f64]) -> f64 {
-    v.iter().map(|a| a * a).sum::<f64>().sqrt()
-}
-
-/// Per row, the sum over K of |w x| (the scale of the f32 rounding errors, which cancellation in y does
-/// not reduce).
-fn abs_products(fmt: &QuantType, n: usize, k: usize, blob: &[u8], x: &[f32]) -> Vec<f64> {
-    let q = qc_quant::blob::from_blob(blob, fmt, &[n, k], "W").unwrap();
-    let w = qc_quant::dequantize(&q).unwrap();
-    w.chunks(k)
-        .map(|row| {
-            row.iter()
-                .zip(x)
-                .map(|(&a, &b)| (a as f64 * b as f64).abs())
-                .sum()
-        })
-        .collect()
-}
-
-fn supported_formats() -> Vec<(&'static str, QuantType)> {
-    SUPPORTED_NAMED_FORMATS
-        .iter()
-        .map(|&n| (n, named(n).unwrap().clone()))
-        .collect()
-}
-
-/// Formats that are not named but exercise the remaining paths: f16 and bf16 scales, a group of 64,
-/// groups of 8 (one lane per group for 4-bit codes, several groups per vector for 8-bit minifloats),
-/// unsigned 4-bit codes.
-fn custom_formats() -> Vec<(&'static str, QuantType)> {
-    let g = |size| Scheme::Group { size, axis: -1 };
-    let mut int4_g64_bf16 = QuantType::new(Encoding::I4, g(64), ScaleType::BF16, ScaleRule::Amax);
-    int4_g64_bf16.pack = qc_ir::quant::Packing::LoFirst;
-    let int8_row_f16 = QuantType::new(
-        Encoding::I8,
-        Scheme::PerChannel { axis: 0 },
-        ScaleType::F16,
-        ScaleRule::Amax,
-    );
-    let fp8_g8_f16 = QuantType::new(Encoding::E4M3FN, g(8), ScaleType::F16, ScaleRule::Amax);
-    let mut e2m1_g8 = QuantType::new(Encoding::E2M1, g(8), ScaleType::F32, ScaleRule::Amax);
-    e2m1_g8.pack = qc_ir::quant::Packing::LoFirst;
-    // Unsigned 4-bit codes without a zero point (negative weights clamp to 0; the kernel must agree).
-    let mut u4_g32 = QuantType::new(Encoding::U4, g(32), ScaleType::F32, ScaleRule::Amax);
-    u4_g32.pack = qc_ir::quant::Packing::LoFirst;
-    vec![
-        ("int4_g64_bf16", int4_g64_bf16),
-        ("u4_g32_f32", u4_g32),
-        ("int8_row_f16", int8_row_f16),
-        ("e4m3_g8_f16", fp8_g8_f16),
-        ("e2m1_g8_f32", e2m1_g8),
-    ]
-}
-
-fn group_of(fmt: &QuantType) -> usize {
-    match fmt.scheme {
-        Scheme::Group { size, .. } => size as usize,
-        _ => 1,
-    }
-}
+mod common;
+use common::{
+    abs_products, activations, bits, blob_of, custom_formats, group_of, host_targets, l2, pool,
+    rel_l2, supported_formats,
+};
 
 fn shapes_for(fmt: &QuantType) -> Vec<(usize, usize)> {
     let g = group_of(fmt);
@@ -154,31 +36,10 @@ fn shapes_for(fmt: &QuantType) -> Vec<(usize, usize)> {
     out
 }
 
-fn host_targets() -> Vec<CpuTarget> {
-    let t: Vec<_> = CpuTarget::ALL
-        .into_iter()
-        .filter(|t| t.host_supports())
-        .collect();
-    if t.len() < CpuTarget::ALL.len() {
-        eprintln!("note: host runs only {t:?}; the other targets are compiled but not run");
-    }
-    t
-}
-
-fn pools() -> (rayon::ThreadPool, rayon::ThreadPool) {
-    let p = |n| {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build()
-            .unwrap()
-    };
-    (p(2), p(4))
-}
-
 /// Checks every format of `formats` on every shape and host target: the relative L2 error against the
 /// f64 reference is below 1e-5, and the result is bit-identical on one thread and on pools of 2 and 4.
 fn check_formats(formats: &[(&'static str, QuantType)]) {
-    let (p2, p4) = pools();
+    let (p2, p4) = (pool(2), pool(4));
     let tys: Vec<QuantType> = formats.iter().map(|(_, t)| t.clone()).collect();
     for target in host_targets() {
         let lib = GemvLibrary::build(&tys, target).unwrap();
@@ -202,15 +63,15 @@ fn check_formats(formats: &[(&'static str, QuantType)]) {
                 if std::env::var_os("QC_GEMV_VERBOSE").is_some() {
                     eprintln!(
                         "  {name} {target} [{n}, {k}]: error {err:.2e} of ||y||, {:.2e} of ||sum |w x| ||",
-                        err * l2(&want) / l2(&abs_products(fmt, n, k, &blob, &x))
+                        err * l2(&want) / l2(&abs_products(fmt, n, k, &blob, &x, 1))
                     );
                 }
                 for pool in [&p2, &p4] {
                     let mut yp = vec![f32::NAN; n];
                     lib.gemv(&w, &x, &mut yp, Some(pool)).unwrap();
                     assert_eq!(
-                        yp.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                        y1.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        bits(&yp),
+                        bits(&y1),
                         "{name} {target} [{n}, {k}]: {} threads differ from one",
                         pool.current_num_threads()
                     );
@@ -267,8 +128,8 @@ fn every_row_range_gives_the_same_bits() {
                 let mut part = vec![f32::NAN; b - a];
                 lib.gemv_rows_prepared(&w, &xp, a..b, &mut part).unwrap();
                 assert_eq!(
-                    part.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                    all[a..b].iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    bits(&part),
+                    bits(&all[a..b]),
                     "{name} {target}: rows {a}..{b}"
                 );
             }

@@ -44,14 +44,14 @@
 //! K would be several times larger on outputs with heavy cancellation).
 
 use inkwell::context::Context;
-use inkwell::module::{Linkage, Module};
+use inkwell::module::Module;
 use inkwell::values::{
     BasicValue, BasicValueEnum, FloatValue, IntValue, PointerValue, VectorValue,
 };
-use inkwell::{AddressSpace, IntPredicate};
+use inkwell::IntPredicate;
 
 use super::gemm_symbol;
-use crate::gemv::codegen::{kernel_attributes, lanes, Gen};
+use crate::gemv::codegen::{declare_kernel, lanes, Gen, Param};
 use crate::gemv::layout::BlockLayout;
 use crate::gemv::spec::{ElemKind, KernelSpec, ScaleKind, ScaleStore};
 use crate::{CpuTarget, Error};
@@ -121,27 +121,27 @@ pub fn build_gemm<'ctx>(
     spec: &KernelSpec,
     target: CpuTarget,
 ) -> Result<(), Error> {
-    let ptr = cx.ptr_type(AddressSpace::default());
-    let i64t = cx.i64_type();
-    let f32t = cx.f32_type();
-    let fn_type = cx.void_type().fn_type(
+    use Param::{Ptr, F32, I64};
+    let f = declare_kernel(
+        cx,
+        m,
+        &gemm_symbol(spec),
         &[
-            ptr.into(),
-            ptr.into(),
-            ptr.into(),
-            i64t.into(),
-            ptr.into(),
-            i64t.into(),
-            i64t.into(),
-            i64t.into(),
-            i64t.into(),
-            i64t.into(),
-            f32t.into(),
+            ("codes", Ptr),
+            ("scales", Ptr),
+            ("xp", Ptr),
+            ("ldx", I64),
+            ("y", Ptr),
+            ("ldy", I64),
+            ("m", I64),
+            ("k", I64),
+            ("row_begin", I64),
+            ("row_end", I64),
+            ("post", F32),
         ],
-        false,
+        target,
+        &[4],
     );
-    let f = m.add_function(&gemm_symbol(spec), fn_type, Some(Linkage::External));
-    kernel_attributes(cx, f, target, &[4]);
     let g = Gen::new(cx, m, f, spec, target);
     let p = |i: u32| f.get_nth_param(i).expect("declared parameter");
     let a = Args {
@@ -157,24 +157,6 @@ pub fn build_gemm<'ctx>(
         row_end: p(9).into_int_value(),
         post: p(10).into_float_value(),
     };
-    for (i, n) in [
-        "codes",
-        "scales",
-        "xp",
-        "ldx",
-        "y",
-        "ldy",
-        "m",
-        "k",
-        "row_begin",
-        "row_end",
-        "post",
-    ]
-    .iter()
-    .enumerate()
-    {
-        p(i as u32).set_name(n);
-    }
 
     let l = g.l as u64;
     let lay = BlockLayout::of(&spec.elem);
@@ -215,7 +197,7 @@ pub fn build_gemm<'ctx>(
     let entry = cx.append_basic_block(f, "entry");
     g.b.position_at_end(entry);
     let alloca = |n: u64, name: &str| -> Result<PointerValue<'ctx>, Error> {
-        let b = g.b.build_alloca(f32t.array_type(n as u32), name)?;
+        let b = g.b.build_alloca(g.f32t.array_type(n as u32), name)?;
         b.as_instruction_value()
             .expect("alloca is an instruction")
             .set_alignment(64)

@@ -41,14 +41,12 @@
 
 pub mod codegen;
 
-use inkwell::context::Context;
-use inkwell::passes::PassBuilderOptions;
 use inkwell::targets::FileType;
 use qc_ir::quant::QuantType;
 use rayon::prelude::*;
 
-use crate::gemv::{self, codegen as gemv_codegen, kernel_specs, KernelSpec, QuantMatrix};
-use crate::{target_machine, CpuTarget, Error};
+use crate::gemv::{self, kernel_specs, KernelSpec, Kernels, LoadedKernels, QuantMatrix};
+use crate::{CpuTarget, Error};
 
 /// The C symbol of the GEMM kernel of `spec`: `qc_gemm_<spec>`, where `qc_gemv_<spec>` is the GEMV
 /// kernel's ([`KernelSpec::symbol`]).
@@ -74,45 +72,22 @@ pub type GemmFn = unsafe extern "C" fn(
     f32,
 );
 
-fn emit(
-    specs: &[KernelSpec],
-    target: CpuTarget,
-    file_type: FileType,
-    with_gemv: bool,
-) -> Result<Vec<u8>, Error> {
-    let machine = target_machine(target)?;
-    let context = Context::create();
-    let module = context.create_module(if with_gemv { "qc_kernels" } else { "qc_gemm" });
-    module.set_triple(&machine.get_triple());
-    module.set_data_layout(&machine.get_target_data().get_data_layout());
-    for s in specs {
-        if with_gemv {
-            gemv_codegen::build_gemv(&context, &module, s, target)?;
-        }
-        codegen::build_gemm(&context, &module, s, target)?;
-    }
-    module.verify().map_err(|e| Error::Verify(e.to_string()))?;
-    module
-        .run_passes("default<O3>", &machine, PassBuilderOptions::create())
-        .map_err(|e| Error::Passes(e.to_string()))?;
-    let buffer = machine
-        .write_to_memory_buffer(&module, file_type)
-        .map_err(|e| Error::Codegen(e.to_string()))?;
-    Ok(buffer.as_slice().to_vec())
-}
-
 /// Compiles the GEMM kernels of `formats` (one per distinct [`KernelSpec`]) for `target` into a
 /// relocatable, position-independent x86-64 ELF object. The object defines one global function per
 /// spec, named [`gemm_symbol`], and references no other symbol. The bytes are a deterministic function
 /// of the specs (in order) and the target.
 pub fn emit_gemm_object(formats: &[QuantType], target: CpuTarget) -> Result<Vec<u8>, Error> {
-    emit(&kernel_specs(formats)?, target, FileType::Object, false)
+    gemv::emit(
+        &kernel_specs(formats)?,
+        target,
+        FileType::Object,
+        Kernels::Gemm,
+    )
 }
 
 /// Like [`emit_gemm_object`], but returns the assembly text.
 pub fn emit_gemm_assembly(formats: &[QuantType], target: CpuTarget) -> Result<String, Error> {
-    let bytes = emit(&kernel_specs(formats)?, target, FileType::Assembly, false)?;
-    String::from_utf8(bytes).map_err(|e| Error::Codegen(format!("assembly is not UTF-8: {e}")))
+    gemv::emit_assembly(&kernel_specs(formats)?, target, Kernels::Gemm)
 }
 
 /// Compiles both the GEMV kernels ([`crate::gemv`], symbols [`KernelSpec::symbol`]) and the GEMM
@@ -120,29 +95,22 @@ pub fn emit_gemm_assembly(formats: &[QuantType], target: CpuTarget) -> Result<St
 /// position-independent x86-64 ELF object that references no other symbol. The bytes are a
 /// deterministic function of the specs (in order) and the target.
 pub fn emit_kernels_object(formats: &[QuantType], target: CpuTarget) -> Result<Vec<u8>, Error> {
-    emit(&kernel_specs(formats)?, target, FileType::Object, true)
+    gemv::emit(
+        &kernel_specs(formats)?,
+        target,
+        FileType::Object,
+        Kernels::Both,
+    )
 }
 
 /// Compiled GEMM kernels for one target, loaded into the process.
 pub struct GemmLibrary {
-    target: CpuTarget,
-    kernels: Vec<(KernelSpec, GemmFn)>,
-    _lib: libloading::Library,
+    kernels: LoadedKernels<GemmFn>,
 }
 
 impl std::fmt::Debug for GemmLibrary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GemmLibrary")
-            .field("target", &self.target)
-            .field(
-                "kernels",
-                &self
-                    .kernels
-                    .iter()
-                    .map(|(s, _)| gemm_symbol(s))
-                    .collect::<Vec<_>>(),
-            )
-            .finish()
+        self.kernels.debug("GemmLibrary", f)
     }
 }
 
@@ -152,56 +120,20 @@ impl GemmLibrary {
     /// kernels (the file is removed once loaded). Errors if a format is not supported, the host CPU
     /// cannot run `target`'s code, or linking or loading fails.
     pub fn build(formats: &[QuantType], target: CpuTarget) -> Result<Self, Error> {
-        if !target.host_supports() {
-            return Err(Error::HostUnsupported(target));
-        }
-        let specs = kernel_specs(formats)?;
-        let obj = emit(&specs, target, FileType::Object, true)?;
-        let dir = tempfile::tempdir().map_err(|e| Error::Link(format!("temporary folder: {e}")))?;
-        let obj_path = dir.path().join("qc_kernels.o");
-        let lib_path = dir.path().join("libqc_kernels.so");
-        std::fs::write(&obj_path, &obj)
-            .map_err(|e| Error::Link(format!("writing the object: {e}")))?;
-        gemv::link_shared(&obj_path, &lib_path)?;
-        // SAFETY: the library is the one just linked from our object: it has no initializers and its
-        // functions follow the documented C ABI.
-        let lib = unsafe { libloading::Library::new(&lib_path) }
-            .map_err(|e| Error::Load(e.to_string()))?;
-        let mut kernels = Vec::with_capacity(specs.len());
-        for s in specs {
-            let sym = gemm_symbol(&s);
-            // SAFETY: the symbol is a function of type `GemmFn` (built by `codegen::build_gemm`).
-            let f: GemmFn = unsafe {
-                *lib.get::<GemmFn>(sym.as_bytes())
-                    .map_err(|e| Error::Load(format!("{sym}: {e}")))?
-            };
-            kernels.push((s, f));
-        }
-        Ok(GemmLibrary {
-            target,
-            kernels,
-            _lib: lib,
-        })
+        // SAFETY: the symbols are functions of type `GemmFn` (built by `codegen::build_gemm`).
+        let kernels = unsafe { LoadedKernels::build(formats, target, Kernels::Both, gemm_symbol) }?;
+        Ok(GemmLibrary { kernels })
     }
 
     /// The target the kernels were compiled for.
     pub fn target(&self) -> CpuTarget {
-        self.target
+        self.kernels.target()
     }
 
     /// The loaded kernel of `spec`, to call through the C ABI directly (strided `xp` and `y`). Errors if
     /// the library was not built with it.
     pub fn kernel(&self, spec: &KernelSpec) -> Result<GemmFn, Error> {
-        self.kernels
-            .iter()
-            .find(|(s, _)| s.symbol == spec.symbol)
-            .map(|(_, f)| *f)
-            .ok_or_else(|| {
-                Error::Unsupported(format!(
-                    "this library was not built with kernel {}",
-                    gemm_symbol(spec)
-                ))
-            })
+        self.kernels.get(spec)
     }
 
     /// `x` (`m` rows of K) with every row in the kernel layout of `w`'s format for this library's
@@ -210,7 +142,7 @@ impl GemmLibrary {
         let k = w.cols();
         let mut xp = vec![0f32; x.len()];
         if k > 0 {
-            let lanes = gemv_codegen::lanes(self.target);
+            let lanes = gemv::codegen::lanes(self.target());
             for (xr, or) in x.chunks_exact(k).zip(xp.chunks_exact_mut(k)) {
                 gemv::layout::prepare_x(&w.spec().elem, lanes, xr, or);
             }
@@ -271,7 +203,7 @@ impl GemmLibrary {
             None => call(0, n),
             Some(pool) => {
                 let threads = pool.current_num_threads().max(1);
-                let pr = codegen::panel_rows(self.target);
+                let pr = codegen::panel_rows(self.target());
                 let chunk = n.div_ceil(4 * threads).div_ceil(pr).max(1) * pr;
                 pool.install(|| {
                     (0..n.div_ceil(chunk))

@@ -53,7 +53,7 @@ use inkwell::builder::Builder;
 use inkwell::context::Context;
 use inkwell::intrinsics::Intrinsic;
 use inkwell::module::{Linkage, Module};
-use inkwell::types::{BasicTypeEnum, FloatType, IntType, VectorType};
+use inkwell::types::{BasicMetadataTypeEnum, BasicTypeEnum, FloatType, IntType, VectorType};
 use inkwell::values::{
     BasicValue, BasicValueEnum, FloatValue, FunctionValue, GlobalValue, IntValue, PointerValue,
     VectorValue,
@@ -963,6 +963,46 @@ pub(crate) fn kernel_attributes<'ctx>(
     }
 }
 
+/// The type of a kernel parameter ([`declare_kernel`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Param {
+    /// An opaque pointer.
+    Ptr,
+    /// An `int64_t`.
+    I64,
+    /// A `float`.
+    F32,
+}
+
+/// Declares the external kernel `name` in `m`: a `void` function of the named parameters `params`
+/// (in order), with the attributes of [`kernel_attributes`] (`noalias` on the parameters `noalias`).
+pub(crate) fn declare_kernel<'ctx>(
+    cx: &'ctx Context,
+    m: &Module<'ctx>,
+    name: &str,
+    params: &[(&str, Param)],
+    target: CpuTarget,
+    noalias: &[u32],
+) -> FunctionValue<'ctx> {
+    let types: Vec<BasicMetadataTypeEnum<'ctx>> = params
+        .iter()
+        .map(|&(_, t)| match t {
+            Param::Ptr => cx.ptr_type(AddressSpace::default()).into(),
+            Param::I64 => cx.i64_type().into(),
+            Param::F32 => cx.f32_type().into(),
+        })
+        .collect();
+    let fn_type = cx.void_type().fn_type(&types, false);
+    let f = m.add_function(name, fn_type, Some(Linkage::External));
+    kernel_attributes(cx, f, target, noalias);
+    for (i, &(n, _)) in params.iter().enumerate() {
+        f.get_nth_param(i as u32)
+            .expect("declared parameter")
+            .set_name(n);
+    }
+    f
+}
+
 /// Builds the kernel of `spec` for `target` into `m` (unoptimized; the caller verifies and optimizes).
 pub fn build_gemv<'ctx>(
     cx: &'ctx Context,
@@ -970,25 +1010,24 @@ pub fn build_gemv<'ctx>(
     spec: &KernelSpec,
     target: CpuTarget,
 ) -> Result<(), Error> {
-    let ptr = cx.ptr_type(AddressSpace::default());
-    let i64t = cx.i64_type();
-    let f32t = cx.f32_type();
-    let fn_type = cx.void_type().fn_type(
+    use Param::{Ptr, F32, I64};
+    let f = declare_kernel(
+        cx,
+        m,
+        &spec.symbol,
         &[
-            ptr.into(),
-            ptr.into(),
-            ptr.into(),
-            ptr.into(),
-            i64t.into(),
-            i64t.into(),
-            i64t.into(),
-            f32t.into(),
+            ("codes", Ptr),
+            ("scales", Ptr),
+            ("xp", Ptr),
+            ("y", Ptr),
+            ("k", I64),
+            ("row_begin", I64),
+            ("row_end", I64),
+            ("post", F32),
         ],
-        false,
+        target,
+        &[3],
     );
-    let f = m.add_function(&spec.symbol, fn_type, Some(Linkage::External));
-    kernel_attributes(cx, f, target, &[3]);
-
     let g = Gen::new(cx, m, f, spec, target);
     let p = |i: u32| f.get_nth_param(i).expect("declared parameter");
     let codes = p(0).into_pointer_value();
@@ -999,18 +1038,6 @@ pub fn build_gemv<'ctx>(
     let row_begin = p(5).into_int_value();
     let row_end = p(6).into_int_value();
     let post = p(7).into_float_value();
-    for (v, n) in [
-        (codes.as_basic_value_enum(), "codes"),
-        (scales.into(), "scales"),
-        (xp.into(), "xp"),
-        (y.into(), "y"),
-        (k.into(), "k"),
-        (row_begin.into(), "row_begin"),
-        (row_end.into(), "row_end"),
-        (post.into(), "post"),
-    ] {
-        v.set_name(n);
-    }
 
     let entry = cx.append_basic_block(f, "entry");
     g.b.position_at_end(entry);

@@ -108,14 +108,48 @@ pub fn kernel_specs(formats: &[QuantType]) -> Result<Vec<KernelSpec>, Error> {
     Ok(specs)
 }
 
-fn emit(specs: &[KernelSpec], target: CpuTarget, file_type: FileType) -> Result<Vec<u8>, Error> {
+/// Which kernels of each spec an object holds ([`emit`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kernels {
+    /// The GEMV kernels only (module `qc_gemv`).
+    Gemv,
+    /// The GEMM kernels ([`crate::gemm`]) only (module `qc_gemm`).
+    Gemm,
+    /// Per spec, the GEMV kernel then the GEMM kernel (module `qc_kernels`).
+    Both,
+}
+
+impl Kernels {
+    /// The name of the LLVM module (also the stem of the files [`link_and_load`] writes).
+    pub(crate) fn module_name(self) -> &'static str {
+        match self {
+            Kernels::Gemv => "qc_gemv",
+            Kernels::Gemm => "qc_gemm",
+            Kernels::Both => "qc_kernels",
+        }
+    }
+}
+
+/// Builds the `kernels` of `specs` for `target` into one module, verifies it, optimizes it with
+/// `default<O3>` and writes it as `file_type` (an object or assembly text).
+pub(crate) fn emit(
+    specs: &[KernelSpec],
+    target: CpuTarget,
+    file_type: FileType,
+    kernels: Kernels,
+) -> Result<Vec<u8>, Error> {
     let machine = target_machine(target)?;
     let context = Context::create();
-    let module = context.create_module("qc_gemv");
+    let module = context.create_module(kernels.module_name());
     module.set_triple(&machine.get_triple());
     module.set_data_layout(&machine.get_target_data().get_data_layout());
     for s in specs {
-        codegen::build_gemv(&context, &module, s, target)?;
+        if kernels != Kernels::Gemm {
+            codegen::build_gemv(&context, &module, s, target)?;
+        }
+        if kernels != Kernels::Gemv {
+            crate::gemm::codegen::build_gemm(&context, &module, s, target)?;
+        }
     }
     module.verify().map_err(|e| Error::Verify(e.to_string()))?;
     module
@@ -127,18 +161,32 @@ fn emit(specs: &[KernelSpec], target: CpuTarget, file_type: FileType) -> Result<
     Ok(buffer.as_slice().to_vec())
 }
 
+/// [`emit`] as assembly text.
+pub(crate) fn emit_assembly(
+    specs: &[KernelSpec],
+    target: CpuTarget,
+    kernels: Kernels,
+) -> Result<String, Error> {
+    let bytes = emit(specs, target, FileType::Assembly, kernels)?;
+    String::from_utf8(bytes).map_err(|e| Error::Codegen(format!("assembly is not UTF-8: {e}")))
+}
+
 /// Compiles the kernels of `formats` (one per distinct [`KernelSpec`]) for `target` into a relocatable,
 /// position-independent x86-64 ELF object. The object defines one global function per spec, named
 /// [`KernelSpec::symbol`], and references no other symbol. The bytes are a deterministic function of
 /// the specs (in order) and the target.
 pub fn emit_gemv_object(formats: &[QuantType], target: CpuTarget) -> Result<Vec<u8>, Error> {
-    emit(&kernel_specs(formats)?, target, FileType::Object)
+    emit(
+        &kernel_specs(formats)?,
+        target,
+        FileType::Object,
+        Kernels::Gemv,
+    )
 }
 
 /// Like [`emit_gemv_object`], but returns the assembly text.
 pub fn emit_gemv_assembly(formats: &[QuantType], target: CpuTarget) -> Result<String, Error> {
-    let bytes = emit(&kernel_specs(formats)?, target, FileType::Assembly)?;
-    String::from_utf8(bytes).map_err(|e| Error::Codegen(format!("assembly is not UTF-8: {e}")))
+    emit_assembly(&kernel_specs(formats)?, target, Kernels::Gemv)
 }
 
 /// A weight matrix `W[n, k]` in a quantized format, borrowed as its blob bytes.
@@ -245,21 +293,91 @@ impl<'a> QuantMatrix<'a> {
 
 /// Compiled GEMV kernels for one target, loaded into the process.
 pub struct GemvLibrary {
-    target: CpuTarget,
-    kernels: Vec<(KernelSpec, GemvFn)>,
-    _lib: libloading::Library,
+    kernels: LoadedKernels<GemvFn>,
 }
 
 impl std::fmt::Debug for GemvLibrary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GemvLibrary")
+        self.kernels.debug("GemvLibrary", f)
+    }
+}
+
+/// The kernels of one C type `F` (one per spec, named by `symbol`) of a shared library built by
+/// [`LoadedKernels::build`]: what [`GemvLibrary`] and [`crate::gemm::GemmLibrary`] hold.
+pub(crate) struct LoadedKernels<F> {
+    target: CpuTarget,
+    symbol: fn(&KernelSpec) -> String,
+    kernels: Vec<(KernelSpec, F)>,
+    _lib: libloading::Library,
+}
+
+impl<F: Copy> LoadedKernels<F> {
+    /// Compiles the `kinds` kernels of `formats` for `target` ([`emit`]), links them into a shared
+    /// library in a temporary folder ([`link_and_load`]) and loads the function `symbol(spec)` of every
+    /// spec. Errors if a format is not supported, the host CPU cannot run `target`'s code, or linking or
+    /// loading fails.
+    ///
+    /// # Safety
+    /// `symbol(spec)` must name a function of type `F` in the object of `kinds`.
+    pub(crate) unsafe fn build(
+        formats: &[QuantType],
+        target: CpuTarget,
+        kinds: Kernels,
+        symbol: fn(&KernelSpec) -> String,
+    ) -> Result<Self, Error> {
+        if !target.host_supports() {
+            return Err(Error::HostUnsupported(target));
+        }
+        let specs = kernel_specs(formats)?;
+        let obj = emit(&specs, target, FileType::Object, kinds)?;
+        let lib = link_and_load(&obj, kinds.module_name())?;
+        let mut kernels = Vec::with_capacity(specs.len());
+        for s in specs {
+            let sym = symbol(&s);
+            // SAFETY: the caller guarantees that the symbol is a function of type `F`.
+            let f: F = unsafe {
+                *lib.get::<F>(sym.as_bytes())
+                    .map_err(|e| Error::Load(format!("{sym}: {e}")))?
+            };
+            kernels.push((s, f));
+        }
+        Ok(LoadedKernels {
+            target,
+            symbol,
+            kernels,
+            _lib: lib,
+        })
+    }
+
+    /// The target the kernels were compiled for.
+    pub(crate) fn target(&self) -> CpuTarget {
+        self.target
+    }
+
+    /// The loaded kernel of `spec`. Errors if the library was not built with it.
+    pub(crate) fn get(&self, spec: &KernelSpec) -> Result<F, Error> {
+        self.kernels
+            .iter()
+            .find(|(s, _)| s.symbol == spec.symbol)
+            .map(|(_, f)| *f)
+            .ok_or_else(|| {
+                Error::Unsupported(format!(
+                    "this library was not built with kernel {}",
+                    (self.symbol)(spec)
+                ))
+            })
+    }
+
+    /// Writes `name { target, kernels: [symbols] }`.
+    pub(crate) fn debug(&self, name: &str, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct(name)
             .field("target", &self.target)
             .field(
                 "kernels",
                 &self
                     .kernels
                     .iter()
-                    .map(|(s, _)| &s.symbol)
+                    .map(|(s, _)| (self.symbol)(s))
                     .collect::<Vec<_>>(),
             )
             .finish()
@@ -288,65 +406,40 @@ pub(crate) fn link_shared(obj: &Path, lib: &Path) -> Result<(), Error> {
     Ok(())
 }
 
+/// Links the object `obj` into a shared library in a temporary folder (files `<stem>.o` and
+/// `lib<stem>.so`, removed once loaded) with [`link_shared`] and loads it.
+pub(crate) fn link_and_load(obj: &[u8], stem: &str) -> Result<libloading::Library, Error> {
+    let dir = tempfile::tempdir().map_err(|e| Error::Link(format!("temporary folder: {e}")))?;
+    let obj_path = dir.path().join(format!("{stem}.o"));
+    let lib_path = dir.path().join(format!("lib{stem}.so"));
+    std::fs::write(&obj_path, obj).map_err(|e| Error::Link(format!("writing the object: {e}")))?;
+    link_shared(&obj_path, &lib_path)?;
+    // SAFETY: the library is the one just linked from our object: it has no initializers and its
+    // functions follow the documented C ABI.
+    unsafe { libloading::Library::new(&lib_path) }.map_err(|e| Error::Load(e.to_string()))
+}
+
 impl GemvLibrary {
     /// Compiles the kernels of `formats` for `target` ([`emit_gemv_object`]), links them into a shared
     /// library in a temporary folder with `$CC` (default `cc`) and loads it (the file is removed once
     /// loaded). Errors if a format is not supported, the host CPU cannot run `target`'s code, or
     /// linking or loading fails.
     pub fn build(formats: &[QuantType], target: CpuTarget) -> Result<Self, Error> {
-        if !target.host_supports() {
-            return Err(Error::HostUnsupported(target));
-        }
-        let specs = kernel_specs(formats)?;
-        let obj = emit(&specs, target, FileType::Object)?;
-        let dir = tempfile::tempdir().map_err(|e| Error::Link(format!("temporary folder: {e}")))?;
-        let obj_path = dir.path().join("qc_gemv.o");
-        let lib_path = dir.path().join("libqc_gemv.so");
-        std::fs::write(&obj_path, &obj)
-            .map_err(|e| Error::Link(format!("writing the object: {e}")))?;
-        link_shared(&obj_path, &lib_path)?;
-        // SAFETY: the library is the one just linked from our object: it has no initializers and its
-        // functions follow the documented C ABI.
-        let lib = unsafe { libloading::Library::new(&lib_path) }
-            .map_err(|e| Error::Load(e.to_string()))?;
-        let mut kernels = Vec::with_capacity(specs.len());
-        for s in specs {
-            // SAFETY: the symbol is a function of type `GemvFn` (built by `codegen::build_gemv`).
-            let f: GemvFn = unsafe {
-                *lib.get::<GemvFn>(s.symbol.as_bytes())
-                    .map_err(|e| Error::Load(format!("{}: {e}", s.symbol)))?
-            };
-            kernels.push((s, f));
-        }
-        Ok(GemvLibrary {
-            target,
-            kernels,
-            _lib: lib,
-        })
+        // SAFETY: the symbols are functions of type `GemvFn` (built by `codegen::build_gemv`).
+        let kernels =
+            unsafe { LoadedKernels::build(formats, target, Kernels::Gemv, |s| s.symbol.clone()) }?;
+        Ok(GemvLibrary { kernels })
     }
 
     /// The target the kernels were compiled for.
     pub fn target(&self) -> CpuTarget {
-        self.target
-    }
-
-    fn kernel(&self, spec: &KernelSpec) -> Result<GemvFn, Error> {
-        self.kernels
-            .iter()
-            .find(|(s, _)| s.symbol == spec.symbol)
-            .map(|(_, f)| *f)
-            .ok_or_else(|| {
-                Error::Unsupported(format!(
-                    "this library was not built with kernel {}",
-                    spec.symbol
-                ))
-            })
+        self.kernels.target()
     }
 
     /// `x` in the kernel layout of `w`'s format for this library's target ([`layout::prepare_x`]).
     pub fn prepare_x(&self, w: &QuantMatrix<'_>, x: &[f32]) -> Vec<f32> {
         let mut xp = vec![0f32; x.len()];
-        layout::prepare_x(&w.spec.elem, codegen::lanes(self.target), x, &mut xp);
+        layout::prepare_x(&w.spec.elem, codegen::lanes(self.target()), x, &mut xp);
         xp
     }
 
@@ -425,7 +518,7 @@ impl GemvLibrary {
         y: &mut [f32],
         pool: Option<&rayon::ThreadPool>,
     ) -> Result<(), Error> {
-        let f = self.kernel(&w.spec)?;
+        let f = self.kernels.get(&w.spec)?;
         // Addresses, so that the closure can be shared by the pool's threads.
         let codes = w.blob.as_ptr() as usize;
         let scales = codes + w.sections.scales;
