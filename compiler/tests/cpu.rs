@@ -4,7 +4,8 @@
 //! compiled to a shared library (upstream MLIR -> mlir-opt / mlir-translate of LLVM 22 -> inkwell -> cc
 //! -shared, quantized products calling qc's kernels on the artifact's weights.bin), run from the
 //! artifact and compared with `qc run` (the reference interpreter) on the same compiled IR. Each level
-//! runs only where the host CPU implements it.
+//! runs only where the host CPU implements it. Activation quantization (`quant.quantize`, `--aformat`)
+//! is checked bit for bit in isolation and on the shipped tiny BERT (examples/bert-tiny.onnx).
 //!
 //! Needs the cargo feature `cpu` (`cargo test -p qc --features cpu --test cpu`), LLVM 22's MLIR tools
 //! (`$QC_MLIR_BIN`, default /usr/lib/llvm-22/bin), a C compiler and python3 with numpy and onnx.
@@ -436,6 +437,239 @@ fn threaded_products_are_deterministic_and_match_the_interpreter() {
             assert!(
                 outs[0] == outs[1],
                 "{w} M={m}: 1 and 2 threads give different outputs"
+            );
+        }
+    }
+}
+
+/// Activation formats the CPU target quantizes (`cpu_kernels::has_fake_quant`), with the static
+/// maximum of the test's `quant.quantize` (`None`: no `amax`, the data's own maximum). The maxima make
+/// the per-tensor scales powers of two (7.9375 / 127 = 2^-4, 7 / 448 = 2^-6, 7 / 57344 = 2^-13), so
+/// that the dyadic inputs of [`fake_quant_inputs`] fall exactly on rounding ties.
+const ACTIVATION_FORMATS: &[(&str, Option<f32>)] = &[
+    ("int8", Some(7.9375)),
+    ("int8", None),
+    ("fp8_e4m3", Some(7.0)),
+    ("fp8_e4m3", None),
+    ("fp8_e5m2", Some(7.0)),
+    ("mxfp8", None),
+    ("mxfp8", Some(7.0)),
+    ("mxfp4", None),
+    ("nvfp4", Some(7.0)),
+    ("nvfp4", Some(0.8)),
+    ("nvfp4", None),
+];
+
+/// `[8, 64]` f32 inputs at `path`: alternating-sign multiples of 2^-1 .. 2^-7 (ties of every format at
+/// some scale), zeros and -0, +-1e-30 (rounding to signed zeros), +-1000 and +-20 (beyond every
+/// static maximum: saturation), a zero MX / NVFP4 block next to one of subnormals, values around ties
+/// of 1/16, and normal and uniform noise.
+fn fake_quant_inputs(path: &Path) {
+    let script = format!(
+        "import numpy as np\n\
+         r = np.random.default_rng(0)\n\
+         x = np.zeros((8, 64), np.float32)\n\
+         k = np.arange(1, 65, dtype=np.float32)\n\
+         sign = (1 - 2 * (np.arange(64) % 2)).astype(np.float32)\n\
+         for e in range(4):\n\
+         \x20   x[e] = k * np.float32(2.0 ** -(2 * e + 1)) * sign\n\
+         x[4] = (r.standard_normal(64) * 3).astype(np.float32)\n\
+         x[4, :8] = [0.0, -0.0, 1e-30, -1e-30, 1e3, -1e3, 20.0, -20.0]\n\
+         x[5, 32:] = np.float32(1e-39) * np.arange(32, dtype=np.float32)\n\
+         x[6] = (k - 32.5) / 16\n\
+         x[7] = r.uniform(-20, 20, 64).astype(np.float32)\n\
+         np.save('{}', x)\n",
+        p(path)
+    );
+    ok(
+        Command::new("python3").args(["-c", &script]),
+        "making the quantization inputs",
+    );
+}
+
+/// `x -> quant.quantize -> quant.dequantize` compiled for the host CPU gives bit-identical values to the
+/// interpreter (qc_quant::tensor::quantize and dequantize) for every activation format the target
+/// quantizes, at ties, zeros, signed zeros, saturation, zero and subnormal blocks.
+#[test]
+fn activation_quantization_on_cpu_is_bit_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let x = d.join("x.npy");
+    fake_quant_inputs(&x);
+    let input = format!("x={}", p(&x));
+    for (i, &(fmt, amax)) in ACTIVATION_FORMATS.iter().enumerate() {
+        let tag = format!("{fmt}.{i}");
+        let attr = amax
+            .map(|a| format!(" {{amax = {a:?}}}"))
+            .unwrap_or_default();
+        let qir = d.join(format!("{tag}.qir"));
+        std::fs::write(
+            &qir,
+            format!(
+                "func.func @main(%x: tensor<8x64xf32>) -> tensor<8x64xf32> {{\n  \
+                 %q = quant.quantize %x{attr} : (tensor<8x64xf32>) -> tensor<8x64x!quant.{fmt}>\n  \
+                 %y = quant.dequantize %q : (tensor<8x64x!quant.{fmt}>) -> tensor<8x64xf32>\n  \
+                 return %y : tensor<8x64xf32>\n}}\n"
+            ),
+        )
+        .unwrap();
+        let qca = d.join(format!("{tag}.qca"));
+        qc(&[
+            "compile",
+            p(&qir),
+            "--passes",
+            "canonicalize",
+            "--target",
+            "native",
+            "-o",
+            p(&qca),
+        ]);
+        let (ro, co) = (d.join(format!("{tag}.ref")), d.join(format!("{tag}.cpu")));
+        qc(&["run", p(&qir), "--input", &input, "-o", p(&ro)]);
+        qc(&["run", p(&qca), "--input", &input, "-o", p(&co)]);
+        let name = std::fs::read_dir(&ro)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .file_name();
+        let (r, c) = (
+            read_npy(&ro.join(&name)).unwrap().to_f32(),
+            read_npy(&co.join(&name)).unwrap().to_f32(),
+        );
+        assert_eq!(r.len(), 8 * 64);
+        let bad: Vec<usize> = (0..r.len())
+            .filter(|&j| r[j].to_bits() != c[j].to_bits())
+            .collect();
+        assert!(
+            bad.is_empty(),
+            "{fmt} (amax {amax:?}): {} elements differ from the interpreter, first at {}: {} vs {}",
+            bad.len(),
+            bad[0],
+            c[bad[0]],
+            r[bad[0]]
+        );
+        // The comparison means something: most outputs are not zero.
+        let nonzero = r.iter().filter(|v| **v != 0.0).count();
+        assert!(nonzero > 64, "{fmt}: the output is mostly zero");
+        eprintln!("{fmt} (amax {amax:?}): bit-identical");
+    }
+}
+
+/// The shipped tiny BERT with int4_g32 weights and quantized activations (static maxima from the
+/// shipped calibration data), compiled for the host CPU, against the interpreter on the same IR. The
+/// activation quantization is bit-exact (see above), but the products feeding it are not: the
+/// interpreter accumulates in f64, the artifact in f32 (FMA chains), so an activation element that
+/// lands within a rounding of a quantization boundary can quantize to a neighbouring code and move
+/// its outputs by up to one quantum times a weight. Such flips are rare: at least 99% of the output
+/// elements must agree within 1e-5 of the output's largest magnitude, and every element within 5%
+/// (a flipped nvfp4 code moves one term of a 32-term product by a few percent of the output's scale
+/// at most; observed: no flip, 2.4e-7 of the scale at most).
+#[test]
+fn bert_with_quantized_activations_on_cpu_matches_the_interpreter() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = repo().join("examples/bert-tiny.onnx");
+    let calib = repo().join("examples/bert-tiny-calib.npz");
+    let names = ["input_ids", "token_type_ids", "attention_mask"];
+    // One sequence of the calibration set (batch 1, sequence 16).
+    let script = format!(
+        "import numpy as np\n\
+         d = np.load('{}')\n\
+         for n in {names:?}:\n\
+         \x20   np.save('{}/' + n + '.npy', d[n + '.2'][1:2])\n",
+        p(&calib),
+        p(d)
+    );
+    ok(
+        Command::new("python3").args(["-c", &script]),
+        "making the BERT inputs",
+    );
+    let inputs: Vec<String> = names
+        .iter()
+        .flat_map(|n| {
+            [
+                "--input".to_string(),
+                format!("{n}={}", p(&d.join(format!("{n}.npy")))),
+            ]
+        })
+        .collect();
+    for a in ["int8", "fp8_e4m3", "mxfp8", "nvfp4"] {
+        let qir = d.join(format!("{a}.qir"));
+        let qca = d.join(format!("{a}.qca"));
+        let flags = [
+            p(&model),
+            "--wformat",
+            "int4_g32",
+            "--aformat",
+            a,
+            "--calib",
+            p(&calib),
+        ];
+        let mut args = vec!["compile"];
+        args.extend(flags);
+        args.extend(["-o", p(&qir)]);
+        qc(&args);
+        let text = std::fs::read_to_string(&qir).unwrap();
+        assert!(
+            text.contains("quant.quantize"),
+            "{a}: no activation quantization"
+        );
+        let mut args = vec!["compile"];
+        args.extend(flags);
+        args.extend([
+            "--target",
+            "native",
+            "--shape",
+            "batch=1",
+            "--shape",
+            "seq=16",
+            "-o",
+            p(&qca),
+        ]);
+        qc(&args);
+        let (ro, co) = (d.join(format!("{a}.ref")), d.join(format!("{a}.cpu")));
+        for (m, o) in [(&qir, &ro), (&qca, &co)] {
+            let mut args = vec!["run", p(m)];
+            args.extend(inputs.iter().map(String::as_str));
+            args.extend(["-o", p(o)]);
+            qc(&args);
+        }
+        for name in ["last_hidden_state", "pooler_output"] {
+            let f = format!("{name}.npy");
+            let (r, c) = (
+                read_npy(&ro.join(&f)).unwrap().to_f32(),
+                read_npy(&co.join(&f)).unwrap().to_f32(),
+            );
+            assert_eq!(r.len(), c.len());
+            let scale = r.iter().fold(0f64, |m, &x| m.max((x as f64).abs()));
+            assert!(scale > 0.0);
+            let diffs: Vec<f64> = r
+                .iter()
+                .zip(&c)
+                .map(|(&x, &y)| {
+                    let d = (x as f64 - y as f64).abs() / scale;
+                    if d.is_nan() {
+                        f64::INFINITY
+                    } else {
+                        d
+                    }
+                })
+                .collect();
+            let max = diffs.iter().fold(0f64, |m, &x| m.max(x));
+            let close = diffs.iter().filter(|&&x| x <= TOL).count() as f64 / diffs.len() as f64;
+            eprintln!(
+                "bert {a}: {name}: max diff {max:.3e} of the output's scale, {:.2}% within {TOL:e}",
+                close * 100.0
+            );
+            assert!(
+                close >= 0.99,
+                "bert {a}: {name}: only {:.2}% of the elements within {TOL:e} of the scale",
+                close * 100.0
+            );
+            assert!(
+                max <= 0.05,
+                "bert {a}: {name}: an element differs by {max:.3e} of the scale"
             );
         }
     }

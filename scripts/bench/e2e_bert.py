@@ -2,6 +2,9 @@
 """End-to-end latency of a BERT-style encoder on the CPU: qc's compiled artifact against onnxruntime,
 with the same weight quantization, measured in one run.
 
+Needs a release qc with the CPU backend (`cargo build --release -p qc --features cpu`), python3 with
+numpy, onnx and onnxruntime (.ci/install-python.sh), and LLVM 22's MLIR tools.
+
 Usage: python3 scripts/bench/e2e_bert.py [--qc target/release/qc] [--hidden 768 --layers 12 --heads 12
        --intermediate 3072 --vocab 30522] [--batch 1 --seq 128] [--threads 1,2] [--reps 10]
        [--formats float,int4_g32,int8_g128] [--dir target/bench-e2e]

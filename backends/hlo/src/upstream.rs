@@ -46,7 +46,8 @@
 //!   `qc_quant::tensor::dequantize`.
 //!
 //! Not exported (a diagnostic naming the op and its location, exit code 2 from `qc compile --emit
-//! mlir`): activation quantization (`quant.quantize`, and `quant.matmul` of a quantized activation),
+//! mlir`): activation quantization (`quant.quantize`, and `quant.matmul` of a quantized activation;
+//! except as kernel calls under [`ExportOptions::quantize_calls`]),
 //! Hadamard rotations, ONNX linear quantization (`quantize_linear` and friends), convolutions,
 //! pooling, `lrn`, `nll_loss`, slices with negative steps, pad modes other than `constant`, integer
 //! `pow`, and dense constants of raw minifloat types.
@@ -63,6 +64,15 @@
 //! f8E4M3FN, f8E5M2 or the f6 types (NVFP4's block scales, FP8, MXFP6, MXFP8): those modules verify
 //! and bufferize, and need a target that knows the types (a GPU, or a pass of the user's) to go
 //! further.
+//!
+//! # Kernel calls and constant arguments (`export_module_with`)
+//! A backend that has its own kernels can ask ([`ExportOptions`]) for matrix products (and activation
+//! quantization, [`KernelOp::FakeQuant`]) to be left to external functions ([`KernelCall`],
+//! [`KernelOp`]): `func.call`s on memrefs (`bufferization.to_buffer` of the inputs, a fresh aligned
+//! `memref.alloc` for the output, `bufferization.to_tensor` of it), and for large constants to be
+//! passed as trailing read-only arguments of the function ([`ConstantArg`],
+//! `bufferization.writable = false`) instead of being printed into the module. The CPU target
+//! (compiler/src/cmd/cpu.rs, cpu_kernels.rs) uses both; `--emit mlir` uses neither.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -200,6 +210,13 @@ pub struct ExportOptions<'a> {
     /// (marked `bufferization.writable = false`), listed in [`Exported::constant_args`], instead of an
     /// `arith.constant` in the text.
     pub constant_args: bool,
+    /// When set, every `quant.quantize` of a float tensor to a format for which this returns true
+    /// becomes a kernel call of kind [`KernelOp::FakeQuant`] (the values quantized and dequantized,
+    /// in f32), whose result stands for the quantized tensor: `quant.dequantize` of it is that result
+    /// and `quant.matmul` takes it as its (dequantized) activation, for kernel calls as for
+    /// contractions. The format must be per tensor, or have blocks (groups) along the last axis whose
+    /// size divides the last dimension: then the blocks are consecutive runs of the flattened tensor.
+    pub quantize_calls: Option<&'a dyn Fn(&QuantType) -> bool>,
 }
 
 /// What a [`KernelCall`] computes.
@@ -233,15 +250,31 @@ pub enum KernelOp {
         /// Whether one right-hand matrix serves every batch.
         shared_b: bool,
     },
+    /// `y = dequantize(quantize(x))` of a `quant.quantize` (`qc_quant::tensor::quantize` with its
+    /// `amax` as the static tensor maximum, then `qc_quant::tensor::dequantize`), all in f32:
+    ///
+    /// ```mlir
+    /// func.func private @SYMBOL(memref<Nxf32>, memref<Nxf32>)   // x, y
+    /// ```
+    ///
+    /// with the tensor flattened row major (N = M = its element count; K = its last dimension, the
+    /// axis of the format's blocks if it has any); `y` is a fresh, 64-byte aligned buffer to fill.
+    FakeQuant {
+        /// The activation format.
+        format: QuantType,
+        /// The op's `amax` attribute (the calibrated static maximum |x|), if any.
+        amax: Option<f32>,
+    },
 }
 
-/// A matrix product exported as a call of an external function (see [`KernelOp`] for the signatures).
+/// A matrix product (or an activation quantization) exported as a call of an external function (see
+/// [`KernelOp`] for the signatures).
 /// With `--llvm-request-c-wrappers` the lowered code calls `_mlir_ciface_SYMBOL(...)` with pointers to
 /// MLIR's memref descriptors (allocated pointer, aligned pointer, offset, sizes[rank], strides[rank]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct KernelCall {
-    /// The external function's name: `qc_matmul_<i>` or `qc_sgemm_<i>`, `i` counting calls in program
-    /// order.
+    /// The external function's name: `qc_matmul_<i>`, `qc_sgemm_<i>` or `qc_fquant_<i>`, `i` counting
+    /// calls in program order.
     pub symbol: String,
     /// What it computes.
     pub op: KernelOp,
@@ -251,7 +284,7 @@ pub struct KernelCall {
     pub n: u64,
     /// Reduction length (weight columns).
     pub k: u64,
-    /// Location of the `quant.matmul`.
+    /// Location of the `quant.matmul` (`quant.quantize` for [`KernelOp::FakeQuant`]).
     pub loc: qc_ir::Location,
 }
 
@@ -265,6 +298,9 @@ impl KernelCall {
                     format!("memref<{m}x{k}xf32>"),
                     format!("memref<{m}x{n}xf32>"),
                 ]
+            }
+            KernelOp::FakeQuant { .. } => {
+                vec![format!("memref<{m}xf32>"), format!("memref<{m}xf32>")]
             }
             KernelOp::Sgemm { batch, shared_b } => vec![
                 format!("memref<{batch}x{m}x{k}xf32>"),
@@ -299,6 +335,7 @@ pub fn export_module_with(
         u.kernel_calls = opts.kernel_calls;
         u.float_calls = opts.float_matmul_calls;
         u.constant_args = opts.constant_args;
+        u.quantize_calls = opts.quantize_calls;
         let mut args = Vec::new();
         let mut arg_types = Vec::new();
         for (i, &a) in f.args.iter().enumerate() {
@@ -541,6 +578,8 @@ struct U<'c, 'b> {
     float_calls: bool,
     /// [`ExportOptions::constant_args`].
     constant_args: bool,
+    /// [`ExportOptions::quantize_calls`].
+    quantize_calls: Option<&'b dyn Fn(&QuantType) -> bool>,
     /// The constants made arguments so far, with their MLIR types.
     const_args: RefCell<Vec<(ConstantArg, Type<'c>)>>,
     /// The kernel calls made so far.
@@ -771,6 +810,7 @@ impl<'c, 'b> U<'c, 'b> {
             kernel_calls: None,
             float_calls: false,
             constant_args: false,
+            quantize_calls: None,
             const_args: Default::default(),
             calls: Default::default(),
         }
@@ -1362,7 +1402,11 @@ fn kernel_call_wanted(u: &U, cx: &Cx) -> bool {
     }
     let x = cx.f.ty(cx.op.operands[0]);
     let w = cx.f.ty(cx.op.operands[1]);
-    x.elem.as_quant().is_none() && w.rank() == 2 && w.elem.as_quant().is_some_and(accept)
+    let x_ok = match x.elem.as_quant() {
+        None => true,
+        Some(f) => u.quantize_calls.is_some_and(|q| q(f)),
+    };
+    x_ok && w.rank() == 2 && w.elem.as_quant().is_some_and(accept)
 }
 
 fn export_op<'c, 'b>(u: &U<'c, 'b>, cx: &Cx, ins: &[Lv<'c, 'b>]) -> R<Vec<Lv<'c, 'b>>> {
@@ -2776,6 +2820,11 @@ fn export_quant<'c, 'b>(
     q: QuantOp,
     ins: &[Lv<'c, 'b>],
 ) -> R<Vec<Lv<'c, 'b>>> {
+    if q == QuantOp::Quantize {
+        if let Some(fmt) = fake_quant_format(u, cx) {
+            return fake_quant(u, cx, fmt, ins).map(|v| vec![Lv::Quant(v)]);
+        }
+    }
     let (shape, e) = emitted(cx.result_ty(0))?;
     match q {
         QuantOp::Dequantize => {
@@ -2787,6 +2836,8 @@ fn export_quant<'c, 'b>(
         QuantOp::Matmul => {
             let x = match ins[0] {
                 Lv::Plain(t) => u.convert(t, El::F32)?,
+                // A fake-quantized activation (ExportOptions::quantize_calls): its f32 values.
+                Lv::Quant(t) if u.quantize_calls.is_some() => u.convert(t, El::F32)?,
                 Lv::Quant(_) | Lv::Deferred(_) => {
                     return Err(
                         "quantized activations (from quant.quantize) are not exported".into(),
@@ -2830,6 +2881,60 @@ fn export_quant<'c, 'b>(
             cx.op.name()
         )),
     }
+}
+
+/// The format of the `quant.quantize` of `cx` when it is exported as a [`KernelOp::FakeQuant`] call:
+/// [`ExportOptions::quantize_calls`] accepts it, the input is a float tensor of a static shape, and
+/// the format is per tensor or has blocks along the last axis that divide it. `None` otherwise (the
+/// op is then refused as before).
+fn fake_quant_format(u: &U, cx: &Cx) -> Option<QuantType> {
+    let accept = u.quantize_calls?;
+    let fmt = cx.result_ty(0).elem.as_quant()?;
+    let x = cx.f.ty(*cx.op.operands.first()?);
+    if x.elem.as_quant().is_some() || !x.elem.is_float() || !accept(fmt) {
+        return None;
+    }
+    let shape = x.static_shape()?;
+    let rank = shape.len() as i64;
+    let ok = match fmt.scheme {
+        Scheme::PerTensor => true,
+        Scheme::Group { size, axis } => {
+            let a = axis as i64;
+            let last = rank > 0 && (a == -1 || a == rank - 1);
+            last && size > 0 && shape[shape.len() - 1] % size as u64 == 0
+        }
+        _ => false,
+    };
+    (ok && shape.iter().product::<u64>() > 0).then(|| fmt.clone())
+}
+
+/// `quant.quantize` of `ins[0]` to `format` as a [`KernelOp::FakeQuant`] call: the f32 values after
+/// quantization and dequantization, in the input's shape.
+fn fake_quant<'c, 'b>(
+    u: &U<'c, 'b>,
+    cx: &Cx,
+    format: QuantType,
+    ins: &[Lv<'c, 'b>],
+) -> R<V<'c, 'b>> {
+    let Lv::Plain(x) = ins[0] else {
+        return Err("quantize takes a plain tensor".into());
+    };
+    let x = u.convert(x, El::F32)?;
+    let shape = u.shape(&x);
+    let n: u64 = shape.iter().product();
+    let k = shape.last().copied().unwrap_or(1);
+    let amax = cx.op.attr("amax").and_then(QAttr::as_f64).map(|a| a as f32);
+    let x1 = u.reshape(x, &[n])?;
+    let call = KernelCall {
+        symbol: format!("qc_fquant_{}", u.calls.borrow().len()),
+        op: KernelOp::FakeQuant { format, amax },
+        m: n,
+        n,
+        k,
+        loc: cx.op.loc.clone(),
+    };
+    let y = emit_call(u, call, &[x1], &[n])?;
+    u.reshape(y, &shape)
 }
 
 /// `quant.matmul {transpose_b}` of `x` by the quantized constant defined by op `def` as a kernel call
@@ -2992,4 +3097,59 @@ fn sgemm_call<'c, 'b>(
     };
     let c = emit_call(u, call, &[a, b], &[batch, m, n])?;
     u.reshape(c, out).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qc_ir::{parse_module, Registry, Source};
+
+    fn parse(text: &str) -> qc_ir::Module {
+        let mut r = Registry::new();
+        r.register(qc_nn::dialect());
+        r.register(qc_quant::ops::dialect());
+        parse_module(text, &Source::named("case"), &r).unwrap_or_else(|d| panic!("{d:?}"))
+    }
+
+    fn module(fmt: &str, shape: &str) -> qc_ir::Module {
+        parse(&format!(
+            "func.func @main(%x: tensor<{shape}xf32>) -> tensor<{shape}xf32> {{
+  %q = quant.quantize %x {{amax = 2.75}} : (tensor<{shape}xf32>) -> tensor<{shape}x!quant.{fmt}>
+  %y = quant.dequantize %q : (tensor<{shape}x!quant.{fmt}>) -> tensor<{shape}xf32>
+  return %y : tensor<{shape}xf32>
+}}"
+        ))
+    }
+
+    #[test]
+    fn quantize_calls_make_fake_quant_calls_of_the_flattened_tensor() {
+        let accept: &dyn Fn(&QuantType) -> bool = &|_| true;
+        let opts = ExportOptions {
+            quantize_calls: Some(accept),
+            ..ExportOptions::default()
+        };
+        let b = ShapeBindings::new();
+        let m = module("nvfp4", "2x3x32");
+        let out = export_module_with(&m, "main", &b, &opts).unwrap();
+        assert_eq!(out.calls.len(), 1);
+        let c = &out.calls[0];
+        assert_eq!(c.symbol, "qc_fquant_0");
+        assert!(
+            matches!(&c.op, KernelOp::FakeQuant { amax: Some(a), .. } if *a == 2.75),
+            "{:?}",
+            c.op
+        );
+        assert_eq!((c.m, c.n, c.k), (192, 192, 32));
+        assert_eq!(c.memref_types(), ["memref<192xf32>", "memref<192xf32>"]);
+        assert!(out.text.contains("call @qc_fquant_0"), "{}", out.text);
+        // Without the option, and for what the calls cannot express (per-channel scales), the op is
+        // refused as before.
+        for (opts, fmt, shape) in [
+            (&ExportOptions::default(), "nvfp4", "2x3x32"),
+            (&opts, "int8_channel", "4x32"),
+        ] {
+            let e = export_module_with(&module(fmt, shape), "main", &b, opts).unwrap_err();
+            assert!(e.message.contains("cannot export quant.quantize"), "{e}");
+        }
+    }
 }

@@ -9,7 +9,9 @@
 //!    with the matrix products left to qc's kernels as external calls (cmd/cpu_kernels.rs): every
 //!    `quant.matmul` of a weight format the kernels read (int4/int8 per channel or group, NVFP4,
 //!    MXFP4/6/8, MXINT8, NVINT4, FP8, FP6) and every f32 `nn.matmul` of `[.., M, K] x [K, N]` or
-//!    equal batch dimensions.
+//!    equal batch dimensions; and every `quant.quantize` of activations to a format whose
+//!    quantization the glue implements (`cpu_kernels::has_fake_quant`: int8, fp8_e4m3, fp8_e5m2 per
+//!    tensor, mxfp8, mxfp4, nvfp4), computed bit-exactly as qc's interpreter does.
 //! 2. LLVM 22's `mlir-opt` lowers it to the LLVM dialect with `--llvm-request-c-wrappers` followed by
 //!    the pipeline of qc_backend_hlo::upstream's documentation ([`LOWER_TO_LLVM`], the one the upstream
 //!    tests run with mlir-runner) with `--buffer-deallocation-pipeline` inserted after bufferization
@@ -556,10 +558,12 @@ pub fn write_artifact(
     let render = |d: qc_ir::Diagnostic| Failure::Input(d.render(None));
     let specialized = qc_backend_hlo::specialize(m, func, &b).map_err(render)?;
     let accept: &dyn Fn(&qc_ir::QuantType) -> bool = &cpu_kernels::has_kernel;
+    let fake_quant: &dyn Fn(&qc_ir::QuantType) -> bool = &cpu_kernels::has_fake_quant;
     let opts = qc_backend_hlo::upstream::ExportOptions {
         kernel_calls: Some(accept),
         float_matmul_calls: true,
         constant_args: true,
+        quantize_calls: Some(fake_quant),
     };
     let exported =
         qc_backend_hlo::upstream::export_module_with(m, func, &b, &opts).map_err(render)?;

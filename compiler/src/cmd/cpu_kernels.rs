@@ -19,6 +19,16 @@
 //! 4 rows x 64 columns (AVX-512; 4 x 16 with AVX2) over 64-row blocks, each output one FMA chain over
 //! K in order, tasks (batch, column panel, row block) on OpenMP threads.
 //!
+//! Activation quantization (`KernelOp::FakeQuant`, a `quant.quantize` whose result is dequantized or
+//! multiplied) runs `qc_fquant`, C twin of `qc_quant::tensor::quantize` followed by `dequantize` for
+//! the formats of [`has_fake_quant`]: int8, fp8_e4m3 and fp8_e5m2 per tensor (f32 scale `amax / max`,
+//! `amax` the op's static maximum or else the data's; `x / s` rounded to the element, ties to even,
+//! saturated; times `s`), MX formats with FLOOR e8m0 scales (mxfp8, mxfp4: `x * 2^-E` rounded, times
+//! `2^E`) and NVFP4 in ModelOpt's arithmetic (f32 tensor scale `amax / (6 * 448)` from the static
+//! maximum, ue4m3 block scales, `x / total` rounded, a zero quotient to +0, times `total`). Every step
+//! is the same f32 operation as in qc_quant, so the values are bit-identical to the interpreter's. A
+//! NaN or infinite input fails the call (`qc_failed`), as the interpreter refuses it.
+//!
 //! A kernel's result for a row does not depend on the chunking (its accumulation order is a function
 //! of the format, K and the target), so outputs are bit-identical for every thread count.
 //!
@@ -33,7 +43,10 @@
 use qc_backend_hlo::upstream::{Exported, KernelOp};
 use qc_backend_llvm::gemv::{codegen, layout::BlockLayout, KernelSpec, QuantMatrix};
 use qc_backend_llvm::CpuTarget;
-use qc_ir::quant::QuantType;
+use qc_ir::quant::{
+    Convention, Encoding, InfNan, QuantType, Rounding, Saturation, ScaleRule, ScaleType, Scheme,
+    TensorScale,
+};
 use qc_ir::Module;
 
 use crate::output::Failure;
@@ -54,6 +67,93 @@ pub fn has_kernel(fmt: &QuantType) -> bool {
     KernelSpec::from_quant_type(fmt).is_ok()
 }
 
+/// How `qc_fquant` quantizes a format: (kind, block size, element parameters, MX emax).
+/// Kinds: 0 per tensor with an f32 scale, 1 e8m0 FLOOR block scales, 2 NVFP4 (ModelOpt).
+struct FakeQuant {
+    kind: u32,
+    block: u32,
+    elem: ElemParams,
+    emax: i32,
+}
+
+/// The element: an integer (`man < 0`, values in [-max, max]) or a minifloat with `man` mantissa
+/// bits, smallest normal exponent `emin` and largest finite value `max`.
+#[derive(Clone, Copy)]
+struct ElemParams {
+    man: i32,
+    emin: i32,
+    max: f32,
+}
+
+fn elem_params(e: &Encoding) -> Option<ElemParams> {
+    if *e == Encoding::I8 {
+        return Some(ElemParams {
+            man: -1,
+            emin: 0,
+            max: 127.0,
+        });
+    }
+    if ![Encoding::E4M3FN, Encoding::E5M2, Encoding::E2M1].contains(e) {
+        return None;
+    }
+    let Encoding::Float(m) = e else { return None };
+    if m.policy == InfNan::Fnuz {
+        return None;
+    }
+    Some(ElemParams {
+        man: m.man_bits as i32,
+        emin: 1 - m.bias,
+        max: e.max_finite() as f32,
+    })
+}
+
+fn fake_quant_of(fmt: &QuantType) -> Option<FakeQuant> {
+    if fmt.round != Rounding::Rne || fmt.sat != Saturation::SatFinite || fmt.zero_point.is_some() {
+        return None;
+    }
+    let elem = elem_params(&fmt.elem)?;
+    let last = |axis: i32| axis == -1;
+    match (fmt.scheme, fmt.scale, fmt.tensor_scale, fmt.convention) {
+        (Scheme::PerTensor, ScaleType::F32, TensorScale::None, Convention::Spec) => {
+            Some(FakeQuant {
+                kind: 0,
+                block: 0,
+                elem,
+                emax: 0,
+            })
+        }
+        (Scheme::Group { size, axis }, ScaleType::E8M0, TensorScale::None, _)
+            if last(axis) && fmt.rule == ScaleRule::Floor && elem.man >= 0 =>
+        {
+            Some(FakeQuant {
+                kind: 1,
+                block: size,
+                elem,
+                emax: qc_quant::scale::emax_elem(&fmt.elem),
+            })
+        }
+        (
+            Scheme::Group { size, axis },
+            ScaleType::UE4M3,
+            TensorScale::Divisor,
+            Convention::ModelOpt,
+        ) if last(axis) && fmt.elem == Encoding::E2M1 => Some(FakeQuant {
+            kind: 2,
+            block: size,
+            elem,
+            emax: 0,
+        }),
+        _ => None,
+    }
+}
+
+/// Whether the CPU target quantizes activations in `fmt` (`quant.quantize` as a
+/// `KernelOp::FakeQuant` call; the filter given to the upstream export): int8, fp8_e4m3 and fp8_e5m2
+/// per tensor, MX e4m3 / e5m2 / e2m1 with FLOOR scales along the last axis (mxfp8, mxfp4), NVFP4.
+pub fn has_fake_quant(fmt: &QuantType) -> bool {
+    fake_quant_of(fmt).is_some()
+}
+
 /// The weights blob and the C glue of a model's kernel calls.
 #[derive(Debug, Default)]
 pub struct Plan {
@@ -61,7 +161,8 @@ pub struct Plan {
     pub weights: Vec<u8>,
     /// The formats whose kernels the library must contain, distinct, in first-use order.
     pub formats: Vec<QuantType>,
-    /// C source defining `_mlir_ciface_qc_matmul_<i>` for every call, and the thread-local weights
+    /// C source defining `_mlir_ciface_qc_matmul_<i>` (and `_qc_sgemm_<i>`, `_qc_fquant_<i>`) for
+    /// every call, and the thread-local weights
     /// pointer `qc_weights` and failure flag `qc_failed` that the shim's entry point sets and reads.
     /// Empty when there are no calls.
     pub glue: String,
@@ -80,6 +181,7 @@ fn layout_code(l: BlockLayout) -> u32 {
 /// The C helpers every glue starts with.
 const GLUE_PRELUDE: &str = r#"/* Quantized matrix products: qc's kernels over the weights blob (cmd/cpu_kernels.rs). */
 #include <omp.h>
+typedef struct { float *allocated; float *aligned; int64_t offset; int64_t sizes[1]; int64_t strides[1]; } qc_md1_t;
 typedef struct { float *allocated; float *aligned; int64_t offset; int64_t sizes[2]; int64_t strides[2]; } qc_md2_t;
 typedef struct { float *allocated; float *aligned; int64_t offset; int64_t sizes[3]; int64_t strides[3]; } qc_md3_t;
 typedef void (*qc_gemv_fn)(const uint8_t *, const uint8_t *, const float *, float *, int64_t, int64_t, int64_t, float);
@@ -88,6 +190,135 @@ static __thread const uint8_t *qc_weights;
 static __thread int qc_failed;
 
 static float qc_f32(uint32_t bits) { float f; memcpy(&f, &bits, 4); return f; }
+
+/* Activation quantization: the arithmetic of qc_quant::tensor::quantize + dequantize, f32 step by step. */
+static float qc_pow2f(int e) { /* qc_quant::scale::pow2_f32 */
+  if (e > 127) return __builtin_inff();
+  if (e >= -126) return qc_f32((uint32_t)(e + 127) << 23);
+  if (e >= -149) return qc_f32(1u << (e + 149));
+  return 0.0f;
+}
+
+static int qc_floor_log2(float x) { /* qc_quant::scale::floor_log2 */
+  uint32_t a;
+  memcpy(&a, &x, 4);
+  a &= 0x7fffffffu;
+  if (a >= 0x00800000u) return (int)(a >> 23) - 127;
+  return 31 - __builtin_clz(a) - 149;
+}
+
+/* The value of x rounded to the minifloat with `man` mantissa bits and smallest normal exponent emin,
+   ties to even (qc_quant::codec's FloatParams::encode, then decode): beyond maxf it saturates (sat)
+   or is NaN; a zero keeps x's sign. */
+static float qc_mf_round(float x, int man, int emin, float maxf, int sat) {
+  uint32_t bits;
+  memcpy(&bits, &x, 4);
+  uint32_t sign = bits >> 31, a = bits & 0x7fffffffu;
+  if (a >= 0x7f800000u) {
+    if (a > 0x7f800000u || !sat) return __builtin_nanf("");
+    return sign ? -maxf : maxf;
+  }
+  if (a == 0) return x;
+  int e, exp2;
+  uint64_t sig;
+  if (a >= 0x00800000u) { e = (int)(a >> 23) - 127; sig = (a & 0x7fffffu) | 0x800000u; exp2 = e - 23; }
+  else { e = 31 - __builtin_clz(a) - 149; sig = a; exp2 = -149; }
+  int eb = e > emin ? e : emin, q = eb - man, shift = q - exp2;
+  uint64_t n;
+  if (shift <= 0) n = sig << (-shift);
+  else if (shift > 40) n = 0;
+  else {
+    n = sig >> shift;
+    uint64_t rem = sig & ((1ull << shift) - 1), half = 1ull << (shift - 1);
+    n += rem > half || (rem == half && (n & 1));
+  }
+  if (n == 0) return sign ? -0.0f : 0.0f;
+  float v = (float)n * qc_pow2f(q);
+  if (v > maxf) {
+    if (!sat) return __builtin_nanf("");
+    v = maxf;
+  }
+  return sign ? -v : v;
+}
+
+/* One element's value after encoding: an integer in [-maxf, maxf] (man < 0; NaN gives 0) or a
+   minifloat (saturating). */
+static float qc_fq_elem(float v, int man, int emin, float maxf) {
+  if (man >= 0) return qc_mf_round(v, man, emin, maxf, 1);
+  if (v != v) return 0.0f;
+  float r = __builtin_rintf(v);
+  if (r < -maxf) r = -maxf;
+  if (r > maxf) r = maxf;
+  return (float)(int32_t)r;
+}
+
+static float qc_block_amax(const float *x, int64_t s, int64_t n) {
+  float m = 0.0f;
+  for (int64_t i = 0; i < n; i++) {
+    float a = __builtin_fabsf(x[i * s]);
+    if (a > m) m = a;
+  }
+  return m;
+}
+
+/* y = dequantize(quantize(x)) of the flattened tensor (cmd/cpu_kernels.rs): kind 0 per tensor (f32
+   scale), 1 blocks of bs with e8m0 FLOOR scales (emax: the element's), 2 NVFP4 in ModelOpt's
+   arithmetic; has_amax: the op's static maximum samax. */
+static void qc_fquant(int kind, int64_t bs, int man, int emin, float maxf, int emax, int has_amax,
+                      float samax, const qc_md1_t *x, qc_md1_t *y) {
+  int64_t n = x->sizes[0], sx = x->strides[0], sy = y->strides[0];
+  const float *xa = x->aligned + x->offset;
+  float *ya = y->aligned + y->offset;
+  for (int64_t i = 0; i < n; i++)
+    if (!__builtin_isfinite(xa[i * sx])) {
+      for (int64_t j = 0; j < n; j++) ya[j * sy] = 0.0f;
+      qc_failed = 1;
+      return;
+    }
+  if (kind == 0) {
+    float amax = has_amax ? samax : qc_block_amax(xa, sx, n);
+    float s = !__builtin_isfinite(amax) ? __builtin_nanf("") : amax / maxf;
+    if (s == 0.0f) s = 1.0f;
+    for (int64_t i = 0; i < n; i++) ya[i * sy] = qc_fq_elem(xa[i * sx] / s, man, emin, maxf) * s;
+    return;
+  }
+  if (bs <= 0 || n % bs != 0) { qc_failed = 1; return; }
+  float gs = 1.0f;
+  if (kind == 2) {
+    float t = samax;
+    if (!has_amax) {
+      t = 0.0f;
+      for (int64_t b = 0; b < n; b += bs) {
+        float a = qc_block_amax(xa + b * sx, sx, bs);
+        if (a > t) t = a;
+      }
+    }
+    if (t != t) gs = t;
+    else if (t != 0.0f && __builtin_isfinite(t)) gs = t / (maxf * 448.0f);
+  }
+  for (int64_t b = 0; b < n; b += bs) {
+    const float *xb = xa + b * sx;
+    float *yb = ya + b * sy;
+    float a = qc_block_amax(xb, sx, bs);
+    if (kind == 1) {
+      int e = qc_floor_log2(a == 0.0f ? 1.17549435e-38f : a) - emax;
+      if (e < -127) e = -127;
+      float m = qc_pow2f(-e), inv = qc_pow2f(e);
+      for (int64_t i = 0; i < bs; i++) yb[i * sy] = qc_fq_elem(xb[i * sx] * m, man, emin, maxf) * inv;
+    } else {
+      if (has_amax && a > samax && __builtin_isfinite(samax)) a = samax;
+      float sc = a / (maxf * gs);
+      if (sc == 0.0f) sc = 1.0f;
+      if (sc < qc_pow2f(-9)) sc = qc_pow2f(-9);
+      float total = qc_mf_round(sc, 3, -6, 448.0f, 0) * gs; /* the ue4m3 code's value (overflow: NaN) */
+      for (int64_t i = 0; i < bs; i++) {
+        float v = xb[i * sx] / total;
+        if (v == 0.0f) v = 0.0f; /* ModelOpt: a zero quotient gets the +0 code */
+        yb[i * sy] = qc_fq_elem(v, man, emin, maxf) * total;
+      }
+    }
+  }
+}
 
 /* Row i of x (stride s1 between elements) in the kernel layout `lay` with `lanes` lanes:
    0 = as it is, 1 = nibbles of 32-bit words, 2 = bytes of 16-bit words (qc_backend_llvm::gemv::layout). */
@@ -259,6 +490,35 @@ pub fn plan(m: &Module, exported: &Exported, cpu: CpuTarget) -> Result<Plan, Fai
     for c in calls {
         let (resource, format) = match &c.op {
             KernelOp::QuantMatmul { resource, format } => (resource, format),
+            KernelOp::FakeQuant { format, amax } => {
+                let fq = fake_quant_of(format).ok_or_else(|| {
+                    Failure::Input(
+                        qc_ir::Diagnostic::error(
+                            c.loc.clone(),
+                            format!("activations in {format} are not quantized on the CPU"),
+                        )
+                        .render(None),
+                    )
+                })?;
+                bodies += &format!(
+                    "void _mlir_ciface_{sym}(qc_md1_t *x, qc_md1_t *y) {{\n  \
+                     /* quantize to {fmt}{am} */\n  \
+                     qc_fquant({kind}, {block}, {man}, {emin}, qc_f32(0x{max:08x}u), {emax}, {has}, \
+                     qc_f32(0x{amax:08x}u), x, y);\n}}\n\n",
+                    sym = c.symbol,
+                    fmt = format,
+                    am = amax.map(|a| format!(", amax {a:e}")).unwrap_or_default(),
+                    kind = fq.kind,
+                    block = fq.block,
+                    man = fq.elem.man,
+                    emin = fq.elem.emin,
+                    max = fq.elem.max.to_bits(),
+                    emax = fq.emax,
+                    has = amax.is_some() as u32,
+                    amax = amax.unwrap_or(0.0).to_bits(),
+                );
+                continue;
+            }
             KernelOp::Sgemm { .. } => {
                 bodies += &format!(
                     "void _mlir_ciface_{}(qc_md3_t *a, qc_md3_t *b, qc_md3_t *c) {{ qc_sgemm(a, b, c); }}\n\n",
