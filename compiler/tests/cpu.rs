@@ -30,50 +30,14 @@ struct Model {
     outputs: &'static [&'static str],
 }
 
-/// A model of scripts/models (`make_bert.py` or `make_llama.py`, tiny config) and its inputs (batch
-/// 2, sequence 7).
-fn model(script: &str, inputs: &'static [&'static str], outputs: &'static [&'static str]) -> Model {
-    let probe = Command::new("python3")
-        .args(["-c", "import numpy, onnx"])
-        .output();
-    assert!(
-        matches!(&probe, Ok(o) if o.status.success()),
-        "the CPU artifact tests need python3 with numpy and onnx (bash .ci/install-python.sh)"
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().to_path_buf();
-    let model = d.join("model.onnx");
-    let scripts = repo().join("scripts/models");
-    ok(
-        Command::new("python3").arg(scripts.join(script)).args([
-            "--config",
-            "tiny",
-            "--seed",
-            "0",
-            "--out",
-            p(&model),
-            "--embedded",
-        ]),
-        script,
-    );
-    ok(
-        Command::new("python3").arg(scripts.join("check.py")).args([
-            "inputs",
-            "--model",
-            p(&model),
-            "--out",
-            p(&d.join("in")),
-            "--batch",
-            "2",
-            "--seq",
-            "7",
-        ]),
-        "check.py inputs",
-    );
+/// A tiny model of scripts/models (`bert` or `llama`) with its inputs (common::tiny_model) and the
+/// names of its inputs and outputs.
+fn model(kind: &str, inputs: &'static [&'static str], outputs: &'static [&'static str]) -> Model {
+    let t = common::tiny_model(kind);
     Model {
-        _dir: dir,
-        d,
-        model,
+        _dir: t.dir,
+        d: t.d,
+        model: t.model,
         inputs,
         outputs,
     }
@@ -81,18 +45,14 @@ fn model(script: &str, inputs: &'static [&'static str], outputs: &'static [&'sta
 
 fn bert() -> Model {
     model(
-        "make_bert.py",
+        "bert",
         &["input_ids", "token_type_ids", "attention_mask"],
         &["last_hidden_state", "pooler_output"],
     )
 }
 
 fn llama() -> Model {
-    model(
-        "make_llama.py",
-        &["input_ids", "attention_mask"],
-        &["logits"],
-    )
+    model("llama", &["input_ids", "attention_mask"], &["logits"])
 }
 
 fn host_supports(target: &str) -> bool {

@@ -321,7 +321,7 @@ fn emit_mlir_without_the_backend_says_how_to_get_it() {
 #[cfg(feature = "xla")]
 mod emit_mlir {
     use super::*;
-    use common::{ok, repo};
+    use common::ok;
     use qc::npy::{read_npy, NpyData};
     use std::path::PathBuf;
 
@@ -362,49 +362,11 @@ mod emit_mlir {
 
     /// The tiny `kind` model (bert or llama) and its inputs (batch 2, sequence 7).
     fn model(kind: &str) -> Bert {
-        let probe = Command::new("python3")
-            .args(["-c", "import numpy, onnx"])
-            .output();
-        assert!(
-            matches!(&probe, Ok(o) if o.status.success()),
-            "the --emit mlir model tests need python3 with numpy and onnx (bash .ci/install-python.sh)"
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path().to_path_buf();
-        let model = d.join(format!("{kind}.onnx"));
-        let scripts = repo().join("scripts/models");
-        ok(
-            Command::new("python3")
-                .arg(scripts.join(format!("make_{kind}.py")))
-                .args([
-                    "--config",
-                    "tiny",
-                    "--seed",
-                    "0",
-                    "--out",
-                    p(&model),
-                    "--embedded",
-                ]),
-            &format!("make_{kind}.py"),
-        );
-        ok(
-            Command::new("python3").arg(scripts.join("check.py")).args([
-                "inputs",
-                "--model",
-                p(&model),
-                "--out",
-                p(&d.join("in")),
-                "--batch",
-                "2",
-                "--seq",
-                "7",
-            ]),
-            "check.py inputs",
-        );
+        let t = common::tiny_model(kind);
         Bert {
-            _dir: dir,
-            d,
-            model,
+            _dir: t.dir,
+            d: t.d,
+            model: t.model,
         }
     }
 

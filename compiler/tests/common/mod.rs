@@ -80,3 +80,46 @@ pub fn models_script(script: &str, args: &[&str]) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A tiny model of scripts/models in its own temporary folder `d`: `make_<kind>.py --config tiny --seed 0
+/// --embedded` written to `model`, and seeded inputs for batch 2, sequence 7 in `d/in/` (`check.py
+/// inputs`).
+pub struct TinyModel {
+    pub dir: tempfile::TempDir,
+    pub d: PathBuf,
+    pub model: PathBuf,
+}
+
+/// The tiny `kind` model (`bert` or `llama`); see [`TinyModel`].
+pub fn tiny_model(kind: &str) -> TinyModel {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    let model = d.join(format!("{kind}.onnx"));
+    models_script(
+        &format!("make_{kind}.py"),
+        &[
+            "--config",
+            "tiny",
+            "--seed",
+            "0",
+            "--out",
+            p(&model),
+            "--embedded",
+        ],
+    );
+    models_script(
+        "check.py",
+        &[
+            "inputs",
+            "--model",
+            p(&model),
+            "--out",
+            p(&d.join("in")),
+            "--batch",
+            "2",
+            "--seq",
+            "7",
+        ],
+    );
+    TinyModel { dir, d, model }
+}
