@@ -21,7 +21,7 @@
 //!   match their recorded size and hash. Any other input is an [`ArtifactError`] naming the problem,
 //!   never a panic.
 
-use std::io::{Cursor, Read, Write};
+use std::io::{Cursor, Write};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -260,26 +260,51 @@ fn read_file(path: &Path) -> Result<Vec<u8>, ArtifactError> {
     })
 }
 
-fn member(z: &mut ZipArchive<Cursor<&[u8]>>, name: &str) -> Result<Vec<u8>, ArtifactError> {
-    let mut f = z
-        .by_name(name)
-        .map_err(|_| ArtifactError::Invalid(format!("the member '{name}' is missing")))?;
-    if f.compression() != CompressionMethod::Stored {
+/// The data of member `name`, borrowed from `bytes` (members are stored, so their data is a range of
+/// the file).
+fn member<'a>(
+    bytes: &'a [u8],
+    z: &mut ZipArchive<Cursor<&'a [u8]>>,
+    name: &str,
+) -> Result<&'a [u8], ArtifactError> {
+    let missing = || ArtifactError::Invalid(format!("the member '{name}' is missing"));
+    let index = z.index_for_name(name).ok_or_else(missing)?;
+    let f = z.by_index_raw(index).map_err(|_| missing())?;
+    if f.compression() != CompressionMethod::Stored || f.compressed_size() != f.size() {
         return Err(ArtifactError::Invalid(format!(
             "the member '{name}' is compressed; members are stored"
         )));
     }
-    let mut out = Vec::with_capacity(f.size().min(1 << 30) as usize);
-    f.read_to_end(&mut out)
-        .map_err(|e| ArtifactError::Invalid(format!("the member '{name}' cannot be read: {e}")))?;
-    Ok(out)
+    let start = f.data_start();
+    start
+        .checked_add(f.size())
+        .and_then(|end| bytes.get(start as usize..end as usize))
+        .ok_or_else(|| ArtifactError::Invalid(format!("the member '{name}' is truncated")))
 }
 
-/// Parses and checks an artifact's bytes (see the module documentation).
-pub fn from_bytes(bytes: &[u8]) -> Result<Artifact, ArtifactError> {
+/// An artifact's bytes parsed and checked as [`from_bytes`] does, its parts borrowed from the bytes
+/// (for a memory-mapped artifact: no copy of the weights; every part starts on an [`ALIGN`] boundary
+/// of the file).
+#[derive(Debug)]
+pub struct ArtifactView<'a> {
+    /// The manifest.
+    pub manifest: Manifest,
+    /// The parts, in manifest order.
+    pub parts: Vec<(String, &'a [u8])>,
+}
+
+impl<'a> ArtifactView<'a> {
+    /// The bytes of part `name`.
+    pub fn part(&self, name: &str) -> Option<&'a [u8]> {
+        self.parts.iter().find(|(n, _)| n == name).map(|(_, b)| *b)
+    }
+}
+
+/// Parses and checks an artifact's bytes (see the module documentation), borrowing its parts.
+pub fn view(bytes: &[u8]) -> Result<ArtifactView<'_>, ArtifactError> {
     let mut z = open(bytes)?;
-    let json = member(&mut z, MANIFEST)?;
-    let version: serde_json::Value = serde_json::from_slice(&json)
+    let json = member(bytes, &mut z, MANIFEST)?;
+    let version: serde_json::Value = serde_json::from_slice(json)
         .map_err(|e| ArtifactError::Invalid(format!("{MANIFEST} is not JSON: {e}")))?;
     match version.get("format_version").and_then(|v| v.as_u64()) {
         Some(v) if v == FORMAT_VERSION as u64 => {}
@@ -294,7 +319,7 @@ pub fn from_bytes(bytes: &[u8]) -> Result<Artifact, ArtifactError> {
             )))
         }
     }
-    let manifest: Manifest = serde_json::from_slice(&json)
+    let manifest: Manifest = serde_json::from_slice(json)
         .map_err(|e| ArtifactError::Invalid(format!("{MANIFEST}: {e}")))?;
     let mut parts = Vec::new();
     for p in &manifest.parts {
@@ -304,8 +329,8 @@ pub fn from_bytes(bytes: &[u8]) -> Result<Artifact, ArtifactError> {
                 p.name
             )));
         }
-        let b = member(&mut z, &p.name)?;
-        let info = part_info(&p.name, &b);
+        let b = member(bytes, &mut z, &p.name)?;
+        let info = part_info(&p.name, b);
         if info != *p {
             return Err(ArtifactError::Invalid(format!(
                 "part '{}' has {} bytes with SHA-256 {}, but the manifest records {} bytes with {}",
@@ -321,7 +346,16 @@ pub fn from_bytes(bytes: &[u8]) -> Result<Artifact, ArtifactError> {
             parts.len()
         )));
     }
-    Ok(Artifact { manifest, parts })
+    Ok(ArtifactView { manifest, parts })
+}
+
+/// Parses and checks an artifact's bytes (see the module documentation).
+pub fn from_bytes(bytes: &[u8]) -> Result<Artifact, ArtifactError> {
+    let v = view(bytes)?;
+    Ok(Artifact {
+        manifest: v.manifest,
+        parts: v.parts.into_iter().map(|(n, b)| (n, b.to_vec())).collect(),
+    })
 }
 
 /// Reads and checks the artifact at `path`.

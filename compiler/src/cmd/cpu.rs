@@ -269,6 +269,25 @@ pub fn header_source(target: &str, inputs: &[TensorSig], outputs: &[TensorSig]) 
     h
 }
 
+/// The sizes and row-major strides of a memref descriptor of `shape` in C initializer syntax
+/// (`, {2, 3}, {3, 1}`; empty for rank 0).
+fn sizes_and_strides(shape: &[u64]) -> String {
+    if shape.is_empty() {
+        return String::new();
+    }
+    let mut strides = vec![1u64; shape.len()];
+    for d in (0..shape.len() - 1).rev() {
+        strides[d] = strides[d + 1] * shape[d + 1];
+    }
+    let list = |v: &[u64]| {
+        v.iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(", {{{}}}, {{{}}}", list(shape), list(&strides))
+}
+
 fn descriptor(t: &str, rank: usize) -> String {
     if rank == 0 {
         format!("typedef struct {{ void *allocated; void *aligned; int64_t offset; }} {t};\n")
@@ -436,18 +455,10 @@ pub fn shim_source(
             names[i],
             n as usize * es
         );
-        c += &format!("  qc_in{i}_t d{i} = {{ b{i}, b{i}, 0");
-        let rank = s.shape.len();
-        if rank > 0 {
-            let sizes: Vec<String> = s.shape.iter().map(|d| d.to_string()).collect();
-            let mut strides = vec![1u64; rank];
-            for k in (0..rank - 1).rev() {
-                strides[k] = strides[k + 1] * s.shape[k + 1];
-            }
-            let strides: Vec<String> = strides.iter().map(|d| d.to_string()).collect();
-            c += &format!(", {{{}}}, {{{}}}", sizes.join(", "), strides.join(", "));
-        }
-        c += " };\n";
+        c += &format!(
+            "  qc_in{i}_t d{i} = {{ b{i}, b{i}, 0{} }};\n",
+            sizes_and_strides(&s.shape)
+        );
     }
     c += "  qc_results_t r;\n  memset(&r, 0, sizeof r);\n";
     if has_kernels {
@@ -457,24 +468,10 @@ pub fn shim_source(
     }
     // The constants: read-only views of the weights blob.
     for (i, (k, off)) in constants.iter().zip(&kernels.constant_offsets).enumerate() {
-        let rank = k.shape.len();
         c += &format!(
-            "  qc_const{i}_t k{i} = {{ (void *)((const char *)weights + {off}), (void *)((const char *)weights + {off}), 0"
+            "  qc_const{i}_t k{i} = {{ (void *)((const char *)weights + {off}), (void *)((const char *)weights + {off}), 0{} }};\n",
+            sizes_and_strides(&k.shape)
         );
-        if rank > 0 {
-            let mut strides = vec![1u64; rank];
-            for d in (0..rank - 1).rev() {
-                strides[d] = strides[d + 1] * k.shape[d + 1];
-            }
-            let j = |v: &[u64]| {
-                v.iter()
-                    .map(|d| d.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
-            c += &format!(", {{{}}}, {{{}}}", j(&k.shape), j(&strides));
-        }
-        c += " };\n";
     }
     let mut call = vec!["&r".to_string()];
     for i in 0..inputs.len() {
@@ -740,14 +737,13 @@ impl Loaded {
         // SAFETY: the artifact is mapped read only; qc does not write it while it runs.
         let map = unsafe { memmap2::Mmap::map(&file) }
             .map_err(|e| input_error(format!("cannot read {}: {e}", path.display())))?;
-        let a = artifact::from_bytes(&map).map_err(|e| err(e.to_string()))?;
+        let a = artifact::view(&map).map_err(|e| err(e.to_string()))?;
         // The weights straight from the mapping: members start on 64-byte boundaries of the file.
-        let weights = match artifact::list_parts_bytes(&map)
-            .map_err(|e| err(e.to_string()))?
-            .into_iter()
-            .find(|p| p.name == cpu_kernels::WEIGHTS)
-        {
-            Some(p) => p.offset as usize..(p.offset + p.size) as usize,
+        let weights = match a.part(cpu_kernels::WEIGHTS) {
+            Some(w) => {
+                let start = w.as_ptr() as usize - map.as_ptr() as usize;
+                start..start + w.len()
+            }
             None => 0..0,
         };
         let m = a.manifest.clone();
