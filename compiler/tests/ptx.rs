@@ -260,3 +260,169 @@ fn gpu_targets_are_listed_and_unknown_ones_rejected() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// GPU memory in host memory, and the add kernel of `add_model` done on the host: the CUDA executor
+/// runs the artifact's real plan (buffers, input copies, kernel parameters, output ranges) against it.
+#[derive(Default)]
+struct EmulatedGpu {
+    mem: Vec<u8>,
+    kernels: Vec<String>,
+}
+
+const BASE: u64 = 1 << 32;
+
+impl EmulatedGpu {
+    fn at(&mut self, a: u64, n: usize) -> &mut [u8] {
+        let o = (a - BASE) as usize;
+        &mut self.mem[o..o + n]
+    }
+}
+
+impl qc_runtime::cuda::Device for EmulatedGpu {
+    fn alloc(&mut self, bytes: u64) -> Result<u64, String> {
+        let a = BASE + self.mem.len() as u64;
+        self.mem
+            .resize(self.mem.len() + bytes.next_multiple_of(256) as usize, 0xEE);
+        Ok(a)
+    }
+    fn upload(&mut self, dst: u64, data: &[u8]) -> Result<(), String> {
+        self.at(dst, data.len()).copy_from_slice(data);
+        Ok(())
+    }
+    fn download(&mut self, src: u64, out: &mut [u8]) -> Result<(), String> {
+        out.copy_from_slice(self.at(src, out.len()));
+        Ok(())
+    }
+    fn copy(&mut self, dst: u64, src: u64, bytes: u64) -> Result<(), String> {
+        let v = self.at(src, bytes as usize).to_vec();
+        self.at(dst, bytes as usize).copy_from_slice(&v);
+        Ok(())
+    }
+    fn kernel(&mut self, ptx: &[u8], entry: &str) -> Result<usize, String> {
+        let text = String::from_utf8_lossy(ptx);
+        assert!(text.contains(&format!(".entry {entry}(")), "{text}");
+        self.kernels.push(entry.to_string());
+        Ok(self.kernels.len() - 1)
+    }
+    /// `c[i, j] = a[i, j] + b[i, j]` for block (i, j); params: three rank-2 memref descriptors
+    /// (allocated, aligned, offset, 2 sizes, 2 strides).
+    fn launch(
+        &mut self,
+        _kernel: usize,
+        grid: [u32; 3],
+        block: [u32; 3],
+        params: &[Vec<u8>],
+    ) -> Result<(), String> {
+        assert_eq!(block, [1, 1, 1]);
+        assert_eq!(params.len(), 21, "three rank-2 descriptors");
+        let w = |k: usize| u64::from_le_bytes(params[k].as_slice().try_into().unwrap());
+        let elem = |d: usize, i: u64, j: u64| -> u64 {
+            let o = 7 * d;
+            assert_eq!(w(o), w(o + 1), "allocated and aligned pointers differ");
+            assert_eq!((w(o + 3), w(o + 4)), (4, 8), "sizes");
+            w(o + 1) + 4 * (w(o + 2) + i * w(o + 5) + j * w(o + 6))
+        };
+        for i in 0..grid[0] as u64 {
+            for j in 0..grid[1] as u64 {
+                let f = |g: &mut Self, a: u64| f32::from_le_bytes(g.at(a, 4).try_into().unwrap());
+                let (a, b, c) = (elem(0, i, j), elem(1, i, j), elem(2, i, j));
+                let s = f(self, a) + f(self, b);
+                self.at(c, 4).copy_from_slice(&s.to_le_bytes());
+            }
+        }
+        Ok(())
+    }
+    fn synchronize(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+#[test]
+fn the_cuda_executor_runs_the_add_plan_and_needs_a_driver() {
+    let Some(_) = ptxas() else { return };
+    require_python();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = d.join("add.onnx");
+    add_model(&model);
+    let qca = d.join("add.qca");
+    qc(&[
+        "compile",
+        p(&model),
+        "--passes",
+        "canonicalize",
+        "--target",
+        "sm_80",
+        "-o",
+        p(&qca),
+    ]);
+    let art = qc_runtime::artifact::read(&qca).unwrap();
+    let weights = art.part("weights.bin").unwrap();
+    let plan = qc_runtime::cuda::Plan::parse(
+        art.part("launch_plan.json").unwrap(),
+        2,
+        weights.len() as u64,
+    )
+    .unwrap();
+    let a: Vec<f32> = (0..32).map(|i| i as f32 * 0.5).collect();
+    let b: Vec<f32> = (0..32).map(|i| 100.0 - i as f32).collect();
+    let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let mut gpu = EmulatedGpu::default();
+    let prepared =
+        qc_runtime::cuda::Prepared::new(&mut gpu, &plan, |n| art.part(n), weights).unwrap();
+    let out = prepared.run(&mut gpu, &[&bytes(&a), &bytes(&b)]).unwrap();
+    let want: Vec<f32> = a.iter().zip(&b).map(|(x, y)| x + y).collect();
+    assert_eq!(out, vec![bytes(&want)]);
+    assert_eq!(gpu.kernels, ["main_kernel"]);
+
+    // Without a driver, `qc run` says so (exit code 2) and writes nothing.
+    let npy = |name: &str, v: &[f32]| {
+        let f = d.join(name);
+        let arr = qc::npy::NpyArray {
+            shape: vec![4, 8],
+            data: qc::npy::NpyData::F32(v.to_vec()),
+        };
+        std::fs::write(&f, qc::npy::to_npy_bytes(&arr)).unwrap();
+        format!("{}={}", &name[..1], f.display())
+    };
+    let (ia, ib) = (npy("a.npy", &a), npy("b.npy", &b));
+    let outdir = d.join("out");
+    let run = Command::new(env!("CARGO_BIN_EXE_qc"))
+        .env("QC_LIBCUDA", d.join("no-libcuda.so"))
+        .args([
+            "run",
+            p(&qca),
+            "--device",
+            "cuda",
+            "--input",
+            &ia,
+            "--input",
+            &ib,
+            "-o",
+        ])
+        .arg(&outdir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "{err}");
+    assert!(err.contains("cannot load the CUDA driver"), "{err}");
+    assert!(!outdir.exists());
+    // The CPU device refuses a GPU artifact.
+    let run = Command::new(env!("CARGO_BIN_EXE_qc"))
+        .args([
+            "run",
+            p(&qca),
+            "--device",
+            "cpu",
+            "--input",
+            &ia,
+            "--input",
+            &ib,
+            "-o",
+        ])
+        .arg(&outdir)
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&run.stderr).contains("--device cuda"));
+}

@@ -4,7 +4,8 @@
 //!
 //! # Route
 //! 1. The compiled module is specialized to static shapes (`--shape`) and exported to upstream MLIR
-//!    (`qc_backend_hlo::upstream::export_module`), as for the CPU targets.
+//!    (`qc_backend_hlo::upstream::export_module_with`), as for the CPU targets, with the large float
+//!    and integer constants as trailing function arguments (`ExportOptions::constant_args`).
 //! 2. LLVM 22's `mlir-opt` runs [`TO_GPU`]: bufferization, linalg to `scf.parallel` loops, the loops
 //!    mapped to the GPU grid and converted to `gpu.launch`, and each launch body outlined into its own
 //!    `gpu.module`. The result is the *host program* (`host.mlir`): function `@main` on memrefs, whose
@@ -19,23 +20,22 @@
 //!    an internal error (exit code 1).
 //!
 //! # Artifact
-//! - `<module>.ptx`, one per kernel module (`main_kernel.ptx`, `main_kernel_0.ptx`, ...), each with one
-//!   `.entry main_kernel`;
-//! - `host.mlir`: the host program of step 2 (with the kernels' `gpu.module`s and the weights);
-//! - [`PLAN`] (`launch_plan.json`): the host program's steps in order. A `launch` step names the PTX
-//!   part and its entry, the grid and block sizes, and the arguments in order (SSA value of the host
-//!   program, its type, and its value for `index` constants); every other step gives the op and its
-//!   text line in `host.mlir` (allocations, weights, views, copies, the return). Kernel arguments use
-//!   MLIR's default GPU calling convention: a memref argument is passed as its expanded descriptor
-//!   (allocated pointer, aligned pointer, offset, sizes, strides), an `index` as a 64-bit integer.
+//! - `<module>.ptx`, one per kernel module the plan launches (`main_kernel.ptx`, `main_kernel_0.ptx`,
+//!   ...), each with one `.entry main_kernel`;
+//! - `host.mlir`: the host program of step 2 (with the kernels' `gpu.module`s and the small constants);
+//! - [`PLAN`] (`launch_plan.json`, `qc_runtime::cuda::plan`): the host program resolved to device
+//!   buffers, copies and launches whose parameters are buffer addresses and immediates, so that the
+//!   executor needs no MLIR (made by cmd/cuda_plan.rs, which documents the resolution);
+//! - [`WEIGHTS`] (`weights.bin`): the bytes of the constants the plan's buffers start from (the
+//!   constant arguments and the host program's `memref.global`s), each at a multiple of 64 bytes.
 //!
 //! The manifest's `entry` is `main` (the host program's function). Compiling twice gives byte-identical
-//! artifacts.
+//! artifacts. `qc run ARTIFACT --device cuda` and `qc bench` run them (cmd/cuda_run.rs).
 //!
-//! Limitations: no CUDA executor exists yet, so nothing here runs the PTX (`qc run` rejects these
-//! artifacts); the kernels are naive (one thread per block, each computing one output element of a
+//! Limitations: the kernels are naive (one thread per block, each computing one output element of a
 //! loop nest; reductions are sequential loops in the thread); formats whose element types MLIR cannot
-//! lower are rejected with MLIR's diagnostic (exit code 2).
+//! lower (FP8 weights, which NVFP4's block scales are) are rejected with MLIR's diagnostic (exit
+//! code 2).
 
 use std::path::{Path, PathBuf};
 
@@ -43,11 +43,10 @@ use qc_backend_ptx::GpuTarget;
 use qc_ir::Module;
 use qc_runtime::artifact::{self, Artifact};
 
+pub use crate::cmd::cuda_plan::{PLAN, WEIGHTS};
 use crate::cmd::target::Target;
 use crate::output::{input_error, Failure};
 
-/// The launch plan part.
-pub const PLAN: &str = "launch_plan.json";
 /// The host program part.
 pub const HOST: &str = "host.mlir";
 /// The host program's function (the manifest's entry).
@@ -160,149 +159,6 @@ pub fn binaries(text: &str) -> Result<Vec<(String, String)>, String> {
     Ok(out)
 }
 
-/// Splits `s` at the commas outside brackets.
-fn split_top(s: &str) -> Vec<&str> {
-    let (mut depth, mut start, mut out) = (0i32, 0, Vec::new());
-    for (i, c) in s.char_indices() {
-        match c {
-            '(' | '[' | '<' | '{' => depth += 1,
-            ')' | ']' | '>' | '}' => depth -= 1,
-            ',' if depth == 0 => {
-                out.push(s[start..i].trim());
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    if !s[start..].trim().is_empty() {
-        out.push(s[start..].trim());
-    }
-    out
-}
-
-/// The text between `open` (which ends with `(`) and its matching `)` in `s`.
-fn parenthesized<'a>(s: &'a str, open: &str) -> Option<&'a str> {
-    let start = s.find(open)? + open.len();
-    let mut depth = 1;
-    for (i, c) in s[start..].char_indices() {
-        match c {
-            '(' => depth += 1,
-            ')' => {
-                depth -= 1;
-                if depth == 0 {
-                    return Some(&s[start..start + i]);
-                }
-            }
-            _ => {}
-        }
-    }
-    None
-}
-
-fn json_str(s: &str) -> String {
-    let mut o = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => o += "\\\"",
-            '\\' => o += "\\\\",
-            c if (c as u32) < 0x20 => o += &format!("\\u{:04x}", c as u32),
-            c => o.push(c),
-        }
-    }
-    o.push('"');
-    o
-}
-
-/// The launch plan (module documentation) of the host program `host`; the kernel modules it launches.
-pub fn launch_plan(host: &str, target: &str) -> Result<(String, Vec<String>), String> {
-    let mut lines = host.lines();
-    lines
-        .by_ref()
-        .find(|l| l.trim_start().starts_with("func.func @main("))
-        .ok_or("the host program has no @main")?;
-    let mut consts = std::collections::BTreeMap::new();
-    let mut steps = Vec::new();
-    let mut kernels = Vec::new();
-    for line in lines {
-        if line == "  }" {
-            break;
-        }
-        let t = line.trim();
-        if let Some((lhs, rhs)) = t.split_once(" = arith.constant ") {
-            if let Some(v) = rhs
-                .strip_suffix(" : index")
-                .and_then(|v| v.parse::<i64>().ok())
-            {
-                consts.insert(lhs.to_string(), v);
-            }
-            continue;
-        }
-        if let Some(rest) = t.strip_prefix("gpu.launch_func") {
-            let rest = rest.trim_start();
-            let (callee, _) = rest.split_once(' ').ok_or("bad gpu.launch_func")?;
-            let (module, entry) = callee
-                .strip_prefix('@')
-                .and_then(|c| c.split_once("::@"))
-                .ok_or("bad gpu.launch_func callee")?;
-            let dims = |open: &str| -> Result<String, String> {
-                let inner = parenthesized(rest, open).ok_or("bad gpu.launch_func sizes")?;
-                let v: Vec<String> = split_top(inner)
-                    .iter()
-                    .map(|n| {
-                        consts
-                            .get(*n)
-                            .map(|v| v.to_string())
-                            .ok_or_else(|| format!("launch size {n} is not a constant"))
-                    })
-                    .collect::<Result<_, _>>()?;
-                Ok(format!("[{}]", v.join(", ")))
-            };
-            let grid = dims("blocks in (")?;
-            let block = dims("threads in (")?;
-            let args = parenthesized(rest, "args(").unwrap_or("");
-            let args: Vec<String> = split_top(args)
-                .iter()
-                .map(|a| {
-                    let (v, ty) = a.split_once(" : ").unwrap_or((a, ""));
-                    let mut o = format!("{{\"value\": {}, \"type\": {}", json_str(v), json_str(ty));
-                    if let Some(c) = consts.get(v) {
-                        o += &format!(", \"const\": {c}");
-                    }
-                    o + "}"
-                })
-                .collect();
-            steps.push(format!(
-                "    {{\"op\": \"launch\", \"ptx\": {}, \"entry\": {}, \"grid\": {grid}, \"block\": {block}, \
-                 \"args\": [{}]}}",
-                json_str(&format!("{module}.ptx")),
-                json_str(entry),
-                args.join(", ")
-            ));
-            kernels.push(module.to_string());
-            continue;
-        }
-        let body = t.split_once(" = ").map_or(t, |(_, r)| r);
-        let op: String = body
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '.' || *c == '_')
-            .collect();
-        steps.push(format!(
-            "    {{\"op\": {}, \"text\": {}}}",
-            json_str(&op),
-            json_str(t)
-        ));
-    }
-    let plan = format!(
-        "{{\n  \"format\": \"qc-launch-plan-1\",\n  \"target\": {},\n  \"host\": {},\n  \"entry\": {},\n  \
-         \"steps\": [\n{}\n  ]\n}}\n",
-        json_str(target),
-        json_str(HOST),
-        json_str(ENTRY),
-        steps.join(",\n")
-    );
-    Ok((plan, kernels))
-}
-
 /// `qc compile --target sm_*`: lowers function `func` of the compiled module `m` to PTX and writes the
 /// artifact (module documentation) to `out`.
 pub fn write_artifact(
@@ -322,7 +178,13 @@ pub fn write_artifact(
     }
     let render = |d: qc_ir::Diagnostic| Failure::Input(d.render(None));
     let specialized = qc_backend_hlo::specialize(m, func, &b).map_err(render)?;
-    let text = qc_backend_hlo::upstream::export_module(m, func, &b).map_err(render)?;
+    let opts = qc_backend_hlo::upstream::ExportOptions {
+        constant_args: true,
+        ..Default::default()
+    };
+    let exported =
+        qc_backend_hlo::upstream::export_module_with(m, func, &b, &opts).map_err(render)?;
+    let text = exported.text;
     let mut manifest =
         crate::cmd::target::manifest(target, m, &specialized, shapes, model, pipeline)?;
     manifest.entry = ENTRY.into();
@@ -344,14 +206,41 @@ pub fn write_artifact(
     )?;
     let lowered = String::from_utf8(lowered).map_err(|e| internal(e.to_string()))?;
     let ptx = binaries(&lowered).map_err(internal)?;
-    let (plan, kernels) = launch_plan(&host, gpu.name()).map_err(internal)?;
-    for k in &kernels {
-        if !ptx.iter().any(|(n, _)| n == k) {
-            return Err(internal(format!(
-                "the host program launches @{k}, which has no PTX"
-            )));
-        }
-    }
+    let constant_args = exported
+        .constant_args
+        .iter()
+        .map(|c| {
+            m.resources
+                .get(&c.resource)
+                .and_then(|r| r.bytes())
+                .ok_or_else(|| internal(format!("the constant '{}' has no bytes", c.resource)))
+        })
+        .collect::<Result<Vec<&[u8]>, _>>()?;
+    let by_name: std::collections::BTreeMap<String, String> = ptx.iter().cloned().collect();
+    let (plan, weights) = crate::cmd::cuda_plan::plan(
+        &host,
+        &crate::cmd::cuda_plan::PlanInputs {
+            target: gpu.name(),
+            weights: WEIGHTS,
+            inputs: manifest.inputs.len(),
+            constant_args,
+            ptx: &by_name,
+        },
+    )
+    .map_err(|e| input_error(format!("{what}: {e}")))?;
+    // Only the kernels the plan launches are parts.
+    let launched: std::collections::BTreeSet<String> = plan
+        .steps
+        .iter()
+        .filter_map(|s| match s {
+            qc_runtime::cuda::plan::Step::Launch { ptx, .. } => Some(ptx.clone()),
+            _ => None,
+        })
+        .collect();
+    let ptx: Vec<(String, String)> = ptx
+        .into_iter()
+        .filter(|(n, _)| launched.contains(&format!("{n}.ptx")))
+        .collect();
     if let Some((name, p)) = ptx.iter().find(|(_, p)| p.contains(".extern .func")) {
         let callee = p
             .lines()
@@ -401,7 +290,8 @@ pub fn write_artifact(
         .map(|(n, p)| (format!("{n}.ptx"), p.into_bytes()))
         .collect();
     parts.push((HOST.into(), host.into_bytes()));
-    parts.push((PLAN.into(), plan.into_bytes()));
+    parts.push((PLAN.into(), plan.to_json().into_bytes()));
+    parts.push((WEIGHTS.into(), weights));
     let a = Artifact::new(manifest, parts).map_err(|e| internal(e.to_string()))?;
     artifact::write(out, &a).map_err(|e| input_error(e.to_string()))
 }
@@ -414,33 +304,5 @@ mod tests {
     fn unescapes_mlir_strings() {
         assert_eq!(unescape(r"a\0Ab\\c\22").unwrap(), b"a\nb\\c\"");
         assert!(unescape(r"\0").is_none());
-    }
-
-    #[test]
-    fn plans_launches() {
-        let host = "module {\n  func.func @main(%arg0: memref<4xf32>) -> memref<4xf32> {\n    \
-                    %c1 = arith.constant 1 : index\n    %c4 = arith.constant 4 : index\n    \
-                    %alloc = memref.alloc() : memref<4xf32>\n    \
-                    gpu.launch_func  @main_kernel::@main_kernel blocks in (%c4, %c1, %c1) threads in \
-                    (%c1, %c1, %c1)  args(%arg0 : memref<4xf32, strided<[?], offset: ?>>, %c1 : index, \
-                    %alloc : memref<4xf32>)\n    return %alloc : memref<4xf32>\n  }\n}\n";
-        let (plan, kernels) = launch_plan(host, "sm_90a").unwrap();
-        assert_eq!(kernels, ["main_kernel"]);
-        assert!(
-            plan.contains("\"grid\": [4, 1, 1], \"block\": [1, 1, 1]"),
-            "{plan}"
-        );
-        assert!(
-            plan.contains(
-                "{\"value\": \"%arg0\", \"type\": \"memref<4xf32, strided<[?], offset: ?>>\"}"
-            ),
-            "{plan}"
-        );
-        assert!(
-            plan.contains("{\"value\": \"%c1\", \"type\": \"index\", \"const\": 1}"),
-            "{plan}"
-        );
-        assert!(plan.contains("\"op\": \"memref.alloc\""), "{plan}");
-        assert!(plan.contains("\"op\": \"return\""), "{plan}");
     }
 }

@@ -8,6 +8,8 @@ pub mod cpu;
 pub mod cpu_kernels;
 #[cfg(feature = "cpu")]
 pub mod cuda;
+pub mod cuda_plan;
+pub mod cuda_run;
 pub mod formats;
 pub mod import;
 pub mod inspect;

@@ -1,5 +1,6 @@
 //! `qc run`: the reference interpreter on a model, inputs from .npy files, one .npy per output. A `.qca`
-//! artifact for a CPU target runs its shared library instead (`cmd/cpu.rs`, cargo feature `cpu`).
+//! artifact for a CPU target runs its shared library instead (`cmd/cpu.rs`, cargo feature `cpu`), one
+//! for an NVIDIA target runs on the GPU (`--device cuda`, `cmd/cuda_run.rs`).
 
 use std::path::PathBuf;
 
@@ -15,7 +16,8 @@ use crate::output::{input_error, Failure};
 /// Arguments of `qc run`.
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
-    /// The model: an .onnx file or qc IR (.qir), or a .qca artifact for x86-64-v4|v3 (feature `cpu`).
+    /// The model: an .onnx file or qc IR (.qir), or a .qca artifact for x86-64-v4|v3 (feature `cpu`)
+    /// or for sm_* (run on the GPU).
     pub model: PathBuf,
     /// An input: NAME=FILE.npy (NAME as the model names it; repeat for each input).
     #[arg(long = "input", value_name = "NAME=FILE.npy")]
@@ -26,6 +28,10 @@ pub struct RunArgs {
     /// The function to run.
     #[arg(long, default_value = "main")]
     pub func: String,
+    /// Where a .qca artifact runs: `cpu` (artifacts for x86-64 targets) or `cuda` (artifacts for
+    /// sm_* targets, on GPU 0 through the CUDA driver). Default: the artifact's own kind.
+    #[arg(long, value_parser = ["cpu", "cuda"])]
+    pub device: Option<String>,
 }
 
 fn to_tensor(a: &NpyArray, elem: &ElemType, what: &str) -> Result<Tensor, String> {
@@ -130,12 +136,29 @@ pub fn run_with_inputs(
 /// Runs `qc run`.
 pub fn run(args: &RunArgs) -> Result<(), Failure> {
     if args.model.extension().is_some_and(|e| e == "qca") {
+        let gpu =
+            artifact_target(&args.model).is_some_and(|t| crate::cmd::cuda_run::is_gpu_target(&t));
+        match (args.device.as_deref(), gpu) {
+            (Some("cuda"), _) | (None, true) => return crate::cmd::cuda_run::run_artifact(args),
+            (Some("cpu"), true) => {
+                return Err(input_error(format!(
+                    "{} is an artifact for an NVIDIA GPU: run it with --device cuda",
+                    args.model.display()
+                )))
+            }
+            _ => {}
+        }
         #[cfg(feature = "cpu")]
         return crate::cmd::cpu::run_artifact(args);
         #[cfg(not(feature = "cpu"))]
         return Err(input_error(
             "this qc was built without the CPU backend: rebuild it with `cargo build --release -p qc \
              --features cpu` to run .qca artifacts",
+        ));
+    }
+    if args.device.is_some() {
+        return Err(input_error(
+            "--device applies to .qca artifacts; models run on the reference interpreter",
         ));
     }
     let m = load_module(&args.model)?;
@@ -155,6 +178,15 @@ pub fn run(args: &RunArgs) -> Result<(), Failure> {
         qc_ir::util::write_atomic(&path, &to_npy_bytes(&to_npy(t))).map_err(input_error)?;
     }
     Ok(())
+}
+
+/// The target in the manifest of artifact `path`, when it is a readable artifact (errors are reported
+/// by whoever opens it next).
+pub fn artifact_target(path: &std::path::Path) -> Option<String> {
+    let bytes = std::fs::read(path).ok()?;
+    qc_runtime::artifact::view(&bytes)
+        .ok()
+        .map(|v| v.manifest.target.clone())
 }
 
 fn arg_names(f: &qc_ir::Func) -> String {
