@@ -6,6 +6,9 @@
 //! artifact and compared with `qc run` (the reference interpreter) on the same compiled IR. Each level
 //! runs only where the host CPU implements it. Activation quantization (`quant.quantize`, `--aformat`)
 //! is checked bit for bit in isolation and on the shipped tiny BERT (examples/bert-tiny.onnx).
+//! Convolutions, pooling, LRN and the other ops of compiler/tests/cpu_ops.py's models (ONNX linear
+//! quantization and quant.hadamard bit for bit) are compared with the interpreter, and two of ONNX's
+//! "light" CNNs with ONNX's expected outputs.
 //!
 //! Needs the cargo feature `cpu` (`cargo test -p qc --features cpu --test cpu`), LLVM 22's MLIR tools
 //! (`$QC_MLIR_BIN`, default /usr/lib/llvm-22/bin), a C compiler and python3 with numpy and onnx.
@@ -305,7 +308,10 @@ fn what_the_cpu_target_cannot_lower_is_a_diagnostic() {
     let model = dir.path().join("m.qir");
     std::fs::write(
         &model,
-        "func.func @main(%x: tensor<1x8xf32>) -> tensor<1x8xf32> {\n  %y = nn.lrn %x {size = 3} : (tensor<1x8xf32>) -> tensor<1x8xf32>\n  return %y : tensor<1x8xf32>\n}\n",
+        "func.func @main(%x: tensor<1x32xf32>) -> tensor<1x32xf32> {\n  \
+         %q = quant.quantize %x : (tensor<1x32xf32>) -> tensor<1x32x!quant.int4_g32>\n  \
+         %y = quant.dequantize %q : (tensor<1x32x!quant.int4_g32>) -> tensor<1x32xf32>\n  \
+         return %y : tensor<1x32xf32>\n}\n",
     )
     .unwrap();
     let out_path = dir.path().join("m.qca");
@@ -322,7 +328,7 @@ fn what_the_cpu_target_cannot_lower_is_a_diagnostic() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("m.qir:2:3") && err.contains("cannot export nn.lrn"),
+        err.contains("m.qir:2:3") && err.contains("cannot export quant.quantize"),
         "{err}"
     );
     assert!(!out_path.exists(), "a failed compile wrote its output");
@@ -630,6 +636,429 @@ fn bert_with_quantized_activations_on_cpu_matches_the_interpreter() {
             assert!(
                 max <= 0.05,
                 "bert {a}: {name}: an element differs by {max:.3e} of the scale"
+            );
+        }
+    }
+}
+
+/// Runs compiler/tests/cpu_ops.py into `d` (its models and inputs).
+fn op_models(d: &Path) {
+    ok(
+        Command::new("python3")
+            .arg(repo().join("compiler/tests/cpu_ops.py"))
+            .arg(d),
+        "making the op models (compiler/tests/cpu_ops.py)",
+    );
+}
+
+/// Compiles `model` (ONNX or qc IR) with `canonicalize` to qc IR and for the host CPU (`native`),
+/// runs both on `inputs` (`name=path`) and returns the folders of the interpreter's and the
+/// artifact's outputs with the output file names (sorted).
+fn run_both(
+    d: &Path,
+    tag: &str,
+    model: &Path,
+    inputs: &[String],
+) -> (PathBuf, PathBuf, Vec<String>) {
+    let qir = d.join(format!("{tag}.qir"));
+    let qca = d.join(format!("{tag}.qca"));
+    qc(&[
+        "compile",
+        p(model),
+        "--passes",
+        "canonicalize",
+        "-o",
+        p(&qir),
+    ]);
+    qc(&[
+        "compile",
+        p(model),
+        "--passes",
+        "canonicalize",
+        "--target",
+        "native",
+        "-o",
+        p(&qca),
+    ]);
+    let (ro, co) = (d.join(format!("{tag}.ref")), d.join(format!("{tag}.cpu")));
+    for (m, o) in [(&qir, &ro), (&qca, &co)] {
+        let mut args = vec!["run", p(m)];
+        for i in inputs {
+            args.extend(["--input", i.as_str()]);
+        }
+        args.extend(["-o", p(o)]);
+        qc(&args);
+    }
+    let mut names: Vec<String> = std::fs::read_dir(&ro)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    (ro, co, names)
+}
+
+/// The indices at which two .npy files differ bit for bit (values as f32: integer codes are exact;
+/// NaN equals NaN of the same bits).
+fn differing(a: &Path, b: &Path) -> Vec<usize> {
+    let (x, y) = (read_npy(a).unwrap(), read_npy(b).unwrap());
+    assert_eq!(x.shape, y.shape, "{}", a.display());
+    let (x, y) = (x.to_f32(), y.to_f32());
+    (0..x.len())
+        .filter(|&i| x[i].to_bits() != y[i].to_bits())
+        .collect()
+}
+
+/// Convolutions (strides, pads, dilations, groups, no bias; 1-D, 2-D, 3-D), transposed convolutions
+/// (strides, pads, output_padding, dilations, groups), max / average pooling (pads, dilations,
+/// ceil_mode, count_include_pad), global pooling, LRN, Shrink and a small CNN with random weights
+/// (compiler/tests/cpu_ops.py's window.onnx), compiled for the host CPU (the products of convolutions
+/// with 4 or more output channels per group as im2col + sgemm calls, as they are or transposed for
+/// 64 channels, the others as linalg loops),
+/// match the interpreter within [`TOL`] of each output's scale (max pooling and shrink bit for bit).
+#[test]
+fn window_ops_on_cpu_match_the_interpreter() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    op_models(d);
+    let inputs: Vec<String> = ["x", "x1", "x3"]
+        .iter()
+        .map(|n| format!("{n}={}", p(&d.join(format!("{n}.npy")))))
+        .collect();
+    let (ro, co, names) = run_both(d, "window", &d.join("window.onnx"), &inputs);
+    assert_eq!(names.len(), 29, "{names:?}");
+    for name in &names {
+        let r = rel(&co.join(name), &ro.join(name));
+        eprintln!("window: {name}: max abs diff {r:.3e} of the output's scale");
+        assert!(
+            r <= TOL,
+            "{name} differs from the interpreter by {r:.3e} of its scale"
+        );
+        if name.starts_with("maxpool") || name.starts_with("gmp") || name.starts_with("shrink") {
+            let bad = differing(&co.join(name), &ro.join(name));
+            assert!(bad.is_empty(), "{name}: {} elements differ", bad.len());
+        }
+    }
+}
+
+/// ONNX's QuantizeLinear / DequantizeLinear (per tensor, per axis, in blocks; uint8, int8, uint4,
+/// int16), DynamicQuantizeLinear and quant.hadamard compiled for the host CPU are bit-identical to the
+/// interpreter (rounding ties, +-0, NaN, saturation, quotients beyond 2^31), and
+/// NegativeLogLikelihoodLoss matches it (its sums within [`TOL`]).
+#[test]
+fn linear_quantization_hadamard_and_nll_loss_on_cpu_match_the_interpreter() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    op_models(d);
+    let inputs: Vec<String> = ["x=xq.npy", "lp=lp.npy", "tg=tg.npy"]
+        .iter()
+        .map(|s| {
+            let (n, f) = s.split_once('=').unwrap();
+            format!("{n}={}", p(&d.join(f)))
+        })
+        .collect();
+    let (ro, co, names) = run_both(d, "qdq", &d.join("qdq.onnx"), &inputs);
+    assert_eq!(names.len(), 23, "{names:?}");
+    for name in &names {
+        if name.starts_with("nll_") {
+            let r = rel(&co.join(name), &ro.join(name));
+            eprintln!("qdq: {name}: max abs diff {r:.3e} of the output's scale");
+            assert!(r <= TOL, "{name}: {r:.3e} of its scale");
+            continue;
+        }
+        let bad = differing(&co.join(name), &ro.join(name));
+        assert!(
+            bad.is_empty(),
+            "{name}: {} elements differ from the interpreter, first at {}",
+            bad.len(),
+            bad[0]
+        );
+        // The comparison means something: the codes are not all equal.
+        let v = read_npy(&ro.join(name)).unwrap().to_f32();
+        if v.len() > 1 {
+            assert!(v.iter().any(|&x| x != v[0]), "{name}: a constant output");
+        }
+        eprintln!("qdq: {name}: bit-identical");
+    }
+    let x = format!("x={}", p(&d.join("xh.npy")));
+    let (ro, co, names) = run_both(d, "hadamard", &d.join("hadamard.qir"), &[x]);
+    assert_eq!(names.len(), 2);
+    for name in &names {
+        let bad = differing(&co.join(name), &ro.join(name));
+        assert!(
+            bad.is_empty(),
+            "hadamard {name}: {} elements differ",
+            bad.len()
+        );
+    }
+}
+
+/// Two of ONNX's "light" CNNs (onnx/backend/test/data/light: squeezenet, and bvlc_alexnet with its LRN
+/// and grouped convolutions; converted to opset 13 by onnx.version_converter, as
+/// tests/onnx-conformance/gen_data.py does), compiled for the host CPU, give ONNX's expected outputs
+/// within ONNX's tolerances (rtol 1e-3, atol 1e-7) on ONNX's input (arange(n) / n). Their weights
+/// are splat constants, so these outputs are nearly uniform: this checks that whole networks compile
+/// and run; window_ops_on_cpu_match_the_interpreter checks the values.
+#[test]
+fn light_onnx_cnns_on_cpu_match_onnx() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for name in ["squeezenet", "bvlc_alexnet"] {
+        let script = format!(
+            "import onnx, numpy as np, os\n\
+             from onnx import version_converter, numpy_helper as nh\n\
+             src = os.path.join(os.path.dirname(onnx.__file__), 'backend/test/data/light')\n\
+             m = version_converter.convert_version(onnx.load(os.path.join(src, 'light_{name}.onnx')), 13)\n\
+             onnx.save(m, '{d}/{name}.onnx')\n\
+             inits = {{t.name for t in m.graph.initializer}}\n\
+             i = [i for i in m.graph.input if i.name not in inits][0]\n\
+             shape = [x.dim_value or 1 for x in i.type.tensor_type.shape.dim]\n\
+             n = int(np.prod(shape))\n\
+             np.save('{d}/{name}.in.npy', (np.arange(n, dtype=np.float32) / n).reshape(shape))\n\
+             t = onnx.TensorProto()\n\
+             t.ParseFromString(open(os.path.join(src, 'light_{name}_output_0.pb'), 'rb').read())\n\
+             np.save('{d}/{name}.want.npy', nh.to_array(t))\n\
+             print(i.name)\n",
+            d = p(d)
+        );
+        let input = ok(
+            Command::new("python3").args(["-c", &script]),
+            "converting the light model",
+        );
+        let qca = d.join(format!("{name}.qca"));
+        qc(&[
+            "compile",
+            p(&d.join(format!("{name}.onnx"))),
+            "--passes",
+            "canonicalize",
+            "--target",
+            "native",
+            "-o",
+            p(&qca),
+        ]);
+        let out = d.join(format!("{name}.out"));
+        let arg = format!("{}={}", input.trim(), p(&d.join(format!("{name}.in.npy"))));
+        qc(&["run", p(&qca), "--input", &arg, "-o", p(&out)]);
+        let file = std::fs::read_dir(&out)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let (got, want) = (
+            read_npy(&file).unwrap(),
+            read_npy(&d.join(format!("{name}.want.npy"))).unwrap(),
+        );
+        assert_eq!(got.shape, want.shape, "{name}");
+        let (g, w) = (got.to_f32(), want.to_f32());
+        let bad = (0..g.len())
+            .filter(|&i| !((g[i] - w[i]).abs() as f64 <= 1e-7 + 1e-3 * (w[i].abs() as f64)))
+            .count();
+        assert_eq!(bad, 0, "{name}: {bad} outputs outside ONNX's tolerances");
+        eprintln!("{name}: {} outputs within ONNX's tolerances", g.len());
+    }
+}
+
+/// Compiles `args` (a `qc compile` to a CPU target) with `QC_CPU_DUMP` set and returns the kernel glue
+/// and the exported module.
+fn compile_dumping(args: &[&str], dump: &Path) -> (String, String) {
+    std::fs::create_dir_all(dump).unwrap();
+    ok(
+        Command::new(env!("CARGO_BIN_EXE_qc"))
+            .env("QC_CPU_DUMP", dump)
+            .args(args),
+        &format!("qc {}", args.join(" ")),
+    );
+    (
+        std::fs::read_to_string(dump.join("model.glue.c")).unwrap(),
+        std::fs::read_to_string(dump.join("model.export.mlir")).unwrap(),
+    )
+}
+
+/// `--aformat int8` with weights whose elements are small integers: every `quant.matmul` runs the
+/// int8-activation kernels (qc_backend_llvm::act8: the glue calls `qc_matmul_a8` for each product and
+/// the export has no fake-quant call left), on the shipped tiny BERT, for each CPU level the host runs;
+/// every output element within 1e-5 of the output's scale of the interpreter (observed: 1.4e-7), and
+/// bit-identical for 1 and 2 OpenMP threads.
+#[test]
+fn bert_with_int8_activations_runs_the_int8_activation_kernels() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = repo().join("examples/bert-tiny.onnx");
+    let calib = repo().join("examples/bert-tiny-calib.npz");
+    let names = ["input_ids", "token_type_ids", "attention_mask"];
+    let script = format!(
+        "import numpy as np\n\
+         d = np.load('{}')\n\
+         for n in {names:?}:\n\
+         \x20   np.save('{}/' + n + '.npy', d[n + '.2'][1:2])\n",
+        p(&calib),
+        p(d)
+    );
+    ok(
+        Command::new("python3").args(["-c", &script]),
+        "making the BERT inputs",
+    );
+    let inputs: Vec<String> = names
+        .iter()
+        .flat_map(|n| {
+            [
+                "--input".to_string(),
+                format!("{n}={}", p(&d.join(format!("{n}.npy")))),
+            ]
+        })
+        .collect();
+    let targets: Vec<&str> = ["x86-64-v4", "x86-64-v3"]
+        .into_iter()
+        .filter(|t| host_supports(t))
+        .collect();
+    for w in ["int4_g32", "int8_channel", "mxfp4", "nvfp4"] {
+        let qir = d.join(format!("{w}.qir"));
+        let flags = [
+            p(&model),
+            "--wformat",
+            w,
+            "--aformat",
+            "int8",
+            "--calib",
+            p(&calib),
+        ];
+        let mut args = vec!["compile"];
+        args.extend(flags);
+        args.extend(["-o", p(&qir)]);
+        qc(&args);
+        let ro = d.join(format!("{w}.ref"));
+        let mut args = vec!["run", p(&qir)];
+        args.extend(inputs.iter().map(String::as_str));
+        args.extend(["-o", p(&ro)]);
+        qc(&args);
+        for t in &targets {
+            let qca = d.join(format!("{w}.{t}.qca"));
+            let mut args = vec!["compile"];
+            args.extend(flags);
+            args.extend([
+                "--target",
+                t,
+                "--shape",
+                "batch=1",
+                "--shape",
+                "seq=16",
+                "-o",
+                p(&qca),
+            ]);
+            let (glue, export) = compile_dumping(&args, &d.join(format!("{w}.{t}.dump")));
+            let a8 = glue.matches("qc_matmul_a8(&").count();
+            let matmuls = export.matches("call @qc_matmul_").count();
+            assert!(
+                a8 == 13 && a8 == matmuls,
+                "{w} {t}: {a8} int8-activation products of {matmuls} kernel calls"
+            );
+            assert!(
+                !export.contains("qc_fquant"),
+                "{w} {t}: a fake-quant call is left"
+            );
+            let mut outs = Vec::new();
+            for threads in ["1", "2"] {
+                let co = d.join(format!("{w}.{t}.t{threads}"));
+                let mut args = vec!["run", p(&qca)];
+                args.extend(inputs.iter().map(String::as_str));
+                args.extend(["-o", p(&co)]);
+                ok(
+                    Command::new(env!("CARGO_BIN_EXE_qc"))
+                        .env("OMP_NUM_THREADS", threads)
+                        .args(&args),
+                    "qc run",
+                );
+                for name in ["last_hidden_state", "pooler_output"] {
+                    let f = format!("{name}.npy");
+                    let r = rel(&co.join(&f), &ro.join(&f));
+                    eprintln!("bert {w} {t} threads={threads}: {name}: {r:.3e} of the scale");
+                    assert!(
+                        r <= TOL,
+                        "bert {w} {t}: {name}: {r:.3e} of the output's scale"
+                    );
+                    outs.push(std::fs::read(co.join(&f)).unwrap());
+                }
+            }
+            assert!(
+                outs[0] == outs[2] && outs[1] == outs[3],
+                "{w} {t}: 1 and 2 threads give different outputs"
+            );
+        }
+    }
+}
+
+/// Int8 activations on products big enough for several threads (`[M, 1024] x [1024, 1536]`, M = 1, 5
+/// and 40 (the GEMM kernel), calibrated on random data): the int8-activation kernels run, outputs are bit-identical for
+/// 1 and 2 OpenMP threads and within 1e-5 of the output's scale of the interpreter.
+#[test]
+fn threaded_int8_activation_products_are_deterministic_and_match_the_interpreter() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = d.join("mm.onnx");
+    let calib = d.join("calib.npz");
+    let script = format!(
+        "import numpy as np, onnx\n\
+         from onnx import helper as h, TensorProto as T, numpy_helper as nh\n\
+         r = np.random.default_rng(1)\n\
+         w = nh.from_array((r.standard_normal((1024, 1536)) * 0.05).astype(np.float32), 'w')\n\
+         g = h.make_graph([h.make_node('MatMul', ['x', 'w'], ['y']), h.make_node('Relu', ['y'], ['z'])],\n\
+         \x20   'mm', [h.make_tensor_value_info('x', T.FLOAT, ['batch', 1024])],\n\
+         \x20   [h.make_tensor_value_info('z', T.FLOAT, ['batch', 1536])], [w])\n\
+         onnx.save(h.make_model(g, opset_imports=[h.make_opsetid('', 18)]), '{}')\n\
+         np.savez('{}', **{{'x.%d' % i: r.standard_normal((4, 1024)).astype(np.float32) for i in range(4)}})\n\
+         for m in (1, 5, 40):\n\
+         \x20   np.save('{}/x%d.npy' % m, r.standard_normal((m, 1024)).astype(np.float32))\n",
+        p(&model),
+        p(&calib),
+        p(d)
+    );
+    ok(
+        Command::new("python3").args(["-c", &script]),
+        "making the MatMul model",
+    );
+    for w in ["int4_g32", "int8_channel", "nvfp4"] {
+        let qir = d.join(format!("{w}.qir"));
+        let flags = [
+            p(&model),
+            "--wformat",
+            w,
+            "--aformat",
+            "int8",
+            "--calib",
+            p(&calib),
+        ];
+        let mut args = vec!["compile"];
+        args.extend(flags);
+        args.extend(["-o", p(&qir)]);
+        qc(&args);
+        for m in [1, 5, 40] {
+            let x = format!("x={}", p(&d.join(format!("x{m}.npy"))));
+            let refdir = d.join(format!("{w}.{m}.ref"));
+            qc(&["run", p(&qir), "--input", &x, "-o", p(&refdir)]);
+            let qca = d.join(format!("{w}.{m}.qca"));
+            let mut args = vec!["compile"];
+            args.extend(flags);
+            let batch = format!("batch={m}");
+            args.extend(["--target", "native", "--shape", &batch, "-o", p(&qca)]);
+            let (glue, _) = compile_dumping(&args, &d.join(format!("{w}.{m}.dump")));
+            assert_eq!(glue.matches("qc_matmul_a8(&").count(), 1, "{w} M={m}");
+            let mut outs = Vec::new();
+            for threads in ["1", "2"] {
+                let out = d.join(format!("{w}.{m}.t{threads}"));
+                ok(
+                    Command::new(env!("CARGO_BIN_EXE_qc"))
+                        .env("OMP_NUM_THREADS", threads)
+                        .args(["run", p(&qca), "--input", &x, "-o", p(&out)]),
+                    "qc run",
+                );
+                let r = rel(&out.join("z.npy"), &refdir.join("z.npy"));
+                eprintln!("{w} M={m} threads={threads}: {r:.3e} of the output's scale");
+                assert!(r <= TOL, "{w} M={m} threads={threads}: {r:.3e}");
+                outs.push(std::fs::read(out.join("z.npy")).unwrap());
+            }
+            assert!(
+                outs[0] == outs[1],
+                "{w} M={m}: 1 and 2 threads give different outputs"
             );
         }
     }

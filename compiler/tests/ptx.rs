@@ -181,6 +181,49 @@ fn bert_mxfp4_ptx_for_every_target() {
     bert_check(&["--wformat", "mxfp4"], "mxfp4");
 }
 
+/// The window ops of compiler/tests/cpu_ops.py (convolutions, transposed convolutions, pooling, LRN,
+/// shrink and a small CNN; 1-D, 2-D and 3-D) and its quant.hadamard model compile for sm_80: every
+/// loop nest a kernel (qc runs ptxas on each), the PTX parts in the artifact.
+#[test]
+fn window_ops_and_hadamard_ptx_for_sm_80() {
+    let Some(_ptxas) = ptxas() else { return };
+    require_python();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(
+        Command::new("python3")
+            .arg(repo().join("compiler/tests/cpu_ops.py"))
+            .arg(d),
+        "compiler/tests/cpu_ops.py",
+    );
+    for model in ["window.onnx", "hadamard.qir"] {
+        let qca = d.join(format!("{model}.qca"));
+        qc(&[
+            "compile",
+            p(&d.join(model)),
+            "--passes",
+            "canonicalize",
+            "--target",
+            "sm_80",
+            "-o",
+            p(&qca),
+        ]);
+        let ex = d.join(format!("{model}.x"));
+        qc(&["inspect", p(&qca), "--extract", p(&ex)]);
+        let kernels = std::fs::read_dir(&ex)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".ptx")
+            })
+            .count();
+        assert!(kernels > 0, "{model}: no .ptx parts");
+    }
+}
+
 /// An ONNX model computing `c = a + b` on 4x8 f32 tensors.
 fn add_model(path: &Path) {
     ok(

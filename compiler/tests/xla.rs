@@ -653,7 +653,7 @@ mod emit_mlir {
         let model = dir.path().join("m.qir");
         std::fs::write(
             &model,
-            "func.func @main(%x: tensor<1x[n]xf32>) -> tensor<1x[n]xf32> {\n  %y = nn.lrn %x {size = 3} : (tensor<1x[n]xf32>) -> tensor<1x[n]xf32>\n  return %y : tensor<1x[n]xf32>\n}\n",
+            "func.func @main(%x: tensor<1x[n]xi32>) -> tensor<1x[n]xi32> {\n  %y = nn.pow %x, %x : (tensor<1x[n]xi32>, tensor<1x[n]xi32>) -> tensor<1x[n]xi32>\n  return %y : tensor<1x[n]xi32>\n}\n",
         )
         .unwrap();
         let out_path = dir.path().join("m.mlir");
@@ -677,7 +677,7 @@ mod emit_mlir {
         assert_eq!(out.status.code(), Some(2));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
-            err.contains("m.qir:2:3") && err.contains("cannot export nn.lrn"),
+            err.contains("m.qir:2:3") && err.contains("cannot export nn.pow"),
             "{err}"
         );
         assert!(!out_path.exists(), "a failed export wrote its output");

@@ -19,6 +19,14 @@
 //!   `tensor.expand_shape`, slices `tensor.extract_slice`, concatenation `tensor.insert_slice` into a
 //!   `tensor.empty`, transposes generics with a permuted input map, cum_sum a generic with a second,
 //!   reduction loop over the axis.
+//! - Convolutions, transposed convolutions, pooling and `lrn` (NCHW..., explicit pads) are a gather
+//!   generic laying the input out as the windows read it (padding; the stride's zeros of a transposed
+//!   convolution) and one `linalg.generic` with affine window maps (`o * stride + k * dilation`),
+//!   grouped channels split into `[G, C/G]` views ([`window`]).
+//! - ONNX's linear quantization (`quant.quantize_linear`, `dequantize_linear`,
+//!   `dynamic_quantize_linear`) of integer codes, with scales per tensor, per axis or in blocks (maps
+//!   with `floordiv`), and `quant.hadamard` (f64 butterfly stages) are bit-exact with the
+//!   interpreter; so is `shrink`; `nll_loss` gathers with `tensor.extract` ([`qdq`]).
 //! - Constants are `arith.constant dense<...>` (large ones print as MLIR's hex form).
 //!
 //! Integers are signless (`iN`): an unsigned qc tensor (`uiN`) becomes `iN` and its ops use the unsigned
@@ -47,10 +55,9 @@
 //!
 //! Not exported (a diagnostic naming the op and its location, exit code 2 from `qc compile --emit
 //! mlir`): activation quantization (`quant.quantize`, and `quant.matmul` of a quantized activation;
-//! except as kernel calls under [`ExportOptions::quantize_calls`]),
-//! Hadamard rotations, ONNX linear quantization (`quantize_linear` and friends), convolutions,
-//! pooling, `lrn`, `nll_loss`, slices with negative steps, pad modes other than `constant`, integer
-//! `pow`, and dense constants of raw minifloat types.
+//! except as kernel calls under [`ExportOptions::quantize_calls`]), ONNX linear quantization of
+//! minifloat codes or with minifloat scales, window ops on integer tensors, slices with negative
+//! steps, pad modes other than `constant`, integer `pow`, and dense constants of raw minifloat types.
 //!
 //! # Taking it further
 //! The text parses in `mlir-opt` (LLVM 22) and bufferizes with
@@ -105,6 +112,9 @@ use crate::specialize::{specialize, ShapeBindings};
 use crate::Error;
 
 type R<T> = Result<T, String>;
+
+mod qdq;
+mod window;
 
 /// An MLIR context with every upstream dialect registered and loaded, and its diagnostics.
 struct UpCtx {
@@ -203,7 +213,9 @@ pub struct ExportOptions<'a> {
     /// is not exported at all.
     pub kernel_calls: Option<&'a dyn Fn(&QuantType) -> bool>,
     /// When true, every f32 `nn.matmul` whose operands are `[..., M, K] x [K, N]` or `[B..., M, K] x
-    /// [B..., K, N]` (the same batch dimensions) becomes a kernel call of kind [`KernelOp::Sgemm`].
+    /// [B..., K, N]` (the same batch dimensions) becomes a kernel call of kind [`KernelOp::Sgemm`];
+    /// so does the product of every f32 `nn.conv` / `nn.conv_transpose` with at least 4 output
+    /// channels per group, after im2col (one matrix per batch element and group).
     pub float_matmul_calls: bool,
     /// When true, every resource-backed constant of a plain type (`f32`, `f64`, `f16`, `bf16`, `i32`,
     /// `i64`) of at least [`CONSTANT_ARG_MIN_BYTES`] bytes becomes a trailing argument of the function
@@ -217,6 +229,27 @@ pub struct ExportOptions<'a> {
     /// contractions. The format must be per tensor, or have blocks (groups) along the last axis whose
     /// size divides the last dimension: then the blocks are consecutive runs of the flattened tensor.
     pub quantize_calls: Option<&'a dyn Fn(&QuantType) -> bool>,
+    /// When set (with `kernel_calls` and `quantize_calls`), a `quant.matmul` kernel call whose
+    /// activation is a `quant.quantize` (with a static `amax`) to an activation format for which this
+    /// returns true, given (weight format, activation format), takes the *unquantized* f32
+    /// activations and the quantization ([`ActQuant`]): the kernel quantizes them itself. Other uses
+    /// of the quantized tensor keep the [`KernelOp::FakeQuant`] call, which is left out when there are
+    /// none.
+    pub act_quant_calls: Option<&'a ActQuantFilter>,
+}
+
+/// The filter of [`ExportOptions::act_quant_calls`]: (weight format, activation format) -> whether
+/// the kernel quantizes the activations itself.
+pub type ActQuantFilter = dyn Fn(&QuantType, &QuantType) -> bool;
+
+/// The activation quantization that a [`KernelOp::QuantMatmul`] call applies to its `x` itself
+/// ([`ExportOptions::act_quant_calls`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ActQuant {
+    /// The activation format (of the `quant.quantize`).
+    pub format: QuantType,
+    /// Its static maximum |x| (the op's `amax`).
+    pub amax: f32,
 }
 
 /// What a [`KernelCall`] computes.
@@ -235,6 +268,9 @@ pub enum KernelOp {
         resource: String,
         /// The weight's format.
         format: QuantType,
+        /// When set, `x` holds the unquantized activations and `y = dequant(quantize(x)) W^T` with this
+        /// quantization ([`ExportOptions::act_quant_calls`]).
+        act_quant: Option<ActQuant>,
     },
     /// `c[b] = a[b] x b[b]` (f32) for every `b < batch`:
     ///
@@ -336,6 +372,7 @@ pub fn export_module_with(
         u.float_calls = opts.float_matmul_calls;
         u.constant_args = opts.constant_args;
         u.quantize_calls = opts.quantize_calls;
+        u.act_quant_calls = opts.act_quant_calls;
         let mut args = Vec::new();
         let mut arg_types = Vec::new();
         for (i, &a) in f.args.iter().enumerate() {
@@ -580,6 +617,10 @@ struct U<'c, 'b> {
     constant_args: bool,
     /// [`ExportOptions::quantize_calls`].
     quantize_calls: Option<&'b dyn Fn(&QuantType) -> bool>,
+    /// [`ExportOptions::act_quant_calls`].
+    act_quant_calls: Option<&'b ActQuantFilter>,
+    /// The f32 inputs of the `quant.quantize` ops exported as fake-quant calls, by result value.
+    quantize_inputs: RefCell<Vec<(qc_ir::Value, V<'c, 'b>)>>,
     /// The constants made arguments so far, with their MLIR types.
     const_args: RefCell<Vec<(ConstantArg, Type<'c>)>>,
     /// The kernel calls made so far.
@@ -811,6 +852,8 @@ impl<'c, 'b> U<'c, 'b> {
             float_calls: false,
             constant_args: false,
             quantize_calls: None,
+            act_quant_calls: None,
+            quantize_inputs: Default::default(),
             const_args: Default::default(),
             calls: Default::default(),
         }
@@ -1085,7 +1128,7 @@ impl<'c, 'b> U<'c, 'b> {
             ));
         }
         let mut x = x;
-        if s.len() != 1 {
+        if s.len() != 1 || shape.is_empty() {
             let reass = if s.is_empty() {
                 // rank 0 -> all-ones shape: expand with an empty reassociation
                 return self.op(
@@ -2195,11 +2238,21 @@ fn export_nn<'c, 'b>(u: &U<'c, 'b>, cx: &Cx, nn: NnOp, ins: &[V<'c, 'b>]) -> R<V
                 },
             )?)
         }
+        NnOp::Conv => one(window::conv(u, cx, ins, &shape, e)?),
+        NnOp::ConvTranspose => one(window::conv_transpose(u, cx, ins, &shape, e)?),
+        NnOp::MaxPool | NnOp::AvgPool => one(window::pool(u, cx, nn, ins[0], &shape, e)?),
+        NnOp::GlobalAvgPool | NnOp::GlobalMaxPool => {
+            one(window::global_pool(u, nn, ins[0], &shape, e)?)
+        }
+        NnOp::Lrn => one(window::lrn(u, cx, ins[0], e)?),
+        NnOp::Shrink => one(qdq::shrink(u, cx, ins[0], &shape, e)?),
+        NnOp::NllLoss => one(qdq::nll_loss(u, cx, ins, &shape, e)?),
         _ => Err(format!(
             "{} has no upstream MLIR export (supported: elementwise arithmetic, comparisons and the \
-             activations, cast, matmul, gemm, softmax, layer_norm, batch_norm, reductions, arg_max, \
-             cum_sum, reshape, transpose, concat, split, slice, pad, tile, trilu, gather, \
-             gather_elements, expand, range, shape)",
+             activations, cast, matmul, gemm, conv, conv_transpose, pooling, lrn, softmax, \
+             layer_norm, batch_norm, reductions, arg_max, arg_min, nll_loss, cum_sum, reshape, \
+             transpose, concat, split, slice, pad, tile, trilu, gather, gather_elements, expand, \
+             range, shape)",
             cx.op.name()
         )),
     }
@@ -2820,10 +2873,29 @@ fn export_quant<'c, 'b>(
     q: QuantOp,
     ins: &[Lv<'c, 'b>],
 ) -> R<Vec<Lv<'c, 'b>>> {
+    let refused = || {
+        format!(
+            "{} to {} has no upstream MLIR export (activation quantization is exported only as \
+             kernel calls, for the formats a target's kernels quantize)",
+            cx.op.name(),
+            cx.result_ty(0).elem
+        )
+    };
     if q == QuantOp::Quantize {
         if let Some(fmt) = fake_quant_format(u, cx) {
+            if only_act_quant_uses(u, cx) {
+                // Every use is a kernel call that quantizes x itself (act_quant_of): no fake-quant
+                // call; the f32 input stands for the quantized tensor, which nothing else reads.
+                let Lv::Plain(x) = ins[0] else {
+                    return Err("quantize takes a plain tensor".into());
+                };
+                let x = u.convert(x, El::F32)?;
+                u.quantize_inputs.borrow_mut().push((cx.op.results[0], x));
+                return Ok(vec![Lv::Quant(x)]);
+            }
             return fake_quant(u, cx, fmt, ins).map(|v| vec![Lv::Quant(v)]);
         }
+        return Err(refused());
     }
     let (shape, e) = emitted(cx.result_ty(0))?;
     match q {
@@ -2845,7 +2917,11 @@ fn export_quant<'c, 'b>(
                 }
             };
             if let Lv::Deferred(c) = ins[1] {
-                return kernel_call(u, cx, x, c, &shape, e).map(|v| vec![Lv::Plain(v)]);
+                if let Some((xr, act)) = act_quant_of(u, cx) {
+                    return kernel_call(u, cx, xr, c, &shape, e, Some(act))
+                        .map(|v| vec![Lv::Plain(v)]);
+                }
+                return kernel_call(u, cx, x, c, &shape, e, None).map(|v| vec![Lv::Plain(v)]);
             }
             let Lv::Quant(w) = ins[1] else {
                 return Err("the weights of quant.matmul must be quantized".into());
@@ -2871,15 +2947,31 @@ fn export_quant<'c, 'b>(
             let y = u.reshape(y, &shape)?;
             Ok(vec![Lv::Plain(u.convert(y, e)?)])
         }
-        QuantOp::Quantize
-        | QuantOp::Hadamard
+        QuantOp::Hadamard
         | QuantOp::QuantizeLinear
         | QuantOp::DequantizeLinear
-        | QuantOp::DynamicQuantizeLinear => Err(format!(
-            "{} has no upstream MLIR export (supported: quantized weights with quant.matmul and \
-             quant.dequantize)",
-            cx.op.name()
-        )),
+        | QuantOp::DynamicQuantizeLinear => {
+            let plain: Vec<V> = ins
+                .iter()
+                .map(|l| match l {
+                    Lv::Plain(t) => Ok(*t),
+                    Lv::Quant(_) | Lv::Deferred(_) => Err(format!(
+                        "{} takes plain tensors, not quantized ones",
+                        cx.op.name()
+                    )),
+                })
+                .collect::<R<_>>()?;
+            let outs = match q {
+                QuantOp::Hadamard => vec![qdq::hadamard(u, cx, plain[0], e)?],
+                QuantOp::QuantizeLinear => vec![qdq::quantize_linear(u, cx, &plain, &shape, e)?],
+                QuantOp::DequantizeLinear => {
+                    vec![qdq::dequantize_linear(u, cx, &plain, &shape, e)?]
+                }
+                _ => qdq::dynamic_quantize_linear(u, plain[0])?,
+            };
+            Ok(outs.into_iter().map(Lv::Plain).collect())
+        }
+        QuantOp::Quantize => Err(refused()),
     }
 }
 
@@ -2908,6 +3000,80 @@ fn fake_quant_format(u: &U, cx: &Cx) -> Option<QuantType> {
     (ok && shape.iter().product::<u64>() > 0).then(|| fmt.clone())
 }
 
+/// For the `quant.matmul` of `cx` (a kernel call): when its activation is a `quant.quantize` exported
+/// as a fake-quant call (or left out by [`only_act_quant_uses`]), with a static `amax`, of a format
+/// that [`ExportOptions::act_quant_calls`] accepts with the weight's, the quantize's f32 input and the
+/// quantization.
+fn act_quant_of<'c, 'b>(u: &U<'c, 'b>, cx: &Cx) -> Option<(V<'c, 'b>, ActQuant)> {
+    let accept = u.act_quant_calls?;
+    let xv = *cx.op.operands.first()?;
+    let def = cx.f.ops.iter().find(|o| o.results.contains(&xv))?;
+    if QuantOp::of(def) != Some(QuantOp::Quantize) {
+        return None;
+    }
+    let amax = def.attr("amax").and_then(QAttr::as_f64)? as f32;
+    let afmt = cx.f.ty(xv).elem.as_quant()?;
+    let wfmt = cx.f.ty(*cx.op.operands.get(1)?).elem.as_quant()?;
+    if !accept(wfmt, afmt) {
+        return None;
+    }
+    let x = u
+        .quantize_inputs
+        .borrow()
+        .iter()
+        .find(|(v, _)| *v == xv)
+        .map(|(_, x)| *x)?;
+    Some((
+        x,
+        ActQuant {
+            format: afmt.clone(),
+            amax,
+        },
+    ))
+}
+
+/// Whether every use of the result of the `quant.quantize` of `cx` is the activation of a
+/// `quant.matmul` kernel call that quantizes it itself ([`act_quant_of`]), and the function does not
+/// return it.
+fn only_act_quant_uses(u: &U, cx: &Cx) -> bool {
+    let Some(accept) = u.act_quant_calls else {
+        return false;
+    };
+    let r = cx.op.results[0];
+    let Some(afmt) = cx.result_ty(0).elem.as_quant() else {
+        return false;
+    };
+    if cx.op.attr("amax").and_then(QAttr::as_f64).is_none() || cx.f.ret.contains(&r) {
+        return false;
+    }
+    let mut any = false;
+    for op in &cx.f.ops {
+        if !op.operands.contains(&r) {
+            continue;
+        }
+        any = true;
+        let ucx = Cx { op, ..*cx };
+        let weight_def = op
+            .operands
+            .get(1)
+            .and_then(|w| cx.f.ops.iter().find(|o| o.results.contains(w)));
+        let ok = op.operands.first() == Some(&r)
+            && op.operands[1..].iter().all(|&v| v != r)
+            && kernel_call_wanted(u, &ucx)
+            && weight_def.is_some_and(|d| is_quantized_resource(&Cx { op: d, ..*cx }))
+            && cx
+                .f
+                .ty(op.operands[1])
+                .elem
+                .as_quant()
+                .is_some_and(|w| accept(w, afmt));
+        if !ok {
+            return false;
+        }
+    }
+    any
+}
+
 /// `quant.quantize` of `ins[0]` to `format` as a [`KernelOp::FakeQuant`] call: the f32 values after
 /// quantization and dequantization, in the input's shape.
 fn fake_quant<'c, 'b>(
@@ -2920,6 +3086,7 @@ fn fake_quant<'c, 'b>(
         return Err("quantize takes a plain tensor".into());
     };
     let x = u.convert(x, El::F32)?;
+    u.quantize_inputs.borrow_mut().push((cx.op.results[0], x));
     let shape = u.shape(&x);
     let n: u64 = shape.iter().product();
     let k = shape.last().copied().unwrap_or(1);
@@ -2947,6 +3114,7 @@ fn kernel_call<'c, 'b>(
     def: usize,
     shape: &[u64],
     e: El,
+    act_quant: Option<ActQuant>,
 ) -> R<V<'c, 'b>> {
     let wop = &cx.f.ops[def];
     let Some(QAttr::DenseResource(resource)) = wop.attr("value") else {
@@ -2976,6 +3144,7 @@ fn kernel_call<'c, 'b>(
         op: KernelOp::QuantMatmul {
             resource: resource.clone(),
             format,
+            act_quant,
         },
         m,
         n,
@@ -3150,6 +3319,74 @@ mod tests {
         ] {
             let e = export_module_with(&module(fmt, shape), "main", &b, opts).unwrap_err();
             assert!(e.message.contains("cannot export quant.quantize"), "{e}");
+        }
+    }
+
+    /// `quant.matmul` of a `quant.quantize` (int8, static amax) by a quantized constant: with
+    /// `act_quant_calls` the kernel call takes the unquantized x and the quantization, and the
+    /// fake-quant call is left out unless something else reads the quantized tensor.
+    #[test]
+    fn act_quant_calls_fold_the_activation_quantization_into_the_kernel_call() {
+        let text = |also_dequantized: bool| {
+            let (ret_ty, ret, d) = if also_dequantized {
+                (
+                    "tensor<3x2xf32>, tensor<3x4xf32>",
+                    "%y, %d : tensor<3x2xf32>, tensor<3x4xf32>",
+                    "%d = quant.dequantize %q : (tensor<3x4x!quant.int8>) -> tensor<3x4xf32>",
+                )
+            } else {
+                ("tensor<3x2xf32>", "%y : tensor<3x2xf32>", "")
+            };
+            format!(
+                "func.func @main(%x: tensor<3x4xf32>) -> ({ret_ty}) {{
+  %w = qc.constant {{value = dense_resource<w>}} : () -> tensor<2x4x!quant.int8>
+  %q = quant.quantize %x {{amax = 2.0}} : (tensor<3x4xf32>) -> tensor<3x4x!quant.int8>
+  %y = quant.matmul %q, %w {{transpose_b}} : (tensor<3x4x!quant.int8>, tensor<2x4x!quant.int8>) -> tensor<3x2xf32>
+  {d}
+  return {ret}
+}}"
+            )
+        };
+        let yes: &dyn Fn(&QuantType) -> bool = &|_| true;
+        let pair: &dyn Fn(&QuantType, &QuantType) -> bool = &|_, _| true;
+        let with = ExportOptions {
+            kernel_calls: Some(yes),
+            quantize_calls: Some(yes),
+            act_quant_calls: Some(pair),
+            ..ExportOptions::default()
+        };
+        let without = ExportOptions {
+            act_quant_calls: None,
+            kernel_calls: Some(yes),
+            quantize_calls: Some(yes),
+            ..ExportOptions::default()
+        };
+        let b = ShapeBindings::new();
+        for (also, opts, folded, fquant) in [
+            (false, &with, true, false),
+            (true, &with, true, true),
+            (false, &without, false, true),
+        ] {
+            let out = export_module_with(&parse(&text(also)), "main", &b, opts).unwrap();
+            let mm: Vec<_> = out
+                .calls
+                .iter()
+                .filter_map(|c| match &c.op {
+                    KernelOp::QuantMatmul { act_quant, .. } => Some(act_quant.clone()),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(mm.len(), 1, "{also} {folded}: {:?}", out.calls);
+            assert_eq!(
+                mm[0].as_ref().map(|a| (a.amax, a.format.to_string())),
+                folded.then(|| (2.0, "!quant.int8".to_string())),
+                "{also} {folded}"
+            );
+            let has_fquant = out
+                .calls
+                .iter()
+                .any(|c| matches!(c.op, KernelOp::FakeQuant { .. }));
+            assert_eq!(has_fquant, fquant, "{also} {folded}: {:?}", out.calls);
         }
     }
 }

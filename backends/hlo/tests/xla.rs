@@ -1695,6 +1695,95 @@ mod upstream {
     }
 
     #[test]
+    fn upstream_window_ops_compute_what_the_interpreter_computes() {
+        let m = parse(
+            "func.func @main(%x: tensor<2x4x7x6xf32>, %w: tensor<6x2x3x2xf32>, %b: tensor<6xf32>, %wt: tensor<4x3x3x3xf32>) -> (tensor<2x6x3x3xf32>, tensor<2x6x14x12xf32>, tensor<2x4x4x3xf32>, tensor<2x4x4x4xf32>, tensor<2x4x1x1xf32>, tensor<2x4x1x1xf32>, tensor<2x4x7x6xf32>, tensor<2x4x7x6xf32>) {
+  %c = nn.conv %x, %w, %b {dilations = [2, 1], group = 2, kernel_shape = [3, 2], pads = [1, 0, 2, 1], strides = [2, 2]} : (tensor<2x4x7x6xf32>, tensor<6x2x3x2xf32>, tensor<6xf32>) -> tensor<2x6x3x3xf32>
+  %t = nn.conv_transpose %x, %wt, %b {dilations = [1, 1], group = 2, kernel_shape = [3, 3], output_padding = [1, 0], pads = [1, 0, 1, 1], strides = [2, 2]} : (tensor<2x4x7x6xf32>, tensor<4x3x3x3xf32>, tensor<6xf32>) -> tensor<2x6x14x12xf32>
+  %mp = nn.max_pool %x {ceil_mode = 1, dilations = [1, 1], kernel_shape = [2, 3], pads = [0, 1, 0, 0], strides = [2, 2]} : (tensor<2x4x7x6xf32>) -> tensor<2x4x4x3xf32>
+  %ap = nn.avg_pool %x {ceil_mode = 1, count_include_pad = 1, dilations = [1, 1], kernel_shape = [3, 3], pads = [1, 1, 1, 1], strides = [2, 2]} : (tensor<2x4x7x6xf32>) -> tensor<2x4x4x4xf32>
+  %ga = nn.global_avg_pool %x : (tensor<2x4x7x6xf32>) -> tensor<2x4x1x1xf32>
+  %gm = nn.global_max_pool %x : (tensor<2x4x7x6xf32>) -> tensor<2x4x1x1xf32>
+  %l = nn.lrn %x {alpha = 0.5, beta = 0.6, bias = 2.0, size = 3} : (tensor<2x4x7x6xf32>) -> tensor<2x4x7x6xf32>
+  %s = nn.shrink %x {bias = 0.3, lambd = 0.7} : (tensor<2x4x7x6xf32>) -> tensor<2x4x7x6xf32>
+  return %c, %t, %mp, %ap, %ga, %gm, %l, %s : tensor<2x6x3x3xf32>, tensor<2x6x14x12xf32>, tensor<2x4x4x3xf32>, tensor<2x4x4x4xf32>, tensor<2x4x1x1xf32>, tensor<2x4x1x1xf32>, tensor<2x4x7x6xf32>, tensor<2x4x7x6xf32>
+}",
+        );
+        let text = check_numerics(
+            "conv, conv_transpose, pooling, lrn, shrink",
+            &m,
+            vec![
+                ft(&[2, 4, 7, 6], 21, -2.0, 2.0),
+                ft(&[6, 2, 3, 2], 22, -1.0, 1.0),
+                ft(&[6], 23, -1.0, 1.0),
+                ft(&[4, 3, 3, 3], 24, -1.0, 1.0),
+            ],
+            Tol::Rel(1e-6),
+        );
+        // The convolution's input map: strided and dilated window positions of grouped channels.
+        assert!(text.contains("d3 * 2 + d6 * 2"), "{text}");
+        // f16 tensors: sums in f32, rounded once to f16 (the interpreter rounds its f64 sums).
+        let m = parse(
+            "func.func @main(%x: tensor<1x2x5x5xf32>, %w: tensor<3x2x3x3xf32>, %b: tensor<3xf32>) -> (tensor<1x3x3x3xf32>, tensor<1x2x2x2xf32>) {
+  %xh = nn.cast %x : (tensor<1x2x5x5xf32>) -> tensor<1x2x5x5xf16>
+  %wh = nn.cast %w : (tensor<3x2x3x3xf32>) -> tensor<3x2x3x3xf16>
+  %bh = nn.cast %b : (tensor<3xf32>) -> tensor<3xf16>
+  %c = nn.conv %xh, %wh, %bh {dilations = [1, 1], group = 1, kernel_shape = [3, 3], pads = [0, 0, 0, 0], strides = [1, 1]} : (tensor<1x2x5x5xf16>, tensor<3x2x3x3xf16>, tensor<3xf16>) -> tensor<1x3x3x3xf16>
+  %a = nn.avg_pool %xh {dilations = [1, 1], kernel_shape = [2, 2], pads = [0, 0, 0, 0], strides = [2, 2]} : (tensor<1x2x5x5xf16>) -> tensor<1x2x2x2xf16>
+  %cf = nn.cast %c : (tensor<1x3x3x3xf16>) -> tensor<1x3x3x3xf32>
+  %af = nn.cast %a : (tensor<1x2x2x2xf16>) -> tensor<1x2x2x2xf32>
+  return %cf, %af : tensor<1x3x3x3xf32>, tensor<1x2x2x2xf32>
+}",
+        );
+        check_numerics(
+            "f16 conv and avg_pool",
+            &m,
+            vec![
+                ft(&[1, 2, 5, 5], 27, -2.0, 2.0),
+                ft(&[3, 2, 3, 3], 28, -1.0, 1.0),
+                ft(&[3], 29, -1.0, 1.0),
+            ],
+            Tol::Rel(1e-3),
+        );
+    }
+
+    #[test]
+    fn upstream_linear_quantization_hadamard_and_nll_loss_compute_what_the_interpreter_computes() {
+        let m = parse(
+            "func.func @main(%x: tensor<2x3x8xf32>, %lp: tensor<3x5x2xf32>, %tg: tensor<3x2xi64>) -> (tensor<2x3x8xf32>, tensor<2x3x8xf32>, tensor<2x3x8xf32>, tensor<2x3x8xf32>, tensor<f32>, tensor<f32>, tensor<2x3x8xf32>, tensor<3x2xf32>, tensor<f32>) {
+  %s = qc.constant {value = dense<[0.5, 0.25, 0.125]>} : () -> tensor<3xf32>
+  %z = qc.constant {value = dense<[0, 3, -4]>} : () -> tensor<3xi8>
+  %q = quant.quantize_linear %x, %s, %z {axis = 1} : (tensor<2x3x8xf32>, tensor<3xf32>, tensor<3xi8>) -> tensor<2x3x8xi8>
+  %qf = nn.cast %q : (tensor<2x3x8xi8>) -> tensor<2x3x8xf32>
+  %d = quant.dequantize_linear %q, %s, %z {axis = 1} : (tensor<2x3x8xi8>, tensor<3xf32>, tensor<3xi8>) -> tensor<2x3x8xf32>
+  %bs = qc.constant {value = dense<[0.1, 0.3, 0.2, 0.05, 1.0, 0.7, 0.4, 0.6, 0.9, 0.15, 0.25, 0.5]>} : () -> tensor<2x3x2xf32>
+  %bz = qc.constant {value = dense<[1, 7, 0, 15, 3, 8, 2, 2, 9, 4, 0, 1]>} : () -> tensor<2x3x2xui4>
+  %bq = quant.quantize_linear %x, %bs, %bz {axis = 2, block_size = 4} : (tensor<2x3x8xf32>, tensor<2x3x2xf32>, tensor<2x3x2xui4>) -> tensor<2x3x8xui4>
+  %bqf = nn.cast %bq : (tensor<2x3x8xui4>) -> tensor<2x3x8xf32>
+  %bd = quant.dequantize_linear %bq, %bs, %bz {axis = 2, block_size = 4} : (tensor<2x3x8xui4>, tensor<2x3x2xf32>, tensor<2x3x2xui4>) -> tensor<2x3x8xf32>
+  %dq, %ds, %dz = quant.dynamic_quantize_linear %x : (tensor<2x3x8xf32>) -> (tensor<2x3x8xui8>, tensor<f32>, tensor<ui8>)
+  %dzf = nn.cast %dz : (tensor<ui8>) -> tensor<f32>
+  %h = quant.hadamard %x {block = 8} : (tensor<2x3x8xf32>) -> tensor<2x3x8xf32>
+  %w = qc.constant {value = dense<[1.0, 0.5, 2.0, 1.5, 0.25]>} : () -> tensor<5xf32>
+  %ln = nn.nll_loss %lp, %tg, %w {ignore_index = 1, reduction = \"none\"} : (tensor<3x5x2xf32>, tensor<3x2xi64>, tensor<5xf32>) -> tensor<3x2xf32>
+  %lm = nn.nll_loss %lp, %tg, %w {ignore_index = 1, reduction = \"mean\"} : (tensor<3x5x2xf32>, tensor<3x2xi64>, tensor<5xf32>) -> tensor<f32>
+  return %qf, %d, %bqf, %bd, %ds, %dzf, %h, %ln, %lm : tensor<2x3x8xf32>, tensor<2x3x8xf32>, tensor<2x3x8xf32>, tensor<2x3x8xf32>, tensor<f32>, tensor<f32>, tensor<2x3x8xf32>, tensor<3x2xf32>, tensor<f32>
+}",
+        );
+        let text = check_numerics(
+            "quantize_linear, dequantize_linear, dynamic_quantize_linear, hadamard, nll_loss",
+            &m,
+            vec![
+                ft(&[2, 3, 8], 25, -20.0, 20.0),
+                ft(&[3, 5, 2], 26, -3.0, 0.0),
+                it(&[3, 2], vec![0, 1, 4, 2, 1, 3]),
+            ],
+            Tol::Exact,
+        );
+        assert!(text.contains("floordiv 4"), "{text}");
+    }
+
+    #[test]
     fn upstream_comparison_catches_a_wrong_module() {
         // mlir-runner runs x + 1 where the interpreter computes x + 2: the outputs must differ.
         let plus = |c: &str| {
@@ -1757,12 +1846,12 @@ mod upstream {
 
     #[test]
     fn upstream_export_of_what_it_cannot_express_is_a_located_diagnostic() {
-        let text = "func.func @main(%x: tensor<4x4xf32>) -> tensor<4x4xf32> {
-  %y = nn.lrn %x {size = 3} : (tensor<4x4xf32>) -> tensor<4x4xf32>
-  return %y : tensor<4x4xf32>
+        let text = "func.func @main(%x: tensor<4x4xi32>) -> tensor<4x4xi32> {
+  %y = nn.pow %x, %x : (tensor<4x4xi32>, tensor<4x4xi32>) -> tensor<4x4xi32>
+  return %y : tensor<4x4xi32>
 }";
         let e = export_module(&parse(text), "main", &ShapeBindings::new()).unwrap_err();
-        assert!(e.message.contains("cannot export nn.lrn"), "{e}");
+        assert!(e.message.contains("cannot export nn.pow"), "{e}");
         assert_eq!(e.loc.to_string(), "case:2:3");
         let text = "func.func @main(%x: tensor<4x32xf32>) -> tensor<4x32xf32> {
   %q = quant.quantize %x : (tensor<4x32xf32>) -> tensor<4x32x!quant.mxfp4>

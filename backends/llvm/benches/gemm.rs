@@ -14,6 +14,11 @@
 //!   32-element groups), MXFP4 next to mxfp4;
 //! - an f32 reference point: onnxruntime's f32 MatMul (MLAS SGEMM) on the same shape.
 //!
+//! Formats whose elements are small integers also run qc's int8-activation kernel
+//! (`qc_backend_llvm::act8`, the fastest instruction set of the target the host runs), timed with the
+//! quantization of X included (X quantized per tensor at its own maximum), checked like the others
+//! against `act8::reference`.
+//!
 //! Environment: `QC_BENCH_QUICK=1` (M = 64, K = 1024, N = 1024, one rep: a smoke run, numbers
 //! meaningless), `QC_BENCH_FORMATS=a,b` (named formats), `QC_BENCH_TARGET=x86-64-v3|x86-64-v4`,
 //! `QC_BENCH_PEERS=0` (skip the peers), `QC_BENCH_REPS=n`, `QC_BENCH_M`, `QC_BENCH_N`, `QC_BENCH_K`.
@@ -22,6 +27,7 @@
 //! last 8 weight rows of the first and last activation rows are checked against `reference_gemm`
 //! (relative L2 error <= 1e-5).
 
+use qc_backend_llvm::act8::{self, A8Matrix, Act8Library};
 use qc_backend_llvm::gemm::{reference_gemm, GemmLibrary};
 use qc_backend_llvm::gemv::QuantMatrix;
 
@@ -204,6 +210,8 @@ fn main() {
         secs
     );
     let pool2 = pool(2);
+    let a8lib = Act8Library::build(target).expect("the int8-activation kernels");
+    let a8isa = a8lib.best_isa().expect("an instruction set the host runs");
     let mut r = Rng(12345);
     let x: Vec<f32> = (0..m * k).map(|_| r.uniform()).collect();
     let ggml = ggml_tool();
@@ -251,6 +259,46 @@ fn main() {
             loadavg()
         );
         let mut peers = Vec::new();
+        if act8::has_kernel(fmt) {
+            let wa = A8Matrix::new(fmt, n, k, &blob).unwrap();
+            let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let s = act8::act_scale(amax);
+            let p = a8lib.prepare(a8isa, &wa, &x, s).unwrap();
+            a8lib.matmul(&wa, &p, &mut y, Some(&pool2)).unwrap();
+            for (a, b) in [(0, 8.min(n)), (n.saturating_sub(8), n)] {
+                let sub = sub_blob(fmt, n, k, &blob, a, b);
+                for i in [0, m - 1] {
+                    let (want, _) =
+                        act8::reference(fmt, b - a, k, &sub, &x[i * k..(i + 1) * k], amax).unwrap();
+                    let err = rel_l2(&y[i * n + a..i * n + b], &want);
+                    assert!(
+                        err <= 1e-5,
+                        "{name} int8 x: rows {a}..{b} of x row {i}: {err:e}"
+                    );
+                }
+            }
+            let (c1, _) = time_best(reps, || {
+                let p = a8lib.prepare(a8isa, &wa, &x, s).unwrap();
+                a8lib.matmul(&wa, &p, &mut y, None).unwrap()
+            });
+            let (c2, cm2) = time_best(reps, || {
+                let p = a8lib.prepare(a8isa, &wa, &x, s).unwrap();
+                a8lib.matmul(&wa, &p, &mut y, Some(&pool2)).unwrap()
+            });
+            println!(
+                "{name:>14}: int8 x ({a8isa:?}): 1 thread {:7.1} GFLOP/s, 2 threads {:7.1} GFLOP/s (median {:.1})",
+                flop / c1 / 1e9,
+                flop / c2 / 1e9,
+                flop / cm2 / 1e9
+            );
+            peers.push(Peer {
+                label: format!(
+                    "qc int8-activation kernel ({a8isa:?}, 2-thread median {:.1})",
+                    flop / cm2 / 1e9
+                ),
+                gflops: [flop / c1 / 1e9, flop / c2 / 1e9],
+            });
+        }
         if peers_on {
             if let Some((bits, block)) = ort_config(name, k) {
                 peers.extend(run_ort(bits, block, m, n, k, reps));

@@ -23,9 +23,15 @@
 //! meaningless), `QC_BENCH_FORMATS=a,b` (named formats), `QC_BENCH_TARGET=x86-64-v3|x86-64-v4`,
 //! `QC_BENCH_PEERS=0` (skip the peers), `QC_BENCH_REPS=n`.
 //!
+//! The formats whose elements are small integers also run the int8-activation kernel
+//! (`qc_backend_llvm::act8`, the fastest instruction set of the target the host runs: AVX-512 VNNI
+//! where it exists), timed with the quantization of x included (`prepare` + the product), with x
+//! quantized per tensor at its own maximum; its rows are checked against `act8::reference`.
+//!
 //! Weights are random codes and scales in a normal range (no NaN codes); before timing, the first and
 //! last 8 rows of every result are checked against `reference_gemv` (relative L2 error <= 1e-5).
 
+use qc_backend_llvm::act8::{self, A8Matrix, Act8Library};
 use qc_backend_llvm::gemv::{reference_gemv, GemvLibrary, KernelSpec, QuantMatrix};
 
 mod common;
@@ -196,10 +202,14 @@ fn main() {
         secs
     );
     let pool2 = pool(2);
+    let a8lib = Act8Library::build(target).expect("the int8-activation kernels");
+    let a8isa = a8lib.best_isa().expect("an instruction set the host runs");
+    println!("int8-activation kernels: {a8isa:?}");
 
     // About the kernels' compute ceiling: a 1 MiB matrix that stays in the caches (L2 and L3), one
     // thread.
     let mut hot = Vec::new();
+    let mut hot_a8: Vec<(usize, f64)> = Vec::new();
     for (i, (name, fmt)) in fmts.iter().enumerate() {
         let spec = KernelSpec::from_quant_type(fmt).unwrap();
         let n = (1 << 20) / spec.row_bytes(k).unwrap();
@@ -212,6 +222,17 @@ fn main() {
         });
         hot.push(w.weight_bytes() as f64 / b / 1e9);
         println!("{name:>14}: in cache (1 MiB), 1 thread: {:.2} GB/s", hot[i]);
+        if act8::has_kernel(fmt) {
+            let wa = A8Matrix::new(fmt, n, k, &blob).unwrap();
+            let x = vec![0.5f32; k];
+            let (b, _) = time_best(if quick { 20 } else { 400 }, || {
+                let p = a8lib.prepare(a8isa, &wa, &x, act8::act_scale(0.5)).unwrap();
+                a8lib.matmul(&wa, &p, &mut y, None).unwrap()
+            });
+            let g = w.weight_bytes() as f64 / b / 1e9;
+            hot_a8.push((i, g));
+            println!("{name:>14}: int8 x, in cache (1 MiB), 1 thread: {g:.2} GB/s");
+        }
     }
     if std::env::var_os("QC_BENCH_HOT_ONLY").is_some() {
         return;
@@ -223,6 +244,7 @@ fn main() {
         mib: f64,
         qc: [f64; 2],
         median2: f64,
+        a8: Option<[f64; 2]>,
         peers: Vec<Peer>,
     }
     let mut rows = Vec::new();
@@ -250,6 +272,39 @@ fn main() {
             lib.gemv_prepared(&w, &xp, &mut y, Some(&pool2)).unwrap()
         });
         let qc = [bytes / b1 / 1e9, bytes / b2 / 1e9];
+        let a8 = if act8::has_kernel(fmt) {
+            let wa = A8Matrix::new(fmt, n, k, &blob).unwrap();
+            let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let s = act8::act_scale(amax);
+            let p = a8lib.prepare(a8isa, &wa, &x, s).unwrap();
+            a8lib.matmul(&wa, &p, &mut y, Some(&pool2)).unwrap();
+            for (a, b) in [(0, 8), (n - 8, n)] {
+                let sub = sub_blob(fmt, n, k, &blob, a, b);
+                let (want, _) = act8::reference(fmt, b - a, k, &sub, &x, amax).unwrap();
+                let err = rel_l2(&y[a..b], &want);
+                assert!(
+                    err <= 1e-5,
+                    "{name} int8 x: rows {a}..{b}: relative error {err:e}"
+                );
+            }
+            let (c1, _) = time_best(reps, || {
+                let p = a8lib.prepare(a8isa, &wa, &x, s).unwrap();
+                a8lib.matmul(&wa, &p, &mut y, None).unwrap()
+            });
+            let (c2, cm2) = time_best(reps, || {
+                let p = a8lib.prepare(a8isa, &wa, &x, s).unwrap();
+                a8lib.matmul(&wa, &p, &mut y, Some(&pool2)).unwrap()
+            });
+            println!(
+                "{name:>14}   int8 x ({a8isa:?}): 1 thread {:.2} GB/s, 2 threads {:.2} GB/s (median {:.2})",
+                bytes / c1 / 1e9,
+                bytes / c2 / 1e9,
+                bytes / cm2 / 1e9
+            );
+            Some([bytes / c1 / 1e9, bytes / c2 / 1e9])
+        } else {
+            None
+        };
         println!(
             "{name:>14} [{n} x {k}] {:.0} MiB ({}): 1 thread {:.2} GB/s (median {:.2}), 2 threads {:.2} GB/s (median {:.2}); load {}",
             bytes / (1 << 20) as f64,
@@ -292,6 +347,7 @@ fn main() {
             mib: bytes / (1 << 20) as f64,
             qc,
             median2: bytes / m2 / 1e9,
+            a8,
             peers,
         });
     }
@@ -323,6 +379,24 @@ fn main() {
             pct(r.qc[1], bw[1]),
             pct(r.qc[1], bwp[1]),
         );
+        if let Some(a) = r.a8 {
+            let h = hot_a8
+                .iter()
+                .find(|(j, _)| rows.len() > *j && rows[*j].name == r.name)
+                .map_or(String::new(), |(_, g)| format!("{g:.1}"));
+            println!(
+                "| {} int8 x ({a8isa:?}) | {} x {k} | {:.0} | {:.2} | {} | {} | {:.2} | {} | {} | {h} |",
+                r.name,
+                r.n,
+                r.mib,
+                a[0],
+                pct(a[0], bw[0]),
+                pct(a[0], bwp[0]),
+                a[1],
+                pct(a[1], bw[1]),
+                pct(a[1], bwp[1]),
+            );
+        }
         for p in &r.peers {
             println!(
                 "| peer: {} | {} x {k} | {:.0} | {:.2} | {} | {} | {:.2} | {} | {} | |",

@@ -6,8 +6,9 @@
 //! emission) end to end, and the quantized GEMV kernels of [`gemv`]: one kernel per weight format,
 //! decoding the `qc_quant::blob` layout in registers, linked into a shared library, loaded and run on
 //! a thread pool; [`gemm`] adds the GEMM kernels (`M > 1`, prefill) of the same formats on the same
-//! decode, and [`gemm::emit_kernels_object`] compiles both kinds into one object. Lowering of whole qc
-//! IR modules builds on the same path.
+//! decode, and [`gemm::emit_kernels_object`] compiles both kinds into one object; [`act8`] has the
+//! int8-activation GEMV / GEMM kernels (C with intrinsics, exact integer dot products per group).
+//! Lowering of whole qc IR modules builds on the same path.
 //!
 //! LLVM is linked dynamically (`libLLVM.so.22.1` from Debian's `llvm-22-dev`), see the workspace's
 //! `.ci/install-toolchain.sh`.
@@ -25,6 +26,7 @@ use inkwell::targets::{
 };
 use inkwell::{AddressSpace, IntPredicate, OptimizationLevel};
 
+pub mod act8;
 pub mod aot;
 pub mod gemm;
 pub mod gemv;

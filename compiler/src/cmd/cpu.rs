@@ -8,10 +8,16 @@
 //!    (`qc_backend_hlo::upstream::export_module_with`; its module documentation lists what exports),
 //!    with the matrix products left to qc's kernels as external calls (cmd/cpu_kernels.rs): every
 //!    `quant.matmul` of a weight format the kernels read (int4/int8 per channel or group, NVFP4,
-//!    MXFP4/6/8, MXINT8, NVINT4, FP8, FP6) and every f32 `nn.matmul` of `[.., M, K] x [K, N]` or
-//!    equal batch dimensions; and every `quant.quantize` of activations to a format whose
+//!    MXFP4/6/8, MXINT8, NVINT4, FP8, FP6), every f32 `nn.matmul` of `[.., M, K] x [K, N]` or
+//!    equal batch dimensions, and the products of f32 `nn.conv` / `nn.conv_transpose` with at least
+//!    4 output channels per group (im2col, then one sgemm call per batch and group); and every
+//!    `quant.quantize` of activations to a format whose
 //!    quantization the glue implements (`cpu_kernels::has_fake_quant`: int8, fp8_e4m3, fp8_e5m2 per
-//!    tensor, mxfp8, mxfp4, nvfp4), computed bit-exactly as qc's interpreter does.
+//!    tensor, mxfp8, mxfp4, nvfp4), computed bit-exactly as qc's interpreter does; a `quant.matmul`
+//!    of int8 per-tensor activations (static `amax`) by weights whose elements are small integers
+//!    (int8, int4, mxint8, mxfp4, nvfp4, nvint4: `cpu_kernels::has_act8_kernel`) takes the
+//!    unquantized activations and runs the int8-activation kernels (qc_backend_llvm::act8), and the
+//!    fake-quant call is left out when nothing else reads it.
 //! 2. LLVM 22's `mlir-opt` lowers it to the LLVM dialect with `--llvm-request-c-wrappers` followed by
 //!    the pipeline of qc_backend_hlo::upstream's documentation ([`LOWER_TO_LLVM`], the one the upstream
 //!    tests run with mlir-runner) with `--buffer-deallocation-pipeline` inserted after bufferization
@@ -556,19 +562,22 @@ pub fn write_artifact(
     let specialized = qc_backend_hlo::specialize(m, func, &b).map_err(render)?;
     let accept: &dyn Fn(&qc_ir::QuantType) -> bool = &cpu_kernels::has_kernel;
     let fake_quant: &dyn Fn(&qc_ir::QuantType) -> bool = &cpu_kernels::has_fake_quant;
+    let act8: &dyn Fn(&qc_ir::QuantType, &qc_ir::QuantType) -> bool = &cpu_kernels::has_act8_kernel;
     let opts = qc_backend_hlo::upstream::ExportOptions {
         kernel_calls: Some(accept),
         float_matmul_calls: true,
         constant_args: true,
         quantize_calls: Some(fake_quant),
+        act_quant_calls: Some(act8),
     };
     let exported =
         qc_backend_hlo::upstream::export_module_with(m, func, &b, &opts).map_err(render)?;
     let kernels = cpu_kernels::plan(m, &exported, cpu)?;
     let text = exported.text;
     if let Some(dir) = std::env::var_os("QC_CPU_DUMP") {
-        // For developers: the exported module, as mlir-opt receives it.
+        // For developers: the exported module, as mlir-opt receives it, and the kernel glue (C).
         let _ = std::fs::write(Path::new(&dir).join("model.export.mlir"), &text);
+        let _ = std::fs::write(Path::new(&dir).join("model.glue.c"), &kernels.glue);
     }
     let mut manifest =
         crate::cmd::target::manifest(target, m, &specialized, shapes, model, pipeline)?;

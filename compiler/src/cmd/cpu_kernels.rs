@@ -15,6 +15,19 @@
 //!    kernel calls: the GEMV kernel once per activation row when M < [`GEMM_MIN_ROWS`], else one call
 //!    of the GEMM kernel for all rows.
 //!
+//! With int8 activations (`KernelOp::QuantMatmul` with `act_quant`: the export folded a
+//! `quant.quantize` to int8 per tensor with a static `amax` into the product, see
+//! [`has_act8_kernel`]) the product runs `qc_matmul_a8` on the *unquantized* x instead: each
+//! activation row is quantized once (`qc_a8_prepare`: `x / s` with `s = amax / 127` in f32, ties to
+//! even, saturated to ±127: the codes of `qc_quant::tensor::quantize`), then the weight rows are cut
+//! into chunks on OpenMP threads as above, each chunk one call of qc_backend_llvm::act8's kernel for
+//! all rows (exact integer dot products per group: `vpdpbusd` with AVX-512 VNNI when the CPU has it,
+//! else `vpmaddubsw`; on x86-64-v3 AVX-VNNI when the CPU has it, else AVX2; runtime checks; the GEMM
+//! kernel from 32 rows). Its C source is pasted into the glue; `post` (activation scale times the
+//! weights' element factor and tensor scale) is computed here. The result differs from the
+//! interpreter's (which multiplies the dequantized operands in f32) only by the rounding of the scale
+//! products (act8's module documentation gives the order).
+//!
 //! f32 products (`KernelOp::Sgemm`) run `qc_sgemm`, C compiled with the artifact: register tiles of
 //! 4 rows x 64 columns (AVX-512; 4 x 16 with AVX2) over 64-row blocks, each output one FMA chain over
 //! K in order, tasks (batch, column panel, row block) on OpenMP threads.
@@ -41,6 +54,7 @@
 //! on different threads share no mutable state.
 
 use qc_backend_hlo::upstream::{Exported, KernelOp};
+use qc_backend_llvm::act8::{self, A8Matrix};
 use qc_backend_llvm::gemv::{codegen, layout::BlockLayout, KernelSpec, QuantMatrix};
 use qc_backend_llvm::CpuTarget;
 use qc_ir::quant::{
@@ -153,6 +167,73 @@ fn fake_quant_of(fmt: &QuantType) -> Option<FakeQuant> {
 pub fn has_fake_quant(fmt: &QuantType) -> bool {
     fake_quant_of(fmt).is_some()
 }
+
+/// Whether `quant.matmul` of weights in `w` by activations quantized to `a` runs the int8-activation
+/// kernels (qc_backend_llvm::act8; the filter given to the upstream export as `act_quant_calls`): `a`
+/// is int8 per tensor with `qc_fquant`'s arithmetic (f32 scale `amax / 127`, ties to even, saturated)
+/// and `w` a format whose elements are small integers (`act8::has_kernel`).
+pub fn has_act8_kernel(w: &QuantType, a: &QuantType) -> bool {
+    fake_quant_of(a).is_some_and(|f| f.kind == 0 && f.elem.man < 0) && act8::has_kernel(w)
+}
+
+/// The C of the int8-activation products: `qc_matmul_a8` over the kernels of qc_backend_llvm::act8
+/// (whose source precedes it).
+const ACT8_GLUE: &str = r#"
+typedef int (*qc_a8_fn)(const qc_a8_format *, const uint8_t *, const uint8_t *, const int8_t *,
+                        const int32_t *, int64_t, int64_t, int64_t, float *, int64_t, int64_t, int64_t,
+                        int64_t, float);
+
+/* y[M, N] = q(x)[M, K] W^T for W[N, K] at codes/scales, q the int8 quantization with scale s: each row
+   of x quantized once (qc_a8_prepare), then the weight rows in chunks on OpenMP threads, each chunk one
+   kernel call for all rows (AVX-512 VNNI when the CPU has it, else AVX-512 BW; on x86-64-v3 AVX-VNNI
+   when the CPU has it, else AVX2). */
+static void qc_matmul_a8(const qc_a8_format *f, const uint8_t *codes, const uint8_t *scales, float s,
+                         float post, int64_t row_bytes, int64_t n, int64_t k, const qc_md2_t *x,
+                         qc_md2_t *y) {
+  int64_t m = x->sizes[0];
+  const float *xa = x->aligned + x->offset;
+  float *ya = y->aligned + y->offset;
+  int64_t ldy = y->strides[0];
+  if (m <= 0 || n <= 0) return;
+#ifdef __AVX512F__
+  qc_a8_fn fn = __builtin_cpu_supports("avx512vnni") ? qc_a8_matmul_vnni : qc_a8_matmul_avx512;
+  int64_t vb = 64;
+#else
+  qc_a8_fn fn = __builtin_cpu_supports("avxvnni") ? qc_a8_matmul_avxvnni : qc_a8_matmul_avx2;
+  int64_t vb = 32;
+#endif
+  int64_t kp = qc_a8_padded_k(f->elem, f->group, vb, k), lds = f->group > 0 ? kp / f->group : 1;
+  void *buf = qc_malloc((size_t)(m * kp + m * lds * 4 + 128));
+  if (!buf) { qc_failed = 1; return; }
+  int8_t *xq = (int8_t *)(((uintptr_t)buf + 63) & ~(uintptr_t)63);
+  int32_t *xs = (int32_t *)(((uintptr_t)(xq + m * kp) + 63) & ~(uintptr_t)63);
+  for (int64_t i = 0; i < m; i++)
+    if (qc_a8_prepare(xa + i * x->strides[0], x->strides[1], k, s, f->elem, f->group, vb, kp,
+                      xq + i * kp, xs + i * lds)) {
+      for (int64_t r = 0; r < m; r++)
+        for (int64_t j = 0; j < n; j++) ya[r * ldy + j] = 0.0f;
+      qc_failed = 1;
+      qc_free(buf);
+      return;
+    }
+  int threads = omp_get_max_threads();
+  int par = threads > 1 && (uint64_t)m * (uint64_t)n * (uint64_t)k >= QC_PARALLEL_MIN_MACS;
+  int64_t chunk = (n + 4 * threads - 1) / (4 * threads);
+  int64_t least = m >= QC_GEMM_MIN_ROWS ? 64 : (256 << 10) / (row_bytes > 0 ? row_bytes : 1);
+  if (chunk < least) chunk = least;
+  if (chunk < 1) chunk = 1;
+  int64_t chunks = (n + chunk - 1) / chunk;
+  int bad = 0;
+#pragma omp parallel for schedule(dynamic, 1) if (par) reduction(| : bad)
+  for (int64_t c = 0; c < chunks; c++) {
+    int64_t r0 = c * chunk, r1 = r0 + chunk < n ? r0 + chunk : n;
+    bad |= fn(f, codes, scales, xq, xs, kp, lds, m, ya + r0, ldy, k, r0, r1, post);
+  }
+  if (bad) qc_failed = 1;
+  qc_free(buf);
+}
+
+"#;
 
 /// The weights blob and the C glue of a model's kernel calls.
 #[derive(Debug, Default)]
@@ -487,9 +568,73 @@ pub fn plan(m: &Module, exported: &Exported, cpu: CpuTarget) -> Result<Plan, Fai
         .replace("QC_GEMM_MIN_ROWS", &GEMM_MIN_ROWS.to_string());
     let mut declared: Vec<String> = Vec::new();
     let mut bodies = String::new();
+    let mut act8_used = false;
     for c in calls {
         let (resource, format) = match &c.op {
-            KernelOp::QuantMatmul { resource, format } => (resource, format),
+            KernelOp::QuantMatmul {
+                resource,
+                format,
+                act_quant: None,
+            } => (resource, format),
+            KernelOp::QuantMatmul {
+                resource,
+                format,
+                act_quant: Some(aq),
+            } => {
+                let at = |msg: String| {
+                    Failure::Input(qc_ir::Diagnostic::error(c.loc.clone(), msg).render(None))
+                };
+                if !has_act8_kernel(format, &aq.format) {
+                    return Err(at(format!(
+                        "no int8-activation kernel for {format} weights and {} activations",
+                        aq.format
+                    )));
+                }
+                let blob = m
+                    .resources
+                    .get(resource)
+                    .and_then(|b| b.bytes())
+                    .ok_or_else(|| at(format!("the weight resource '{resource}' has no bytes")))?;
+                let w = A8Matrix::new(format, c.n as usize, c.k as usize, blob).map_err(|e| {
+                    at(format!(
+                        "the int8-activation kernels cannot read this weight: {e}"
+                    ))
+                })?;
+                let offset = place(&mut p.weights, resource, blob);
+                let s = act8::act_scale(aq.amax);
+                let f = w.kind().format;
+                act8_used = true;
+                bodies += &format!(
+                    "static const qc_a8_format qc_a8f_{sym} = {{{elem}, {group}, {store}, 0, {{{table}}}}};\n\
+                     void _mlir_ciface_{sym}(qc_md2_t *x, qc_md2_t *y) {{\n  \
+                     /* {res}: {fmt} [{n}, {k}] at {offset}, int8 activations (amax {amax:e}) */\n  \
+                     qc_matmul_a8(&qc_a8f_{sym}, qc_weights + {offset}, qc_weights + {scales}, \
+                     qc_f32(0x{s:08x}u), qc_f32(0x{post:08x}u), {row_bytes}, {n}, {k}, x, y);\n}}\n\n",
+                    sym = c.symbol,
+                    elem = f.elem,
+                    group = f.group,
+                    store = f.store,
+                    table = f
+                        .table
+                        .iter()
+                        .map(|t| t.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    res = resource
+                        .chars()
+                        .map(|ch| if ch.is_ascii_graphic() && ch != '*' { ch } else { '_' })
+                        .collect::<String>(),
+                    fmt = format,
+                    n = c.n,
+                    k = c.k,
+                    amax = aq.amax,
+                    scales = offset + w.matrix().sections().scales,
+                    s = s.to_bits(),
+                    post = w.post(s).to_bits(),
+                    row_bytes = w.matrix().sections().row_bytes,
+                );
+                continue;
+            }
             KernelOp::FakeQuant { format, amax } => {
                 let fq = fake_quant_of(format).ok_or_else(|| {
                     Failure::Input(
@@ -581,6 +726,12 @@ pub fn plan(m: &Module, exported: &Exported, cpu: CpuTarget) -> Result<Plan, Fai
         }
     }
     glue += "\n";
+    if act8_used {
+        glue += &act8::c_source(cpu);
+        glue += &ACT8_GLUE
+            .replace("QC_PARALLEL_MIN_MACS", &format!("{PARALLEL_MIN_MACS}ull"))
+            .replace("QC_GEMM_MIN_ROWS", &GEMM_MIN_ROWS.to_string());
+    }
     glue += &bodies;
     p.glue = glue;
     Ok(p)
