@@ -1,6 +1,6 @@
 //! `qc compile --target sm_80|sm_89|sm_90a|sm_100a|sm_120a`, end to end: the tiny BERT-style encoder
-//! (scripts/models), float and with int4_g32 / mxfp4 weights, compiled to PTX for every NVIDIA target
-//! (upstream MLIR -> mlir-opt's GPU lowering -> LLVM's NVPTX back end); each artifact is compiled twice
+//! (scripts/models), float and with int4_g32 / mxfp4 / nvfp4 / fp8_e4m3 weights, compiled to PTX for
+//! every NVIDIA target (upstream MLIR -> mlir-opt's GPU lowering -> LLVM's NVPTX back end); each artifact is compiled twice
 //! and must be byte-identical, `qc inspect --extract` writes its .ptx parts, the launch plan names
 //! them, and ptxas assembles every one for its target. A golden file holds the PTX of an elementwise
 //! add for sm_90a (`QC_BLESS=1` rewrites it). No GPU runs the PTX here.
@@ -222,6 +222,18 @@ fn window_ops_and_hadamard_ptx_for_sm_80() {
             .count();
         assert!(kernels > 0, "{model}: no .ptx parts");
     }
+}
+
+/// NVFP4 (FP8 block scales) and FP8 weights: their codes and scales are decoded through value tables
+/// (`ExportOptions::decode_tables`), as LLVM's NVPTX lowering cannot convert MLIR's FP8 types.
+#[test]
+fn bert_nvfp4_ptx_for_every_target() {
+    bert_check(&["--wformat", "nvfp4"], "nvfp4");
+}
+
+#[test]
+fn bert_fp8_e4m3_ptx_for_every_target() {
+    bert_check(&["--wformat", "fp8_e4m3"], "fp8_e4m3");
 }
 
 /// An ONNX model computing `c = a + b` on 4x8 f32 tensors.

@@ -236,6 +236,12 @@ pub struct ExportOptions<'a> {
     /// of the quantized tensor keep the [`KernelOp::FakeQuant`] call, which is left out when there are
     /// none.
     pub act_quant_calls: Option<&'a ActQuantFilter>,
+    /// When true, quantized constants whose codes or scales have a builtin low-precision float type
+    /// (f8E4M3FN, f8E5M2, f6E2M3FN, f6E3M2FN, the ue4m3 scales of NVFP4) are exported as unsigned
+    /// integer codes decoded through a table of their f32 values (`tensor.extract` of a constant),
+    /// rather than as builtin floats and `arith.extf`, which LLVM's NVPTX lowering of MLIR 22 cannot
+    /// translate. The values are the same (the tables are qc_quant's codecs').
+    pub decode_tables: bool,
 }
 
 /// The filter of [`ExportOptions::act_quant_calls`]: (weight format, activation format) -> whether
@@ -373,6 +379,7 @@ pub fn export_module_with(
         u.constant_args = opts.constant_args;
         u.quantize_calls = opts.quantize_calls;
         u.act_quant_calls = opts.act_quant_calls;
+        u.decode_tables = opts.decode_tables;
         let mut args = Vec::new();
         let mut arg_types = Vec::new();
         for (i, &a) in f.args.iter().enumerate() {
@@ -621,6 +628,8 @@ struct U<'c, 'b> {
     act_quant_calls: Option<&'b ActQuantFilter>,
     /// The f32 inputs of the `quant.quantize` ops exported as fake-quant calls, by result value.
     quantize_inputs: RefCell<Vec<(qc_ir::Value, V<'c, 'b>)>>,
+    /// [`ExportOptions::decode_tables`].
+    decode_tables: bool,
     /// The constants made arguments so far, with their MLIR types.
     const_args: RefCell<Vec<(ConstantArg, Type<'c>)>>,
     /// The kernel calls made so far.
@@ -854,6 +863,7 @@ impl<'c, 'b> U<'c, 'b> {
             quantize_calls: None,
             act_quant_calls: None,
             quantize_inputs: Default::default(),
+            decode_tables: false,
             const_args: Default::default(),
             calls: Default::default(),
         }
@@ -2713,7 +2723,14 @@ fn dequant_constant<'c, 'b>(
     let us: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
     let q = qc_quant::blob::from_blob(bytes, fmt, &us, name).map_err(|e| e.to_string())?;
     let bl = blocked(&fmt.scheme, &shape)?;
-    let kind = code_kind(fmt.elem);
+    let kind = match code_kind(fmt.elem) {
+        CodeKind::Float(_) if u.decode_tables && fmt.elem != Encoding::E2M1 => CodeKind::Table {
+            bits: fmt.elem.bits() as u8,
+        },
+        k => k,
+    };
+    // NVFP4's ue4m3 block scales through a table too (ExportOptions::decode_tables).
+    let scale_table = u.decode_tables && fmt.scale == ScaleType::UE4M3;
     let mask = ((1u32 << fmt.elem.bits()) - 1) as u8;
     let codes_bytes: Vec<u8> = q.codes.iter().map(|&c| c & mask).collect();
     let code_el = match kind {
@@ -2735,7 +2752,12 @@ fn dequant_constant<'c, 'b>(
         }
         (Scales::Codes(c), ScaleType::UE4M3) => {
             let c: Vec<u8> = c.iter().map(|&x| x & 0x7f).collect();
-            u.constant_bytes(&bl.scale_shape, El::Mf("f8E4M3FN"), &c)?
+            let el = if scale_table {
+                El::U(8)
+            } else {
+                El::Mf("f8E4M3FN")
+            };
+            u.constant_bytes(&bl.scale_shape, el, &c)?
         }
         (Scales::F32(v), ScaleType::F32) => {
             let b: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
@@ -2790,12 +2812,26 @@ fn dequant_constant<'c, 'b>(
         }
         _ => None,
     };
-    let outer: Vec<Value> = table.iter().map(|t| t.v).collect();
+    let scale_values = if scale_table {
+        let codec = Codec::new(Encoding::UE4M3).map_err(|e| e.to_string())?;
+        let tb: Vec<u8> = codec.table().iter().flat_map(|v| v.to_le_bytes()).collect();
+        Some(u.constant_bytes(&[codec.table().len() as u64], El::F32, &tb)?)
+    } else {
+        None
+    };
+    let outer: Vec<Value> = table.iter().chain(&scale_values).map(|t| t.v).collect();
     let sel = scales.e;
     let n_in = ins.len();
+    // Handles of the captured tables in the body: after the inputs and the output.
+    let scale_table_h = n_in + 1 + table.is_some() as usize;
     let f = El::F32;
     let x = u.generic(&ins, &outer, r, &[], ids(0..r), &bl.blocked, f, None, |b| {
-        let mut s = b.cast(sel, f, 1)?;
+        let mut s = if scale_table {
+            let i = b.op("arith.index_castui", &[1], &[], "index")?;
+            b.op("tensor.extract", &[scale_table_h, i], &[], "f32")?
+        } else {
+            b.cast(sel, f, 1)?
+        };
         if let Some((k, h)) = ts {
             s = match k {
                 TensorScale::Reciprocal => b.bin(Bin::Div, f, s, h)?,

@@ -569,6 +569,7 @@ pub fn write_artifact(
         constant_args: true,
         quantize_calls: Some(fake_quant),
         act_quant_calls: Some(act8),
+        decode_tables: true,
     };
     let exported =
         qc_backend_hlo::upstream::export_module_with(m, func, &b, &opts).map_err(render)?;

@@ -180,6 +180,7 @@ pub fn write_artifact(
     let specialized = qc_backend_hlo::specialize(m, func, &b).map_err(render)?;
     let opts = qc_backend_hlo::upstream::ExportOptions {
         constant_args: true,
+        decode_tables: true,
         ..Default::default()
     };
     let exported =

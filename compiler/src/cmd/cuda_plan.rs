@@ -201,30 +201,30 @@ fn scalar_bits(text: &str, ty: &str) -> Result<(u64, u8), String> {
 }
 
 /// The code of `x` in MLIR's minifloat type `ty` (`f4E2M1FN`, `f6E2M3FN`, `f6E3M2FN`, `f8E4M3FN`,
-/// `f8E5M2`, `f8E8M0FNU`) when `x` is one of its values (a NaN: the type's NaN code).
+/// `f8E5M2`, `f8E8M0FNU`): the code of the nearest value (MLIR prints these values with 7 significant
+/// digits, which round back to the value; a NaN gives the type's NaN code). `None` when `x` is not
+/// within a relative 1e-5 of a value of the type.
 fn minifloat_code(ty: &str, x: f64) -> Option<u8> {
-    // (exponent bits, mantissa bits, bias, IEEE-style inf/NaN, NaN code of the "FN" kind)
-    let (e, m, bias, ieee, fn_nan): (u32, u32, i32, bool, Option<u8>) = match ty {
+    // (exponent bits, mantissa bits, bias, IEEE-style inf/NaN, NaN code)
+    let (e, m, bias, ieee, nan): (u32, u32, i32, bool, Option<u32>) = match ty {
         "f4E2M1FN" => (2, 1, 1, false, None),
         "f6E2M3FN" => (2, 3, 1, false, None),
         "f6E3M2FN" => (3, 2, 3, false, None),
         "f8E4M3FN" => (4, 3, 7, false, Some(0x7F)),
         "f8E5M2" => (5, 2, 15, true, Some(0x7F)),
-        "f8E8M0FNU" => {
-            if x.is_nan() {
-                return Some(0xFF);
-            }
-            return (0..0xFFu16)
-                .find(|&c| (2f64).powi(c as i32 - 127) == x)
-                .map(|c| c as u8);
-        }
+        // Unsigned, 2^(code - 127), 0xFF is NaN.
+        "f8E8M0FNU" => (8, 0, 127, false, Some(0xFF)),
         _ => return None,
     };
     if x.is_nan() {
-        return fn_nan;
+        return nan.map(|c| c as u8);
     }
-    let bits = 1 + e + m;
+    let unsigned = ty == "f8E8M0FNU";
+    let bits = e + m + (!unsigned) as u32;
     let decode = |c: u32| -> f64 {
+        if unsigned {
+            return (2f64).powi(c as i32 - bias);
+        }
         let sign = if c >> (e + m) & 1 == 1 { -1.0 } else { 1.0 };
         let ex = (c >> m) & ((1 << e) - 1);
         let man = (c & ((1 << m) - 1)) as f64 / (1u32 << m) as f64;
@@ -241,13 +241,12 @@ fn minifloat_code(ty: &str, x: f64) -> Option<u8> {
             sign * (1.0 + man) * (2f64).powi(ex as i32 - bias)
         }
     };
-    (0..1u32 << bits)
-        .filter(|&c| Some(c as u8) != fn_nan || ieee)
-        .find(|&c| {
-            let v = decode(c);
-            v == x && v.is_sign_negative() == x.is_sign_negative()
-        })
-        .map(|c| c as u8)
+    let (c, v) = (0..1u32 << bits)
+        .filter(|&c| nan != Some(c) && nan.map(|n| n | 0x80) != Some(c))
+        .map(|c| (c, decode(c)))
+        .filter(|(_, v)| !v.is_nan() && (*v != 0.0 || v.is_sign_negative() == x.is_sign_negative()))
+        .min_by(|a, b| (a.1 - x).abs().total_cmp(&(b.1 - x).abs()))?;
+    (v == x || (v - x).abs() <= 1e-5 * x.abs()).then_some(c as u8)
 }
 
 /// The bytes of `dense<...>` (the text inside the angle brackets) for `n` elements of type `ty`.
@@ -966,6 +965,11 @@ mod tests {
         );
         assert_eq!(dense_bytes("28.0", "f6E3M2FN", 1).unwrap(), [0x1F]);
         assert!(dense_bytes("0.3", "f8E4M3FN", 1).is_err());
+        // MLIR prints 2^-9 in f8E8M0FNU as 1.953130e-03.
+        assert_eq!(
+            dense_bytes("[1.953130e-03, 1.0]", "f8E8M0FNU", 2).unwrap(),
+            [118, 127]
+        );
         assert_eq!(scalar_bits("-1", "i32").unwrap(), (0xFFFF_FFFF, 4));
         assert_eq!(elem_bytes("f4E2M1FN"), Some(1));
         assert_eq!(elem_bytes("i1"), Some(1));
