@@ -113,8 +113,10 @@ pub struct CompileArgs {
     #[arg(long, value_enum, default_value_t = Emit::Qir)]
     pub emit: Emit,
     /// Lower the compiled model with a backend and write a .qca artifact (needs -o) instead of --emit's
-    /// output: xla or tpu (StableHLO; needs a qc built with the cargo feature `xla`), x86-64-v4 or
-    /// x86-64-v3 (a shared library with a C entry point and its header; needs the cargo feature `cpu`).
+    /// output: xla or tpu (StableHLO; needs a qc built with the cargo feature `xla`), x86-64-v4,
+    /// x86-64-v3 or native (a shared library with a C entry point and its header; needs the cargo
+    /// feature `cpu`), sm_80, sm_89, sm_90a, sm_100a or sm_120a (PTX checked by ptxas and a launch plan
+    /// that `qc run --device cuda` executes; needs the cargo feature `cpu`).
     #[arg(long, value_enum, value_name = "TARGET")]
     pub target: Option<crate::cmd::target::Target>,
     /// With --target or --emit mlir: a size for symbolic or dynamic dimensions, NAME=N for the symbol
