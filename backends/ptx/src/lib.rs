@@ -1,11 +1,14 @@
 //! qc's NVIDIA GPU backend: LLVM IR built with [inkwell] (LLVM 22), compiled to PTX by LLVM's NVPTX
 //! backend, and checked by NVIDIA's `ptxas` (see [`ptxas`]).
 //!
-//! Today the crate emits one fixed kernel, [`ADD_F32_KERNEL`], for every supported [`GpuTarget`]; it
-//! proves the path (kernel calling convention, special registers, target machine, PTX emission, ptxas)
-//! end to end. Lowering of qc IR modules builds on the same path.
+//! The crate emits a fixed kernel, [`ADD_F32_KERNEL`], for every supported [`GpuTarget`] (it proves the
+//! path: kernel calling convention, special registers, target machine, PTX emission, ptxas), and the
+//! 4-bit weight GEMV kernels of [`gemv4`] (tested on the CPU through the same IR, benchmarked on a GPU
+//! by `cargo bench --bench gemv4_gpu`). Whole models take the MLIR route of the compiler's
+//! `cmd/cuda.rs`.
 #![deny(missing_docs)]
 
+pub mod gemv4;
 pub mod ptxas;
 
 use std::str::FromStr;

@@ -1,0 +1,187 @@
+//! The 4-bit GEMV kernels of `qc_backend_ptx::gemv4`: their PTX assembles with ptxas for every target,
+//! and their bodies, compiled for this CPU and run thread index by thread index, match qc_quant's
+//! dequantization within 1e-5 for every format they read (no GPU is needed: the arithmetic is the
+//! same IR).
+
+use inkwell::context::Context;
+use inkwell::targets::{InitializationConfig, Target};
+use inkwell::OptimizationLevel;
+use qc_backend_ptx::gemv4::{self, Entries, Gemv4, SLICE};
+use qc_backend_ptx::ptxas::{assemble, find_ptxas};
+use qc_backend_ptx::GpuTarget;
+use qc_ir::quant::{named_format, QuantType};
+use qc_quant::{quantize, QuantizeOptions};
+
+/// The formats the kernels read, by name.
+const FORMATS: [&str; 8] = [
+    "int4_g32",
+    "int4_g128",
+    "int4_channel",
+    "mxfp4",
+    "nvfp4",
+    "nvfp4_torchao",
+    "nvfp4_ct",
+    "nvint4",
+];
+
+fn fmt(name: &str) -> QuantType {
+    named_format(name)
+        .unwrap_or_else(|| panic!("no format {name}"))
+        .ty
+        .clone()
+}
+
+/// Deterministic pseudo-random numbers in [-1, 1).
+fn noise(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+type Partial = unsafe extern "C" fn(
+    *const u8,
+    *const u8,
+    *const f32,
+    *const f32,
+    *mut f32,
+    i64,
+    i64,
+    i64,
+    i64,
+);
+type Reduce =
+    unsafe extern "C" fn(*const f32, *const u8, *const f32, *mut f32, i64, i64, i64, f32, i64);
+
+/// Runs both kernels on the CPU for `y[m, n] = x[m, k] W^T`, one thread index at a time.
+fn run_on_cpu(spec: &Gemv4, blob: &[u8], x: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
+    Target::initialize_native(&InitializationConfig::default()).unwrap();
+    let ctx = Context::create();
+    let module = ctx.create_module("gemv4_host");
+    gemv4::build(&ctx, &module, spec, Entries::Host).unwrap();
+    module.verify().unwrap();
+    let ee = module
+        .create_jit_execution_engine(OptimizationLevel::Default)
+        .unwrap();
+    let tables = spec.tables().unwrap();
+    let sec = spec.sections(n, k);
+    assert_eq!(sec.len, blob.len(), "the sections cover the blob");
+    let post = spec.post(blob, n, k).unwrap();
+    let s = k / SLICE;
+    let mut p = vec![f32::NAN; m * n * s];
+    let mut y = vec![f32::NAN; m * n];
+    // SAFETY: the signatures are those gemv4::build gives the host entries; every buffer has the
+    // sizes the kernel contract asks for.
+    unsafe {
+        let partial = ee.get_function::<Partial>("qc_gemv4_partial_at").unwrap();
+        let reduce = ee.get_function::<Reduce>("qc_gemv4_reduce_at").unwrap();
+        let scales = blob[sec.scales..].as_ptr();
+        // Threads past the range do nothing (one extra index checks the guard).
+        for t in 0..=(n * s) {
+            partial.call(
+                blob.as_ptr(),
+                scales,
+                tables.as_ptr(),
+                x.as_ptr(),
+                p.as_mut_ptr(),
+                k as i64,
+                n as i64,
+                m as i64,
+                t as i64,
+            );
+        }
+        for t in 0..=(m * n) {
+            reduce.call(
+                p.as_ptr(),
+                scales,
+                tables.as_ptr(),
+                y.as_mut_ptr(),
+                k as i64,
+                n as i64,
+                m as i64,
+                post,
+                t as i64,
+            );
+        }
+    }
+    y
+}
+
+#[test]
+fn kernels_match_the_dequantized_product_on_the_cpu() {
+    for (m, n, k) in [(1, 24, 256), (3, 8, 512)] {
+        for name in FORMATS {
+            let f = fmt(name);
+            let spec = Gemv4::classify(&f).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let w: Vec<f32> = noise(n * k, 7)
+                .iter()
+                .enumerate()
+                .map(|(i, v)| v * 0.05 * (1 + (i / k) % 5) as f32)
+                .collect();
+            let q = quantize(&w, &[n, k], &f, &QuantizeOptions::default()).unwrap();
+            let blob = qc_quant::blob::to_blob(&q).unwrap();
+            let wd = qc_quant::dequantize(&q).unwrap();
+            let x = noise(m * k, 11);
+            let y = run_on_cpu(&spec, &blob, &x, m, n, k);
+            let want: Vec<f64> = (0..m * n)
+                .map(|i| {
+                    let (mm, row) = (i / n, i % n);
+                    (0..k)
+                        .map(|j| wd[row * k + j] as f64 * x[mm * k + j] as f64)
+                        .sum()
+                })
+                .collect();
+            let scale = want.iter().fold(0f64, |a, v| a.max(v.abs()));
+            assert!(scale > 0.0);
+            for (i, (&got, &w)) in y.iter().zip(&want).enumerate() {
+                assert!(
+                    ((got as f64) - w).abs() <= 1e-5 * scale,
+                    "{name} m={m} n={n} k={k}: y[{i}] = {got}, reference {w}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn unsupported_formats_are_refused() {
+    for name in ["int8_channel", "mxfp8", "uint4_g128", "fp8_e4m3"] {
+        assert!(Gemv4::classify(&fmt(name)).is_err(), "{name}");
+    }
+}
+
+#[test]
+fn ptxas_accepts_the_kernels_for_every_target() {
+    let ptxas = match find_ptxas() {
+        Ok(p) => p,
+        Err(e) if std::env::var("QC_ALLOW_NO_PTXAS").as_deref() == Ok("1") => {
+            eprintln!("note: QC_ALLOW_NO_PTXAS=1 and {e}; ptxas checks skipped");
+            return;
+        }
+        Err(e) => panic!("{e}\n(set QC_ALLOW_NO_PTXAS=1 to skip the ptxas checks)"),
+    };
+    for name in ["int4_g32", "nvfp4", "int4_channel"] {
+        let spec = Gemv4::classify(&fmt(name)).unwrap();
+        for t in GpuTarget::ALL {
+            let ptx = gemv4::emit_ptx(t, &spec).unwrap();
+            for entry in [gemv4::PARTIAL, gemv4::REDUCE] {
+                assert!(
+                    ptx.contains(&format!(".entry {entry}(")),
+                    "{name} {t}: {entry}"
+                );
+            }
+            // The codes are read with 16-byte vector loads.
+            assert!(
+                ptx.contains("ld.global.v4.u32") || ptx.contains("ld.global.v4.b32"),
+                "{name} {t}:\n{ptx}"
+            );
+            let cubin = assemble(&ptxas, &ptx, t).unwrap_or_else(|e| panic!("{name} {t}: {e}"));
+            assert_eq!(&cubin[..4], b"\x7fELF");
+        }
+    }
+}
