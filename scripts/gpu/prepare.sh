@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Builds gpu-kit/ (git-ignored): what scripts/gpu/run.sh needs on a machine with an NVIDIA GPU but no
+# Rust or LLVM (the device machine of the tool library; carry `gpu-kit` to it):
+# - gpu-kit/qc: a release qc without the LLVM/MLIR features (it runs .qca artifacts with --device cuda
+#   and the reference interpreter; libc is all it links);
+# - gpu-kit/models/: the shipped tiny BERT compiled for sm_90a and sm_80 with several weight formats
+#   (artifact, the compiled IR, inputs, and the interpreter's outputs as the reference);
+# - gpu-kit/gemv4/: the 4-bit GEMV kernels' PTX and check cases (backends/ptx/examples/gemv4_kit.rs).
+# Needs what the test suite needs (bash scripts/test.sh installs it). Takes a few minutes.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+KIT=gpu-kit
+rm -rf "$KIT"
+mkdir -p "$KIT/models" "$KIT/gemv4"
+TD=${CARGO_TARGET_DIR:-target}
+cargo build --release -p qc
+cp "$TD/release/qc" "$KIT/qc"
+cargo build -p qc --features cpu
+QC=$TD/debug/qc
+python3 scripts/models/check.py inputs --model examples/bert-tiny.onnx --out "$KIT/models/inputs" --batch 1 --seq 8
+IN=()
+for n in input_ids token_type_ids attention_mask; do IN+=(--input "$n=$KIT/models/inputs/$n.npy"); done
+for f in float int4_g32 nvfp4 mxfp4 fp8_e4m3 mxfp8; do
+  if [ "$f" = float ]; then P=(--passes canonicalize,cse,dce); else P=(--wformat "$f"); fi
+  "$QC" compile examples/bert-tiny.onnx "${P[@]}" --emit qir -o "$KIT/models/$f.qir"
+  "$QC" run "$KIT/models/$f.qir" "${IN[@]}" -o "$KIT/models/$f.ref"
+  for t in sm_90a sm_80; do
+    "$QC" compile examples/bert-tiny.onnx "${P[@]}" --shape batch=1 --shape seq=8 --target "$t" -o "$KIT/models/$f.$t.qca"
+  done
+done
+cargo run -q -p qc-backend-ptx --example gemv4_kit -- "$KIT/gemv4"
+du -sh "$KIT"

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Runs on a machine with an NVIDIA GPU, from the repository root, with gpu-kit/ carried there
+# (scripts/gpu/prepare.sh builds it): every compiled tiny-BERT artifact for this GPU through
+# `qc run --device cuda` against the reference interpreter's outputs (within 1e-5 of max |y|), its
+# latency with `qc bench`, then the 4-bit GEMV kernels' check and timing (scripts/gpu/gemv4_bench.py,
+# CuPy). Writes everything to stdout and to $OUT/gpu.log when OUT is set. Exit code 1 if a check failed.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+KIT=gpu-kit
+LOG=${OUT:-/tmp}/gpu.log
+exec > >(tee "$LOG") 2>&1
+nvidia-smi -L
+cc=$(python3 -c "import cupy; print(cupy.cuda.Device().compute_capability)")
+case "$cc" in 90) T=sm_90a ;; *) T=sm_80 ;; esac
+echo "compute capability $cc: artifacts for $T"
+status=0
+IN=()
+for n in input_ids token_type_ids attention_mask; do IN+=(--input "$n=$KIT/models/inputs/$n.npy"); done
+for qca in "$KIT"/models/*."$T".qca; do
+  f=$(basename "$qca" ."$T".qca)
+  out=/tmp/gpu-out/$f
+  if ! "$KIT/qc" run "$qca" --device cuda "${IN[@]}" -o "$out"; then
+    echo "{\"artifact\": \"$f.$T\", \"run\": \"failed\"}"; status=1; continue
+  fi
+  python3 - "$out" "$KIT/models/$f.ref" "$f.$T" <<'PY' || status=1
+import json, os, sys
+import numpy as np
+got, ref, tag = sys.argv[1:4]
+worst = 0.0
+for name in sorted(os.listdir(ref)):
+    a, b = np.load(os.path.join(got, name)).astype(np.float64), np.load(os.path.join(ref, name)).astype(np.float64)
+    worst = max(worst, float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30)))
+print(json.dumps({"artifact": tag, "max_rel_err_vs_interpreter": worst, "ok": worst <= 1e-5}))
+sys.exit(0 if worst <= 1e-5 else 1)
+PY
+  "$KIT/qc" bench "$qca" "${IN[@]}" --reps 20 || status=1
+done
+python3 scripts/gpu/gemv4_bench.py "$KIT/gemv4" || status=1
+exit $status
