@@ -18,6 +18,10 @@ use qc_ir::quant::named_format;
 use qc_runtime::cuda::driver::Cuda;
 use qc_runtime::cuda::Device;
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::noise;
+
 const FORMATS: [&str; 4] = ["int4_g32", "int4_g128", "mxfp4", "nvfp4"];
 
 fn arg(name: &str, default: u64) -> u64 {
@@ -27,18 +31,6 @@ fn arg(name: &str, default: u64) -> u64 {
         .and_then(|i| args.get(i + 1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn noise(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
 }
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {

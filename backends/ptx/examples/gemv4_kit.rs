@@ -14,6 +14,10 @@ use qc_backend_ptx::gemv4::{self, Gemv4, SLICE};
 use qc_backend_ptx::GpuTarget;
 use qc_ir::quant::{named_format, TensorScale};
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::noise;
+
 const FORMATS: [&str; 6] = [
     "int4_g32",
     "int4_g128",
@@ -22,18 +26,6 @@ const FORMATS: [&str; 6] = [
     "nvfp4",
     "nvint4",
 ];
-
-fn noise(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
 
 fn main() {
     let dir = PathBuf::from(std::env::args().nth(1).expect("usage: gemv4_kit DIR"));

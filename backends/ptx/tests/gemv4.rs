@@ -13,6 +13,9 @@ use qc_ir::quant::{named_format, QuantType};
 use qc_quant::{quantize, QuantizeOptions};
 
 /// The formats the kernels read, by name.
+mod common;
+use common::noise;
+
 const FORMATS: [&str; 8] = [
     "int4_g32",
     "int4_g128",
@@ -29,19 +32,6 @@ fn fmt(name: &str) -> QuantType {
         .unwrap_or_else(|| panic!("no format {name}"))
         .ty
         .clone()
-}
-
-/// Deterministic pseudo-random numbers in [-1, 1).
-fn noise(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
 }
 
 type Partial = unsafe extern "C" fn(

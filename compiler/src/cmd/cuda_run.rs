@@ -183,23 +183,32 @@ impl Loaded {
     }
 }
 
+impl Loaded {
+    /// Makes the plan ready on the GPU (kernels loaded, buffers allocated, weights uploaded) and calls
+    /// `f` with a function that runs it once on `inputs`.
+    fn with_prepared<T>(
+        &mut self,
+        inputs: &[&[u8]],
+        f: impl FnOnce(&mut dyn FnMut() -> Result<Vec<Vec<u8>>, Failure>) -> Result<T, Failure>,
+    ) -> Result<T, Failure> {
+        let fail = |e: String| input_error(format!("--device cuda: {e}"));
+        // The executor borrows the plan while the device is used mutably: split the borrows.
+        let Loaded {
+            map, plan, cuda, ..
+        } = self;
+        let view = artifact::view(map).map_err(|e| input_error(e.to_string()))?;
+        let weights = view.part(crate::cmd::cuda_plan::WEIGHTS).unwrap_or(&[]);
+        let p = Prepared::new(cuda, plan, |n| view.part(n), weights).map_err(fail)?;
+        f(&mut || p.run(cuda, inputs).map_err(fail))
+    }
+}
+
 /// `qc run ARTIFACT.qca --device cuda`: one NAME.npy per output in the output folder.
 pub fn run_artifact(args: &RunArgs) -> Result<(), Failure> {
     let mut l = Loaded::open(&args.model)?;
     let inputs = l.inputs(&args.inputs)?;
     let refs: Vec<&[u8]> = inputs.iter().map(|v| v.as_slice()).collect();
-    let outs = {
-        // The executor borrows the plan while the device is used mutably: split the borrows.
-        let Loaded {
-            map, plan, cuda, ..
-        } = &mut l;
-        let view = artifact::view(map).map_err(|e| input_error(e.to_string()))?;
-        let weights = view.part(crate::cmd::cuda_plan::WEIGHTS).unwrap_or(&[]);
-        let p = Prepared::new(cuda, plan, |n| view.part(n), weights)
-            .map_err(|e| input_error(format!("--device cuda: {e}")))?;
-        p.run(cuda, &refs)
-            .map_err(|e| input_error(format!("--device cuda: {e}")))?
-    };
+    let outs = l.with_prepared(&refs, |run| run())?;
     std::fs::create_dir_all(&args.output)
         .map_err(|e| input_error(format!("cannot create {}: {e}", args.output.display())))?;
     for (s, b) in l.manifest.outputs.iter().zip(&outs) {
@@ -217,30 +226,26 @@ pub fn bench_artifact(args: &BenchArgs) -> Result<String, Failure> {
     let inputs = l.inputs(&args.inputs)?;
     let refs: Vec<&[u8]> = inputs.iter().map(|v| v.as_slice()).collect();
     let name = l.cuda.name();
-    let Loaded {
-        map, plan, cuda, ..
-    } = &mut l;
-    let view = artifact::view(map).map_err(|e| input_error(e.to_string()))?;
-    let weights = view.part(crate::cmd::cuda_plan::WEIGHTS).unwrap_or(&[]);
-    let p = Prepared::new(cuda, plan, |n| view.part(n), weights)
-        .map_err(|e| input_error(format!("--device cuda: {e}")))?;
-    let fail = |e: String| input_error(format!("--device cuda: {e}"));
-    for _ in 0..args.warmup {
-        p.run(cuda, &refs).map_err(fail)?;
-    }
+    let target = l.plan.target.clone();
     let mut times = Vec::with_capacity(args.reps);
-    for _ in 0..args.reps.max(1) {
-        let t = std::time::Instant::now();
-        p.run(cuda, &refs).map_err(fail)?;
-        times.push(t.elapsed().as_secs_f64());
-    }
+    l.with_prepared(&refs, |run| {
+        for _ in 0..args.warmup {
+            run()?;
+        }
+        for _ in 0..args.reps.max(1) {
+            let t = std::time::Instant::now();
+            run()?;
+            times.push(t.elapsed().as_secs_f64());
+        }
+        Ok(())
+    })?;
     let mean = times.iter().sum::<f64>() / times.len() as f64;
     times.sort_by(f64::total_cmp);
     Ok(format!(
         "{{\"artifact\": {:?}, \"target\": {:?}, \"device\": {:?}, \"reps\": {}, \"best_s\": {:.6e}, \
          \"median_s\": {:.6e}, \"mean_s\": {:.6e}}}\n",
         args.artifact.display().to_string(),
-        plan.target,
+        target,
         name,
         times.len(),
         times[0],
