@@ -12,7 +12,7 @@
 
 use std::time::Instant;
 
-use qc_backend_ptx::gemv4::{self, Gemv4, SLICE};
+use qc_backend_ptx::gemv4::{self, Gemv4};
 use qc_backend_ptx::GpuTarget;
 use qc_ir::quant::named_format;
 use qc_runtime::cuda::driver::Cuda;
@@ -51,7 +51,7 @@ impl Gpu {
     /// Runs both kernels; returns nothing (results stay on the device).
     #[allow(clippy::too_many_arguments)]
     fn gemv(&mut self, k: (usize, usize), a: &Args, n: usize, kk: usize, m: usize, post: f32) {
-        let s = kk / SLICE;
+        let s = kk / a.slice;
         let block = 256u32;
         let threads = (n * s) as u64;
         let grid = threads.div_ceil(block as u64) as u32;
@@ -96,6 +96,7 @@ impl Gpu {
 }
 
 struct Args {
+    slice: usize,
     codes: u64,
     scales: u64,
     tables: u64,
@@ -158,11 +159,12 @@ fn main() {
         let xv = noise(ck, 5);
         let sec = spec.sections(cn, ck);
         let a = Args {
+            slice: spec.slice,
             codes: gpu.buffer(&blob),
             scales: 0,
             tables: gpu.buffer(&tables),
             x: gpu.buffer(&f32_bytes(&xv)),
-            p: gpu.dev.alloc((cn * ck / SLICE * 4) as u64).unwrap(),
+            p: gpu.dev.alloc((cn * ck / spec.slice * 4) as u64).unwrap(),
             y: gpu.dev.alloc((cn * 4) as u64).unwrap(),
         };
         let a = Args {
@@ -210,11 +212,12 @@ fn main() {
         }
         let weight_bytes = (n * k / 2 + scale_bytes) as f64;
         let a = Args {
+            slice: spec.slice,
             codes: gpu.buffer(&blob),
             scales: 0,
             tables: gpu.buffer(&tables),
             x: gpu.buffer(&f32_bytes(&noise(k, 9))),
-            p: gpu.dev.alloc((n * k / SLICE * 4) as u64).unwrap(),
+            p: gpu.dev.alloc((n * k / spec.slice * 4) as u64).unwrap(),
             y: gpu.dev.alloc((n * 4) as u64).unwrap(),
         };
         let a = Args {

@@ -10,7 +10,7 @@
 
 use std::path::PathBuf;
 
-use qc_backend_ptx::gemv4::{self, Gemv4, SLICE};
+use qc_backend_ptx::gemv4::{self, Gemv4};
 use qc_backend_ptx::GpuTarget;
 use qc_ir::quant::{named_format, TensorScale};
 
@@ -68,11 +68,12 @@ fn main() {
             })
             .collect();
         let json = format!(
-            "{{\"format\": {f:?}, \"partial\": {:?}, \"reduce\": {:?}, \"slice\": {SLICE}, \"group\": {}, \
+            "{{\"format\": {f:?}, \"partial\": {:?}, \"reduce\": {:?}, \"slice\": {}, \"group\": {}, \
              \"byte_scales\": {}, \"tensor_scale\": {}, \"tables\": [{}], \"check\": {{\"n\": {n}, \"k\": {k}, \
              \"scales_offset\": {}, \"post\": {:?}}}}}\n",
             gemv4::PARTIAL,
             gemv4::REDUCE,
+            spec.slice,
             spec.group.map_or("null".to_string(), |g| g.to_string()),
             spec.byte_scales,
             !matches!(spec.tensor, TensorScale::None),

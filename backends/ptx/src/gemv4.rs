@@ -7,16 +7,17 @@
 //! zero points, e2m1), decoded through a 16-entry table; scales per group of 16, 32, 64 or 128 elements
 //! along K, or per row; stored as f32 or as one byte (e8m0, ue4m3) decoded through a 256-entry table;
 //! an optional f32 second-level scale (NVFP4). That covers int4_g32, int4_g128, int4_channel, mxfp4,
-//! nvfp4 (all three variants) and nvint4. K must be a multiple of [`SLICE`].
+//! nvfp4 (all three variants) and nvint4. K must be a multiple of 32.
 //!
 //! # Kernels
 //! Two kernels, so that no thread waits for another and the results do not depend on the launch
 //! shape:
-//! - [`PARTIAL`]`(codes, scales, tables, x, p, k, n, m)`: thread `t < N * K / SLICE` takes row
-//!   `t / S` and slice `t % S` (`S = K / SLICE`; consecutive threads read consecutive 64-byte runs of
-//!   a row, four 16-byte loads each) and writes, for every activation row `mm < M`,
-//!   `p[(mm * N + row) * S + slice] = sum over the slice's groups of scale * (sum over the group of
-//!   w * x)`, each sum an FMA chain in element order (per-row scales: the plain sum).
+//! - [`PARTIAL`]`(codes, scales, tables, x, p, k, n, m)`: thread `t < N * S` (`S = K / L`, `L` the
+//!   spec's slice of 128, 64 or 32 elements: [`Gemv4::slice`]) takes row `t / S` and slice `t % S`
+//!   (consecutive threads read consecutive `L / 2`-byte runs of a row, in 16-byte loads) and writes,
+//!   for every activation row `mm < M`, `p[(mm * N + row) * S + slice] = sum over the slice's groups
+//!   of scale * (sum over the group of w * x)` (a group longer than the slice: its scale times the
+//!   slice's sum), each sum an FMA chain in element order (per-row scales: the plain sum).
 //! - [`REDUCE`]`(p, scales, tables, y, k, n, m, post)`: thread `t < M * N` writes
 //!   `y[t] = post * row_scale * sum_s p[t * S + s]` in slice order (`row_scale` for per-row scales,
 //!   else 1).
@@ -44,7 +45,8 @@ use qc_quant::Codec;
 
 use crate::{special_register, target_machine, Error, GpuTarget, PTX_KERNEL_CALL_CONV};
 
-/// Elements per thread and slice of a row.
+/// The longest slice of a row one thread takes (elements); [`Gemv4::for_k`] picks shorter ones (64, 32)
+/// when K needs them.
 pub const SLICE: usize = 128;
 /// The partial-sums kernel's entry.
 pub const PARTIAL: &str = "qc_gemv4_partial";
@@ -62,6 +64,8 @@ pub struct Gemv4 {
     pub tensor: TensorScale,
     /// Codes are two's-complement int4, decoded with integer arithmetic instead of the table.
     pub signed_int: bool,
+    /// Elements per thread and slice of a row: 128 (from [`Gemv4::classify`]), or 64 or 32.
+    pub slice: usize,
     fmt: QuantType,
 }
 
@@ -72,7 +76,7 @@ pub struct Sections {
     pub scales: usize,
     /// Offset of the f32 tensor scale, for two-level formats.
     pub tensor: Option<usize>,
-    /// Length of the blob.
+    /// Length of the blob (padded to a multiple of 16 bytes, as qc_quant::blob pads it).
     pub len: usize,
 }
 
@@ -110,6 +114,7 @@ impl Gemv4 {
             s => return Err(format!("{fmt}: {s} scales are not supported")),
         };
         Ok(Gemv4 {
+            slice: SLICE,
             signed_int: fmt.elem
                 == (Encoding::Int {
                     bits: 4,
@@ -120,6 +125,17 @@ impl Gemv4 {
             tensor: fmt.tensor_scale,
             fmt: fmt.clone(),
         })
+    }
+
+    /// The kernel description of `fmt` for a reduction length `k`: the longest slice (128, 64, 32)
+    /// that divides `k`.
+    pub fn for_k(fmt: &QuantType, k: usize) -> Result<Gemv4, String> {
+        let mut g = Gemv4::classify(fmt)?;
+        g.slice = [128, 64, 32]
+            .into_iter()
+            .find(|&l| k.is_multiple_of(l))
+            .ok_or_else(|| format!("{fmt}: K = {k} is not a multiple of 32"))?;
+        Ok(g)
     }
 
     /// The sections of the blob of `W[n, k]`.
@@ -135,14 +151,14 @@ impl Gemv4 {
             TensorScale::None => Sections {
                 scales,
                 tensor: None,
-                len: end,
+                len: align16(end),
             },
             _ => {
                 let t = align16(end);
                 Sections {
                     scales,
                     tensor: Some(t),
-                    len: t + 4,
+                    len: align16(t + 4),
                 }
             }
         }
@@ -332,19 +348,20 @@ pub fn build<'c>(
             a[8].into_int_value(),
         );
         c.b.position_at_end(ctx.append_basic_block(partial, "entry"));
-        let s_count = c.b.build_int_unsigned_div(k, c.i64(SLICE as u64), "S")?;
+        let s_count =
+            c.b.build_int_unsigned_div(k, c.i64(spec.slice as u64), "S")?;
         let row = c.b.build_int_unsigned_div(t, s_count, "row")?;
         let slice = c.b.build_int_unsigned_rem(t, s_count, "slice")?;
         // Codes of the slice: row * K/2 + slice * 64 bytes.
         let half_k = c.b.build_int_unsigned_div(k, c.i64(2), "")?;
         let row_off = c.b.build_int_mul(row, half_k, "")?;
-        let sl_off = c.b.build_int_mul(slice, c.i64(SLICE as u64 / 2), "")?;
+        let sl_off = c.b.build_int_mul(slice, c.i64(spec.slice as u64 / 2), "")?;
         let off = c.b.build_int_add(row_off, sl_off, "")?;
         let base = c.gep(ctx.i8_type().into(), codes, off)?;
-        // Four 16-byte loads, shared by every activation row.
+        // 16-byte loads (32 codes each), shared by every activation row.
         let v4 = ctx.i32_type().vec_type(4);
         let mut words = Vec::with_capacity(16);
-        for q in 0..4u64 {
+        for q in 0..(spec.slice / 32) as u64 {
             let pq = c.gep(ctx.i8_type().into(), base, c.i64(16 * q))?;
             let ld = c.b.build_load(v4, pq, "")?;
             ld.as_instruction_value()
@@ -363,7 +380,7 @@ pub fn build<'c>(
             }
         }
         // The 128 code values.
-        let mut vals = Vec::with_capacity(SLICE);
+        let mut vals = Vec::with_capacity(spec.slice);
         for word in &words {
             for j in 0..8u64 {
                 let sh = c.b.build_right_shift(
@@ -386,26 +403,26 @@ pub fn build<'c>(
                 }
             }
         }
-        // First scale index of the slice: row * (K / g) + slice * (SLICE / g).
-        let scale_base = match spec.group {
-            Some(g) => {
+        // The slice's scales: groups of `eff = min(g, L)` elements; scale j of the slice is number
+        // row * (K / g) + (slice * L + j * eff) / g.
+        let eff = spec.group.map(|g| g.min(spec.slice));
+        let scale_vals = match (spec.group, eff) {
+            (Some(g), Some(eff)) => {
                 let per_row = c.b.build_int_unsigned_div(k, c.i64(g as u64), "")?;
                 let r = c.b.build_int_mul(row, per_row, "")?;
-                let s = c.b.build_int_mul(slice, c.i64((SLICE / g) as u64), "")?;
-                Some(c.b.build_int_add(r, s, "")?)
+                let first = c.b.build_int_mul(slice, c.i64(spec.slice as u64), "")?;
+                (0..spec.slice / eff)
+                    .map(|j| {
+                        let el = c.b.build_int_add(first, c.i64((j * eff) as u64), "")?;
+                        let gi = c.b.build_int_unsigned_div(el, c.i64(g as u64), "")?;
+                        let gi = c.b.build_int_add(r, gi, "")?;
+                        scale_at(&c, spec, scales, tables, gi)
+                    })
+                    .collect::<Result<Vec<_>, Error>>()?
             }
-            None => None,
-        };
-        let scale_vals = match (spec.group, scale_base) {
-            (Some(g), Some(sb)) => (0..SLICE / g)
-                .map(|j| {
-                    let gi = c.b.build_int_add(sb, c.i64(j as u64), "")?;
-                    scale_at(&c, spec, scales, tables, gi)
-                })
-                .collect::<Result<Vec<_>, Error>>()?,
             _ => Vec::new(),
         };
-        let x_slice = c.b.build_int_mul(slice, c.i64(SLICE as u64), "")?;
+        let x_slice = c.b.build_int_mul(slice, c.i64(spec.slice as u64), "")?;
         for_loop(&c, partial, m, |c, mm| {
             let xrow = c.b.build_int_mul(mm, k, "")?;
             let x0 = c.b.build_int_add(xrow, x_slice, "")?;
@@ -413,9 +430,9 @@ pub fn build<'c>(
             let zero = f32t.const_float(0.0);
             let mut acc = zero;
             let mut gsum = zero;
-            let g = spec.group.unwrap_or(SLICE);
+            let g = eff.unwrap_or(spec.slice);
             for (e, v) in vals.iter().enumerate() {
-                // x is 16-byte aligned (K is a multiple of SLICE): tell LLVM, which then loads
+                // x is 16-byte aligned (K is a multiple of the slice): tell LLVM, which then loads
                 // four activations at a time.
                 let q = c.gep(f32t.into(), xs, c.i64(e as u64))?;
                 let ld = c.b.build_load(f32t, q, "")?;
@@ -476,7 +493,8 @@ pub fn build<'c>(
             a[8].into_int_value(),
         );
         c.b.position_at_end(ctx.append_basic_block(reduce, "entry"));
-        let s_count = c.b.build_int_unsigned_div(k, c.i64(SLICE as u64), "S")?;
+        let s_count =
+            c.b.build_int_unsigned_div(k, c.i64(spec.slice as u64), "S")?;
         let acc = c.b.build_alloca(f32t, "acc")?;
         c.b.build_store(acc, f32t.const_float(0.0))?;
         let first = c.b.build_int_mul(t, s_count, "")?;
@@ -527,14 +545,15 @@ pub fn build<'c>(
                 c.b.build_int_nuw_add(start, tid, "t")?
             }
         };
-        // Range: partial N * K / SLICE threads, reduce M * N.
+        // Range: partial N * K / L threads, reduce M * N.
         let (k, n, m) = (
             f.get_params()[if count == 0 { 5 } else { 4 }].into_int_value(),
             f.get_params()[if count == 0 { 6 } else { 5 }].into_int_value(),
             f.get_params()[if count == 0 { 7 } else { 6 }].into_int_value(),
         );
         let limit = if count == 0 {
-            let s = c.b.build_int_unsigned_div(k, c.i64(SLICE as u64), "")?;
+            let s =
+                c.b.build_int_unsigned_div(k, c.i64(spec.slice as u64), "")?;
             c.b.build_int_mul(n, s, "")?
         } else {
             c.b.build_int_mul(m, n, "")?

@@ -6,7 +6,7 @@
 use inkwell::context::Context;
 use inkwell::targets::{InitializationConfig, Target};
 use inkwell::OptimizationLevel;
-use qc_backend_ptx::gemv4::{self, Entries, Gemv4, SLICE};
+use qc_backend_ptx::gemv4::{self, Entries, Gemv4};
 use qc_backend_ptx::ptxas::{assemble, find_ptxas};
 use qc_backend_ptx::GpuTarget;
 use qc_ir::quant::{named_format, QuantType};
@@ -62,7 +62,7 @@ fn run_on_cpu(spec: &Gemv4, blob: &[u8], x: &[f32], m: usize, n: usize, k: usize
     let sec = spec.sections(n, k);
     assert_eq!(sec.len, blob.len(), "the sections cover the blob");
     let post = spec.post(blob, n, k).unwrap();
-    let s = k / SLICE;
+    let s = k / spec.slice;
     let mut p = vec![f32::NAN; m * n * s];
     let mut y = vec![f32::NAN; m * n];
     // SAFETY: the signatures are those gemv4::build gives the host entries; every buffer has the
@@ -104,10 +104,19 @@ fn run_on_cpu(spec: &Gemv4, blob: &[u8], x: &[f32], m: usize, n: usize, k: usize
 
 #[test]
 fn kernels_match_the_dequantized_product_on_the_cpu() {
-    for (m, n, k) in [(1, 24, 256), (3, 8, 512)] {
+    // K = 256 and 512 take slices of 128, K = 192 of 64, K = 96 of 32 (groups of 128 longer than the
+    // slice, groups of 16 shorter).
+    for (m, n, k) in [(1, 24, 256), (3, 8, 512), (2, 5, 192), (1, 7, 96)] {
         for name in FORMATS {
             let f = fmt(name);
-            let spec = Gemv4::classify(&f).unwrap_or_else(|e| panic!("{name}: {e}"));
+            if name == "int4_g128" && k % 128 != 0 {
+                continue;
+            }
+            let spec = Gemv4::for_k(&f, k).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(
+                spec.slice,
+                [128, 64, 32].into_iter().find(|l| k % l == 0).unwrap()
+            );
             let w: Vec<f32> = noise(n * k, 7)
                 .iter()
                 .enumerate()
@@ -139,7 +148,8 @@ fn kernels_match_the_dequantized_product_on_the_cpu() {
 }
 
 #[test]
-fn unsupported_formats_are_refused() {
+fn unsupported_formats_and_shapes_are_refused() {
+    assert!(Gemv4::for_k(&fmt("int4_channel"), 48).is_err());
     for name in ["int8_channel", "mxfp8", "uint4_g128", "fp8_e4m3"] {
         assert!(Gemv4::classify(&fmt(name)).is_err(), "{name}");
     }
@@ -155,8 +165,13 @@ fn ptxas_accepts_the_kernels_for_every_target() {
         }
         Err(e) => panic!("{e}\n(set QC_ALLOW_NO_PTXAS=1 to skip the ptxas checks)"),
     };
-    for name in ["int4_g32", "nvfp4", "int4_channel"] {
-        let spec = Gemv4::classify(&fmt(name)).unwrap();
+    for (name, k) in [
+        ("int4_g32", 256),
+        ("nvfp4", 256),
+        ("int4_channel", 256),
+        ("mxfp4", 96),
+    ] {
+        let spec = Gemv4::for_k(&fmt(name), k).unwrap();
         for t in GpuTarget::ALL {
             let ptx = gemv4::emit_ptx(t, &spec).unwrap();
             for entry in [gemv4::PARTIAL, gemv4::REDUCE] {
