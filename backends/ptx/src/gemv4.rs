@@ -76,7 +76,8 @@ pub struct Sections {
     pub scales: usize,
     /// Offset of the f32 tensor scale, for two-level formats.
     pub tensor: Option<usize>,
-    /// Length of the blob (padded to a multiple of 16 bytes, as qc_quant::blob pads it).
+    /// Length of the blob (as qc_quant::blob lays it out: the sections padded to 16 bytes, the tensor
+    /// scale's 4 bytes last).
     pub len: usize,
 }
 
@@ -158,7 +159,7 @@ impl Gemv4 {
                 Sections {
                     scales,
                     tensor: Some(t),
-                    len: align16(t + 4),
+                    len: t + 4,
                 }
             }
         }
