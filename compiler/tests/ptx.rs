@@ -122,7 +122,13 @@ fn check_all_targets(
                 text.contains(&format!("\n.target {target}\n")),
                 "{tag} {target}: {name} has another .target"
             );
-            assert!(text.contains(".entry main_kernel("), "{name}");
+            // MLIR's kernels, or qc's 4-bit GEMV kernels for the quantized products.
+            let entry = if name.starts_with("gemv4_") {
+                ".entry qc_gemv4_partial("
+            } else {
+                ".entry main_kernel("
+            };
+            assert!(text.contains(entry), "{name}");
             ok(
                 Command::new(ptxas)
                     .arg(format!("-arch={target}"))
@@ -174,6 +180,55 @@ fn bert_float_ptx_for_every_target() {
 #[test]
 fn bert_int4_g32_ptx_for_every_target() {
     bert_check(&["--wformat", "int4_g32"], "int4_g32");
+}
+
+/// Products by 4-bit weights run qc's GEMV kernels (`gemv4_*.ptx`, two launches each: partial sums
+/// and reduction), the rest MLIR's kernels.
+#[test]
+fn quantized_products_launch_the_gemv_kernels() {
+    let Some(_) = ptxas() else { return };
+    require_python();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let qca = d.join("b.qca");
+    qc(&[
+        "compile",
+        p(&repo().join("examples/bert-tiny.onnx")),
+        "--wformat",
+        "nvfp4",
+        "--target",
+        "sm_90a",
+        "--shape",
+        "batch=1",
+        "--shape",
+        "seq=8",
+        "-o",
+        p(&qca),
+    ]);
+    let art = qc_runtime::artifact::read(&qca).unwrap();
+    let weights = art.part("weights.bin").unwrap();
+    let plan = qc_runtime::cuda::Plan::parse(
+        art.part("launch_plan.json").unwrap(),
+        3,
+        weights.len() as u64,
+    )
+    .unwrap();
+    let gemv: Vec<_> = plan
+        .steps
+        .iter()
+        .filter_map(|s| match s {
+            qc_runtime::cuda::plan::Step::Launch {
+                ptx, entry, params, ..
+            } if ptx.starts_with("gemv4_") => Some((entry.clone(), params.len())),
+            _ => None,
+        })
+        .collect();
+    // The tiny BERT has 13 products by constant weights (2 layers x 6, and the pooler).
+    assert_eq!(gemv.len(), 26, "{gemv:?}");
+    for pair in gemv.chunks(2) {
+        assert_eq!(pair[0], ("qc_gemv4_partial".to_string(), 8));
+        assert_eq!(pair[1], ("qc_gemv4_reduce".to_string(), 8));
+    }
 }
 
 #[test]

@@ -39,10 +39,13 @@
 
 use std::path::{Path, PathBuf};
 
+use qc_backend_hlo::upstream::KernelOp;
+use qc_backend_ptx::gemv4::Gemv4;
 use qc_backend_ptx::GpuTarget;
 use qc_ir::Module;
 use qc_runtime::artifact::{self, Artifact};
 
+use crate::cmd::cuda_plan::GpuCall;
 pub use crate::cmd::cuda_plan::{PLAN, WEIGHTS};
 use crate::cmd::target::Target;
 use crate::output::{input_error, Failure};
@@ -159,6 +162,79 @@ pub fn binaries(text: &str) -> Result<Vec<(String, String)>, String> {
     Ok(out)
 }
 
+/// The [`GpuCall`]s of the export's kernel calls (quantized products by 4-bit weights), adding the
+/// PTX of their GEMV kernels to `ptx` (module `gemv4_<j>`, one per distinct kernel description, in
+/// order of first use).
+fn gemv_calls<'m>(
+    m: &'m Module,
+    calls: &[qc_backend_hlo::upstream::KernelCall],
+    gpu: GpuTarget,
+    ptx: &mut Vec<(String, String)>,
+) -> Result<Vec<GpuCall<'m>>, Failure> {
+    let mut modules: Vec<(Gemv4, String)> = Vec::new();
+    let mut out = Vec::new();
+    for c in calls {
+        let KernelOp::QuantMatmul { resource, format } = &c.op else {
+            return Err(Failure::Internal(format!(
+                "internal error: the NVIDIA targets ask for no {:?} calls\n",
+                c.op
+            )));
+        };
+        let at =
+            |msg: String| Failure::Input(qc_ir::Diagnostic::error(c.loc.clone(), msg).render(None));
+        let spec = Gemv4::for_k(format, c.k as usize)
+            .map_err(|e| at(format!("the {} GEMV kernels: {e}", gpu.name())))?;
+        let blob = m
+            .resources
+            .get(resource)
+            .and_then(|r| r.bytes())
+            .ok_or_else(|| at(format!("the weight resource '{resource}' has no bytes")))?;
+        let (n, k) = (c.n as usize, c.k as usize);
+        let sec = spec.sections(n, k);
+        if blob.len() != sec.len {
+            return Err(at(format!(
+                "the weight blob has {} bytes; {format} [{n}, {k}] needs {}",
+                blob.len(),
+                sec.len
+            )));
+        }
+        let module = match modules.iter().find(|(s, _)| *s == spec) {
+            Some((_, name)) => name.clone(),
+            None => {
+                let name = format!("gemv4_{}", modules.len());
+                let text = qc_backend_ptx::gemv4::emit_ptx(gpu, &spec)
+                    .map_err(|e| Failure::Internal(format!("internal error: {e}\n")))?;
+                ptx.push((name.clone(), text));
+                modules.push((spec.clone(), name.clone()));
+                name
+            }
+        };
+        out.push(GpuCall {
+            symbol: c.symbol.clone(),
+            resource: resource.clone(),
+            blob,
+            scales_offset: sec.scales as u64,
+            tables: spec
+                .tables()
+                .map_err(|e| at(e))?
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+            post: spec.post(blob, n, k).map_err(|e| at(e))?,
+            m: c.m,
+            n: c.n,
+            k: c.k,
+            slice: spec.slice as u64,
+            module,
+            entries: [
+                qc_backend_ptx::gemv4::PARTIAL.to_string(),
+                qc_backend_ptx::gemv4::REDUCE.to_string(),
+            ],
+        });
+    }
+    Ok(out)
+}
+
 /// `qc compile --target sm_*`: lowers function `func` of the compiled module `m` to PTX and writes the
 /// artifact (module documentation) to `out`.
 pub fn write_artifact(
@@ -178,7 +254,10 @@ pub fn write_artifact(
     }
     let render = |d: qc_ir::Diagnostic| Failure::Input(d.render(None));
     let specialized = qc_backend_hlo::specialize(m, func, &b).map_err(render)?;
+    // Quantized products whose weights qc's 4-bit GEMV kernels read become calls of them.
+    let accept: &dyn Fn(&qc_ir::QuantType) -> bool = &|f| Gemv4::classify(f).is_ok();
     let opts = qc_backend_hlo::upstream::ExportOptions {
+        kernel_calls: Some(accept),
         constant_args: true,
         decode_tables: true,
         ..Default::default()
@@ -206,7 +285,8 @@ pub fn write_artifact(
         &what,
     )?;
     let lowered = String::from_utf8(lowered).map_err(|e| internal(e.to_string()))?;
-    let ptx = binaries(&lowered).map_err(internal)?;
+    let mut ptx = binaries(&lowered).map_err(internal)?;
+    let calls = gemv_calls(m, &exported.calls, gpu, &mut ptx)?;
     let constant_args = exported
         .constant_args
         .iter()
@@ -226,6 +306,7 @@ pub fn write_artifact(
             inputs: manifest.inputs.len(),
             constant_args,
             ptx: &by_name,
+            calls,
         },
     )
     .map_err(|e| input_error(format!("{what}: {e}")))?;

@@ -16,6 +16,10 @@
 //!   is its expanded descriptor (allocated pointer, aligned pointer, offset, sizes, strides; the
 //!   pointers are the buffer's address, the offset in elements), any other value its bits. The count
 //!   and sizes are checked against the kernel's `.entry` in the PTX;
+//! - `call @qc_matmul_<i>(x, y)` (a quantized product left to qc's own kernels, [`GpuCall`]): two
+//!   launches of the 4-bit GEMV kernels of `qc_backend_ptx::gemv4` (partial sums into a scratch
+//!   buffer, then the reduction into `y`), 256-thread blocks, reading the weight's blob and the
+//!   decoding tables from the weights part;
 //! - `return` of contiguous views: the outputs.
 //!
 //! Anything else is an error naming the op (the model cannot be compiled for the GPU yet).
@@ -329,6 +333,38 @@ pub fn entry_params(ptx: &str, entry: &str) -> Result<Vec<u64>, String> {
         .collect()
 }
 
+/// A quantized product that the host program calls (`call @symbol(x[M, K], y[M, N])`) and that runs
+/// qc's 4-bit GEMV kernels (`qc_backend_ptx::gemv4`).
+pub struct GpuCall<'a> {
+    /// The called function.
+    pub symbol: String,
+    /// The weight's resource (calls of one weight share its buffer).
+    pub resource: String,
+    /// The weight's `qc_quant::blob` bytes.
+    pub blob: &'a [u8],
+    /// Byte offset of the scales in the blob.
+    pub scales_offset: u64,
+    /// The kernels' decoding tables (`Gemv4::tables`, f32 little-endian).
+    pub tables: Vec<u8>,
+    /// The reduction's `post` factor.
+    pub post: f32,
+    /// Rows of x, weight rows, reduction length.
+    pub m: u64,
+    /// Weight rows (outputs per activation row).
+    pub n: u64,
+    /// Reduction length.
+    pub k: u64,
+    /// Elements per slice (`Gemv4::slice`).
+    pub slice: u64,
+    /// The PTX module of the kernels (part `<module>.ptx`).
+    pub module: String,
+    /// Its partial-sums and reduction entries (`gemv4::PARTIAL`, `gemv4::REDUCE`).
+    pub entries: [String; 2],
+}
+
+/// Threads per block of the GEMV launches.
+pub const GEMV_BLOCK: u32 = 256;
+
 /// What [`plan`] needs besides the host program.
 pub struct PlanInputs<'a> {
     /// The GPU target's name.
@@ -341,6 +377,8 @@ pub struct PlanInputs<'a> {
     pub constant_args: Vec<&'a [u8]>,
     /// The PTX of each kernel module, by module name.
     pub ptx: &'a BTreeMap<String, String>,
+    /// The quantized products left to qc's kernels.
+    pub calls: Vec<GpuCall<'a>>,
 }
 
 struct Builder {
@@ -449,6 +487,9 @@ pub fn plan(host: &str, x: &PlanInputs) -> Result<(Plan, Vec<u8>), String> {
     }
     let globals = globals(host);
     let mut global_buffers: BTreeMap<String, usize> = BTreeMap::new();
+    // Weight blobs by resource and decoding tables by PTX module, each uploaded once.
+    let mut blob_buffers: BTreeMap<String, usize> = BTreeMap::new();
+    let mut table_buffers: BTreeMap<String, usize> = BTreeMap::new();
     let mut steps = Vec::new();
     let mut outputs = None;
     let view = |vals: &BTreeMap<String, Val>, v: &str| -> Result<View, String> {
@@ -774,6 +815,102 @@ pub fn plan(host: &str, x: &PlanInputs) -> Result<(Plan, Vec<u8>), String> {
                     params,
                 });
             }
+            "call" | "func.call" => {
+                let sym = rhs
+                    .split('@')
+                    .nth(1)
+                    .and_then(|r| r.split('(').next())
+                    .ok_or_else(|| fail("no callee".into()))?;
+                let c = x
+                    .calls
+                    .iter()
+                    .find(|c| c.symbol == sym)
+                    .ok_or_else(|| fail(format!("@{sym} is not a kernel qc provides")))?;
+                let args = bracketed(rhs, &format!("@{sym}(")).unwrap_or("");
+                let args = split_top(args);
+                let [xa, ya] = args[..] else {
+                    return Err(fail("a product call takes x and y".into()));
+                };
+                let (xv, yv) = (
+                    view(&vals, xa).map_err(fail)?,
+                    view(&vals, ya).map_err(fail)?,
+                );
+                if !xv.contiguous() || !yv.contiguous() || (xv.offset * xv.elem) % 16 != 0 {
+                    return Err(fail("x and y must be contiguous, x 16-byte aligned".into()));
+                }
+                if xv.elements() != c.m * c.k || yv.elements() != c.m * c.n {
+                    return Err(fail("the operands do not have the call's shapes".into()));
+                }
+                let blob = match blob_buffers.get(&c.resource) {
+                    Some(&bf) => bf,
+                    None => {
+                        let bf = b.weights(c.blob);
+                        blob_buffers.insert(c.resource.clone(), bf);
+                        bf
+                    }
+                };
+                let tables = match table_buffers.get(&c.module) {
+                    Some(&bf) => bf,
+                    None => {
+                        let bf = b.weights(&c.tables);
+                        table_buffers.insert(c.module.clone(), bf);
+                        bf
+                    }
+                };
+                let s = c.k / c.slice;
+                let scratch = b.buffer(c.m * c.n * s * 4, Init::None);
+                let addr = |buffer, offset| Param::Address { buffer, offset };
+                let v8 = |value| Param::Value { bytes: 8, value };
+                let grid = |threads: u64| -> Result<[u32; 3], String> {
+                    let g = threads.div_ceil(GEMV_BLOCK as u64);
+                    Ok([
+                        u32::try_from(g).map_err(|_| fail("too many threads".into()))?,
+                        1,
+                        1,
+                    ])
+                };
+                let shape = [v8(c.k), v8(c.n), v8(c.m)];
+                let mut launch =
+                    |entry: &str, params: Vec<Param>, threads: u64| -> Result<(), String> {
+                        let ptx = x
+                            .ptx
+                            .get(&c.module)
+                            .ok_or_else(|| fail(format!("no PTX for {}", c.module)))?;
+                        let sizes = entry_params(ptx, entry).map_err(fail)?;
+                        if sizes.len() != params.len() {
+                            return Err(fail(format!("{entry} takes {} parameters", sizes.len())));
+                        }
+                        steps.push(Step::Launch {
+                            ptx: format!("{}.ptx", c.module),
+                            entry: entry.to_string(),
+                            grid: grid(threads)?,
+                            block: [GEMV_BLOCK, 1, 1],
+                            params,
+                        });
+                        Ok(())
+                    };
+                let mut p = vec![
+                    addr(blob, 0),
+                    addr(blob, c.scales_offset),
+                    addr(tables, 0),
+                    addr(xv.buffer, xv.offset * xv.elem),
+                    addr(scratch, 0),
+                ];
+                p.extend(shape);
+                launch(&c.entries[0], p, c.n * s)?;
+                let mut p = vec![
+                    addr(scratch, 0),
+                    addr(blob, c.scales_offset),
+                    addr(tables, 0),
+                    addr(yv.buffer, yv.offset * yv.elem),
+                ];
+                p.extend(shape);
+                p.push(Param::Value {
+                    bytes: 4,
+                    value: c.post.to_bits() as u64,
+                });
+                launch(&c.entries[1], p, c.m * c.n)?;
+            }
             "return" => {
                 let body = rhs["return".len()..].trim();
                 let operands = body.split(" : ").next().unwrap_or_default();
@@ -844,6 +981,7 @@ mod tests {
                 inputs: 1,
                 constant_args: vec![&c],
                 ptx: &ptx,
+                calls: Vec::new(),
             },
         )
         .unwrap();
@@ -986,6 +1124,7 @@ mod tests {
             inputs: 1,
             constant_args: vec![&c],
             ptx,
+            calls: Vec::new(),
         };
         let h = host().replace("memref.copy %arg0", "memref.dealloc %arg0");
         let e = plan(&h, &inputs(&ptx)).unwrap_err();
