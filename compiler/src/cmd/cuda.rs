@@ -216,11 +216,11 @@ fn gemv_calls<'m>(
             scales_offset: sec.scales as u64,
             tables: spec
                 .tables()
-                .map_err(|e| at(e))?
+                .map_err(&at)?
                 .iter()
                 .flat_map(|v| v.to_le_bytes())
                 .collect(),
-            post: spec.post(blob, n, k).map_err(|e| at(e))?,
+            post: spec.post(blob, n, k).map_err(&at)?,
             m: c.m,
             n: c.n,
             k: c.k,
