@@ -407,6 +407,61 @@ impl Builder {
     }
 }
 
+/// Most device copies one `memref.copy` may become.
+pub const MAX_COPY_RUNS: u64 = 4096;
+
+/// The copy steps of `memref.copy src, dst` (views of equal sizes): one per run of elements that is
+/// contiguous in both views (the longest trailing dimensions that are row major in both), in row-major
+/// order of the rest. More than [`MAX_COPY_RUNS`] runs is an error.
+fn copy_runs(src: &View, dst: &View) -> Result<Vec<Step>, String> {
+    if src.sizes != dst.sizes || src.elem != dst.elem {
+        return Err("a copy between views of different shapes".into());
+    }
+    let r = src.sizes.len();
+    // Trailing dimensions [inner..r) are contiguous in both views.
+    let mut inner = r;
+    let mut run = 1u64;
+    while inner > 0 {
+        let d = inner - 1;
+        if src.sizes[d] != 1 && (src.strides[d] != run || dst.strides[d] != run) {
+            break;
+        }
+        run *= src.sizes[d];
+        inner = d;
+    }
+    let outer: u64 = src.sizes[..inner].iter().product();
+    if outer > MAX_COPY_RUNS {
+        return Err(format!(
+            "a strided copy of {outer} runs (at most {MAX_COPY_RUNS})"
+        ));
+    }
+    let mut steps = Vec::with_capacity(outer as usize);
+    for i in 0..outer {
+        // Row-major multi-index of run i over dimensions [0..inner).
+        let (mut rem, mut so, mut dof) = (i, src.offset, dst.offset);
+        for d in (0..inner).rev() {
+            let x = rem % src.sizes[d];
+            rem /= src.sizes[d];
+            so += x * src.strides[d];
+            dof += x * dst.strides[d];
+        }
+        let bytes = run * src.elem;
+        steps.push(Step::Copy {
+            src: Range {
+                buffer: src.buffer,
+                offset: so * src.elem,
+                bytes,
+            },
+            dst: Range {
+                buffer: dst.buffer,
+                offset: dof * dst.elem,
+                bytes,
+            },
+        });
+    }
+    Ok(steps)
+}
+
 /// Global name -> (element type, sizes, `dense` text) of the host module's `memref.global`s.
 fn globals(host: &str) -> BTreeMap<String, (String, String)> {
     let mut g = BTreeMap::new();
@@ -727,13 +782,7 @@ pub fn plan(host: &str, x: &PlanInputs) -> Result<(Plan, Vec<u8>), String> {
                     .split_once(',')
                     .ok_or_else(|| fail("needs two operands".into()))?;
                 let (src, dst) = (view(&vals, a).map_err(fail)?, view(&vals, c).map_err(fail)?);
-                if !src.contiguous() || !dst.contiguous() || src.elements() != dst.elements() {
-                    return Err(fail("a copy of non-contiguous or unequal views".into()));
-                }
-                steps.push(Step::Copy {
-                    src: src.range(),
-                    dst: dst.range(),
-                });
+                steps.extend(copy_runs(&src, &dst).map_err(fail)?);
             }
             "gpu.launch_func" => {
                 let rest = rhs["gpu.launch_func".len()..].trim_start();
@@ -1061,6 +1110,76 @@ mod tests {
                 }
             ]
         );
+    }
+
+    #[test]
+    fn strided_copies_become_runs() {
+        let v = |buffer, offset, sizes: &[u64], strides: &[u64]| View {
+            buffer,
+            offset,
+            sizes: sizes.to_vec(),
+            strides: strides.to_vec(),
+            elem: 4,
+        };
+        // Channels 2..5 of a [1, 8, 2, 3] tensor from a contiguous [1, 3, 2, 3] one: one run.
+        let steps = copy_runs(
+            &v(0, 0, &[1, 3, 2, 3], &[18, 6, 3, 1]),
+            &v(1, 12, &[1, 3, 2, 3], &[48, 6, 3, 1]),
+        )
+        .unwrap();
+        assert_eq!(
+            steps,
+            [Step::Copy {
+                src: Range {
+                    buffer: 0,
+                    offset: 0,
+                    bytes: 72
+                },
+                dst: Range {
+                    buffer: 1,
+                    offset: 48,
+                    bytes: 72
+                },
+            }]
+        );
+        // Columns 1..3 of a [2, 4] matrix into a [2, 2] one: a run per row.
+        let steps = copy_runs(&v(0, 1, &[2, 2], &[4, 1]), &v(1, 0, &[2, 2], &[2, 1])).unwrap();
+        assert_eq!(
+            steps,
+            [
+                Step::Copy {
+                    src: Range {
+                        buffer: 0,
+                        offset: 4,
+                        bytes: 8
+                    },
+                    dst: Range {
+                        buffer: 1,
+                        offset: 0,
+                        bytes: 8
+                    },
+                },
+                Step::Copy {
+                    src: Range {
+                        buffer: 0,
+                        offset: 20,
+                        bytes: 8
+                    },
+                    dst: Range {
+                        buffer: 1,
+                        offset: 8,
+                        bytes: 8
+                    },
+                },
+            ]
+        );
+        // A transpose copies element by element: too many runs.
+        let big = copy_runs(
+            &v(0, 0, &[128, 128], &[1, 128]),
+            &v(1, 0, &[128, 128], &[128, 1]),
+        );
+        assert!(big.unwrap_err().contains("runs"));
+        assert!(copy_runs(&v(0, 0, &[2], &[1]), &v(1, 0, &[3], &[1])).is_err());
     }
 
     #[test]
