@@ -174,7 +174,10 @@ fn gemv_calls<'m>(
     let mut modules: Vec<(Gemv4, String)> = Vec::new();
     let mut out = Vec::new();
     for c in calls {
-        let KernelOp::QuantMatmul { resource, format, .. } = &c.op else {
+        let KernelOp::QuantMatmul {
+            resource, format, ..
+        } = &c.op
+        else {
             return Err(Failure::Internal(format!(
                 "internal error: the NVIDIA targets ask for no {:?} calls\n",
                 c.op

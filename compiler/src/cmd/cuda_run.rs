@@ -11,7 +11,7 @@ use qc_runtime::cuda::{driver, driver::Cuda, Plan, Prepared};
 
 use crate::cmd::bench::BenchArgs;
 use crate::cmd::run::RunArgs;
-use crate::npy::{read_npy, to_npy_bytes, NpyArray, NpyData};
+use crate::npy::{to_npy_bytes, NpyArray, NpyData};
 use crate::output::{input_error, Failure};
 
 /// Whether an artifact's target is an NVIDIA one (`sm_*`).
@@ -89,7 +89,6 @@ struct Loaded {
     manifest: Manifest,
     map: Mmap,
     plan: Plan,
-    cuda: Cuda,
 }
 
 impl Loaded {
@@ -131,55 +130,40 @@ impl Loaded {
                 )));
             }
         }
-        let cuda = Cuda::open().map_err(|e| input_error(format!("--device cuda: {e}")))?;
-        let cc = cuda
-            .compute_capability()
-            .map_err(|e| input_error(format!("--device cuda: {e}")))?;
-        if !driver::runs_target(cc, &plan.target) {
-            return Err(input_error(format!(
-                "{what} holds PTX for {}; this GPU ({}) is sm_{}{}: compile for its target",
-                plan.target,
-                cuda.name(),
-                cc.0,
-                cc.1
-            )));
-        }
         drop(view);
         Ok(Loaded {
             manifest,
             map,
             plan,
-            cuda,
         })
+    }
+
+    /// Opens the driver on GPU 0 and checks that it runs the plan's target.
+    fn gpu(&self) -> Result<Cuda, Failure> {
+        let cuda = Cuda::open().map_err(|e| input_error(format!("--device cuda: {e}")))?;
+        let cc = cuda
+            .compute_capability()
+            .map_err(|e| input_error(format!("--device cuda: {e}")))?;
+        if !driver::runs_target(cc, &self.plan.target) {
+            return Err(input_error(format!(
+                "the artifact holds PTX for {}; this GPU ({}) is sm_{}{}: compile for its target",
+                self.plan.target,
+                cuda.name(),
+                cc.0,
+                cc.1
+            )));
+        }
+        Ok(cuda)
     }
 
     /// The inputs' bytes from `--input NAME=FILE.npy` specs, in the manifest's order.
     fn inputs(&self, specs: &[String]) -> Result<Vec<Vec<u8>>, Failure> {
-        let m = &self.manifest;
-        let mut given = crate::cmd::run::input_files(specs)?;
-        let names = m
-            .inputs
+        let sigs = &self.manifest.inputs;
+        crate::cmd::run::artifact_inputs(sigs, specs)?
             .iter()
-            .map(|s| s.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", ");
-        let mut out = Vec::new();
-        for s in &m.inputs {
-            let file = given.remove(&s.name).ok_or_else(|| {
-                input_error(format!(
-                    "missing --input {}=FILE.npy (the artifact's inputs: {names})",
-                    s.name
-                ))
-            })?;
-            let arr = read_npy(&file).map_err(input_error)?;
-            out.push(input_bytes(s, &arr, &file.display().to_string())?);
-        }
-        if let Some(name) = given.keys().next() {
-            return Err(input_error(format!(
-                "the artifact has no input '{name}' (its inputs: {names})"
-            )));
-        }
-        Ok(out)
+            .zip(sigs)
+            .map(|((arr, file), s)| input_bytes(s, arr, file))
+            .collect()
     }
 }
 
@@ -187,15 +171,13 @@ impl Loaded {
     /// Makes the plan ready on the GPU (kernels loaded, buffers allocated, weights uploaded) and calls
     /// `f` with a function that runs it once on `inputs`.
     fn with_prepared<T>(
-        &mut self,
+        &self,
+        cuda: &mut Cuda,
         inputs: &[&[u8]],
         f: impl FnOnce(&mut dyn FnMut() -> Result<Vec<Vec<u8>>, Failure>) -> Result<T, Failure>,
     ) -> Result<T, Failure> {
         let fail = |e: String| input_error(format!("--device cuda: {e}"));
-        // The executor borrows the plan while the device is used mutably: split the borrows.
-        let Loaded {
-            map, plan, cuda, ..
-        } = self;
+        let (map, plan) = (&self.map, &self.plan);
         let view = artifact::view(map).map_err(|e| input_error(e.to_string()))?;
         let weights = view.part(crate::cmd::cuda_plan::WEIGHTS).unwrap_or(&[]);
         let p = Prepared::new(cuda, plan, |n| view.part(n), weights).map_err(fail)?;
@@ -205,10 +187,11 @@ impl Loaded {
 
 /// `qc run ARTIFACT.qca --device cuda`: one NAME.npy per output in the output folder.
 pub fn run_artifact(args: &RunArgs) -> Result<(), Failure> {
-    let mut l = Loaded::open(&args.model)?;
+    let l = Loaded::open(&args.model)?;
     let inputs = l.inputs(&args.inputs)?;
     let refs: Vec<&[u8]> = inputs.iter().map(|v| v.as_slice()).collect();
-    let outs = l.with_prepared(&refs, |run| run())?;
+    let mut cuda = l.gpu()?;
+    let outs = l.with_prepared(&mut cuda, &refs, |run| run())?;
     std::fs::create_dir_all(&args.output)
         .map_err(|e| input_error(format!("cannot create {}: {e}", args.output.display())))?;
     for (s, b) in l.manifest.outputs.iter().zip(&outs) {
@@ -222,13 +205,14 @@ pub fn run_artifact(args: &RunArgs) -> Result<(), Failure> {
 /// names the GPU). Each timed run includes copying the inputs in, the launches, the wait and copying
 /// the outputs out.
 pub fn bench_artifact(args: &BenchArgs) -> Result<String, Failure> {
-    let mut l = Loaded::open(&args.artifact)?;
+    let l = Loaded::open(&args.artifact)?;
     let inputs = l.inputs(&args.inputs)?;
     let refs: Vec<&[u8]> = inputs.iter().map(|v| v.as_slice()).collect();
-    let name = l.cuda.name();
+    let mut cuda = l.gpu()?;
+    let name = cuda.name();
     let target = l.plan.target.clone();
     let mut times = Vec::with_capacity(args.reps);
-    l.with_prepared(&refs, |run| {
+    l.with_prepared(&mut cuda, &refs, |run| {
         for _ in 0..args.warmup {
             run()?;
         }

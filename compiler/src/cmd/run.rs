@@ -79,6 +79,39 @@ fn to_npy(t: &Tensor) -> NpyArray {
     NpyArray { shape, data }
 }
 
+/// The arrays of an artifact's inputs `sigs` from `--input NAME=FILE.npy` specs, in the order of
+/// `sigs`, each with its file's name; a diagnostic for a missing, unknown or unreadable input.
+pub fn artifact_inputs(
+    sigs: &[qc_runtime::artifact::TensorSig],
+    specs: &[String],
+) -> Result<Vec<(NpyArray, String)>, Failure> {
+    let mut given = input_files(specs)?;
+    let names = sigs
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut out = Vec::with_capacity(sigs.len());
+    for s in sigs {
+        let file = given.remove(&s.name).ok_or_else(|| {
+            input_error(format!(
+                "missing --input {}=FILE.npy (the artifact's inputs: {names})",
+                s.name
+            ))
+        })?;
+        out.push((
+            read_npy(&file).map_err(input_error)?,
+            file.display().to_string(),
+        ));
+    }
+    if let Some(name) = given.keys().next() {
+        return Err(input_error(format!(
+            "the artifact has no input '{name}' (its inputs: {names})"
+        )));
+    }
+    Ok(out)
+}
+
 /// The `--input NAME=FILE.npy` specs as a map from name to file; a diagnostic for a spec without `=`
 /// or a name given twice.
 pub fn input_files(
