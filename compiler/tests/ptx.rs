@@ -125,6 +125,8 @@ fn check_all_targets(
             // MLIR's kernels, or qc's 4-bit GEMV kernels for the quantized products.
             let entry = if name.starts_with("gemv4_") {
                 ".entry qc_gemv4_partial("
+            } else if name.starts_with("fquant_") {
+                ".entry qc_fquant_pt("
             } else {
                 ".entry main_kernel("
             };
@@ -284,6 +286,36 @@ fn window_ops_and_hadamard_ptx_for_sm_80() {
 #[test]
 fn bert_nvfp4_ptx_for_every_target() {
     bert_check(&["--wformat", "nvfp4"], "nvfp4");
+}
+
+/// Activation quantization (int8 per tensor, calibrated on the shipped data) runs qc's fake-quant
+/// kernel (`fquant_*.ptx`) before the GEMV kernels.
+#[test]
+fn bert_int8_activations_ptx_for_every_target() {
+    let calib = repo().join("examples/bert-tiny-calib.npz");
+    let calib = calib.to_str().unwrap();
+    let Some(ptxas) = ptxas() else { return };
+    require_python();
+    let dir = tempfile::tempdir().unwrap();
+    let model = repo().join("examples/bert-tiny.onnx");
+    check_all_targets(
+        &ptxas,
+        dir.path(),
+        &model,
+        &[
+            "--wformat",
+            "int4_g32",
+            "--aformat",
+            "int8",
+            "--calib",
+            calib,
+        ],
+        "a8",
+        &["--shape", "batch=1", "--shape", "seq=8"],
+    );
+    let plan = std::fs::read_to_string(dir.path().join("a8.sm_90a.x/launch_plan.json")).unwrap();
+    assert!(plan.contains("\"entry\": \"qc_fquant_pt\""), "{plan}");
+    assert!(plan.contains("\"entry\": \"qc_gemv4_partial\""), "{plan}");
 }
 
 #[test]

@@ -8,6 +8,7 @@
 //! `cmd/cuda.rs`.
 #![deny(missing_docs)]
 
+pub mod fquant;
 pub mod gemv4;
 pub mod ptxas;
 

@@ -40,12 +40,13 @@
 use std::path::{Path, PathBuf};
 
 use qc_backend_hlo::upstream::KernelOp;
+use qc_backend_ptx::fquant::FakeQuantPt;
 use qc_backend_ptx::gemv4::Gemv4;
 use qc_backend_ptx::GpuTarget;
 use qc_ir::Module;
 use qc_runtime::artifact::{self, Artifact};
 
-use crate::cmd::cuda_plan::GpuCall;
+use crate::cmd::cuda_plan::{FquantCall, GpuCall};
 pub use crate::cmd::cuda_plan::{PLAN, WEIGHTS};
 use crate::cmd::target::Target;
 use crate::output::{input_error, Failure};
@@ -162,29 +163,67 @@ pub fn binaries(text: &str) -> Result<Vec<(String, String)>, String> {
     Ok(out)
 }
 
-/// The [`GpuCall`]s of the export's kernel calls (quantized products by 4-bit weights), adding the
-/// PTX of their GEMV kernels to `ptx` (module `gemv4_<j>`, one per distinct kernel description, in
-/// order of first use).
-fn gemv_calls<'m>(
+/// The launch-plan descriptions of the export's kernel calls: quantized products by 4-bit weights
+/// ([`GpuCall`]; their GEMV kernels' PTX goes into `ptx` as module `gemv4_<j>`, one per distinct
+/// kernel description, in order of first use) and activation quantizations ([`FquantCall`]; module
+/// `fquant_<j>` per element format).
+fn kernel_calls<'m>(
     m: &'m Module,
     calls: &[qc_backend_hlo::upstream::KernelCall],
     gpu: GpuTarget,
     ptx: &mut Vec<(String, String)>,
-) -> Result<Vec<GpuCall<'m>>, Failure> {
+) -> Result<(Vec<GpuCall<'m>>, Vec<FquantCall>), Failure> {
+    let internal = |e: qc_backend_ptx::Error| Failure::Internal(format!("internal error: {e}\n"));
     let mut modules: Vec<(Gemv4, String)> = Vec::new();
+    let mut fq_modules: Vec<(FakeQuantPt, String)> = Vec::new();
     let mut out = Vec::new();
+    let mut fq_out = Vec::new();
     for c in calls {
-        let KernelOp::QuantMatmul {
-            resource, format, ..
-        } = &c.op
-        else {
-            return Err(Failure::Internal(format!(
-                "internal error: the NVIDIA targets ask for no {:?} calls\n",
-                c.op
-            )));
-        };
         let at =
             |msg: String| Failure::Input(qc_ir::Diagnostic::error(c.loc.clone(), msg).render(None));
+        let (resource, format) = match &c.op {
+            KernelOp::QuantMatmul {
+                resource, format, ..
+            } => (resource, format),
+            KernelOp::FakeQuant { format, amax } => {
+                let spec = FakeQuantPt::classify(format).ok_or_else(|| {
+                    at(format!(
+                        "{format}: no GPU kernel quantizes activations to it"
+                    ))
+                })?;
+                let amax = amax.ok_or_else(|| {
+                    at(format!(
+                        "activation quantization to {format} on {} needs a calibrated maximum \
+                         (the op's amax; compile with --calib)",
+                        gpu.name()
+                    ))
+                })?;
+                let module = match fq_modules.iter().find(|(s, _)| *s == spec) {
+                    Some((_, name)) => name.clone(),
+                    None => {
+                        let name = format!("fquant_{}", fq_modules.len());
+                        let text =
+                            qc_backend_ptx::fquant::emit_ptx(gpu, &spec).map_err(internal)?;
+                        ptx.push((name.clone(), text));
+                        fq_modules.push((spec, name.clone()));
+                        name
+                    }
+                };
+                fq_out.push(FquantCall {
+                    symbol: c.symbol.clone(),
+                    n: c.m,
+                    scale: spec.scale(amax),
+                    module,
+                    entry: qc_backend_ptx::fquant::ENTRY.to_string(),
+                });
+                continue;
+            }
+            other => {
+                return Err(Failure::Internal(format!(
+                    "internal error: the NVIDIA targets ask for no {other:?} calls\n"
+                )))
+            }
+        };
         let spec = Gemv4::for_k(format, c.k as usize)
             .map_err(|e| at(format!("the {} GEMV kernels: {e}", gpu.name())))?;
         let blob = m
@@ -235,7 +274,7 @@ fn gemv_calls<'m>(
             ],
         });
     }
-    Ok(out)
+    Ok((out, fq_out))
 }
 
 /// `qc compile --target sm_*`: lowers function `func` of the compiled module `m` to PTX and writes the
@@ -259,8 +298,11 @@ pub fn write_artifact(
     let specialized = qc_backend_hlo::specialize(m, func, &b).map_err(render)?;
     // Quantized products whose weights qc's 4-bit GEMV kernels read become calls of them.
     let accept: &dyn Fn(&qc_ir::QuantType) -> bool = &|f| Gemv4::classify(f).is_ok();
+    // Activation quantizations (--aformat) to int8 / fp8 per tensor run qc's fake-quant kernel.
+    let fquant: &dyn Fn(&qc_ir::QuantType) -> bool = &|f| FakeQuantPt::classify(f).is_some();
     let opts = qc_backend_hlo::upstream::ExportOptions {
         kernel_calls: Some(accept),
+        quantize_calls: Some(fquant),
         constant_args: true,
         decode_tables: true,
         ..Default::default()
@@ -289,7 +331,7 @@ pub fn write_artifact(
     )?;
     let lowered = String::from_utf8(lowered).map_err(|e| internal(e.to_string()))?;
     let mut ptx = binaries(&lowered).map_err(internal)?;
-    let calls = gemv_calls(m, &exported.calls, gpu, &mut ptx)?;
+    let (calls, fquant) = kernel_calls(m, &exported.calls, gpu, &mut ptx)?;
     let constant_args = exported
         .constant_args
         .iter()
@@ -310,6 +352,7 @@ pub fn write_artifact(
             constant_args,
             ptx: &by_name,
             calls,
+            fquant,
         },
     )
     .map_err(|e| input_error(format!("{what}: {e}")))?;

@@ -20,6 +20,8 @@
 //!   launches of the 4-bit GEMV kernels of `qc_backend_ptx::gemv4` (partial sums into a scratch
 //!   buffer, then the reduction into `y`), 256-thread blocks, reading the weight's blob and the
 //!   decoding tables from the weights part;
+//! - `call @qc_fquant_<i>(x, y)` (an activation quantization, [`FquantCall`]): one launch of the
+//!   per-tensor fake-quantization kernel of `qc_backend_ptx::fquant` (one thread per element);
 //! - `return` of contiguous views: the outputs.
 //!
 //! Anything else is an error naming the op (the model cannot be compiled for the GPU yet).
@@ -362,6 +364,21 @@ pub struct GpuCall<'a> {
     pub entries: [String; 2],
 }
 
+/// An activation quantization that the host program calls (`call @symbol(x[n], y[n])`) and that runs
+/// qc's per-tensor fake-quantization kernel (`qc_backend_ptx::fquant`).
+pub struct FquantCall {
+    /// The called function.
+    pub symbol: String,
+    /// Elements.
+    pub n: u64,
+    /// The f32 scale.
+    pub scale: f32,
+    /// The PTX module of the kernel (part `<module>.ptx`).
+    pub module: String,
+    /// Its entry.
+    pub entry: String,
+}
+
 /// Threads per block of the GEMV launches.
 pub const GEMV_BLOCK: u32 = 256;
 
@@ -379,6 +396,8 @@ pub struct PlanInputs<'a> {
     pub ptx: &'a BTreeMap<String, String>,
     /// The quantized products left to qc's kernels.
     pub calls: Vec<GpuCall<'a>>,
+    /// The activation quantizations left to qc's kernel.
+    pub fquant: Vec<FquantCall>,
 }
 
 struct Builder {
@@ -870,13 +889,66 @@ pub fn plan(host: &str, x: &PlanInputs) -> Result<(Plan, Vec<u8>), String> {
                     .nth(1)
                     .and_then(|r| r.split('(').next())
                     .ok_or_else(|| fail("no callee".into()))?;
+                let args = bracketed(rhs, &format!("@{sym}(")).unwrap_or("");
+                let args = split_top(args);
+                if let Some(fq) = x.fquant.iter().find(|c| c.symbol == sym) {
+                    let [xa, ya] = args[..] else {
+                        return Err(fail("a quantization call takes x and y".into()));
+                    };
+                    let (xv, yv) = (
+                        view(&vals, xa).map_err(fail)?,
+                        view(&vals, ya).map_err(fail)?,
+                    );
+                    if !xv.contiguous()
+                        || !yv.contiguous()
+                        || xv.elements() != fq.n
+                        || yv.elements() != fq.n
+                    {
+                        return Err(fail(
+                            "x and y must be contiguous with the call's size".into(),
+                        ));
+                    }
+                    let ptx = x
+                        .ptx
+                        .get(&fq.module)
+                        .ok_or_else(|| fail(format!("no PTX for {}", fq.module)))?;
+                    let params = vec![
+                        Param::Address {
+                            buffer: xv.buffer,
+                            offset: xv.offset * xv.elem,
+                        },
+                        Param::Address {
+                            buffer: yv.buffer,
+                            offset: yv.offset * yv.elem,
+                        },
+                        Param::Value {
+                            bytes: 8,
+                            value: fq.n,
+                        },
+                        Param::Value {
+                            bytes: 4,
+                            value: fq.scale.to_bits() as u64,
+                        },
+                    ];
+                    if entry_params(ptx, &fq.entry).map_err(fail)?.len() != params.len() {
+                        return Err(fail(format!("{} takes other parameters", fq.entry)));
+                    }
+                    let g = u32::try_from(fq.n.div_ceil(GEMV_BLOCK as u64).max(1))
+                        .map_err(|_| fail("too many threads".into()))?;
+                    steps.push(Step::Launch {
+                        ptx: format!("{}.ptx", fq.module),
+                        entry: fq.entry.clone(),
+                        grid: [g, 1, 1],
+                        block: [GEMV_BLOCK, 1, 1],
+                        params,
+                    });
+                    continue;
+                }
                 let c = x
                     .calls
                     .iter()
                     .find(|c| c.symbol == sym)
                     .ok_or_else(|| fail(format!("@{sym} is not a kernel qc provides")))?;
-                let args = bracketed(rhs, &format!("@{sym}(")).unwrap_or("");
-                let args = split_top(args);
                 let [xa, ya] = args[..] else {
                     return Err(fail("a product call takes x and y".into()));
                 };
@@ -1031,6 +1103,7 @@ mod tests {
                 constant_args: vec![&c],
                 ptx: &ptx,
                 calls: Vec::new(),
+                fquant: Vec::new(),
             },
         )
         .unwrap();
@@ -1244,6 +1317,7 @@ mod tests {
             constant_args: vec![&c],
             ptx,
             calls: Vec::new(),
+            fquant: Vec::new(),
         };
         let h = host().replace("memref.copy %arg0", "memref.dealloc %arg0");
         let e = plan(&h, &inputs(&ptx)).unwrap_err();

@@ -1,0 +1,327 @@
+//! Per-tensor activation fake quantization on NVIDIA GPUs: `y[i] = q(x[i] / s) * s` for int8, fp8 e4m3
+//! and fp8 e5m2 with an f32 scale `s` (the quant.quantize of a calibrated activation followed by its
+//! dequantization), bit-identical to qc_quant's arithmetic (the C `qc_fquant` of the CPU target does the
+//! same steps): `x / s` in f32, then for int8 rounding half to even (`llvm.rint`) and saturating to
+//! [-127, 127] as an integer code (a NaN quotient gives 0, a negative zero +0), for the minifloats rounding the binary value to `man`
+//! mantissa bits above the smallest normal exponent `emin`, ties to even, saturating to ±max (a NaN
+//! stays NaN, a zero keeps its sign), then times `s` in f32.
+//!
+//! Kernel [`ENTRY`]`(x, y, n, s)`: thread `t < n` (global index `ctaid.x * ntid.x + tid.x`) writes
+//! `y[t]`. The host computes `s` as qc_quant does ([`FakeQuantPt::scale`]). Inputs must be finite:
+//! the interpreter refuses non-finite ones; here they give the rounding of their quotient.
+//!
+//! As for [`crate::gemv4`], the tests compile the same IR body for the host CPU and run it element by
+//! element against qc_quant.
+
+use inkwell::builder::Builder;
+use inkwell::context::Context;
+use inkwell::module::{Linkage, Module};
+use inkwell::passes::PassBuilderOptions;
+use inkwell::targets::FileType;
+use inkwell::values::{FloatValue, FunctionValue, IntValue};
+use inkwell::{FloatPredicate, IntPredicate};
+use qc_ir::quant::{
+    Convention, Encoding, QuantType, Rounding, Saturation, ScaleType, Scheme, TensorScale,
+};
+
+use crate::gemv4::Entries;
+use crate::{special_register, target_machine, Error, GpuTarget, PTX_KERNEL_CALL_CONV};
+
+/// The kernel's entry.
+pub const ENTRY: &str = "qc_fquant_pt";
+
+/// An element format of per-tensor fake quantization.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FakeQuantPt {
+    /// Mantissa bits of a minifloat; `None` for int8.
+    pub man: Option<u32>,
+    /// Smallest normal exponent (minifloats).
+    pub emin: i32,
+    /// Largest finite value.
+    pub max: f32,
+}
+
+impl FakeQuantPt {
+    /// The kernel description of an activation format: int8, fp8 e4m3fn or e5m2 per tensor with an f32
+    /// scale in the spec's convention, no second-level scale or zero point, rounding to nearest even,
+    /// saturating; `None` otherwise.
+    pub fn classify(fmt: &QuantType) -> Option<FakeQuantPt> {
+        if fmt.scheme != Scheme::PerTensor
+            || fmt.scale != ScaleType::F32
+            || fmt.tensor_scale != TensorScale::None
+            || fmt.zero_point.is_some()
+            || fmt.round != Rounding::Rne
+            || fmt.sat != Saturation::SatFinite
+            || fmt.convention != Convention::Spec
+        {
+            return None;
+        }
+        match fmt.elem {
+            Encoding::Int {
+                bits: 8,
+                signed: true,
+            } => Some(FakeQuantPt {
+                man: None,
+                emin: 0,
+                max: 127.0,
+            }),
+            e if e == Encoding::E4M3FN => Some(FakeQuantPt {
+                man: Some(3),
+                emin: -6,
+                max: 448.0,
+            }),
+            e if e == Encoding::E5M2 => Some(FakeQuantPt {
+                man: Some(2),
+                emin: -14,
+                max: 57344.0,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The f32 scale for the static maximum `amax`: `amax / max`, 1 when that is 0 (qc_quant's rule).
+    pub fn scale(&self, amax: f32) -> f32 {
+        let s = amax / self.max;
+        if s == 0.0 {
+            1.0
+        } else {
+            s
+        }
+    }
+}
+
+fn f32c<'c>(ctx: &'c Context, v: f32) -> FloatValue<'c> {
+    ctx.f32_type().const_float(v as f64)
+}
+
+/// `q(v)` of the module documentation, as straight-line IR (selects, no branches).
+fn round_elem<'c>(
+    ctx: &'c Context,
+    b: &Builder<'c>,
+    module: &Module<'c>,
+    spec: &FakeQuantPt,
+    v: FloatValue<'c>,
+) -> Result<FloatValue<'c>, Error> {
+    let f32t = ctx.f32_type();
+    let i32t = ctx.i32_type();
+    let i64t = ctx.i64_type();
+    let intr = |name: &'static str| -> Result<FunctionValue<'c>, Error> {
+        inkwell::intrinsics::Intrinsic::find(name)
+            .and_then(|i| i.get_declaration(module, &[f32t.into()]))
+            .ok_or(Error::MissingIntrinsic(name))
+    };
+    let call1 = |f: FunctionValue<'c>, x: FloatValue<'c>| -> Result<FloatValue<'c>, Error> {
+        Ok(b.build_call(f, &[x.into()], "")?
+            .try_as_basic_value()
+            .basic()
+            .ok_or(Error::MissingIntrinsic("call"))?
+            .into_float_value())
+    };
+    let maxf = f32c(ctx, spec.max);
+    let Some(man) = spec.man else {
+        // int8: NaN -> 0; rint; clamp.
+        let r = call1(intr("llvm.rint")?, v)?;
+        let lo = b.build_float_compare(FloatPredicate::OLT, r, f32c(ctx, -spec.max), "")?;
+        let r = b
+            .build_select(lo, f32c(ctx, -spec.max), r, "")?
+            .into_float_value();
+        let hi = b.build_float_compare(FloatPredicate::OGT, r, maxf, "")?;
+        let r = b.build_select(hi, maxf, r, "")?.into_float_value();
+        // Through an integer, as the code is one: -0 becomes +0.
+        let code = b.build_float_to_signed_int(r, i32t, "")?;
+        let r = b.build_signed_int_to_float(code, f32t, "")?;
+        let nan = b.build_float_compare(FloatPredicate::UNO, v, v, "")?;
+        return Ok(b
+            .build_select(nan, f32c(ctx, 0.0), r, "")?
+            .into_float_value());
+    };
+    let bits = b.build_bit_cast(v, i32t, "")?.into_int_value();
+    let sign = b.build_and(bits, i32t.const_int(0x8000_0000, false), "")?;
+    let a = b.build_and(bits, i32t.const_int(0x7fff_ffff, false), "")?;
+    let i = |x: i64| i32t.const_int(x as u64, true);
+    // Exponent and significand (normal or subnormal f32).
+    let normal = b.build_int_compare(IntPredicate::UGE, a, i(0x0080_0000), "")?;
+    let ctlz = inkwell::intrinsics::Intrinsic::find("llvm.ctlz")
+        .and_then(|f| f.get_declaration(module, &[i32t.into()]))
+        .ok_or(Error::MissingIntrinsic("llvm.ctlz"))?;
+    let lz = b
+        .build_call(ctlz, &[a.into(), ctx.bool_type().const_zero().into()], "")?
+        .try_as_basic_value()
+        .basic()
+        .ok_or(Error::MissingIntrinsic("llvm.ctlz"))?
+        .into_int_value();
+    let e_norm = b.build_int_sub(b.build_right_shift(a, i(23), false, "")?, i(127), "")?;
+    let e_sub = b.build_int_sub(i(31 - 149), lz, "")?;
+    let e = b.build_select(normal, e_norm, e_sub, "")?.into_int_value();
+    let sig_norm = b.build_or(b.build_and(a, i(0x7f_ffff), "")?, i(0x80_0000), "")?;
+    let sig = b.build_select(normal, sig_norm, a, "")?.into_int_value();
+    let exp2 = b
+        .build_select(normal, b.build_int_sub(e, i(23), "")?, i(-149), "")?
+        .into_int_value();
+    // eb = max(e, emin); q = eb - man; shift = q - exp2.
+    let gt = b.build_int_compare(IntPredicate::SGT, e, i(spec.emin as i64), "")?;
+    let eb = b
+        .build_select(gt, e, i(spec.emin as i64), "")?
+        .into_int_value();
+    let q = b.build_int_sub(eb, i(man as i64), "")?;
+    let shift = b.build_int_sub(q, exp2, "")?;
+    // shift > 0 always for fp8 targets (f32 has 23 mantissa bits, the target at most 3, and the
+    // target's exponent range lies inside f32's); clamp to 40 (larger: the value rounds to 0).
+    let sig64 = b.build_int_z_extend(sig, i64t, "")?;
+    let big = b.build_int_compare(IntPredicate::SGT, shift, i(40), "")?;
+    let sh = b.build_select(big, i(40), shift, "")?.into_int_value();
+    let sh64 = b.build_int_z_extend(sh, i64t, "")?;
+    let n = b.build_right_shift(sig64, sh64, false, "")?;
+    let one = i64t.const_int(1, false);
+    let mask = b.build_int_sub(b.build_left_shift(one, sh64, "")?, one, "")?;
+    let rem = b.build_and(sig64, mask, "")?;
+    let half = b.build_left_shift(one, b.build_int_sub(sh64, one, "")?, "")?;
+    let above = b.build_int_compare(IntPredicate::UGT, rem, half, "")?;
+    let tie = b.build_int_compare(IntPredicate::EQ, rem, half, "")?;
+    let odd = b.build_int_compare(
+        IntPredicate::NE,
+        b.build_and(n, one, "")?,
+        i64t.const_zero(),
+        "",
+    )?;
+    let up = b.build_or(above, b.build_and(tie, odd, "")?, "")?;
+    let n = b.build_int_add(n, b.build_int_z_extend(up, i64t, "")?, "")?;
+    // v = n * 2^q (exact; 2^q built from bits, normal or subnormal).
+    let nf = b.build_unsigned_int_to_float(n, f32t, "")?;
+    let q_norm = b.build_int_compare(IntPredicate::SGE, q, i(-126), "")?;
+    let p_norm = b.build_left_shift(b.build_int_add(q, i(127), "")?, i(23), "")?;
+    let p_sub = b.build_left_shift(i(1), b.build_int_add(q, i(149), "")?, "")?;
+    let p = b.build_select(q_norm, p_norm, p_sub, "")?.into_int_value();
+    let pf = b.build_bit_cast(p, f32t, "")?.into_float_value();
+    let mag = b.build_float_mul(nf, pf, "")?;
+    let mag = b
+        .build_select(
+            b.build_float_compare(FloatPredicate::OGT, mag, maxf, "")?,
+            maxf,
+            mag,
+            "",
+        )?
+        .into_float_value();
+    // Sign back on (a zero keeps the input's sign).
+    let mb = b.build_bit_cast(mag, i32t, "")?.into_int_value();
+    let out = b.build_or(mb, sign, "")?;
+    let out = b.build_bit_cast(out, f32t, "")?.into_float_value();
+    // Zero, infinity and NaN inputs.
+    let zero = b.build_int_compare(IntPredicate::EQ, a, i(0), "")?;
+    let out = b.build_select(zero, v, out, "")?.into_float_value();
+    let inf = b.build_int_compare(IntPredicate::EQ, a, i(0x7f80_0000), "")?;
+    let smax = b.build_bit_cast(
+        b.build_or(b.build_bit_cast(maxf, i32t, "")?.into_int_value(), sign, "")?,
+        f32t,
+        "",
+    )?;
+    let out = b
+        .build_select(inf, smax.into_float_value(), out, "")?
+        .into_float_value();
+    let nan = b.build_int_compare(IntPredicate::UGT, a, i(0x7f80_0000), "")?;
+    Ok(b.build_select(nan, v, out, "")?.into_float_value())
+}
+
+/// Builds the body `qc_fquant_pt_body(x, y, n, s, t)` and its entry ([`ENTRY`] for PTX, or
+/// `qc_fquant_pt_at(x, y, n, s, t)` for the host).
+pub fn build<'c>(
+    ctx: &'c Context,
+    module: &Module<'c>,
+    spec: &FakeQuantPt,
+    entries: Entries,
+) -> Result<(), Error> {
+    let b = ctx.create_builder();
+    let ptr = ctx.ptr_type(inkwell::AddressSpace::default());
+    let (i64t, f32t, void) = (ctx.i64_type(), ctx.f32_type(), ctx.void_type());
+    let body = module.add_function(
+        "qc_fquant_pt_body",
+        void.fn_type(
+            &[
+                ptr.into(),
+                ptr.into(),
+                i64t.into(),
+                f32t.into(),
+                i64t.into(),
+            ],
+            false,
+        ),
+        Some(Linkage::Internal),
+    );
+    {
+        let a = body.get_params();
+        let (x, y, s, t) = (
+            a[0].into_pointer_value(),
+            a[1].into_pointer_value(),
+            a[3].into_float_value(),
+            a[4].into_int_value(),
+        );
+        b.position_at_end(ctx.append_basic_block(body, "entry"));
+        // SAFETY: t < n (the entries check), and x, y hold n elements.
+        let (px, py) = unsafe {
+            (
+                b.build_in_bounds_gep(f32t, x, &[t], "")?,
+                b.build_in_bounds_gep(f32t, y, &[t], "")?,
+            )
+        };
+        let xv = b.build_load(f32t, px, "")?.into_float_value();
+        let v = b.build_float_div(xv, s, "")?;
+        let r = round_elem(ctx, &b, module, spec, v)?;
+        let out = b.build_float_mul(r, s, "")?;
+        b.build_store(py, out)?;
+        b.build_return(None)?;
+    }
+    let mut params: Vec<_> = vec![ptr.into(), ptr.into(), i64t.into(), f32t.into()];
+    let (name, host) = match entries {
+        Entries::Ptx => (ENTRY.to_string(), false),
+        Entries::Host => {
+            params.push(i64t.into());
+            (format!("{ENTRY}_at"), true)
+        }
+    };
+    let f = module.add_function(&name, void.fn_type(&params, false), Some(Linkage::External));
+    b.position_at_end(ctx.append_basic_block(f, "entry"));
+    let t: IntValue = if host {
+        f.get_params()[4].into_int_value()
+    } else {
+        f.set_call_conventions(PTX_KERNEL_CALL_CONV);
+        let tid = special_register(module, &b, ctx, "llvm.nvvm.read.ptx.sreg.tid.x")?;
+        let ctaid = special_register(module, &b, ctx, "llvm.nvvm.read.ptx.sreg.ctaid.x")?;
+        let ntid = special_register(module, &b, ctx, "llvm.nvvm.read.ptx.sreg.ntid.x")?;
+        let start = b.build_int_nuw_mul(ctaid, ntid, "")?;
+        b.build_int_nuw_add(start, tid, "t")?
+    };
+    let p = f.get_params();
+    let n = p[2].into_int_value();
+    let run = ctx.append_basic_block(f, "run");
+    let done = ctx.append_basic_block(f, "done");
+    b.build_conditional_branch(b.build_int_compare(IntPredicate::ULT, t, n, "")?, run, done)?;
+    b.position_at_end(run);
+    b.build_call(
+        body,
+        &[p[0].into(), p[1].into(), p[2].into(), p[3].into(), t.into()],
+        "",
+    )?;
+    b.build_unconditional_branch(done)?;
+    b.position_at_end(done);
+    b.build_return(None)?;
+    Ok(())
+}
+
+/// The PTX of the kernel for `spec` and `target`.
+pub fn emit_ptx(target: GpuTarget, spec: &FakeQuantPt) -> Result<String, Error> {
+    let machine = target_machine(target)?;
+    let context = Context::create();
+    let module = context.create_module("qc_fquant");
+    module.set_triple(&machine.get_triple());
+    module.set_data_layout(&machine.get_target_data().get_data_layout());
+    build(&context, &module, spec, Entries::Ptx)?;
+    module.verify().map_err(|e| Error::Verify(e.to_string()))?;
+    module
+        .run_passes("default<O3>", &machine, PassBuilderOptions::create())
+        .map_err(|e| Error::Passes(e.to_string()))?;
+    let buffer = machine
+        .write_to_memory_buffer(&module, FileType::Assembly)
+        .map_err(|e| Error::Codegen(e.to_string()))?;
+    String::from_utf8(buffer.as_slice().to_vec())
+        .map_err(|e| Error::Codegen(format!("PTX is not UTF-8: {e}")))
+}

@@ -1,0 +1,118 @@
+//! The per-tensor fake-quantization kernel of `qc_backend_ptx::fquant`: its body, compiled for this
+//! CPU and run element by element, is bit-identical to qc_quant's quantize-then-dequantize for int8,
+//! fp8 e4m3 and fp8 e5m2 (ties, saturation, subnormals, signed zeros, random values); its PTX
+//! assembles with ptxas for every target.
+
+use inkwell::context::Context;
+use inkwell::targets::{InitializationConfig, Target};
+use inkwell::OptimizationLevel;
+use qc_backend_ptx::fquant::{self, FakeQuantPt};
+use qc_backend_ptx::gemv4::Entries;
+use qc_backend_ptx::ptxas::{assemble, find_ptxas};
+use qc_backend_ptx::GpuTarget;
+use qc_ir::quant::named_format;
+use qc_quant::QuantizeOptions;
+
+mod common;
+use common::noise;
+
+type At = unsafe extern "C" fn(*const f32, *mut f32, i64, f32, i64);
+
+#[test]
+fn matches_qc_quant_bit_for_bit() {
+    Target::initialize_native(&InitializationConfig::default()).unwrap();
+    for (name, amax) in [("int8", 3.0f32), ("fp8_e4m3", 2.0), ("fp8_e5m2", 5.0)] {
+        let fmt = named_format(name).unwrap().ty.clone();
+        let spec = FakeQuantPt::classify(&fmt).unwrap_or_else(|| panic!("{name}"));
+        let s = spec.scale(amax);
+        // Values at and around the grid's ties, beyond amax, tiny, zeros of both signs, random.
+        let mut x: Vec<f32> = vec![
+            0.0,
+            -0.0,
+            amax,
+            -amax,
+            2.0 * amax,
+            -7.0 * amax,
+            1e-30,
+            -1e-30,
+        ];
+        for k in -300..300 {
+            let q = k as f32 * 0.5;
+            x.push(q * s);
+            x.push((q + 0.25) * s);
+            x.push(f32::from_bits((q * s).to_bits() + 1));
+        }
+        for e in -40..4 {
+            x.push(2f32.powi(e) * s * 1.5);
+            x.push(-(2f32.powi(e)) * s * 1.25);
+        }
+        x.extend(noise(2000, 3).iter().map(|v| v * 1.5 * amax));
+        let opts = QuantizeOptions {
+            tensor_amax: Some(amax),
+            ..Default::default()
+        };
+        let q = qc_quant::quantize(&x, &[x.len()], &fmt, &opts).unwrap();
+        let want = qc_quant::dequantize(&q).unwrap();
+
+        let ctx = Context::create();
+        let module = ctx.create_module("fq_host");
+        fquant::build(&ctx, &module, &spec, Entries::Host).unwrap();
+        module.verify().unwrap();
+        let ee = module
+            .create_jit_execution_engine(OptimizationLevel::Default)
+            .unwrap();
+        let mut y = vec![f32::NAN; x.len()];
+        // SAFETY: the signature fquant::build gives the host entry; x and y hold n elements.
+        unsafe {
+            let f = ee.get_function::<At>("qc_fquant_pt_at").unwrap();
+            for t in 0..=x.len() {
+                f.call(x.as_ptr(), y.as_mut_ptr(), x.len() as i64, s, t as i64);
+            }
+        }
+        for (i, (a, b)) in y.iter().zip(&want).enumerate() {
+            assert_eq!(
+                a.to_bits(),
+                b.to_bits(),
+                "{name}: x = {:e}: {a:e} vs qc_quant {b:e}",
+                x[i]
+            );
+        }
+    }
+}
+
+#[test]
+fn other_formats_are_refused() {
+    for name in ["nvfp4", "mxfp8", "int8_channel", "int4_g32"] {
+        assert!(
+            FakeQuantPt::classify(&named_format(name).unwrap().ty).is_none(),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn ptxas_accepts_the_kernel_for_every_target() {
+    let ptxas = match find_ptxas() {
+        Ok(p) => p,
+        Err(e) if std::env::var("QC_ALLOW_NO_PTXAS").as_deref() == Ok("1") => {
+            eprintln!("note: QC_ALLOW_NO_PTXAS=1 and {e}; ptxas checks skipped");
+            return;
+        }
+        Err(e) => panic!("{e}\n(set QC_ALLOW_NO_PTXAS=1 to skip the ptxas checks)"),
+    };
+    for name in ["int8", "fp8_e4m3"] {
+        let spec = FakeQuantPt::classify(&named_format(name).unwrap().ty).unwrap();
+        for t in GpuTarget::ALL {
+            let ptx = fquant::emit_ptx(t, &spec).unwrap();
+            assert!(
+                ptx.contains(&format!(".entry {}(", fquant::ENTRY)),
+                "{name} {t}"
+            );
+            assert!(
+                !ptx.contains(".extern"),
+                "{name} {t}: calls a library:\n{ptx}"
+            );
+            assemble(&ptxas, &ptx, t).unwrap_or_else(|e| panic!("{name} {t}: {e}"));
+        }
+    }
+}
