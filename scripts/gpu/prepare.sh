@@ -20,8 +20,12 @@ QC=$TD/debug/qc
 python3 scripts/models/check.py inputs --model examples/bert-tiny.onnx --out "$KIT/models/inputs" --batch 1 --seq 8
 IN=()
 for n in input_ids token_type_ids attention_mask; do IN+=(--input "$n=$KIT/models/inputs/$n.npy"); done
-for f in float int4_g32 nvfp4 mxfp4 fp8_e4m3 mxfp8; do
-  if [ "$f" = float ]; then P=(--passes canonicalize,cse,dce); else P=(--wformat "$f"); fi
+for f in float int4_g32 nvfp4 mxfp4 fp8_e4m3 mxfp8 int4_g32_a8; do
+  case "$f" in
+    float) P=(--passes canonicalize,cse,dce) ;;
+    int4_g32_a8) P=(--wformat int4_g32 --aformat int8 --calib examples/bert-tiny-calib.npz) ;;
+    *) P=(--wformat "$f") ;;
+  esac
   "$QC" compile examples/bert-tiny.onnx "${P[@]}" --emit qir -o "$KIT/models/$f.qir"
   "$QC" run "$KIT/models/$f.qir" "${IN[@]}" -o "$KIT/models/$f.ref"
   for t in sm_90a sm_80; do
