@@ -987,6 +987,118 @@ fn bert_with_int8_activations_runs_the_int8_activation_kernels() {
     }
 }
 
+/// The shipped tiny BERT with fp8 e4m3 activations (static per-tensor maxima from the calibration
+/// data) on x86-64-v4: every product runs the fp8-activation kernels (qc_backend_llvm::act8::fp8,
+/// `vdpbf16ps` where the CPU has AVX512-BF16), the outputs are within 1e-5 of the output's scale of
+/// the interpreter, and 1 and 2 OpenMP threads give the same bits.
+#[test]
+fn bert_with_fp8_activations_runs_the_fp8_activation_kernels() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = repo().join("examples/bert-tiny.onnx");
+    let calib = repo().join("examples/bert-tiny-calib.npz");
+    let names = ["input_ids", "token_type_ids", "attention_mask"];
+    let script = format!(
+        "import numpy as np\n\
+         d = np.load('{}')\n\
+         for n in {names:?}:\n\
+         \x20   np.save('{}/' + n + '.npy', d[n + '.2'][1:2])\n",
+        p(&calib),
+        p(d)
+    );
+    ok(
+        Command::new("python3").args(["-c", &script]),
+        "making the BERT inputs",
+    );
+    let inputs: Vec<String> = names
+        .iter()
+        .flat_map(|n| {
+            [
+                "--input".to_string(),
+                format!("{n}={}", p(&d.join(format!("{n}.npy")))),
+            ]
+        })
+        .collect();
+    let targets: Vec<&str> = ["x86-64-v4"]
+        .into_iter()
+        .filter(|t| host_supports(t))
+        .collect();
+    for w in ["int4_g32", "mxfp4", "nvfp4"] {
+        let qir = d.join(format!("f8_{w}.qir"));
+        let flags = [
+            p(&model),
+            "--wformat",
+            w,
+            "--aformat",
+            "fp8_e4m3",
+            "--calib",
+            p(&calib),
+        ];
+        let mut args = vec!["compile"];
+        args.extend(flags);
+        args.extend(["-o", p(&qir)]);
+        qc(&args);
+        let ro = d.join(format!("f8_{w}.ref"));
+        let mut args = vec!["run", p(&qir)];
+        args.extend(inputs.iter().map(String::as_str));
+        args.extend(["-o", p(&ro)]);
+        qc(&args);
+        for t in &targets {
+            let qca = d.join(format!("f8_{w}.{t}.qca"));
+            let mut args = vec!["compile"];
+            args.extend(flags);
+            args.extend([
+                "--target",
+                t,
+                "--shape",
+                "batch=1",
+                "--shape",
+                "seq=16",
+                "-o",
+                p(&qca),
+            ]);
+            let (glue, export) = compile_dumping(&args, &d.join(format!("f8_{w}.{t}.dump")));
+            let f8 = glue.matches("qc_matmul_f8(&").count();
+            let matmuls = export.matches("call @qc_matmul_").count();
+            assert!(
+                f8 == 13 && f8 == matmuls,
+                "{w} {t}: {f8} fp8-activation products of {matmuls} kernel calls"
+            );
+            assert!(
+                !export.contains("qc_fquant"),
+                "{w} {t}: a fake-quant call is left"
+            );
+            let mut outs = Vec::new();
+            for threads in ["1", "2"] {
+                let co = d.join(format!("f8_{w}.{t}.t{threads}"));
+                let mut args = vec!["run", p(&qca)];
+                args.extend(inputs.iter().map(String::as_str));
+                args.extend(["-o", p(&co)]);
+                ok(
+                    Command::new(env!("CARGO_BIN_EXE_qc"))
+                        .env("OMP_NUM_THREADS", threads)
+                        .args(&args),
+                    "qc run",
+                );
+                for name in ["last_hidden_state", "pooler_output"] {
+                    let f = format!("{name}.npy");
+                    let r = rel(&co.join(&f), &ro.join(&f));
+                    eprintln!("bert {w} {t} threads={threads}: {name}: {r:.3e} of the scale");
+                    assert!(
+                        r <= TOL,
+                        "bert {w} {t}: {name}: {r:.3e} of the output's scale"
+                    );
+                    outs.push(std::fs::read(co.join(&f)).unwrap());
+                }
+            }
+            assert!(
+                outs[0] == outs[2] && outs[1] == outs[3],
+                "{w} {t}: 1 and 2 threads give different outputs"
+            );
+        }
+    }
+}
+
 /// Int8 activations on products big enough for several threads (`[M, 1024] x [1024, 1536]`, M = 1, 5
 /// and 40 (the GEMM kernel), calibrated on random data): the int8-activation kernels run, outputs are bit-identical for
 /// 1 and 2 OpenMP threads and within 1e-5 of the output's scale of the interpreter.

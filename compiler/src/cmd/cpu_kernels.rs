@@ -28,6 +28,16 @@
 //! interpreter's (which multiplies the dequantized operands in f32) only by the rounding of the scale
 //! products (act8's module documentation gives the order).
 //!
+//! With fp8 activations (`act_quant` to fp8_e4m3 or fp8_e5m2 per tensor with a static `amax`, see
+//! [`has_fp8_act_kernel`]; the export's filter is [`has_act_quant_kernel`]) the product runs
+//! `qc_matmul_f8`: each activation row is quantized once (`qc_f8_prepare`: `x / s` with
+//! `s = amax / max` in f32, rounded to the fp8 element, ties to even, saturating: `qc_fquant`'s
+//! arithmetic) to the bf16 bits of the fp8 values, then the weight rows are cut into chunks on OpenMP
+//! threads, each chunk one call of qc_backend_llvm::act8::fp8's kernel for all rows (`vdpbf16ps` when
+//! the CPU has AVX512-BF16, else the same chain in f32 FMA; runtime check; no panel GEMM: each weight
+//! row is decoded once per call and multiplied by every activation row). Its C source is pasted into
+//! the glue; weights in int8 / int4 / e2m1 / fp8 formats (`fp8::SUPPORTED_NAMED_FORMATS`).
+//!
 //! f32 products (`KernelOp::Sgemm`) run `qc_sgemm`, C compiled with the artifact: register tiles of
 //! 4 rows x 64 columns (AVX-512; 4 x 16 with AVX2) over 64-row blocks, each output one FMA chain over
 //! K in order, tasks (batch, column panel, row block) on OpenMP threads.
@@ -54,6 +64,7 @@
 //! on different threads share no mutable state.
 
 use qc_backend_hlo::upstream::{Exported, KernelOp};
+use qc_backend_llvm::act8::fp8::{self, F8Matrix};
 use qc_backend_llvm::act8::{self, A8Matrix};
 use qc_backend_llvm::gemv::{codegen, layout::BlockLayout, KernelSpec, QuantMatrix};
 use qc_backend_llvm::CpuTarget;
@@ -175,6 +186,73 @@ pub fn has_fake_quant(fmt: &QuantType) -> bool {
 pub fn has_act8_kernel(w: &QuantType, a: &QuantType) -> bool {
     fake_quant_of(a).is_some_and(|f| f.kind == 0 && f.elem.man < 0) && act8::has_kernel(w)
 }
+
+/// Whether `quant.matmul` of weights in `w` by activations quantized to `a` runs the fp8-activation
+/// kernels (qc_backend_llvm::act8::fp8): `a` is fp8_e4m3 or fp8_e5m2 per tensor with `qc_fquant`'s
+/// arithmetic (f32 scale `amax / max`, ties to even, saturating) and `w` a format whose element values
+/// are exact in bf16 (`fp8::has_kernel`).
+pub fn has_fp8_act_kernel(w: &QuantType, a: &QuantType) -> bool {
+    fake_quant_of(a).is_some_and(|f| f.kind == 0 && f.elem.man >= 0)
+        && fp8::F8Act::from_quant_type(a).is_some()
+        && fp8::has_kernel(w)
+}
+
+/// Whether a product with activations quantized to `a` runs a kernel that quantizes them itself
+/// ([`has_act8_kernel`] or [`has_fp8_act_kernel`]; the filter given to the upstream export as
+/// `act_quant_calls`).
+pub fn has_act_quant_kernel(w: &QuantType, a: &QuantType) -> bool {
+    has_act8_kernel(w, a) || has_fp8_act_kernel(w, a)
+}
+
+/// The C of the fp8-activation products: `qc_matmul_f8` over the kernels of
+/// qc_backend_llvm::act8::fp8 (whose source precedes it).
+const FP8_GLUE: &str = r#"
+typedef int (*qc_f8_fn)(const qc_f8_format *, const uint8_t *, const uint8_t *, int64_t, const uint16_t *,
+                        int64_t, int64_t, float *, int64_t, int64_t, int64_t, int64_t, float);
+
+/* y[M, N] = q(x)[M, K] W^T for W[N, K] at codes/scales, q the fp8 (man, emin, maxf) per-tensor
+   quantization with scale s: each row of x quantized once to the bf16 bits of its fp8 values
+   (qc_f8_prepare), then the weight rows in chunks on OpenMP threads, each chunk one kernel call for all
+   rows (vdpbf16ps when the CPU has AVX512-BF16, else the same chain in f32 FMA). */
+static void qc_matmul_f8(const qc_f8_format *f, const uint8_t *codes, const uint8_t *scales, int man,
+                         int emin, float maxf, float s, float post, int64_t row_bytes, int64_t n,
+                         int64_t k, const qc_md2_t *x, qc_md2_t *y) {
+  int64_t m = x->sizes[0];
+  const float *xa = x->aligned + x->offset;
+  float *ya = y->aligned + y->offset;
+  int64_t ldy = y->strides[0];
+  if (m <= 0 || n <= 0) return;
+  qc_f8_fn fn = __builtin_cpu_supports("avx512bf16") ? qc_f8_matmul_bf16 : qc_f8_matmul_fma;
+  int64_t kp = qc_f8_padded_k(k);
+  void *buf = qc_malloc((size_t)(m * kp * 2 + 64));
+  if (!buf) { qc_failed = 1; return; }
+  uint16_t *xb = (uint16_t *)(((uintptr_t)buf + 63) & ~(uintptr_t)63);
+  for (int64_t i = 0; i < m; i++)
+    if (qc_f8_prepare(xa + i * x->strides[0], x->strides[1], k, s, man, emin, maxf, kp, xb + i * kp)) {
+      for (int64_t r = 0; r < m; r++)
+        for (int64_t j = 0; j < n; j++) ya[r * ldy + j] = 0.0f;
+      qc_failed = 1;
+      qc_free(buf);
+      return;
+    }
+  int threads = omp_get_max_threads();
+  int par = threads > 1 && (uint64_t)m * (uint64_t)n * (uint64_t)k >= QC_PARALLEL_MIN_MACS;
+  int64_t chunk = (n + 4 * threads - 1) / (4 * threads);
+  int64_t least = (256 << 10) / (row_bytes > 0 ? row_bytes : 1);
+  if (chunk < least) chunk = least;
+  if (chunk < 1) chunk = 1;
+  int64_t chunks = (n + chunk - 1) / chunk;
+  int bad = 0;
+#pragma omp parallel for schedule(dynamic, 1) if (par) reduction(| : bad)
+  for (int64_t c = 0; c < chunks; c++) {
+    int64_t r0 = c * chunk, r1 = r0 + chunk < n ? r0 + chunk : n;
+    bad |= fn(f, codes, scales, row_bytes, xb, kp, m, ya + r0, ldy, k, r0, r1, post);
+  }
+  if (bad) qc_failed = 1;
+  qc_free(buf);
+}
+
+"#;
 
 /// The C of the int8-activation products: `qc_matmul_a8` over the kernels of qc_backend_llvm::act8
 /// (whose source precedes it).
@@ -569,6 +647,7 @@ pub fn plan(m: &Module, exported: &Exported, cpu: CpuTarget) -> Result<Plan, Fai
     let mut declared: Vec<String> = Vec::new();
     let mut bodies = String::new();
     let mut act8_used = false;
+    let mut fp8_used = false;
     for c in calls {
         let (resource, format) = match &c.op {
             KernelOp::QuantMatmul {
@@ -584,6 +663,63 @@ pub fn plan(m: &Module, exported: &Exported, cpu: CpuTarget) -> Result<Plan, Fai
                 let at = |msg: String| {
                     Failure::Input(qc_ir::Diagnostic::error(c.loc.clone(), msg).render(None))
                 };
+                if has_fp8_act_kernel(format, &aq.format) {
+                    let act = fp8::F8Act::from_quant_type(&aq.format).ok_or_else(|| {
+                        at(format!("{} is not an fp8 activation format", aq.format))
+                    })?;
+                    let blob = m
+                        .resources
+                        .get(resource)
+                        .and_then(|b| b.bytes())
+                        .ok_or_else(|| {
+                            at(format!("the weight resource '{resource}' has no bytes"))
+                        })?;
+                    let w =
+                        F8Matrix::new(format, c.n as usize, c.k as usize, blob).map_err(|e| {
+                            at(format!(
+                                "the fp8-activation kernels cannot read this weight: {e}"
+                            ))
+                        })?;
+                    let offset = place(&mut p.weights, resource, blob);
+                    let s = act.act_scale(aq.amax);
+                    let f = w.format();
+                    fp8_used = true;
+                    bodies += &format!(
+                        "static const qc_f8_format qc_f8f_{sym} = {{{bits}, {group}, {store}, 0, {{{table}}}}};\n\
+                         void _mlir_ciface_{sym}(qc_md2_t *x, qc_md2_t *y) {{\n  \
+                         /* {res}: {fmt} [{n}, {k}] at {offset}, {afmt} activations (amax {amax:e}) */\n  \
+                         qc_matmul_f8(&qc_f8f_{sym}, qc_weights + {offset}, qc_weights + {scales}, \
+                         {man}, {emin}, qc_f32(0x{max:08x}u), qc_f32(0x{s:08x}u), qc_f32(0x{post:08x}u), \
+                         {row_bytes}, {n}, {k}, x, y);\n}}\n\n",
+                        sym = c.symbol,
+                        bits = f.bits,
+                        group = f.group,
+                        store = f.store,
+                        table = f
+                            .table
+                            .iter()
+                            .map(|t| t.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        res = resource
+                            .chars()
+                            .map(|ch| if ch.is_ascii_graphic() && ch != '*' { ch } else { '_' })
+                            .collect::<String>(),
+                        fmt = format,
+                        afmt = aq.format,
+                        n = c.n,
+                        k = c.k,
+                        amax = aq.amax,
+                        scales = offset + w.matrix().sections().scales,
+                        man = act.man,
+                        emin = act.emin,
+                        max = act.max.to_bits(),
+                        s = s.to_bits(),
+                        post = w.post(s).to_bits(),
+                        row_bytes = w.matrix().sections().row_bytes,
+                    );
+                    continue;
+                }
                 if !has_act8_kernel(format, &aq.format) {
                     return Err(at(format!(
                         "no int8-activation kernel for {format} weights and {} activations",
@@ -731,6 +867,10 @@ pub fn plan(m: &Module, exported: &Exported, cpu: CpuTarget) -> Result<Plan, Fai
         glue += &ACT8_GLUE
             .replace("QC_PARALLEL_MIN_MACS", &format!("{PARALLEL_MIN_MACS}ull"))
             .replace("QC_GEMM_MIN_ROWS", &GEMM_MIN_ROWS.to_string());
+    }
+    if fp8_used {
+        glue += &fp8::c_source();
+        glue += &FP8_GLUE.replace("QC_PARALLEL_MIN_MACS", &format!("{PARALLEL_MIN_MACS}ull"));
     }
     glue += &bodies;
     p.glue = glue;

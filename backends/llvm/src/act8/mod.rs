@@ -4,6 +4,9 @@
 //! bytes. The products are exact integer dot products (`vpdpbusd` with AVX-512 VNNI, `vpmaddubsw` +
 //! `vpmaddwd` with AVX-512 BW or AVX2), so the only rounding is in the scales.
 //!
+//! Submodule [`fp8`] holds the kernels for **fp8 activations** (e4m3 / e5m2 per tensor) with BF16 dot
+//! products (`vdpbf16ps`, AVX512-BF16, or an f32 FMA fallback).
+//!
 //! The kernels are C with intrinsics ([`c_source`]), compiled by the system C compiler (`cc`, or `$CC`)
 //! with `-O3 -march=<target>`; [`Act8Library::build`] builds and loads them for tests and benchmarks,
 //! and a CPU artifact pastes the same source into its C glue (compiler/src/cmd/cpu_kernels.rs).
@@ -80,6 +83,8 @@
 //! the element factor), so a row whose terms exceed the f32 range overflows to infinity even where `y`
 //! itself would be finite (a result within about `1 / post` of the f32 range limit, e.g. e8m0 scales
 //! near 2^127).
+
+pub mod fp8;
 
 use std::path::Path;
 use std::process::Command;
