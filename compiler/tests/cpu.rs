@@ -987,7 +987,7 @@ fn bert_with_int8_activations_runs_the_int8_activation_kernels() {
     }
 }
 
-/// The shipped tiny BERT with fp8 e4m3 activations (static per-tensor maxima from the calibration
+/// The shipped tiny BERT with fp8 e4m3 (and, for int4_g32, e5m2) activations (static per-tensor maxima from the calibration
 /// data) on x86-64-v4: every product runs the fp8-activation kernels (qc_backend_llvm::act8::fp8,
 /// `vdpbf16ps` where the CPU has AVX512-BF16), the outputs are within 1e-5 of the output's scale of
 /// the interpreter, and 1 and 2 OpenMP threads give the same bits.
@@ -1023,14 +1023,19 @@ fn bert_with_fp8_activations_runs_the_fp8_activation_kernels() {
         .into_iter()
         .filter(|t| host_supports(t))
         .collect();
-    for w in ["int4_g32", "mxfp4", "nvfp4"] {
-        let qir = d.join(format!("f8_{w}.qir"));
+    for (w, a) in [
+        ("int4_g32", "fp8_e4m3"),
+        ("mxfp4", "fp8_e4m3"),
+        ("nvfp4", "fp8_e4m3"),
+        ("int4_g32", "fp8_e5m2"),
+    ] {
+        let qir = d.join(format!("{a}_{w}.qir"));
         let flags = [
             p(&model),
             "--wformat",
             w,
             "--aformat",
-            "fp8_e4m3",
+            a,
             "--calib",
             p(&calib),
         ];
@@ -1038,13 +1043,13 @@ fn bert_with_fp8_activations_runs_the_fp8_activation_kernels() {
         args.extend(flags);
         args.extend(["-o", p(&qir)]);
         qc(&args);
-        let ro = d.join(format!("f8_{w}.ref"));
+        let ro = d.join(format!("{a}_{w}.ref"));
         let mut args = vec!["run", p(&qir)];
         args.extend(inputs.iter().map(String::as_str));
         args.extend(["-o", p(&ro)]);
         qc(&args);
         for t in &targets {
-            let qca = d.join(format!("f8_{w}.{t}.qca"));
+            let qca = d.join(format!("{a}_{w}.{t}.qca"));
             let mut args = vec!["compile"];
             args.extend(flags);
             args.extend([
@@ -1057,12 +1062,12 @@ fn bert_with_fp8_activations_runs_the_fp8_activation_kernels() {
                 "-o",
                 p(&qca),
             ]);
-            let (glue, export) = compile_dumping(&args, &d.join(format!("f8_{w}.{t}.dump")));
+            let (glue, export) = compile_dumping(&args, &d.join(format!("{a}_{w}.{t}.dump")));
             let f8 = glue.matches("qc_matmul_f8(&").count();
             let matmuls = export.matches("call @qc_matmul_").count();
             assert!(
                 f8 == 13 && f8 == matmuls,
-                "{w} {t}: {f8} fp8-activation products of {matmuls} kernel calls"
+                "{w} {a} {t}: {f8} fp8-activation products of {matmuls} kernel calls"
             );
             assert!(
                 !export.contains("qc_fquant"),
@@ -1070,7 +1075,7 @@ fn bert_with_fp8_activations_runs_the_fp8_activation_kernels() {
             );
             let mut outs = Vec::new();
             for threads in ["1", "2"] {
-                let co = d.join(format!("f8_{w}.{t}.t{threads}"));
+                let co = d.join(format!("{a}_{w}.{t}.t{threads}"));
                 let mut args = vec!["run", p(&qca)];
                 args.extend(inputs.iter().map(String::as_str));
                 args.extend(["-o", p(&co)]);
@@ -1083,7 +1088,7 @@ fn bert_with_fp8_activations_runs_the_fp8_activation_kernels() {
                 for name in ["last_hidden_state", "pooler_output"] {
                     let f = format!("{name}.npy");
                     let r = rel(&co.join(&f), &ro.join(&f));
-                    eprintln!("bert {w} {t} threads={threads}: {name}: {r:.3e} of the scale");
+                    eprintln!("bert {w} {a} {t} threads={threads}: {name}: {r:.3e} of the scale");
                     assert!(
                         r <= TOL,
                         "bert {w} {t}: {name}: {r:.3e} of the output's scale"
