@@ -1104,9 +1104,10 @@ fn bert_with_fp8_activations_runs_the_fp8_activation_kernels() {
     }
 }
 
-/// Int8 activations on products big enough for several threads (`[M, 1024] x [1024, 1536]`, M = 1, 5
-/// and 40 (the GEMM kernel), calibrated on random data): the int8-activation kernels run, outputs are bit-identical for
-/// 1 and 2 OpenMP threads and within 1e-5 of the output's scale of the interpreter.
+/// Int8 and fp8 e4m3 activations on products big enough for several threads (`[M, 1024] x
+/// [1024, 1536]`, M = 1, 5 and 40 (the int8 GEMM kernel), calibrated on random data): the int8- or
+/// fp8-activation kernels run, outputs are bit-identical for 1 and 2 OpenMP threads and within 1e-5 of
+/// the output's scale of the interpreter.
 #[test]
 fn threaded_int8_activation_products_are_deterministic_and_match_the_interpreter() {
     let dir = tempfile::tempdir().unwrap();
@@ -1133,14 +1134,20 @@ fn threaded_int8_activation_products_are_deterministic_and_match_the_interpreter
         Command::new("python3").args(["-c", &script]),
         "making the MatMul model",
     );
-    for w in ["int4_g32", "int8_channel", "nvfp4"] {
-        let qir = d.join(format!("{w}.qir"));
+    for (w, a, call) in [
+        ("int4_g32", "int8", "qc_matmul_a8(&"),
+        ("int8_channel", "int8", "qc_matmul_a8(&"),
+        ("nvfp4", "int8", "qc_matmul_a8(&"),
+        ("int4_g32", "fp8_e4m3", "qc_matmul_f8(&"),
+        ("nvfp4", "fp8_e4m3", "qc_matmul_f8(&"),
+    ] {
+        let qir = d.join(format!("{a}_{w}.qir"));
         let flags = [
             p(&model),
             "--wformat",
             w,
             "--aformat",
-            "int8",
+            a,
             "--calib",
             p(&calib),
         ];
@@ -1150,18 +1157,18 @@ fn threaded_int8_activation_products_are_deterministic_and_match_the_interpreter
         qc(&args);
         for m in [1, 5, 40] {
             let x = format!("x={}", p(&d.join(format!("x{m}.npy"))));
-            let refdir = d.join(format!("{w}.{m}.ref"));
+            let refdir = d.join(format!("{a}_{w}.{m}.ref"));
             qc(&["run", p(&qir), "--input", &x, "-o", p(&refdir)]);
-            let qca = d.join(format!("{w}.{m}.qca"));
+            let qca = d.join(format!("{a}_{w}.{m}.qca"));
             let mut args = vec!["compile"];
             args.extend(flags);
             let batch = format!("batch={m}");
             args.extend(["--target", "native", "--shape", &batch, "-o", p(&qca)]);
-            let (glue, _) = compile_dumping(&args, &d.join(format!("{w}.{m}.dump")));
-            assert_eq!(glue.matches("qc_matmul_a8(&").count(), 1, "{w} M={m}");
+            let (glue, _) = compile_dumping(&args, &d.join(format!("{a}_{w}.{m}.dump")));
+            assert_eq!(glue.matches(call).count(), 1, "{w} {a} M={m}");
             let mut outs = Vec::new();
             for threads in ["1", "2"] {
-                let out = d.join(format!("{w}.{m}.t{threads}"));
+                let out = d.join(format!("{a}_{w}.{m}.t{threads}"));
                 ok(
                     Command::new(env!("CARGO_BIN_EXE_qc"))
                         .env("OMP_NUM_THREADS", threads)
@@ -1169,13 +1176,13 @@ fn threaded_int8_activation_products_are_deterministic_and_match_the_interpreter
                     "qc run",
                 );
                 let r = rel(&out.join("z.npy"), &refdir.join("z.npy"));
-                eprintln!("{w} M={m} threads={threads}: {r:.3e} of the output's scale");
+                eprintln!("{w} {a} M={m} threads={threads}: {r:.3e} of the output's scale");
                 assert!(r <= TOL, "{w} M={m} threads={threads}: {r:.3e}");
                 outs.push(std::fs::read(out.join("z.npy")).unwrap());
             }
             assert!(
                 outs[0] == outs[1],
-                "{w} M={m}: 1 and 2 threads give different outputs"
+                "{w} {a} M={m}: 1 and 2 threads give different outputs"
             );
         }
     }
