@@ -740,6 +740,40 @@ fn window_ops_on_cpu_match_the_interpreter() {
     }
 }
 
+/// Slices with negative steps (several axes, mixed signs, clamped starts and ends), Pad in modes
+/// reflect (pads beyond the dimension, a dimension of 1), edge and wrap on 2-D and 4-D tensors with
+/// asymmetric pads, and integer Pow (int32 / int64 bases and exponents: 0, 1, large, beyond 2^32,
+/// overflowing) (compiler/tests/cpu_ops.py's index.onnx), compiled for the host CPU, are
+/// bit-identical to the interpreter.
+#[test]
+fn negative_step_slices_index_pads_and_integer_pow_on_cpu_match_the_interpreter() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    op_models(d);
+    let inputs: Vec<String> = ["x", "m", "o", "b32", "e32", "b64", "e64"]
+        .iter()
+        .map(|n| format!("{n}={}", p(&d.join(format!("{n}.npy")))))
+        .collect();
+    let (ro, co, names) = run_both(d, "index", &d.join("index.onnx"), &inputs);
+    assert_eq!(names.len(), 18, "{names:?}");
+    for name in &names {
+        let bad = differing(&co.join(name), &ro.join(name));
+        assert!(
+            bad.is_empty(),
+            "{name}: {} elements differ from the interpreter, first at {}",
+            bad.len(),
+            bad[0]
+        );
+        // Exact for 64-bit integers too (`differing` compares them as f32).
+        assert!(
+            std::fs::read(co.join(name)).unwrap() == std::fs::read(ro.join(name)).unwrap(),
+            "{name}: the files differ"
+        );
+        let v = read_npy(&ro.join(name)).unwrap().to_f32();
+        assert!(v.iter().any(|&x| x != v[0]), "{name}: a constant output");
+    }
+}
+
 /// ONNX's QuantizeLinear / DequantizeLinear (per tensor, per axis, in blocks; uint8, int8, uint4,
 /// int16), DynamicQuantizeLinear and quant.hadamard compiled for the host CPU are bit-identical to the
 /// interpreter (rounding ties, +-0, NaN, saturation, quotients beyond 2^31), and

@@ -14,8 +14,14 @@
   without ignore_index, without weights); outputs named nll_* are sums (compared within a tolerance),
   the others must be bit-exact;
 - hadamard.qir (input x [3, 64]): quant.hadamard with blocks 16 and 64;
-- the inputs x.npy, xq.npy, lp.npy, tg.npy, xh.npy: normal noise, and for xq rounding ties at several
-  scales, +-0, NaN, values beyond every code range and beyond 2^31 times the scale.
+- index.onnx (inputs x [2, 4, 9, 8], m [5, 7], o [1, 4], b32 / e32 int32 [24], b64 / e64 int64 [24]):
+  Slice with negative steps (several axes, mixed signs, clamped starts and ends), Pad in modes
+  reflect (pads beyond the dimension, a dimension of 1), edge and wrap on 2-D and 4-D tensors with
+  asymmetric pads, and integer Pow (int32 / int64 bases and exponents: 0, 1, large, beyond 2^32,
+  overflowing); every output must be bit-exact;
+- the inputs x.npy, xq.npy, lp.npy, tg.npy, xh.npy, m.npy, o.npy: normal noise, and for xq rounding
+  ties at several scales, +-0, NaN, values beyond every code range and beyond 2^31 times the scale;
+  b32.npy, e32.npy, b64.npy, e64.npy: the pow operands.
 """
 
 import os
@@ -223,3 +229,72 @@ with open(os.path.join(d, "hadamard.qir"), "w") as f:
         "}\n"
     )
 np.save(os.path.join(d, "xh.npy"), (r.standard_normal((3, 64)) * 4).astype(np.float32))
+
+# ---- index ops: negative-step slices, edge / reflect / wrap padding, integer pow
+nodes, outs, inits = [], [], []
+
+
+def i64(name, a):
+    inits.append(nh.from_array(np.asarray(a, np.int64), name))
+    return name
+
+
+def slice_(name, src, starts, ends, axes, steps):
+    ins = [src, i64(name + "_st", starts), i64(name + "_en", ends), i64(name + "_ax", axes), i64(name + "_sp", steps)]
+    nodes.append(h.make_node("Slice", ins, [name]))
+    outs.append(vi(name, F, None))
+
+
+slice_("slice_rev", "x", [-1], [-100], [3], [-1])
+slice_("slice_two", "x", [7, 6], [0, -9], [2, 3], [-2, -3])
+slice_("slice_clamped", "x", [100, 1], [0, -100], [1, 0], [-1, -1])
+slice_("slice_mixed", "x", [0, -2, 1], [2, 0, 8], [0, 2, 3], [1, -3, 2])
+slice_("slice_m", "m", [5, 4], [1, -6], [-1, -2], [-2, -1])
+slice_("slice_m_big", "m", [-1], [-8], [1], [-4])
+
+
+def pad(name, src, mode, pads):
+    nodes.append(h.make_node("Pad", [src, i64(name + "_p", pads)], [name], mode=mode))
+    outs.append(vi(name, F, None))
+
+
+pad("pad_reflect_m", "m", "reflect", [2, 6, 4, 3])
+pad("pad_reflect_m_wide", "m", "reflect", [9, 1, 0, 15])
+pad("pad_edge_m", "m", "edge", [0, 3, 5, 1])
+pad("pad_wrap_m", "m", "wrap", [3, 8, 1, 2])
+pad("pad_reflect_o", "o", "reflect", [2, 1, 3, 2])
+pad("pad_reflect_x", "x", "reflect", [0, 1, 3, 0, 1, 2, 0, 5])
+pad("pad_edge_x", "x", "edge", [1, 0, 2, 4, 0, 3, 1, 2])
+pad("pad_wrap_x", "x", "wrap", [0, 0, 2, 9, 1, 0, 3, 1])
+for base, ex in [("b32", "e32"), ("b64", "e64"), ("b32", "e64"), ("b64", "e32")]:
+    name = f"pow_{base}_{ex}"
+    nodes.append(h.make_node("Pow", [base, ex], [name]))
+    outs.append(vi(name, T.INT32 if base == "b32" else T.INT64, None))
+save(
+    "index.onnx",
+    nodes,
+    [
+        vi("x", F, [2, 4, 9, 8]),
+        vi("m", F, [5, 7]),
+        vi("o", F, [1, 4]),
+        vi("b32", T.INT32, [24]),
+        vi("e32", T.INT32, [24]),
+        vi("b64", T.INT64, [24]),
+        vi("e64", T.INT64, [24]),
+    ],
+    outs,
+    inits,
+    19,
+)
+np.save(os.path.join(d, "m.npy"), r.standard_normal((5, 7)).astype(np.float32))
+np.save(os.path.join(d, "o.npy"), r.standard_normal((1, 4)).astype(np.float32))
+bases = [0, 1, -1, 2, -2, 3, -3, 7, -7, 10, -10, 12345, -54321, 2**31 - 1, -(2**31), 65537, 5, 0, 1, -1, 3, 2, -2, 11]
+exps = [0, 1, 2, 3, 5, 7, 10, 31, 32, 33, 63, 64, 100, 1000, 2**31 - 1, 0, 1, 2**30, 0, 2**31 - 2, 41, 30, 31, 9]
+np.save(os.path.join(d, "b32.npy"), np.array(bases, np.int32))
+np.save(os.path.join(d, "e32.npy"), np.array(exps, np.int32))
+b64 = bases[:]
+b64[11], b64[12], b64[15] = 3**30, -(7**20), 2**40 + 1
+e64 = exps[:]
+e64[14], e64[16], e64[19] = 2**62, 5 * 10**9, 2**32 + 3
+np.save(os.path.join(d, "b64.npy"), np.array(b64, np.int64))
+np.save(os.path.join(d, "e64.npy"), np.array(e64, np.int64))

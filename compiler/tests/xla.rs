@@ -653,7 +653,7 @@ mod emit_mlir {
         let model = dir.path().join("m.qir");
         std::fs::write(
             &model,
-            "func.func @main(%x: tensor<1x[n]xi32>) -> tensor<1x[n]xi32> {\n  %y = nn.pow %x, %x : (tensor<1x[n]xi32>, tensor<1x[n]xi32>) -> tensor<1x[n]xi32>\n  return %y : tensor<1x[n]xi32>\n}\n",
+            "func.func @main(%x: tensor<[n]x32xf32>) -> tensor<[n]x32xf32> {\n  %q = quant.quantize %x : (tensor<[n]x32xf32>) -> tensor<[n]x32x!quant.mxfp4>\n  %y = quant.dequantize %q : (tensor<[n]x32x!quant.mxfp4>) -> tensor<[n]x32xf32>\n  return %y : tensor<[n]x32xf32>\n}\n",
         )
         .unwrap();
         let out_path = dir.path().join("m.mlir");
@@ -677,7 +677,7 @@ mod emit_mlir {
         assert_eq!(out.status.code(), Some(2));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
-            err.contains("m.qir:2:3") && err.contains("cannot export nn.pow"),
+            err.contains("m.qir:2:3") && err.contains("cannot export quant.quantize"),
             "{err}"
         );
         assert!(!out_path.exists(), "a failed export wrote its output");

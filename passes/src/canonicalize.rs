@@ -2,8 +2,8 @@
 //!
 //! Contract: every rewrite is exact (bit-identical results, NaN and signed zero included). Rewrites:
 //! - identity elimination: `nn.identity x`; `nn.cast` to the operand's own type; `nn.reshape`,
-//!   `expand`, `squeeze`, `unsqueeze`, `flatten`, `tile`, `slice` whose result has the operand's static
-//!   type; `nn.transpose` by the identity permutation; `x * 1`, `x / 1`, `x - (+0)`, `x + (-0)` (and
+//!   `expand`, `squeeze`, `unsqueeze`, `flatten`, `tile`, `slice` (with constant positive steps) whose
+//!   result has the operand's static type; `nn.transpose` by the identity permutation; `x * 1`, `x / 1`, `x - (+0)`, `x + (-0)` (and
 //!   `x + 0` for integers) whose result type equals `x`'s -> `x`;
 //! - composition: `reshape(reshape(x, s1), s2)` -> `reshape(x, s2)` (when s2 copies no dimension with a
 //!   0 entry), `transpose(transpose(x))` -> one transpose;
@@ -158,8 +158,19 @@ fn rewrite(f: &Func, op: &Op, ops: &[Op], producer: &BTreeMap<Value, usize>) -> 
         | NnOp::Unsqueeze
         | NnOp::Flatten
         | NnOp::Tile
-        | NnOp::Slice
             if static_identity =>
+        {
+            return Rewrite::Forward(op.operands[0]);
+        }
+        // A slice keeping every element is an identity only when no step is negative (a step of -1
+        // over a whole axis reverses it).
+        NnOp::Slice
+            if static_identity
+                && match op.operands.get(4) {
+                    None => true,
+                    Some(&s) => dense_of(s, ops, producer)
+                        .is_some_and(|d| (0..d.len()).all(|i| d.get_i64(i) > 0)),
+                } =>
         {
             return Rewrite::Forward(op.operands[0]);
         }

@@ -56,8 +56,8 @@
 //! Not exported (a diagnostic naming the op and its location, exit code 2 from `qc compile --emit
 //! mlir`): activation quantization (`quant.quantize`, and `quant.matmul` of a quantized activation;
 //! except as kernel calls under [`ExportOptions::quantize_calls`]), ONNX linear quantization of
-//! minifloat codes or with minifloat scales, window ops on integer tensors, slices with negative
-//! steps, pad modes other than `constant`, integer `pow`, and dense constants of raw minifloat types.
+//! minifloat codes or with minifloat scales, window ops on integer tensors, and dense constants of
+//! raw minifloat types.
 //!
 //! # Taking it further
 //! The text parses in `mlir-opt` (LLVM 22) and bufferizes with
@@ -1578,6 +1578,97 @@ fn unary_name(nn: NnOp) -> Option<&'static str> {
     })
 }
 
+/// Integer `pow` as the interpreter computes it: `base.wrapping_pow(min(exp, u32::MAX))` in the
+/// result's width, by 32 rounds of square-and-multiply over the exponent's bits. The interpreter
+/// refuses negative exponents; here they count as 0 (the result is 1).
+fn int_pow<'c, 'b>(u: &U<'c, 'b>, ins: &[V<'c, 'b>], shape: &[u64], e: El) -> R<Vec<V<'c, 'b>>> {
+    let (e0, e1) = (ins[0].e, ins[1].e);
+    let v = u.ew(&ins[..2], shape, e, |b| {
+        let base = b.cast(e0, e, 0)?;
+        let q = b.cast(e1, El::I(64), 1)?;
+        let lo = b.cst(El::I(64), 0.0)?;
+        let hi = b.cst(El::I(64), u32::MAX as f64)?;
+        let q = match e1 {
+            // An unsigned 64-bit exponent is never negative; clamp it as unsigned.
+            El::U(64) => b.bin(Bin::Min, El::U(64), q, hi)?,
+            _ => {
+                let q = b.bin(Bin::Max, El::I(64), q, lo)?;
+                b.bin(Bin::Min, El::I(64), q, hi)?
+            }
+        };
+        let one = b.cst(El::I(64), 1.0)?;
+        let mut acc = b.cst(e, 1.0)?;
+        let mut sq = base;
+        for k in 0..32 {
+            let sh = b.cst(El::I(64), k as f64)?;
+            let bit = b.op("arith.shrui", &[q, sh], &[], "i64")?;
+            let bit = b.op("arith.andi", &[bit, one], &[], "i64")?;
+            let set = b.cmp(Cmp::Ne, El::I(64), bit, lo)?;
+            let m = b.bin(Bin::Mul, e, acc, sq)?;
+            acc = b.select(e, set, m, acc)?;
+            if k < 31 {
+                sq = b.bin(Bin::Mul, e, sq, sq)?;
+            }
+        }
+        Ok(acc)
+    })?;
+    Ok(vec![v])
+}
+
+/// `edge`, `reflect` and `wrap` padding: each output element reads the source element whose
+/// index the interpreter's rule gives (clamped; mirrored without repeating the border, period
+/// `2 (n - 1)`, or `0` when `n == 1`; modulo `n`).
+fn pad_indexed<'c, 'b>(
+    u: &U<'c, 'b>,
+    x: V<'c, 'b>,
+    xs: &[u64],
+    pads: &[i64],
+    mode: &str,
+    shape: &[u64],
+    e: El,
+) -> R<V<'c, 'b>> {
+    let r = xs.len();
+    if xs.contains(&0) && shape.iter().product::<u64>() != 0 {
+        return Err(format!("pad mode '{mode}' of an empty tensor"));
+    }
+    u.generic(&[], &[x.v], r, &[], ids(0..r), shape, e, None, |b| {
+        let mut coords = vec![1];
+        let zero = b.index(0)?;
+        for (d, &n) in xs.iter().enumerate() {
+            let j = b.loop_index(d)?;
+            let n = n as i64;
+            let lo = b.index(pads[d])?;
+            let i = b.op("arith.subi", &[j, lo], &[], "index")?;
+            let c = match mode {
+                "edge" => {
+                    let n1 = b.index(n - 1)?;
+                    let c = b.op("arith.maxsi", &[i, zero], &[], "index")?;
+                    b.op("arith.minsi", &[c, n1], &[], "index")?
+                }
+                "reflect" if n <= 1 => zero,
+                _ => {
+                    // rem_euclid(i, p): (i % p + p) % p.
+                    let p = if mode == "wrap" { n } else { 2 * (n - 1) };
+                    let pp = b.index(p)?;
+                    let m = b.op("arith.remsi", &[i, pp], &[], "index")?;
+                    let m = b.op("arith.addi", &[m, pp], &[], "index")?;
+                    let m = b.op("arith.remsi", &[m, pp], &[], "index")?;
+                    if mode == "wrap" {
+                        m
+                    } else {
+                        let nn = b.index(n)?;
+                        let inside = b.cmp(Cmp::Lt, El::I(64), m, nn)?;
+                        let back = b.op("arith.subi", &[pp, m], &[], "index")?;
+                        b.op("arith.select", &[inside, m, back], &[], "index")?
+                    }
+                }
+            };
+            coords.push(c);
+        }
+        b.op("tensor.extract", &coords, &[], &e.mlir())
+    })
+}
+
 fn export_nn<'c, 'b>(u: &U<'c, 'b>, cx: &Cx, nn: NnOp, ins: &[V<'c, 'b>]) -> R<Vec<V<'c, 'b>>> {
     let (shape, e) = emitted(cx.result_ty(0))?;
     let one = |t: V<'c, 'b>| Ok(vec![t]);
@@ -1613,7 +1704,7 @@ fn export_nn<'c, 'b>(u: &U<'c, 'b>, cx: &Cx, nn: NnOp, ins: &[V<'c, 'b>]) -> R<V
                 }
             }
             if !e.is_float() {
-                return Err("integer pow is not supported".into());
+                return int_pow(u, ins, &shape, e);
             }
             bin(Bin::Pow)
         }
@@ -1794,14 +1885,32 @@ fn export_nn<'c, 'b>(u: &U<'c, 'b>, cx: &Cx, nn: NnOp, ins: &[V<'c, 'b>]) -> R<V
             for k in 0..axes.len() {
                 let a = norm_axis(axes[k], r)?;
                 let step = steps.get(k).copied().unwrap_or(1);
-                if step <= 0 {
-                    return Err("slices with negative steps are not supported".into());
+                if step == 0 {
+                    return Err("slices with a zero step are not supported".into());
                 }
                 let (s, _) = qc_nn::shape::slice_bounds(xs[a] as i64, starts[k], ends[k], step);
                 offs[a] = s;
                 strides[a] = step;
             }
-            one(u.extract_slice(x, &offs, &shape, &strides)?)
+            if strides.iter().all(|&s| s > 0) {
+                return one(u.extract_slice(x, &offs, &shape, &strides)?);
+            }
+            // Some step is negative: output index `j` of axis `d` reads `offs[d] + j * strides[d]`.
+            one(u.generic(&[], &[x.v], r, &[], ids(0..r), &shape, e, None, |b| {
+                let mut coords = vec![1];
+                for d in 0..r {
+                    let j = b.loop_index(d)?;
+                    if offs[d] == 0 && strides[d] == 1 {
+                        coords.push(j);
+                        continue;
+                    }
+                    let st = b.index(strides[d])?;
+                    let m = b.op("arith.muli", &[j, st], &[], "index")?;
+                    let o = b.index(offs[d])?;
+                    coords.push(b.op("arith.addi", &[o, m], &[], "index")?);
+                }
+                b.op("tensor.extract", &coords, &[], &e.mlir())
+            })?)
         }
         NnOp::Gather => {
             let (x, idx) = (ins[0], ins[1]);
@@ -2112,15 +2221,18 @@ fn export_nn<'c, 'b>(u: &U<'c, 'b>, cx: &Cx, nn: NnOp, ins: &[V<'c, 'b>]) -> R<V
                 Some(QAttr::Str(s)) => s.as_str(),
                 _ => "constant",
             };
-            if mode != "constant" {
-                return Err(format!(
-                    "pad mode '{mode}' is not supported (only 'constant')"
-                ));
-            }
             let x = ins[0];
             let xs = u.shape(&x);
             let r = xs.len();
             let pads = cx.const_ints(1)?;
+            if mode != "constant" {
+                if !matches!(mode, "edge" | "reflect" | "wrap") {
+                    return Err(format!(
+                        "pad mode '{mode}' is not supported (expected constant, edge, reflect, wrap)"
+                    ));
+                }
+                return one(pad_indexed(u, x, &xs, &pads, mode, &shape, e)?);
+            }
             let value = if u.shape(&ins[2]).iter().product::<u64>() == 0 {
                 u.splat(&[], e, 0.0)?
             } else {

@@ -1694,6 +1694,49 @@ mod upstream {
         );
     }
 
+    /// Negative-step slices, edge / reflect / wrap padding (pads beyond the dimension) and integer
+    /// pow (wrapping, exponents beyond 2^32, cast to f32 for the comparison) are exported as
+    /// `tensor.extract` and square-and-multiply loops that match the interpreter bit for bit.
+    #[test]
+    fn upstream_index_ops_and_integer_pow_compute_what_the_interpreter_computes() {
+        let m = parse(
+            "func.func @main(%x: tensor<3x5xf32>, %b: tensor<12xi64>, %e: tensor<12xi64>) -> (tensor<2x3xf32>, tensor<8x16xf32>, tensor<4x9xf32>, tensor<9x7xf32>, tensor<12xf32>, tensor<12xf32>) {
+  %st = qc.constant {value = dense<[-1, 2]>} : () -> tensor<2xi64>
+  %en = qc.constant {value = dense<[-100, -9]>} : () -> tensor<2xi64>
+  %ax = qc.constant {value = dense<[1, 0]>} : () -> tensor<2xi64>
+  %sp = qc.constant {value = dense<[-2, -2]>} : () -> tensor<2xi64>
+  %sl = nn.slice %x, %st, %en, %ax, %sp : (tensor<3x5xf32>, tensor<2xi64>, tensor<2xi64>, tensor<2xi64>, tensor<2xi64>) -> tensor<2x3xf32>
+  %v = qc.constant {value = dense<0.0>} : () -> tensor<f32>
+  %p1 = qc.constant {value = dense<[4, 2, 1, 9]>} : () -> tensor<4xi64>
+  %rf = nn.pad %x, %p1, %v {mode = \"reflect\"} : (tensor<3x5xf32>, tensor<4xi64>, tensor<f32>) -> tensor<8x16xf32>
+  %p2 = qc.constant {value = dense<[0, 3, 1, 1]>} : () -> tensor<4xi64>
+  %ed = nn.pad %x, %p2, %v {mode = \"edge\"} : (tensor<3x5xf32>, tensor<4xi64>, tensor<f32>) -> tensor<4x9xf32>
+  %p3 = qc.constant {value = dense<[5, 0, 1, 2]>} : () -> tensor<4xi64>
+  %wr = nn.pad %x, %p3, %v {mode = \"wrap\"} : (tensor<3x5xf32>, tensor<4xi64>, tensor<f32>) -> tensor<9x7xf32>
+  %pw = nn.pow %b, %e : (tensor<12xi64>, tensor<12xi64>) -> tensor<12xi64>
+  %pf = nn.cast %pw : (tensor<12xi64>) -> tensor<12xf32>
+  %b32 = nn.cast %b : (tensor<12xi64>) -> tensor<12xi32>
+  %p32 = nn.pow %b32, %e : (tensor<12xi32>, tensor<12xi64>) -> tensor<12xi32>
+  %pf32 = nn.cast %p32 : (tensor<12xi32>) -> tensor<12xf32>
+  return %sl, %rf, %ed, %wr, %pf, %pf32 : tensor<2x3xf32>, tensor<8x16xf32>, tensor<4x9xf32>, tensor<9x7xf32>, tensor<12xf32>, tensor<12xf32>
+}",
+        );
+        let text = check_numerics(
+            "negative-step slice, reflect / edge / wrap pad, integer pow",
+            &m,
+            vec![
+                ft(&[3, 5], 40, -2.0, 2.0),
+                it(&[12], vec![0, 1, -1, 2, -3, 7, 10, -10, 3, 12345, 2, 5]),
+                it(
+                    &[12],
+                    vec![0, 5, 7, 10, 3, 0, 9, 31, 41, 100, 64, 5_000_000_000],
+                ),
+            ],
+            Tol::Exact,
+        );
+        assert!(text.contains("tensor.extract"), "{text}");
+    }
+
     #[test]
     fn upstream_window_ops_compute_what_the_interpreter_computes() {
         let m = parse(
@@ -1846,13 +1889,16 @@ mod upstream {
 
     #[test]
     fn upstream_export_of_what_it_cannot_express_is_a_located_diagnostic() {
-        let text = "func.func @main(%x: tensor<4x4xi32>) -> tensor<4x4xi32> {
-  %y = nn.pow %x, %x : (tensor<4x4xi32>, tensor<4x4xi32>) -> tensor<4x4xi32>
-  return %y : tensor<4x4xi32>
+        // Activation quantization (here after an exported op: the location is the refused op's).
+        let text = "func.func @main(%x: tensor<4x32xf32>) -> tensor<4x32xf32> {
+  %a = nn.add %x, %x : (tensor<4x32xf32>, tensor<4x32xf32>) -> tensor<4x32xf32>
+  %q = quant.quantize %a : (tensor<4x32xf32>) -> tensor<4x32x!quant.nvfp4>
+  %y = quant.dequantize %q : (tensor<4x32x!quant.nvfp4>) -> tensor<4x32xf32>
+  return %y : tensor<4x32xf32>
 }";
         let e = export_module(&parse(text), "main", &ShapeBindings::new()).unwrap_err();
-        assert!(e.message.contains("cannot export nn.pow"), "{e}");
-        assert_eq!(e.loc.to_string(), "case:2:3");
+        assert!(e.message.contains("cannot export quant.quantize"), "{e}");
+        assert_eq!(e.loc.to_string(), "case:3:3");
         let text = "func.func @main(%x: tensor<4x32xf32>) -> tensor<4x32xf32> {
   %q = quant.quantize %x : (tensor<4x32xf32>) -> tensor<4x32x!quant.mxfp4>
   %y = quant.dequantize %q : (tensor<4x32x!quant.mxfp4>) -> tensor<4x32xf32>
