@@ -774,6 +774,38 @@ fn negative_step_slices_index_pads_and_integer_pow_on_cpu_match_the_interpreter(
     }
 }
 
+/// A function returning one of its arguments (a graph input that is also an output, or an identity
+/// canonicalize forwards) compiles for the host CPU: the buffer deallocation pipeline's clone of the
+/// argument is lowered to an allocation and a copy.
+#[test]
+fn an_argument_returned_as_an_output_compiles_for_the_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = d.join("passthrough.qir");
+    std::fs::write(
+        &model,
+        "func.func @main(%x: tensor<2x3xf32>) -> (tensor<2x3xf32>, tensor<2x3xf32>) {\n  %i = nn.identity %x : (tensor<2x3xf32>) -> tensor<2x3xf32>\n  %y = nn.add %x, %x : (tensor<2x3xf32>, tensor<2x3xf32>) -> tensor<2x3xf32>\n  return %i, %y : tensor<2x3xf32>, tensor<2x3xf32>\n}\n",
+    )
+    .unwrap();
+    let x = d.join("x.npy");
+    std::fs::write(
+        &x,
+        qc::npy::to_npy_bytes(&qc::npy::NpyArray {
+            shape: vec![2, 3],
+            data: qc::npy::NpyData::F32(vec![0.5, -1.0, 2.0, 3.25, -0.0, 7.0]),
+        }),
+    )
+    .unwrap();
+    let (ro, co, names) = run_both(d, "passthrough", &model, &[format!("x={}", p(&x))]);
+    assert_eq!(names.len(), 2, "{names:?}");
+    for name in &names {
+        assert!(
+            std::fs::read(co.join(name)).unwrap() == std::fs::read(ro.join(name)).unwrap(),
+            "{name} differs from the interpreter"
+        );
+    }
+}
+
 /// ONNX's QuantizeLinear / DequantizeLinear (per tensor, per axis, in blocks; uint8, int8, uint4,
 /// int16), DynamicQuantizeLinear and quant.hadamard compiled for the host CPU are bit-identical to the
 /// interpreter (rounding ties, +-0, NaN, saturation, quotients beyond 2^31), and

@@ -21,7 +21,8 @@
 //! 2. LLVM 22's `mlir-opt` lowers it to the LLVM dialect with `--llvm-request-c-wrappers` followed by
 //!    the pipeline of qc_backend_hlo::upstream's documentation ([`LOWER_TO_LLVM`], the one the upstream
 //!    tests run with mlir-runner) with `--buffer-deallocation-pipeline` inserted after bufferization
-//!    (so that calls free their intermediate buffers), and `mlir-translate --mlir-to-llvmir` makes LLVM
+//!    (so that calls free their intermediate buffers) and `--convert-bufferization-to-memref` after it
+//!    (the clone of an argument returned as an output), and `mlir-translate --mlir-to-llvmir` makes LLVM
 //!    IR of it. The tools are run as processes (text on their standard input and output) from
 //!    `$QC_MLIR_BIN`, default `/usr/lib/llvm-22/bin`.
 //! 3. qc_backend_llvm::aot compiles the IR for the CPU level with inkwell (`default<O3>`, target
@@ -168,6 +169,8 @@ pub fn lower_to_llvm_ir(text: &str, target: &str) -> Result<String, Failure> {
         args.push(a);
         if a.starts_with("--one-shot-bufferize") {
             args.push("--buffer-deallocation-pipeline");
+            // The pipeline clones a returned argument (bufferization.clone): an alloc and a copy.
+            args.push("--convert-bufferization-to-memref");
         }
     }
     let llvm_dialect = tool("mlir-opt", &args, &[], text.as_bytes(), &what)?;
