@@ -940,13 +940,12 @@ fn compile_dumping(args: &[&str], dump: &Path) -> (String, String) {
     )
 }
 
-/// `--aformat int8` with weights whose elements are small integers: every `quant.matmul` runs the
-/// int8-activation kernels (qc_backend_llvm::act8: the glue calls `qc_matmul_a8` for each product and
-/// the export has no fake-quant call left), on the shipped tiny BERT, for each CPU level the host runs;
-/// every output element within 1e-5 of the output's scale of the interpreter (observed: 1.4e-7), and
-/// bit-identical for 1 and 2 OpenMP threads.
-#[test]
-fn bert_with_int8_activations_runs_the_int8_activation_kernels() {
+/// The shipped tiny BERT compiled with `--wformat W --aformat A --calib` (static per-tensor maxima from
+/// the calibration data) for each `(W, A)` of `cases` and each target of `targets` the host runs: every
+/// one of its 13 products calls `kernel` in the glue (and the export has no fake-quant call left), every
+/// output element is within 1e-5 of the output's scale of the interpreter, and 1 and 2 OpenMP threads
+/// give the same bits.
+fn bert_runs_activation_kernels(cases: &[(&str, &str)], targets: &[&str], kernel: &str) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let model = repo().join("examples/bert-tiny.onnx");
@@ -973,129 +972,14 @@ fn bert_with_int8_activations_runs_the_int8_activation_kernels() {
             ]
         })
         .collect();
-    let targets: Vec<&str> = ["x86-64-v4", "x86-64-v3"]
-        .into_iter()
-        .filter(|t| host_supports(t))
-        .collect();
-    for w in ["int4_g32", "int8_channel", "mxfp4", "nvfp4"] {
-        let qir = d.join(format!("{w}.qir"));
-        let flags = [
-            p(&model),
-            "--wformat",
-            w,
-            "--aformat",
-            "int8",
-            "--calib",
-            p(&calib),
-        ];
-        let mut args = vec!["compile"];
-        args.extend(flags);
-        args.extend(["-o", p(&qir)]);
-        qc(&args);
-        let ro = d.join(format!("{w}.ref"));
-        let mut args = vec!["run", p(&qir)];
-        args.extend(inputs.iter().map(String::as_str));
-        args.extend(["-o", p(&ro)]);
-        qc(&args);
-        for t in &targets {
-            let qca = d.join(format!("{w}.{t}.qca"));
-            let mut args = vec!["compile"];
-            args.extend(flags);
-            args.extend([
-                "--target",
-                t,
-                "--shape",
-                "batch=1",
-                "--shape",
-                "seq=16",
-                "-o",
-                p(&qca),
-            ]);
-            let (glue, export) = compile_dumping(&args, &d.join(format!("{w}.{t}.dump")));
-            let a8 = glue.matches("qc_matmul_a8(&").count();
-            let matmuls = export.matches("call @qc_matmul_").count();
-            assert!(
-                a8 == 13 && a8 == matmuls,
-                "{w} {t}: {a8} int8-activation products of {matmuls} kernel calls"
-            );
-            assert!(
-                !export.contains("qc_fquant"),
-                "{w} {t}: a fake-quant call is left"
-            );
-            let mut outs = Vec::new();
-            for threads in ["1", "2"] {
-                let co = d.join(format!("{w}.{t}.t{threads}"));
-                let mut args = vec!["run", p(&qca)];
-                args.extend(inputs.iter().map(String::as_str));
-                args.extend(["-o", p(&co)]);
-                ok(
-                    Command::new(env!("CARGO_BIN_EXE_qc"))
-                        .env("OMP_NUM_THREADS", threads)
-                        .args(&args),
-                    "qc run",
-                );
-                for name in ["last_hidden_state", "pooler_output"] {
-                    let f = format!("{name}.npy");
-                    let r = rel(&co.join(&f), &ro.join(&f));
-                    eprintln!("bert {w} {t} threads={threads}: {name}: {r:.3e} of the scale");
-                    assert!(
-                        r <= TOL,
-                        "bert {w} {t}: {name}: {r:.3e} of the output's scale"
-                    );
-                    outs.push(std::fs::read(co.join(&f)).unwrap());
-                }
-            }
-            assert!(
-                outs[0] == outs[2] && outs[1] == outs[3],
-                "{w} {t}: 1 and 2 threads give different outputs"
-            );
-        }
-    }
-}
-
-/// The shipped tiny BERT with fp8 e4m3 (and, for int4_g32, e5m2) activations (static per-tensor maxima from the calibration
-/// data) on x86-64-v4: every product runs the fp8-activation kernels (qc_backend_llvm::act8::fp8,
-/// `vdpbf16ps` where the CPU has AVX512-BF16), the outputs are within 1e-5 of the output's scale of
-/// the interpreter, and 1 and 2 OpenMP threads give the same bits.
-#[test]
-fn bert_with_fp8_activations_runs_the_fp8_activation_kernels() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let model = repo().join("examples/bert-tiny.onnx");
-    let calib = repo().join("examples/bert-tiny-calib.npz");
-    let names = ["input_ids", "token_type_ids", "attention_mask"];
-    let script = format!(
-        "import numpy as np\n\
-         d = np.load('{}')\n\
-         for n in {names:?}:\n\
-         \x20   np.save('{}/' + n + '.npy', d[n + '.2'][1:2])\n",
-        p(&calib),
-        p(d)
-    );
-    ok(
-        Command::new("python3").args(["-c", &script]),
-        "making the BERT inputs",
-    );
-    let inputs: Vec<String> = names
+    let targets: Vec<&str> = targets
         .iter()
-        .flat_map(|n| {
-            [
-                "--input".to_string(),
-                format!("{n}={}", p(&d.join(format!("{n}.npy")))),
-            ]
-        })
-        .collect();
-    let targets: Vec<&str> = ["x86-64-v4"]
-        .into_iter()
+        .copied()
         .filter(|t| host_supports(t))
         .collect();
-    for (w, a) in [
-        ("int4_g32", "fp8_e4m3"),
-        ("mxfp4", "fp8_e4m3"),
-        ("nvfp4", "fp8_e4m3"),
-        ("int4_g32", "fp8_e5m2"),
-    ] {
-        let qir = d.join(format!("{a}_{w}.qir"));
+    for &(w, a) in cases {
+        let tag = format!("{a}_{w}");
+        let qir = d.join(format!("{tag}.qir"));
         let flags = [
             p(&model),
             "--wformat",
@@ -1109,13 +993,13 @@ fn bert_with_fp8_activations_runs_the_fp8_activation_kernels() {
         args.extend(flags);
         args.extend(["-o", p(&qir)]);
         qc(&args);
-        let ro = d.join(format!("{a}_{w}.ref"));
+        let ro = d.join(format!("{tag}.ref"));
         let mut args = vec!["run", p(&qir)];
         args.extend(inputs.iter().map(String::as_str));
         args.extend(["-o", p(&ro)]);
         qc(&args);
         for t in &targets {
-            let qca = d.join(format!("{a}_{w}.{t}.qca"));
+            let qca = d.join(format!("{tag}.{t}.qca"));
             let mut args = vec!["compile"];
             args.extend(flags);
             args.extend([
@@ -1128,20 +1012,20 @@ fn bert_with_fp8_activations_runs_the_fp8_activation_kernels() {
                 "-o",
                 p(&qca),
             ]);
-            let (glue, export) = compile_dumping(&args, &d.join(format!("{a}_{w}.{t}.dump")));
-            let f8 = glue.matches("qc_matmul_f8(&").count();
+            let (glue, export) = compile_dumping(&args, &d.join(format!("{tag}.{t}.dump")));
+            let calls = glue.matches(&format!("{kernel}(&")).count();
             let matmuls = export.matches("call @qc_matmul_").count();
             assert!(
-                f8 == 13 && f8 == matmuls,
-                "{w} {a} {t}: {f8} fp8-activation products of {matmuls} kernel calls"
+                calls == 13 && calls == matmuls,
+                "{w} {a} {t}: {calls} {kernel} products of {matmuls} kernel calls"
             );
             assert!(
                 !export.contains("qc_fquant"),
-                "{w} {t}: a fake-quant call is left"
+                "{w} {a} {t}: a fake-quant call is left"
             );
             let mut outs = Vec::new();
             for threads in ["1", "2"] {
-                let co = d.join(format!("{a}_{w}.{t}.t{threads}"));
+                let co = d.join(format!("{tag}.{t}.t{threads}"));
                 let mut args = vec!["run", p(&qca)];
                 args.extend(inputs.iter().map(String::as_str));
                 args.extend(["-o", p(&co)]);
@@ -1157,17 +1041,44 @@ fn bert_with_fp8_activations_runs_the_fp8_activation_kernels() {
                     eprintln!("bert {w} {a} {t} threads={threads}: {name}: {r:.3e} of the scale");
                     assert!(
                         r <= TOL,
-                        "bert {w} {t}: {name}: {r:.3e} of the output's scale"
+                        "bert {w} {a} {t}: {name}: {r:.3e} of the output's scale"
                     );
                     outs.push(std::fs::read(co.join(&f)).unwrap());
                 }
             }
             assert!(
                 outs[0] == outs[2] && outs[1] == outs[3],
-                "{w} {t}: 1 and 2 threads give different outputs"
+                "{w} {a} {t}: 1 and 2 threads give different outputs"
             );
         }
     }
+}
+
+/// `--aformat int8` with weights whose elements are small integers runs the int8-activation kernels
+/// (qc_backend_llvm::act8, `qc_matmul_a8`) on both CPU levels (observed error: 1.4e-7).
+#[test]
+fn bert_with_int8_activations_runs_the_int8_activation_kernels() {
+    let cases = [
+        ("int4_g32", "int8"),
+        ("int8_channel", "int8"),
+        ("mxfp4", "int8"),
+        ("nvfp4", "int8"),
+    ];
+    bert_runs_activation_kernels(&cases, &["x86-64-v4", "x86-64-v3"], "qc_matmul_a8");
+}
+
+/// fp8 e4m3 (and, for int4_g32, e5m2) activations run the fp8-activation kernels
+/// (qc_backend_llvm::act8::fp8, `qc_matmul_f8`: `vdpbf16ps` where the CPU has AVX512-BF16) on
+/// x86-64-v4.
+#[test]
+fn bert_with_fp8_activations_runs_the_fp8_activation_kernels() {
+    let cases = [
+        ("int4_g32", "fp8_e4m3"),
+        ("mxfp4", "fp8_e4m3"),
+        ("nvfp4", "fp8_e4m3"),
+        ("int4_g32", "fp8_e5m2"),
+    ];
+    bert_runs_activation_kernels(&cases, &["x86-64-v4"], "qc_matmul_f8");
 }
 
 /// Int8 and fp8 e4m3 activations on products big enough for several threads (`[M, 1024] x
