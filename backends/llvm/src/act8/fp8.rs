@@ -48,9 +48,6 @@
 //! every row range, thread count and M, and (where the CPU's `vdpbf16ps` rounds both of its sums, as
 //! Intel documents) between the two kernels.
 
-use std::path::Path;
-use std::process::Command;
-
 use qc_ir::quant::{
     Convention, Encoding, InfNan, QuantType, Rounding, Saturation, ScaleType, Scheme, TensorScale,
 };
@@ -376,37 +373,6 @@ impl std::fmt::Debug for Fp8Library {
     }
 }
 
-fn compile(src: &str, target: CpuTarget, dir: &Path) -> Result<std::path::PathBuf, Error> {
-    let c = dir.join("fp8.c");
-    let so = dir.join("libqc_fp8.so");
-    std::fs::write(&c, src).map_err(|e| Error::Link(format!("writing the source: {e}")))?;
-    let cc = std::env::var_os("CC").unwrap_or_else(|| "cc".into());
-    let out = Command::new(&cc)
-        .args([
-            "-O3",
-            "-fPIC",
-            "-shared",
-            "-std=gnu11",
-            "-ffp-contract=fast",
-            "-Wl,-z,noexecstack",
-        ])
-        .arg(format!("-march={}", target.cpu_name()))
-        .arg("-o")
-        .arg(&so)
-        .arg(&c)
-        .output()
-        .map_err(|e| Error::Link(format!("cannot run {}: {e}", cc.to_string_lossy())))?;
-    if !out.status.success() {
-        return Err(Error::Link(format!(
-            "{} failed ({}): {}",
-            cc.to_string_lossy(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        )));
-    }
-    Ok(so)
-}
-
 impl Fp8Library {
     /// Compiles [`c_source`] with `-march=<target>` in a temporary folder with `$CC` (default `cc`)
     /// and loads it.
@@ -415,7 +381,7 @@ impl Fp8Library {
             return Err(Error::HostUnsupported(target));
         }
         let dir = tempfile::tempdir().map_err(|e| Error::Link(format!("temporary folder: {e}")))?;
-        let so = compile(&c_source(), target, dir.path())?;
+        let so = super::compile(&c_source(), "qc_fp8", target, dir.path())?;
         // SAFETY: the library is the one just compiled from our source, which has no initializers.
         let lib =
             unsafe { libloading::Library::new(&so) }.map_err(|e| Error::Load(e.to_string()))?;

@@ -462,9 +462,16 @@ impl std::fmt::Debug for Act8Library {
     }
 }
 
-fn compile(src: &str, target: CpuTarget, dir: &Path) -> Result<std::path::PathBuf, Error> {
-    let c = dir.join("act8.c");
-    let so = dir.join("libqc_act8.so");
+/// Compiles C source `src` with `-march=<target>` into `dir/lib<name>.so` with `$CC` (default `cc`);
+/// the library's path. Shared by [`Act8Library`] and [`fp8::Fp8Library`].
+fn compile(
+    src: &str,
+    name: &str,
+    target: CpuTarget,
+    dir: &Path,
+) -> Result<std::path::PathBuf, Error> {
+    let c = dir.join(format!("{name}.c"));
+    let so = dir.join(format!("lib{name}.so"));
     std::fs::write(&c, src).map_err(|e| Error::Link(format!("writing the source: {e}")))?;
     let cc = std::env::var_os("CC").unwrap_or_else(|| "cc".into());
     let out = Command::new(&cc)
@@ -502,7 +509,7 @@ impl Act8Library {
             return Err(Error::HostUnsupported(target));
         }
         let dir = tempfile::tempdir().map_err(|e| Error::Link(format!("temporary folder: {e}")))?;
-        let so = compile(&c_source(target), target, dir.path())?;
+        let so = compile(&c_source(target), "qc_act8", target, dir.path())?;
         // SAFETY: the library is the one just compiled from our source, which has no initializers.
         let lib =
             unsafe { libloading::Library::new(&so) }.map_err(|e| Error::Load(e.to_string()))?;
