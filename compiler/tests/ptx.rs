@@ -122,9 +122,12 @@ fn check_all_targets(
                 text.contains(&format!("\n.target {target}\n")),
                 "{tag} {target}: {name} has another .target"
             );
-            // MLIR's kernels, or qc's 4-bit GEMV kernels for the quantized products.
+            // MLIR's kernels, or qc's 4-bit GEMV or tensor-core GEMM kernels for the quantized
+            // products, or its activation fake-quant kernel.
             let entry = if name.starts_with("gemv4_") {
                 ".entry qc_gemv4_partial("
+            } else if name.starts_with("mma4_") {
+                ".entry qc_mma4("
             } else if name.starts_with("fquant_") {
                 ".entry qc_fquant_pt("
             } else {
@@ -144,7 +147,8 @@ fn check_all_targets(
     }
 }
 
-fn bert_check(passes: &[&str], tag: &str) {
+/// [`check_all_targets`] for the tiny BERT at batch 2 and `seq`.
+fn bert_check(passes: &[&str], tag: &str, seq: usize) {
     let Some(ptxas) = ptxas() else { return };
     require_python();
     let dir = tempfile::tempdir().unwrap();
@@ -170,29 +174,26 @@ fn bert_check(passes: &[&str], tag: &str) {
         &model,
         passes,
         tag,
-        &["--shape", "batch=2", "--shape", "seq=7"],
+        &["--shape", "batch=2", "--shape", &format!("seq={seq}")],
     );
 }
 
 #[test]
 fn bert_float_ptx_for_every_target() {
-    bert_check(&["--passes", "canonicalize"], "float");
+    bert_check(&["--passes", "canonicalize"], "float", 7);
 }
 
 #[test]
 fn bert_int4_g32_ptx_for_every_target() {
-    bert_check(&["--wformat", "int4_g32"], "int4_g32");
+    // 2 x 8 rows: the products run the tensor-core GEMM.
+    bert_check(&["--wformat", "int4_g32"], "int4_g32", 8);
 }
 
-/// Products by 4-bit weights run qc's GEMV kernels (`gemv4_*.ptx`, two launches each: partial sums
-/// and reduction), the rest MLIR's kernels.
-#[test]
-fn quantized_products_launch_the_gemv_kernels() {
-    let Some(_) = ptxas() else { return };
-    require_python();
+/// The launches of qc's product kernels in the plan of the tiny BERT compiled for nvfp4 at batch 1
+/// and `seq`: (module prefix, entry, parameter count).
+fn product_launches(seq: usize) -> Vec<(String, String, usize)> {
     let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let qca = d.join("b.qca");
+    let qca = dir.path().join("b.qca");
     qc(&[
         "compile",
         p(&repo().join("examples/bert-tiny.onnx")),
@@ -203,7 +204,7 @@ fn quantized_products_launch_the_gemv_kernels() {
         "--shape",
         "batch=1",
         "--shape",
-        "seq=8",
+        &format!("seq={seq}"),
         "-o",
         p(&qca),
     ]);
@@ -215,27 +216,49 @@ fn quantized_products_launch_the_gemv_kernels() {
         weights.len() as u64,
     )
     .unwrap();
-    let gemv: Vec<_> = plan
-        .steps
+    plan.steps
         .iter()
         .filter_map(|s| match s {
             qc_runtime::cuda::plan::Step::Launch {
                 ptx, entry, params, ..
-            } if ptx.starts_with("gemv4_") => Some((entry.clone(), params.len())),
+            } if ptx.starts_with("gemv4_") || ptx.starts_with("mma4_") => Some((
+                ptx[..ptx.find('_').unwrap()].to_string(),
+                entry.clone(),
+                params.len(),
+            )),
             _ => None,
         })
-        .collect();
+        .collect()
+}
+
+/// Products by 4-bit weights run qc's kernels, the rest MLIR's: with fewer than 16 activation rows
+/// the GEMV (`gemv4_*.ptx`, two launches each: partial sums and reduction), with 16 or more the
+/// tensor-core GEMM (`mma4_*.ptx`, one launch).
+#[test]
+fn quantized_products_launch_the_gemv_or_tensor_core_kernels() {
+    let Some(_) = ptxas() else { return };
+    require_python();
+    let gemv = |e: &str| ("gemv4".to_string(), e.to_string(), 8);
+    let mma = ("mma4".to_string(), "qc_mma4".to_string(), 9);
     // The tiny BERT has 13 products by constant weights (2 layers x 6, and the pooler).
-    assert_eq!(gemv.len(), 26, "{gemv:?}");
-    for pair in gemv.chunks(2) {
-        assert_eq!(pair[0], ("qc_gemv4_partial".to_string(), 8));
-        assert_eq!(pair[1], ("qc_gemv4_reduce".to_string(), 8));
+    let decode = product_launches(8);
+    assert_eq!(decode.len(), 26, "{decode:?}");
+    for pair in decode.chunks(2) {
+        assert_eq!(pair, [gemv("qc_gemv4_partial"), gemv("qc_gemv4_reduce")]);
     }
+    // At seq 16 the layers' 12 products have 16 rows; the pooler's has 1.
+    let prefill = product_launches(16);
+    assert_eq!(prefill.len(), 14, "{prefill:?}");
+    assert!(prefill[..12].iter().all(|l| *l == mma), "{prefill:?}");
+    assert_eq!(
+        prefill[12..],
+        [gemv("qc_gemv4_partial"), gemv("qc_gemv4_reduce")]
+    );
 }
 
 #[test]
 fn bert_mxfp4_ptx_for_every_target() {
-    bert_check(&["--wformat", "mxfp4"], "mxfp4");
+    bert_check(&["--wformat", "mxfp4"], "mxfp4", 7);
 }
 
 /// The window ops of compiler/tests/cpu_ops.py (convolutions, transposed convolutions, pooling, LRN,
@@ -285,7 +308,8 @@ fn window_ops_and_hadamard_ptx_for_sm_80() {
 /// (`ExportOptions::decode_tables`), as LLVM's NVPTX lowering cannot convert MLIR's FP8 types.
 #[test]
 fn bert_nvfp4_ptx_for_every_target() {
-    bert_check(&["--wformat", "nvfp4"], "nvfp4");
+    // 2 x 8 rows: the products run the tensor-core GEMM.
+    bert_check(&["--wformat", "nvfp4"], "nvfp4", 8);
 }
 
 /// Activation quantization (int8 per tensor, calibrated on the shipped data) runs qc's fake-quant
@@ -320,7 +344,7 @@ fn bert_int8_activations_ptx_for_every_target() {
 
 #[test]
 fn bert_fp8_e4m3_ptx_for_every_target() {
-    bert_check(&["--wformat", "fp8_e4m3"], "fp8_e4m3");
+    bert_check(&["--wformat", "fp8_e4m3"], "fp8_e4m3", 7);
 }
 
 /// An ONNX model computing `c = a + b` on 4x8 f32 tensors.

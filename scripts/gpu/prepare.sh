@@ -4,8 +4,10 @@
 # - gpu-kit/qc: a release qc without the LLVM/MLIR features (it runs .qca artifacts with --device cuda
 #   and the reference interpreter; libc is all it links);
 # - gpu-kit/models/: the shipped tiny BERT compiled for sm_90a and sm_80 with several weight formats
-#   (artifact, the compiled IR, inputs, and the interpreter's outputs as the reference);
-# - gpu-kit/gemv4/: the 4-bit GEMV kernels' PTX and check cases (backends/ptx/examples/gemv4_kit.rs).
+#   (artifact, the compiled IR, inputs, and the interpreter's outputs as the reference), at batch 1
+#   (8 rows: the GEMV kernels) and, as `FORMAT-prefill`, at batch 4 (32 rows: the tensor-core GEMM);
+# - gpu-kit/gemv4/: the 4-bit GEMV and tensor-core GEMM kernels' PTX and check cases
+#   (backends/ptx/examples/gemv4_kit.rs).
 # Needs what the test suite needs (bash scripts/test.sh installs it). Takes a few minutes.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -18,8 +20,11 @@ cp "$TD/release/qc" "$KIT/qc"
 cargo build -p qc --features cpu
 QC=$TD/debug/qc
 python3 scripts/models/check.py inputs --model examples/bert-tiny.onnx --out "$KIT/models/inputs" --batch 1 --seq 8
+python3 scripts/models/check.py inputs --model examples/bert-tiny.onnx --out "$KIT/models/inputs-prefill" --batch 4 --seq 8
 IN=()
 for n in input_ids token_type_ids attention_mask; do IN+=(--input "$n=$KIT/models/inputs/$n.npy"); done
+INP=()
+for n in input_ids token_type_ids attention_mask; do INP+=(--input "$n=$KIT/models/inputs-prefill/$n.npy"); done
 for f in float int4_g32 nvfp4 mxfp4 fp8_e4m3 mxfp8 int4_g32_a8; do
   case "$f" in
     float) P=(--passes canonicalize,cse,dce) ;;
@@ -31,6 +36,13 @@ for f in float int4_g32 nvfp4 mxfp4 fp8_e4m3 mxfp8 int4_g32_a8; do
   for t in sm_90a sm_80; do
     "$QC" compile examples/bert-tiny.onnx "${P[@]}" --shape batch=1 --shape seq=8 --target "$t" -o "$KIT/models/$f.$t.qca"
   done
+  case "$f" in
+    int4_g32|nvfp4|mxfp4)
+      "$QC" run "$KIT/models/$f.qir" "${INP[@]}" -o "$KIT/models/$f-prefill.ref"
+      for t in sm_90a sm_80; do
+        "$QC" compile examples/bert-tiny.onnx "${P[@]}" --shape batch=4 --shape seq=8 --target "$t" -o "$KIT/models/$f-prefill.$t.qca"
+      done ;;
+  esac
 done
 cargo run -q -p qc-backend-ptx --example gemv4_kit -- "$KIT/gemv4"
 du -sh "$KIT"

@@ -2,8 +2,8 @@
 # Runs on a machine with an NVIDIA GPU, from the repository root, with gpu-kit/ carried there
 # (scripts/gpu/prepare.sh builds it): every compiled tiny-BERT artifact for this GPU through
 # `qc run --device cuda` against the reference interpreter's outputs (within 1e-5 of max |y|), its
-# latency with `qc bench`, then the 4-bit GEMV kernels' check and timing (scripts/gpu/gemv4_bench.py,
-# CuPy). Writes everything to stdout and to $OUT/gpu.log when OUT is set. Exit code 1 if a check failed.
+# latency with `qc bench`, then the 4-bit GEMV and tensor-core GEMM kernels' checks and timings
+# (scripts/gpu/gemv4_bench.py, CuPy, with PyTorch's bf16 matmul as the GEMM's peer). Writes everything to stdout and to $OUT/gpu.log when OUT is set. Exit code 1 if a check failed.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 KIT=gpu-kit
@@ -14,10 +14,12 @@ cc=$(python3 -c "import cupy; print(cupy.cuda.Device().compute_capability)")
 case "$cc" in 90) T=sm_90a ;; *) T=sm_80 ;; esac
 echo "compute capability $cc: artifacts for $T"
 status=0
-IN=()
-for n in input_ids token_type_ids attention_mask; do IN+=(--input "$n=$KIT/models/inputs/$n.npy"); done
 for qca in "$KIT"/models/*."$T".qca; do
   f=$(basename "$qca" ."$T".qca)
+  # FORMAT-prefill artifacts are compiled for the batch-4 inputs.
+  case "$f" in *-prefill) d=inputs-prefill ;; *) d=inputs ;; esac
+  IN=()
+  for n in input_ids token_type_ids attention_mask; do IN+=(--input "$n=$KIT/models/$d/$n.npy"); done
   out=/tmp/gpu-out/$f
   if ! "$KIT/qc" run "$qca" --device cuda "${IN[@]}" -o "$out"; then
     echo "{\"artifact\": \"$f.$T\", \"run\": \"failed\"}"; status=1; continue

@@ -207,18 +207,19 @@ pub enum Entries {
     Host,
 }
 
-struct Cx<'c> {
-    ctx: &'c Context,
-    b: Builder<'c>,
+/// The IR builder state the kernel bodies share (also used by `mma4`).
+pub(crate) struct Cx<'c> {
+    pub(crate) ctx: &'c Context,
+    pub(crate) b: Builder<'c>,
     /// `llvm.fma.f32`.
-    fma: FunctionValue<'c>,
+    pub(crate) fma: FunctionValue<'c>,
 }
 
 impl<'c> Cx<'c> {
-    fn i64(&self, v: u64) -> IntValue<'c> {
+    pub(crate) fn i64(&self, v: u64) -> IntValue<'c> {
         self.ctx.i64_type().const_int(v, false)
     }
-    fn gep(
+    pub(crate) fn gep(
         &self,
         ty: BasicTypeEnum<'c>,
         p: PointerValue<'c>,
@@ -227,12 +228,16 @@ impl<'c> Cx<'c> {
         // SAFETY: every index stays inside the buffers the kernel contract describes.
         Ok(unsafe { self.b.build_in_bounds_gep(ty, p, &[i], "")? })
     }
-    fn load_f32(&self, p: PointerValue<'c>, i: IntValue<'c>) -> Result<FloatValue<'c>, Error> {
+    pub(crate) fn load_f32(
+        &self,
+        p: PointerValue<'c>,
+        i: IntValue<'c>,
+    ) -> Result<FloatValue<'c>, Error> {
         let f = self.ctx.f32_type();
         let q = self.gep(f.into(), p, i)?;
         Ok(self.b.build_load(f, q, "")?.into_float_value())
     }
-    fn fma(
+    pub(crate) fn fma(
         &self,
         a: FloatValue<'c>,
         x: FloatValue<'c>,
@@ -250,7 +255,7 @@ impl<'c> Cx<'c> {
 }
 
 /// The scale of group `g` (an index into the scales section) as f32.
-fn scale_at<'c>(
+pub(crate) fn scale_at<'c>(
     c: &Cx<'c>,
     spec: &Gemv4,
     scales: PointerValue<'c>,
@@ -270,7 +275,7 @@ fn scale_at<'c>(
 }
 
 /// A counted loop `for i in 0..n` around `body` (which gets `i`); the builder ends after the loop.
-fn for_loop<'c>(
+pub(crate) fn for_loop<'c>(
     c: &Cx<'c>,
     f: FunctionValue<'c>,
     n: IntValue<'c>,

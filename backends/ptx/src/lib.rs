@@ -2,14 +2,16 @@
 //! backend, and checked by NVIDIA's `ptxas` (see [`ptxas`]).
 //!
 //! The crate emits a fixed kernel, [`ADD_F32_KERNEL`], for every supported [`GpuTarget`] (it proves the
-//! path: kernel calling convention, special registers, target machine, PTX emission, ptxas), and the
+//! path: kernel calling convention, special registers, target machine, PTX emission, ptxas), the
 //! 4-bit weight GEMV kernels of [`gemv4`] (tested on the CPU through the same IR, benchmarked on a GPU
-//! by `cargo bench --bench gemv4_gpu`). Whole models take the MLIR route of the compiler's
+//! by `cargo bench --bench gemv4_gpu`), the 4-bit weight tensor-core GEMM of [`mma4`] (tested on the
+//! CPU with an emulated warp) and the activation fake quantization of [`fquant`]. Whole models take the MLIR route of the compiler's
 //! `cmd/cuda.rs`.
 #![deny(missing_docs)]
 
 pub mod fquant;
 pub mod gemv4;
+pub mod mma4;
 pub mod ptxas;
 
 use std::str::FromStr;

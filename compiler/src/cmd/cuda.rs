@@ -19,6 +19,12 @@
 //!    python `nvidia` package or `PATH`) for exactly the target with warnings as errors; a rejection is
 //!    an internal error (exit code 1).
 //!
+//! Quantized products by 4-bit weights and per-tensor activation quantizations are not lowered by
+//! MLIR: the export leaves them as calls (`ExportOptions::kernel_calls`, `quantize_calls`) that the
+//! plan resolves to launches of qc's kernels (`kernel_calls` below): a product with at least
+//! `mma4::MIN_ROWS` (16) activation rows runs the tensor-core GEMM of `qc_backend_ptx::mma4`, one
+//! with fewer the GEMV of `qc_backend_ptx::gemv4`, reading the weight's blob as it is.
+//!
 //! # Artifact
 //! - `<module>.ptx`, one per kernel module the plan launches (`main_kernel.ptx`, `main_kernel_0.ptx`,
 //!   ...), each with one `.entry main_kernel`;
@@ -41,12 +47,13 @@ use std::path::{Path, PathBuf};
 
 use qc_backend_hlo::upstream::KernelOp;
 use qc_backend_ptx::fquant::FakeQuantPt;
-use qc_backend_ptx::gemv4::Gemv4;
+use qc_backend_ptx::gemv4::{self, Gemv4};
+use qc_backend_ptx::mma4;
 use qc_backend_ptx::GpuTarget;
 use qc_ir::Module;
 use qc_runtime::artifact::{self, Artifact};
 
-use crate::cmd::cuda_plan::{FquantCall, GpuCall};
+use crate::cmd::cuda_plan::{FquantCall, GpuCall, ProductKernel};
 pub use crate::cmd::cuda_plan::{PLAN, WEIGHTS};
 use crate::cmd::target::Target;
 use crate::output::{input_error, Failure};
@@ -174,7 +181,8 @@ fn kernel_calls<'m>(
     ptx: &mut Vec<(String, String)>,
 ) -> Result<(Vec<GpuCall<'m>>, Vec<FquantCall>), Failure> {
     let internal = |e: qc_backend_ptx::Error| Failure::Internal(format!("internal error: {e}\n"));
-    let mut modules: Vec<(Gemv4, String)> = Vec::new();
+    // Kernel modules made so far: (format description, tensor-core GEMM?, module name).
+    let mut modules: Vec<(Gemv4, bool, String)> = Vec::new();
     let mut fq_modules: Vec<(FakeQuantPt, String)> = Vec::new();
     let mut out = Vec::new();
     let mut fq_out = Vec::new();
@@ -240,15 +248,42 @@ fn kernel_calls<'m>(
                 sec.len
             )));
         }
-        let module = match modules.iter().find(|(s, _)| *s == spec) {
-            Some((_, name)) => name.clone(),
+        // Prefill-sized products run the tensor-core GEMM, single rows the GEMV. The GEMM's module
+        // depends on the format only (not on the GEMV's slice).
+        let mma = c.m >= mma4::MIN_ROWS && mma4::supports(&spec, c.k).is_ok();
+        let mut key = spec.clone();
+        if mma {
+            key.slice = gemv4::SLICE;
+        }
+        let module = match modules
+            .iter()
+            .find(|(s, is_mma, _)| *s == key && *is_mma == mma)
+        {
+            Some((_, _, name)) => name.clone(),
             None => {
-                let name = format!("gemv4_{}", modules.len());
-                let text = qc_backend_ptx::gemv4::emit_ptx(gpu, &spec)
-                    .map_err(|e| Failure::Internal(format!("internal error: {e}\n")))?;
+                let (name, text) = if mma {
+                    let name = format!("mma4_{}", modules.iter().filter(|m| m.1).count());
+                    (name, mma4::emit_ptx(gpu, &key).map_err(internal)?)
+                } else {
+                    let name = format!("gemv4_{}", modules.iter().filter(|m| !m.1).count());
+                    (name, gemv4::emit_ptx(gpu, &key).map_err(internal)?)
+                };
                 ptx.push((name.clone(), text));
-                modules.push((spec.clone(), name.clone()));
+                modules.push((key, mma, name.clone()));
                 name
+            }
+        };
+        let kernel = if mma {
+            ProductKernel::Mma {
+                entry: mma4::ENTRY.to_string(),
+                tile: mma4::WARP_TILE,
+                block: mma4::BLOCK,
+            }
+        } else {
+            ProductKernel::Gemv {
+                slice: spec.slice as u64,
+                partial: gemv4::PARTIAL.to_string(),
+                reduce: gemv4::REDUCE.to_string(),
             }
         };
         out.push(GpuCall {
@@ -266,12 +301,8 @@ fn kernel_calls<'m>(
             m: c.m,
             n: c.n,
             k: c.k,
-            slice: spec.slice as u64,
             module,
-            entries: [
-                qc_backend_ptx::gemv4::PARTIAL.to_string(),
-                qc_backend_ptx::gemv4::REDUCE.to_string(),
-            ],
+            kernel,
         });
     }
     Ok((out, fq_out))

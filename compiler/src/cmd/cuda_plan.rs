@@ -16,10 +16,11 @@
 //!   is its expanded descriptor (allocated pointer, aligned pointer, offset, sizes, strides; the
 //!   pointers are the buffer's address, the offset in elements), any other value its bits. The count
 //!   and sizes are checked against the kernel's `.entry` in the PTX;
-//! - `call @qc_matmul_<i>(x, y)` (a quantized product left to qc's own kernels, [`GpuCall`]): two
-//!   launches of the 4-bit GEMV kernels of `qc_backend_ptx::gemv4` (partial sums into a scratch
-//!   buffer, then the reduction into `y`), 256-thread blocks, reading the weight's blob and the
-//!   decoding tables from the weights part;
+//! - `call @qc_matmul_<i>(x, y)` (a quantized product left to qc's own kernels, [`GpuCall`]): either
+//!   two launches of the 4-bit GEMV kernels of `qc_backend_ptx::gemv4` (partial sums into a scratch
+//!   buffer, then the reduction into `y`, 256-thread blocks) or one launch of the tensor-core GEMM
+//!   of `qc_backend_ptx::mma4` (a warp per 32 x 32 tile of `y`, 128-thread blocks), reading the
+//!   weight's blob and the decoding tables from the weights part;
 //! - `call @qc_fquant_<i>(x, y)` (an activation quantization, [`FquantCall`]): one launch of the
 //!   per-tensor fake-quantization kernel of `qc_backend_ptx::fquant` (one thread per element);
 //! - `return` of contiguous views: the outputs.
@@ -356,12 +357,33 @@ pub struct GpuCall<'a> {
     pub n: u64,
     /// Reduction length.
     pub k: u64,
-    /// Elements per slice (`Gemv4::slice`).
-    pub slice: u64,
     /// The PTX module of the kernels (part `<module>.ptx`).
     pub module: String,
-    /// Its partial-sums and reduction entries (`gemv4::PARTIAL`, `gemv4::REDUCE`).
-    pub entries: [String; 2],
+    /// Which kernels run the product.
+    pub kernel: ProductKernel,
+}
+
+/// The kernels of a [`GpuCall`].
+pub enum ProductKernel {
+    /// `qc_backend_ptx::gemv4`: partial sums over slices of `slice` elements (`Gemv4::slice`) into a
+    /// scratch buffer, then the reduction into `y`.
+    Gemv {
+        /// Elements per slice.
+        slice: u64,
+        /// The partial-sums entry (`gemv4::PARTIAL`).
+        partial: String,
+        /// The reduction entry (`gemv4::REDUCE`).
+        reduce: String,
+    },
+    /// `qc_backend_ptx::mma4`: one launch, a warp per `tile` x `tile` block of `y`.
+    Mma {
+        /// The entry (`mma4::ENTRY`).
+        entry: String,
+        /// Rows and columns of `y` per warp (`mma4::WARP_TILE`).
+        tile: u64,
+        /// Threads per block (`mma4::BLOCK`).
+        block: u32,
+    },
 }
 
 /// An activation quantization that the host program calls (`call @symbol(x[n], y[n])`) and that runs
@@ -978,59 +1000,80 @@ pub fn plan(host: &str, x: &PlanInputs) -> Result<(Plan, Vec<u8>), String> {
                         bf
                     }
                 };
-                let s = c.k / c.slice;
-                let scratch = b.buffer(c.m * c.n * s * 4, Init::None);
                 let addr = |buffer, offset| Param::Address { buffer, offset };
                 let v8 = |value| Param::Value { bytes: 8, value };
-                let grid = |threads: u64| -> Result<[u32; 3], String> {
-                    let g = threads.div_ceil(GEMV_BLOCK as u64);
-                    Ok([
-                        u32::try_from(g).map_err(|_| fail("too many threads".into()))?,
-                        1,
-                        1,
-                    ])
-                };
                 let shape = [v8(c.k), v8(c.n), v8(c.m)];
-                let mut launch =
-                    |entry: &str, params: Vec<Param>, threads: u64| -> Result<(), String> {
-                        let ptx = x
-                            .ptx
-                            .get(&c.module)
-                            .ok_or_else(|| fail(format!("no PTX for {}", c.module)))?;
-                        let sizes = entry_params(ptx, entry).map_err(fail)?;
-                        if sizes.len() != params.len() {
-                            return Err(fail(format!("{entry} takes {} parameters", sizes.len())));
-                        }
-                        steps.push(Step::Launch {
-                            ptx: format!("{}.ptx", c.module),
-                            entry: entry.to_string(),
-                            grid: grid(threads)?,
-                            block: [GEMV_BLOCK, 1, 1],
-                            params,
-                        });
-                        Ok(())
-                    };
-                let mut p = vec![
-                    addr(blob, 0),
-                    addr(blob, c.scales_offset),
-                    addr(tables, 0),
-                    addr(xv.buffer, xv.offset * xv.elem),
-                    addr(scratch, 0),
-                ];
-                p.extend(shape);
-                launch(&c.entries[0], p, c.n * s)?;
-                let mut p = vec![
-                    addr(scratch, 0),
-                    addr(blob, c.scales_offset),
-                    addr(tables, 0),
-                    addr(yv.buffer, yv.offset * yv.elem),
-                ];
-                p.extend(shape);
-                p.push(Param::Value {
+                let post = Param::Value {
                     bytes: 4,
                     value: c.post.to_bits() as u64,
-                });
-                launch(&c.entries[1], p, c.m * c.n)?;
+                };
+                let mut launch = |entry: &str,
+                                  params: Vec<Param>,
+                                  threads: u64,
+                                  block: u32|
+                 -> Result<(), String> {
+                    let ptx = x
+                        .ptx
+                        .get(&c.module)
+                        .ok_or_else(|| fail(format!("no PTX for {}", c.module)))?;
+                    let sizes = entry_params(ptx, entry).map_err(fail)?;
+                    if sizes.len() != params.len() {
+                        return Err(fail(format!("{entry} takes {} parameters", sizes.len())));
+                    }
+                    let g = u32::try_from(threads.div_ceil(block as u64))
+                        .map_err(|_| fail("too many threads".into()))?;
+                    steps.push(Step::Launch {
+                        ptx: format!("{}.ptx", c.module),
+                        entry: entry.to_string(),
+                        grid: [g, 1, 1],
+                        block: [block, 1, 1],
+                        params,
+                    });
+                    Ok(())
+                };
+                let x_addr = addr(xv.buffer, xv.offset * xv.elem);
+                let y_addr = addr(yv.buffer, yv.offset * yv.elem);
+                match &c.kernel {
+                    ProductKernel::Gemv {
+                        slice,
+                        partial,
+                        reduce,
+                    } => {
+                        let s = c.k / slice;
+                        let scratch = b.buffer(c.m * c.n * s * 4, Init::None);
+                        let mut p = vec![
+                            addr(blob, 0),
+                            addr(blob, c.scales_offset),
+                            addr(tables, 0),
+                            x_addr,
+                            addr(scratch, 0),
+                        ];
+                        p.extend(shape);
+                        launch(partial, p, c.n * s, GEMV_BLOCK)?;
+                        let mut p = vec![
+                            addr(scratch, 0),
+                            addr(blob, c.scales_offset),
+                            addr(tables, 0),
+                            y_addr,
+                        ];
+                        p.extend(shape);
+                        p.push(post);
+                        launch(reduce, p, c.m * c.n, GEMV_BLOCK)?;
+                    }
+                    ProductKernel::Mma { entry, tile, block } => {
+                        let mut p = vec![
+                            addr(blob, 0),
+                            addr(blob, c.scales_offset),
+                            addr(tables, 0),
+                            x_addr,
+                            y_addr,
+                        ];
+                        p.extend(shape);
+                        p.push(post);
+                        let warps = c.m.div_ceil(*tile) * c.n.div_ceil(*tile);
+                        launch(entry, p, warps * 32, *block)?;
+                    }
+                }
             }
             "return" => {
                 let body = rhs["return".len()..].trim();

@@ -1,0 +1,569 @@
+//! Tensor-core GEMM for 4-bit weights on NVIDIA GPUs (sm_80 and later): `y[M, N] = x[M, K] W[N, K]^T`
+//! with `W` read straight from its `qc_quant::blob` bytes (the formats and blob layout of
+//! [`Gemv4`], which describes them) and `x`, `y` in f32. The products of a prefill (M of 16 and more)
+//! run this kernel; single rows run the GEMV of [`crate::gemv4`].
+//!
+//! # Arithmetic
+//! Warp-level `mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32` with software dequantization:
+//! - **Weights** are decoded in registers to bf16. A 4-bit code's value is exact in bf16, and so is
+//!   its product with a one-byte scale (e8m0: a power of two; ue4m3: at most 4 significant bits
+//!   times the code's 2), so formats with byte scales (mxfp4, nvfp4, nvint4) feed the scaled weight
+//!   and accumulate over all of K in the MMA. Formats with f32 scales (int4 per group) feed the
+//!   code, accumulate one scale group in a zeroed MMA accumulator, and add `scale * group sum` to
+//!   the running f32 sum ("scales applied around the MMA"). Per-row scales and the NVFP4 tensor
+//!   scale multiply the result.
+//! - **Activations** are split into two bf16 terms, `hi = bf16(x)` and `lo = bf16(x - hi)` (both
+//!   rounded to nearest even), and each k-step is two MMAs, `hi * w + lo * w`: `hi + lo` holds 16
+//!   significant bits of `x` (relative error at most 2^-17), so the result is close to an f32
+//!   product rather than a bf16 one. The MMA accumulates in f32 in the tensor core's own order.
+//!
+//! # Kernel [`ENTRY`]`(codes, scales, tables, x, y, k, n, m, post)`
+//! - Warp `w = global thread / 32` computes the 32 x 32 tile `(w / ceil(N / 32), w % ceil(N / 32))`
+//!   of `y` as 2 x 4 MMA tiles of 16 x 8; warps past the last tile return (the whole warp: the MMA
+//!   needs all 32 lanes). Launch `ceil(M / 32) * ceil(N / 32)` warps, e.g. in blocks of [`BLOCK`]
+//!   threads. Rows past M read zeros and are not written; weight rows past N decode as zeros.
+//! - Fragments come straight from global memory, no shared memory: in each k-step of 16 elements,
+//!   lane `(g, q) = (lane / 4, lane % 4)` reads `x[row][k0 + 4q .. k0 + 4q + 4]` (one 16-byte load
+//!   per row) and the two code bytes of `W[n0 + g][k0 + 4q .. k0 + 4q + 4]`. The MMA's k index
+//!   `2q, 2q + 1, 2q + 8, 2q + 9` stands for elements `4q .. 4q + 4` of the step: a permutation of
+//!   the step's 16 elements, the same for both operands, so the product is unchanged.
+//! - `tables`, `post`: as for [`Gemv4`] (`Gemv4::tables`, `Gemv4::post`). K must be a multiple of
+//!   16 and of the group; `x` 16-byte aligned, `codes` 2-byte aligned.
+//!
+//! The tests compile the same body for the host, with the MMA replaced by a call to an emulator
+//! that gathers the 32 lanes' fragments ([`Entries::Host`]), and run each warp's lanes as threads.
+
+use inkwell::context::Context;
+use inkwell::intrinsics::Intrinsic;
+use inkwell::module::{Linkage, Module};
+use inkwell::passes::PassBuilderOptions;
+use inkwell::targets::FileType;
+use inkwell::values::{
+    BasicMetadataValueEnum, BasicValue, FloatValue, FunctionValue, IntValue, PointerValue,
+};
+use inkwell::{AddressSpace, IntPredicate};
+
+use crate::gemv4::{for_loop, scale_at, Cx, Gemv4};
+use crate::{special_register, target_machine, Error, GpuTarget, PTX_KERNEL_CALL_CONV};
+
+/// The kernel's entry.
+pub const ENTRY: &str = "qc_mma4";
+/// Threads per block the launch plan uses (4 warps).
+pub const BLOCK: u32 = 128;
+/// Rows and columns of `y` one warp computes.
+pub const WARP_TILE: u64 = 32;
+/// The host emulator's symbol ([`Entries::Host`]): `void qc_mma4_emu(void *warp, int64_t lane,
+/// uint32_t a0, a1, a2, a3, uint32_t b0, b1, float c0, c1, c2, c3, float *d)` computes this lane's
+/// four accumulators of `m16n8k16.row.col.f32.bf16.bf16.f32` from all 32 lanes' fragments.
+pub const EMULATOR: &str = "qc_mma4_emu";
+/// The smallest number of activation rows for which the compiler picks this kernel over the GEMV.
+pub const MIN_ROWS: u64 = 16;
+
+/// The MMA tiles of a warp: 2 along M (16 rows each) and 4 along N (8 columns each).
+const TM: usize = 2;
+const TN: usize = 4;
+
+/// What [`build`] adds besides the body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Entries {
+    /// The PTX kernel [`ENTRY`] (thread index from the special registers, the MMA instruction).
+    Ptx,
+    /// A host function `qc_mma4_at(args..., warp, t)` that runs thread `t`, with every MMA a call of
+    /// [`EMULATOR`] (passed `warp`).
+    Host,
+}
+
+/// Whether [`ENTRY`] reads `spec`'s weights for reduction length `k`, or why not.
+pub fn supports(spec: &Gemv4, k: u64) -> Result<(), String> {
+    let chunk = spec.group.unwrap_or(16) as u64;
+    if !k.is_multiple_of(16) || !k.is_multiple_of(chunk) {
+        return Err(format!("K = {k} is not a multiple of 16 and of the group"));
+    }
+    Ok(())
+}
+
+/// Rounds f32 bits to the nearest even bf16 (the upper 16 bits of the result's f32 pattern).
+fn bf16_rn<'c>(c: &Cx<'c>, v: FloatValue<'c>) -> Result<IntValue<'c>, Error> {
+    let i32t = c.ctx.i32_type();
+    let bits = c.b.build_bit_cast(v, i32t, "")?.into_int_value();
+    let odd =
+        c.b.build_right_shift(bits, i32t.const_int(16, false), false, "")?;
+    let odd = c.b.build_and(odd, i32t.const_int(1, false), "")?;
+    let r = c.b.build_int_add(bits, i32t.const_int(0x7fff, false), "")?;
+    let r = c.b.build_int_add(r, odd, "")?;
+    Ok(c.b.build_right_shift(r, i32t.const_int(16, false), false, "")?)
+}
+
+/// The f32 value of bf16 bits `h` (in the low 16 bits of an i32).
+fn bf16_value<'c>(c: &Cx<'c>, h: IntValue<'c>) -> Result<FloatValue<'c>, Error> {
+    let i32t = c.ctx.i32_type();
+    let bits = c.b.build_left_shift(h, i32t.const_int(16, false), "")?;
+    Ok(c.b
+        .build_bit_cast(bits, c.ctx.f32_type(), "")?
+        .into_float_value())
+}
+
+/// `lo | hi << 16`: a bf16x2 register with `lo` the lower-indexed element.
+fn pack<'c>(c: &Cx<'c>, lo: IntValue<'c>, hi: IntValue<'c>) -> Result<IntValue<'c>, Error> {
+    let i32t = c.ctx.i32_type();
+    let h = c.b.build_left_shift(hi, i32t.const_int(16, false), "")?;
+    Ok(c.b.build_or(lo, h, "")?)
+}
+
+fn umin<'c>(c: &Cx<'c>, a: IntValue<'c>, b: IntValue<'c>) -> Result<IntValue<'c>, Error> {
+    let lt = c.b.build_int_compare(IntPredicate::ULT, a, b, "")?;
+    Ok(c.b.build_select(lt, a, b, "")?.into_int_value())
+}
+
+/// How the body issues one MMA.
+enum Mma<'c> {
+    Ptx(FunctionValue<'c>),
+    Host {
+        emu: FunctionValue<'c>,
+        warp: PointerValue<'c>,
+        lane: IntValue<'c>,
+        out: PointerValue<'c>,
+    },
+}
+
+impl<'c> Mma<'c> {
+    /// `d = a * b + acc` for one 16 x 8 x 16 tile.
+    fn issue(
+        &self,
+        c: &Cx<'c>,
+        a: &[IntValue<'c>; 4],
+        b: &[IntValue<'c>; 2],
+        acc: &[FloatValue<'c>; 4],
+    ) -> Result<[FloatValue<'c>; 4], Error> {
+        let mut args: Vec<BasicMetadataValueEnum<'c>> = Vec::with_capacity(13);
+        match self {
+            Mma::Ptx(f) => {
+                args.extend(a.iter().map(|v| BasicMetadataValueEnum::from(*v)));
+                args.extend(b.iter().map(|v| BasicMetadataValueEnum::from(*v)));
+                args.extend(acc.iter().map(|v| BasicMetadataValueEnum::from(*v)));
+                let r =
+                    c.b.build_call(*f, &args, "")?
+                        .try_as_basic_value()
+                        .basic()
+                        .ok_or(Error::MissingIntrinsic("llvm.nvvm.mma"))?
+                        .into_struct_value();
+                let mut d = [c.ctx.f32_type().const_zero(); 4];
+                for (i, slot) in d.iter_mut().enumerate() {
+                    *slot = c.b.build_extract_value(r, i as u32, "")?.into_float_value();
+                }
+                Ok(d)
+            }
+            Mma::Host {
+                emu,
+                warp,
+                lane,
+                out,
+            } => {
+                args.push((*warp).into());
+                args.push((*lane).into());
+                args.extend(a.iter().map(|v| BasicMetadataValueEnum::from(*v)));
+                args.extend(b.iter().map(|v| BasicMetadataValueEnum::from(*v)));
+                args.extend(acc.iter().map(|v| BasicMetadataValueEnum::from(*v)));
+                args.push((*out).into());
+                c.b.build_call(*emu, &args, "")?;
+                let mut d = [c.ctx.f32_type().const_zero(); 4];
+                for (i, slot) in d.iter_mut().enumerate() {
+                    *slot = c.load_f32(*out, c.i64(i as u64))?;
+                }
+                Ok(d)
+            }
+        }
+    }
+}
+
+/// Builds the body and the entry for `entries` into `module`.
+pub fn build<'c>(
+    ctx: &'c Context,
+    module: &Module<'c>,
+    spec: &Gemv4,
+    entries: Entries,
+) -> Result<(), Error> {
+    let fma = Intrinsic::find("llvm.fma")
+        .and_then(|i| i.get_declaration(module, &[ctx.f32_type().into()]))
+        .ok_or(Error::MissingIntrinsic("llvm.fma"))?;
+    let c = Cx {
+        ctx,
+        b: ctx.create_builder(),
+        fma,
+    };
+    let ptr = ctx.ptr_type(AddressSpace::default());
+    let i64t = ctx.i64_type();
+    let i32t = ctx.i32_type();
+    let i16t = ctx.i16_type();
+    let f32t = ctx.f32_type();
+    let void = ctx.void_type();
+
+    // body(codes, scales, tables, x, y, k, n, m, post, warp, t)
+    let params: Vec<_> = vec![
+        ptr.into(),
+        ptr.into(),
+        ptr.into(),
+        ptr.into(),
+        ptr.into(),
+        i64t.into(),
+        i64t.into(),
+        i64t.into(),
+        f32t.into(),
+        ptr.into(),
+        i64t.into(),
+    ];
+    let body = module.add_function(
+        "qc_mma4_body",
+        void.fn_type(&params, false),
+        Some(Linkage::Internal),
+    );
+    let a = body.get_params();
+    let (codes, scales, tables, x, y) = (
+        a[0].into_pointer_value(),
+        a[1].into_pointer_value(),
+        a[2].into_pointer_value(),
+        a[3].into_pointer_value(),
+        a[4].into_pointer_value(),
+    );
+    let (k, n, m) = (
+        a[5].into_int_value(),
+        a[6].into_int_value(),
+        a[7].into_int_value(),
+    );
+    let post = a[8].into_float_value();
+    let warp_arg = a[9].into_pointer_value();
+    let t = a[10].into_int_value();
+    c.b.position_at_end(ctx.append_basic_block(body, "entry"));
+
+    let lane = c.b.build_and(t, c.i64(31), "lane")?;
+    let mma = match entries {
+        Entries::Ptx => {
+            let name = "llvm.nvvm.mma.m16n8k16.row.col.bf16";
+            let f = Intrinsic::find(name)
+                .and_then(|i| i.get_declaration(module, &[]))
+                .ok_or(Error::MissingIntrinsic(
+                    "llvm.nvvm.mma.m16n8k16.row.col.bf16",
+                ))?;
+            Mma::Ptx(f)
+        }
+        Entries::Host => {
+            let mut p: Vec<inkwell::types::BasicMetadataTypeEnum> = vec![ptr.into(), i64t.into()];
+            p.extend(std::iter::repeat_n(
+                inkwell::types::BasicMetadataTypeEnum::from(i32t),
+                6,
+            ));
+            p.extend(std::iter::repeat_n(
+                inkwell::types::BasicMetadataTypeEnum::from(f32t),
+                4,
+            ));
+            p.push(ptr.into());
+            let emu = module.add_function(EMULATOR, void.fn_type(&p, false), None);
+            let out = c.b.build_alloca(f32t.array_type(4), "d")?;
+            Mma::Host {
+                emu,
+                warp: warp_arg,
+                lane,
+                out,
+            }
+        }
+    };
+    // Accumulators: acc[i][j][e] (and tmp for one scale group of f32 scales), as allocas that SROA
+    // turns into registers.
+    let slots = (TM * TN * 4) as u64;
+    let acc = c.b.build_alloca(f32t.array_type(slots as u32), "acc")?;
+    let f32_groups = spec.group.filter(|_| !spec.byte_scales);
+    let tmp = c.b.build_alloca(f32t.array_type(slots as u32), "tmp")?;
+    let zero = f32t.const_float(0.0);
+    for s in 0..slots {
+        c.b.build_store(c.gep(f32t.into(), acc, c.i64(s))?, zero)?;
+    }
+
+    let warp = c.b.build_right_shift(t, c.i64(5), false, "warp")?;
+    let tiles_n = c.b.build_int_add(n, c.i64(WARP_TILE - 1), "")?;
+    let tiles_n =
+        c.b.build_int_unsigned_div(tiles_n, c.i64(WARP_TILE), "tiles_n")?;
+    let tm = c.b.build_int_unsigned_div(warp, tiles_n, "tm")?;
+    let tn = c.b.build_int_unsigned_rem(warp, tiles_n, "tn")?;
+    let g = c.b.build_right_shift(lane, c.i64(2), false, "g")?;
+    let q = c.b.build_and(lane, c.i64(3), "q")?;
+    let m0 = c.b.build_int_mul(tm, c.i64(WARP_TILE), "m0")?;
+    let n0 = c.b.build_int_mul(tn, c.i64(WARP_TILE), "n0")?;
+    let m_last = c.b.build_int_sub(m, c.i64(1), "")?;
+    let n_last = c.b.build_int_sub(n, c.i64(1), "")?;
+    // Activation rows of the A fragments: row[i][h] = m0 + 16i + 8h + g.
+    let mut rows = Vec::new();
+    for i in 0..TM as u64 {
+        for h in 0..2u64 {
+            let r = c.b.build_int_add(m0, c.i64(16 * i + 8 * h), "")?;
+            rows.push(c.b.build_int_add(r, g, "")?);
+        }
+    }
+    // Weight rows of the B fragments: n0 + 8j + g.
+    let mut wrows = Vec::new();
+    for j in 0..TN as u64 {
+        let r = c.b.build_int_add(n0, c.i64(8 * j), "")?;
+        wrows.push(c.b.build_int_add(r, g, "")?);
+    }
+    let chunk = f32_groups.unwrap_or(16) as u64;
+    let chunks = c.b.build_int_unsigned_div(k, c.i64(chunk), "chunks")?;
+    let half_k = c.b.build_int_unsigned_div(k, c.i64(2), "")?;
+    let groups_per_row = spec
+        .group
+        .map(|gs| c.b.build_int_unsigned_div(k, c.i64(gs as u64), ""))
+        .transpose()?;
+    let v4 = f32t.vec_type(4);
+    for_loop(&c, body, chunks, |c, ci| {
+        let cur = if f32_groups.is_some() {
+            for s in 0..slots {
+                c.b.build_store(c.gep(f32t.into(), tmp, c.i64(s))?, zero)?;
+            }
+            tmp
+        } else {
+            acc
+        };
+        let base = c.b.build_int_mul(ci, c.i64(chunk), "")?;
+        for step in 0..chunk / 16 {
+            let k0 = c.b.build_int_add(base, c.i64(16 * step), "k0")?;
+            let k4 =
+                c.b.build_int_add(k0, c.b.build_int_mul(q, c.i64(4), "")?, "")?;
+            // A fragments, hi and lo terms: frag[i] = [a0, a1, a2, a3].
+            let mut a_hi = Vec::new();
+            let mut a_lo = Vec::new();
+            for i in 0..TM {
+                // vals[h] = (hi bits, lo bits) of x[row(i, h)][k4 .. k4 + 4].
+                let mut his = Vec::new();
+                let mut los = Vec::new();
+                for h in 0..2 {
+                    let row = rows[2 * i + h];
+                    let rc = umin(c, row, m_last)?;
+                    let off = c.b.build_int_mul(rc, k, "")?;
+                    let off = c.b.build_int_add(off, k4, "")?;
+                    let p = c.gep(f32t.into(), x, off)?;
+                    let ld = c.b.build_load(v4, p, "")?;
+                    ld.as_instruction_value()
+                        .unwrap()
+                        .set_alignment(16)
+                        .map_err(|e| Error::Codegen(e.to_string()))?;
+                    let inside = c.b.build_int_compare(IntPredicate::ULT, row, m, "")?;
+                    let v =
+                        c.b.build_select(inside, ld.into_vector_value(), v4.const_zero(), "")?
+                            .into_vector_value();
+                    let mut hi = Vec::new();
+                    let mut lo = Vec::new();
+                    for e in 0..4u64 {
+                        let xe =
+                            c.b.build_extract_element(v, i32t.const_int(e, false), "")?
+                                .into_float_value();
+                        let hbits = bf16_rn(c, xe)?;
+                        let rest = c.b.build_float_sub(xe, bf16_value(c, hbits)?, "")?;
+                        hi.push(hbits);
+                        lo.push(bf16_rn(c, rest)?);
+                    }
+                    his.push(hi);
+                    los.push(lo);
+                }
+                for (src, dst) in [(&his, &mut a_hi), (&los, &mut a_lo)] {
+                    dst.push([
+                        pack(c, src[0][0], src[0][1])?,
+                        pack(c, src[1][0], src[1][1])?,
+                        pack(c, src[0][2], src[0][3])?,
+                        pack(c, src[1][2], src[1][3])?,
+                    ]);
+                }
+            }
+            // B fragments: the decoded weights W[n0 + 8j + g][k4 .. k4 + 4].
+            let mut bs = Vec::new();
+            for &wr in &wrows {
+                let nc = umin(c, wr, n_last)?;
+                let off = c.b.build_int_mul(nc, half_k, "")?;
+                let off =
+                    c.b.build_int_add(off, c.b.build_right_shift(k4, c.i64(1), false, "")?, "")?;
+                let p = c.gep(ctx.i8_type().into(), codes, off)?;
+                let ld = c.b.build_load(i16t, p, "")?;
+                ld.as_instruction_value()
+                    .unwrap()
+                    .set_alignment(2)
+                    .map_err(|e| Error::Codegen(e.to_string()))?;
+                let word = c.b.build_int_z_extend(ld.into_int_value(), i32t, "")?;
+                let scale = match (spec.byte_scales, groups_per_row) {
+                    (true, Some(gpr)) => {
+                        let gi = c.b.build_int_mul(nc, gpr, "")?;
+                        let within =
+                            c.b.build_int_unsigned_div(k0, c.i64(spec.group.unwrap() as u64), "")?;
+                        let gi = c.b.build_int_add(gi, within, "")?;
+                        Some(scale_at(c, spec, scales, tables, gi)?)
+                    }
+                    _ => None,
+                };
+                let mut h = Vec::new();
+                for e in 0..4u64 {
+                    let sh =
+                        c.b.build_right_shift(word, i32t.const_int(4 * e, false), false, "")?;
+                    let code = c.b.build_and(sh, i32t.const_int(15, false), "")?;
+                    let mut v = if spec.signed_int {
+                        let x8 = c.b.build_xor(code, i32t.const_int(8, false), "")?;
+                        let s = c.b.build_int_sub(x8, i32t.const_int(8, false), "")?;
+                        c.b.build_signed_int_to_float(s, f32t, "")?
+                    } else {
+                        let idx = c.b.build_int_z_extend(code, i64t, "")?;
+                        c.load_f32(tables, idx)?
+                    };
+                    if let Some(s) = scale {
+                        // Exact: a code value times a one-byte scale fits bf16 (module docs).
+                        v = c.b.build_float_mul(v, s, "")?;
+                    }
+                    let bits = c.b.build_bit_cast(v, i32t, "")?.into_int_value();
+                    h.push(c.b.build_right_shift(bits, i32t.const_int(16, false), false, "")?);
+                }
+                let inside = c.b.build_int_compare(IntPredicate::ULT, wr, n, "")?;
+                let b0 = pack(c, h[0], h[1])?;
+                let b1 = pack(c, h[2], h[3])?;
+                let z = i32t.const_zero();
+                bs.push([
+                    c.b.build_select(inside, b0, z, "")?.into_int_value(),
+                    c.b.build_select(inside, b1, z, "")?.into_int_value(),
+                ]);
+            }
+            for i in 0..TM {
+                for (j, bj) in bs.iter().enumerate() {
+                    let at = ((i * TN + j) * 4) as u64;
+                    let mut d = [zero; 4];
+                    for (e, slot) in d.iter_mut().enumerate() {
+                        *slot = c.load_f32(cur, c.i64(at + e as u64))?;
+                    }
+                    let d = mma.issue(c, &a_hi[i], bj, &d)?;
+                    let d = mma.issue(c, &a_lo[i], bj, &d)?;
+                    for (e, v) in d.iter().enumerate() {
+                        c.b.build_store(c.gep(f32t.into(), cur, c.i64(at + e as u64))?, *v)?;
+                    }
+                }
+            }
+        }
+        if let (Some(_), Some(gpr)) = (f32_groups, groups_per_row) {
+            // acc += scale[col][chunk] * group sum, col = n0 + 8j + 2q + (e & 1).
+            for j in 0..TN as u64 {
+                let mut sc = Vec::new();
+                for e in 0..2u64 {
+                    let col = c.b.build_int_add(n0, c.i64(8 * j + e), "")?;
+                    let col =
+                        c.b.build_int_add(col, c.b.build_int_mul(q, c.i64(2), "")?, "")?;
+                    let col = umin(c, col, n_last)?;
+                    let gi = c.b.build_int_mul(col, gpr, "")?;
+                    let gi = c.b.build_int_add(gi, ci, "")?;
+                    sc.push(scale_at(c, spec, scales, tables, gi)?);
+                }
+                for i in 0..TM as u64 {
+                    for e in 0..4u64 {
+                        let at = (i * TN as u64 + j) * 4 + e;
+                        let s = c.load_f32(tmp, c.i64(at))?;
+                        let a = c.load_f32(acc, c.i64(at))?;
+                        let r = c.fma(sc[(e & 1) as usize], s, a)?;
+                        c.b.build_store(c.gep(f32t.into(), acc, c.i64(at))?, r)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    })?;
+    // y[row][col] = acc * row scale * post, row = m0 + 16i + 8(e / 2) + g, col = n0 + 8j + 2q + e % 2.
+    for i in 0..TM as u64 {
+        for j in 0..TN as u64 {
+            for e in 0..4u64 {
+                let at = (i * TN as u64 + j) * 4 + e;
+                let row = c.b.build_int_add(m0, c.i64(16 * i + 8 * (e / 2)), "")?;
+                let row = c.b.build_int_add(row, g, "")?;
+                let col = c.b.build_int_add(n0, c.i64(8 * j + e % 2), "")?;
+                let col =
+                    c.b.build_int_add(col, c.b.build_int_mul(q, c.i64(2), "")?, "")?;
+                let r_in = c.b.build_int_compare(IntPredicate::ULT, row, m, "")?;
+                let c_in = c.b.build_int_compare(IntPredicate::ULT, col, n, "")?;
+                let both = c.b.build_and(r_in, c_in, "")?;
+                let store = ctx.append_basic_block(body, "store");
+                let next = ctx.append_basic_block(body, "next");
+                c.b.build_conditional_branch(both, store, next)?;
+                c.b.position_at_end(store);
+                let mut v = c.load_f32(acc, c.i64(at))?;
+                if spec.group.is_none() {
+                    let rs = scale_at(&c, spec, scales, tables, col)?;
+                    v = c.b.build_float_mul(v, rs, "")?;
+                }
+                let v = c.b.build_float_mul(v, post, "")?;
+                let idx = c.b.build_int_mul(row, n, "")?;
+                let idx = c.b.build_int_add(idx, col, "")?;
+                c.b.build_store(c.gep(f32t.into(), y, idx)?, v)?;
+                c.b.build_unconditional_branch(next)?;
+                c.b.position_at_end(next);
+            }
+        }
+    }
+    c.b.build_return(None)?;
+
+    // The entry: the body for the warps that have a tile.
+    let nparams = 9;
+    let mut eparams: Vec<_> = params[..nparams].to_vec();
+    let fname = match entries {
+        Entries::Ptx => ENTRY.to_string(),
+        Entries::Host => {
+            eparams.push(ptr.into());
+            eparams.push(i64t.into());
+            format!("{ENTRY}_at")
+        }
+    };
+    let f = module.add_function(
+        &fname,
+        void.fn_type(&eparams, false),
+        Some(Linkage::External),
+    );
+    c.b.position_at_end(ctx.append_basic_block(f, "entry"));
+    let fp = f.get_params();
+    let (t, warp_ptr) = match entries {
+        Entries::Host => (fp[10].into_int_value(), fp[9].into_pointer_value()),
+        Entries::Ptx => {
+            f.set_call_conventions(PTX_KERNEL_CALL_CONV);
+            let tid = special_register(module, &c.b, ctx, "llvm.nvvm.read.ptx.sreg.tid.x")?;
+            let ctaid = special_register(module, &c.b, ctx, "llvm.nvvm.read.ptx.sreg.ctaid.x")?;
+            let ntid = special_register(module, &c.b, ctx, "llvm.nvvm.read.ptx.sreg.ntid.x")?;
+            let start = c.b.build_int_nuw_mul(ctaid, ntid, "")?;
+            (c.b.build_int_nuw_add(start, tid, "t")?, ptr.const_null())
+        }
+    };
+    let (fn_, fm) = (fp[6].into_int_value(), fp[7].into_int_value());
+    let tiles = |d: IntValue<'c>| -> Result<IntValue<'c>, Error> {
+        let r = c.b.build_int_add(d, c.i64(WARP_TILE - 1), "")?;
+        Ok(c.b.build_int_unsigned_div(r, c.i64(WARP_TILE), "")?)
+    };
+    let warps = c.b.build_int_mul(tiles(fm)?, tiles(fn_)?, "")?;
+    let warp = c.b.build_right_shift(t, c.i64(5), false, "")?;
+    let run = ctx.append_basic_block(f, "run");
+    let done = ctx.append_basic_block(f, "done");
+    let inside = c.b.build_int_compare(IntPredicate::ULT, warp, warps, "")?;
+    c.b.build_conditional_branch(inside, run, done)?;
+    c.b.position_at_end(run);
+    let mut args: Vec<BasicMetadataValueEnum> = fp[..nparams].iter().map(|p| (*p).into()).collect();
+    args.push(warp_ptr.into());
+    args.push(t.into());
+    c.b.build_call(body, &args, "")?;
+    c.b.build_unconditional_branch(done)?;
+    c.b.position_at_end(done);
+    c.b.build_return(None)?;
+    Ok(())
+}
+
+/// The PTX of [`ENTRY`] for `spec` and `target`.
+pub fn emit_ptx(target: GpuTarget, spec: &Gemv4) -> Result<String, Error> {
+    let machine = target_machine(target)?;
+    let context = Context::create();
+    let module = context.create_module("qc_mma4");
+    module.set_triple(&machine.get_triple());
+    module.set_data_layout(&machine.get_target_data().get_data_layout());
+    build(&context, &module, spec, Entries::Ptx)?;
+    module.verify().map_err(|e| Error::Verify(e.to_string()))?;
+    module
+        .run_passes("default<O3>", &machine, PassBuilderOptions::create())
+        .map_err(|e| Error::Passes(e.to_string()))?;
+    let buffer = machine
+        .write_to_memory_buffer(&module, FileType::Assembly)
+        .map_err(|e| Error::Codegen(e.to_string()))?;
+    String::from_utf8(buffer.as_slice().to_vec())
+        .map_err(|e| Error::Codegen(format!("PTX is not UTF-8: {e}")))
+}

@@ -1,0 +1,265 @@
+//! The tensor-core GEMM of `qc_backend_ptx::mma4`: its PTX assembles with ptxas for every target and
+//! issues `mma.sync` m16n8k16 bf16; and its body, compiled for this CPU with each MMA a call of an
+//! emulator that follows the fragment layouts of the PTX ISA (section "Matrix Fragments for
+//! mma.m16n8k16 with floating point type"), run warp by warp with one OS thread per lane, matches
+//! qc_quant's dequantized product for every format the kernel reads.
+
+use std::sync::{Barrier, Mutex};
+
+use inkwell::context::Context;
+use inkwell::targets::{InitializationConfig, Target};
+use inkwell::OptimizationLevel;
+use qc_backend_ptx::gemv4::Gemv4;
+use qc_backend_ptx::mma4::{self, Entries};
+use qc_backend_ptx::ptxas::{assemble, find_ptxas};
+use qc_backend_ptx::GpuTarget;
+use qc_ir::quant::{named_format, QuantType};
+use qc_quant::{quantize, QuantizeOptions};
+
+mod common;
+use common::noise;
+
+const FORMATS: [&str; 8] = [
+    "int4_g32",
+    "int4_g128",
+    "int4_channel",
+    "mxfp4",
+    "nvfp4",
+    "nvfp4_torchao",
+    "nvfp4_ct",
+    "nvint4",
+];
+
+fn fmt(name: &str) -> QuantType {
+    named_format(name)
+        .unwrap_or_else(|| panic!("no format {name}"))
+        .ty
+        .clone()
+}
+
+/// One lane's operands of an MMA.
+#[derive(Clone, Copy, Default)]
+struct Frag {
+    a: [u32; 4],
+    b: [u32; 2],
+}
+
+/// The state the 32 lanes of a warp share while emulating `mma.sync`.
+struct Warp {
+    barrier: Barrier,
+    frags: Mutex<[Frag; 32]>,
+}
+
+fn bf16(h: u32) -> f64 {
+    f32::from_bits(h << 16) as f64
+}
+
+/// Element `half` (0: low 16 bits) of register `reg` of `lane`'s A or B fragment.
+fn half(r: u32, half: usize) -> u32 {
+    (r >> (16 * half)) & 0xffff
+}
+
+/// A[r][k] of the 16 x 16 tile: lane (r % 8) * 4 + (k % 8) / 2, register (r / 8) + 2 (k / 8).
+fn a_at(f: &[Frag; 32], r: usize, k: usize) -> f64 {
+    let lane = (r % 8) * 4 + (k % 8) / 2;
+    bf16(half(f[lane].a[r / 8 + 2 * (k / 8)], k % 2))
+}
+
+/// B[k][n] of the 16 x 8 tile: lane n * 4 + (k % 8) / 2, register k / 8.
+fn b_at(f: &[Frag; 32], k: usize, n: usize) -> f64 {
+    let lane = n * 4 + (k % 8) / 2;
+    bf16(half(f[lane].b[k / 8], k % 2))
+}
+
+/// `qc_mma4_emu`: stores this lane's fragments, waits for the warp, and computes its accumulators
+/// c0..c3 = D[g][2q], D[g][2q + 1], D[g + 8][2q], D[g + 8][2q + 1].
+#[allow(clippy::too_many_arguments)]
+extern "C" fn emulate(
+    warp: *const Warp,
+    lane: i64,
+    a0: u32,
+    a1: u32,
+    a2: u32,
+    a3: u32,
+    b0: u32,
+    b1: u32,
+    c0: f32,
+    c1: f32,
+    c2: f32,
+    c3: f32,
+    d: *mut f32,
+) {
+    // SAFETY: the test passes a live Warp and a 4-float buffer.
+    let (warp, d) = unsafe { (&*warp, std::slice::from_raw_parts_mut(d, 4)) };
+    let lane = lane as usize;
+    warp.frags.lock().unwrap()[lane] = Frag {
+        a: [a0, a1, a2, a3],
+        b: [b0, b1],
+    };
+    warp.barrier.wait();
+    let f = *warp.frags.lock().unwrap();
+    let (g, q) = (lane / 4, lane % 4);
+    for (e, (c, out)) in [c0, c1, c2, c3].into_iter().zip(d.iter_mut()).enumerate() {
+        let (r, n) = (g + 8 * (e / 2), 2 * q + e % 2);
+        let s: f64 = (0..16).map(|k| a_at(&f, r, k) * b_at(&f, k, n)).sum();
+        *out = (s + c as f64) as f32;
+    }
+    // Nobody overwrites the fragments before every lane has read them.
+    warp.barrier.wait();
+}
+
+type Kernel = unsafe extern "C" fn(
+    *const u8,
+    *const u8,
+    *const f32,
+    *const f32,
+    *mut f32,
+    i64,
+    i64,
+    i64,
+    f32,
+    *const Warp,
+    i64,
+);
+
+/// Runs the kernel on the CPU for `y[m, n] = x[m, k] W^T`: every warp of the launch (blocks of
+/// `mma4::BLOCK` threads), its 32 lanes as threads.
+fn run_on_cpu(spec: &Gemv4, blob: &[u8], x: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
+    Target::initialize_native(&InitializationConfig::default()).unwrap();
+    let ctx = Context::create();
+    let module = ctx.create_module("mma4_host");
+    mma4::build(&ctx, &module, spec, Entries::Host).unwrap();
+    module.verify().unwrap();
+    let ee = module
+        .create_jit_execution_engine(OptimizationLevel::Default)
+        .unwrap();
+    let emu = module.get_function(mma4::EMULATOR).unwrap();
+    ee.add_global_mapping(&emu, emulate as *const () as usize);
+    let tables = spec.tables().unwrap();
+    let sec = spec.sections(n, k);
+    assert_eq!(sec.len, blob.len());
+    let post = spec.post(blob, n, k).unwrap();
+    let mut y = vec![f32::NAN; m * n];
+    let warps = m.div_ceil(32) * n.div_ceil(32);
+    let threads = (warps * 32).div_ceil(mma4::BLOCK as usize) * mma4::BLOCK as usize;
+    // SAFETY: the signature is the one mma4::build gives the host entry; the buffers have the sizes
+    // of the kernel contract.
+    let kernel = unsafe {
+        ee.get_function::<Kernel>(&format!("{}_at", mma4::ENTRY))
+            .unwrap()
+            .as_raw()
+    };
+    let y_addr = y.as_mut_ptr() as usize;
+    for w in 0..threads / 32 {
+        let warp = Warp {
+            barrier: Barrier::new(32),
+            frags: Mutex::new([Frag::default(); 32]),
+        };
+        std::thread::scope(|s| {
+            for lane in 0..32 {
+                let (warp, tables, x, blob) = (&warp, &tables, x, blob);
+                s.spawn(move || unsafe {
+                    kernel(
+                        blob.as_ptr(),
+                        blob[sec.scales..].as_ptr(),
+                        tables.as_ptr(),
+                        x.as_ptr(),
+                        y_addr as *mut f32,
+                        k as i64,
+                        n as i64,
+                        m as i64,
+                        post,
+                        warp,
+                        (w * 32 + lane) as i64,
+                    )
+                });
+            }
+        });
+    }
+    y
+}
+
+#[test]
+fn the_kernel_matches_the_dequantized_product_on_an_emulated_warp() {
+    // Tiles cut by M and N (M = 40: a second warp row with 8 rows; N = 24 and 40: partial tiles).
+    for (m, n, k) in [(40, 24, 256), (16, 40, 128)] {
+        for name in FORMATS {
+            let f = fmt(name);
+            let spec = Gemv4::classify(&f).unwrap();
+            mma4::supports(&spec, k as u64).unwrap();
+            let w: Vec<f32> = noise(n * k, 7)
+                .iter()
+                .enumerate()
+                .map(|(i, v)| v * 0.05 * (1 + (i / k) % 5) as f32)
+                .collect();
+            let q = quantize(&w, &[n, k], &f, &QuantizeOptions::default()).unwrap();
+            let blob = qc_quant::blob::to_blob(&q).unwrap();
+            let wd = qc_quant::dequantize(&q).unwrap();
+            // Activations of several magnitudes, so that the lo term matters.
+            let x: Vec<f32> = noise(m * k, 11)
+                .iter()
+                .enumerate()
+                .map(|(i, v)| v * [1.0, 300.0, 0.01][i % 3])
+                .collect();
+            let y = run_on_cpu(&spec, &blob, &x, m, n, k);
+            let mut worst = 0f64;
+            for (i, &got) in y.iter().enumerate() {
+                let (mm, row) = (i / n, i % n);
+                let want: f64 = (0..k)
+                    .map(|j| wd[row * k + j] as f64 * x[mm * k + j] as f64)
+                    .sum();
+                let mag: f64 = (0..k)
+                    .map(|j| (wd[row * k + j] as f64 * x[mm * k + j] as f64).abs())
+                    .sum();
+                let err = (got as f64 - want).abs() / mag.max(1e-30);
+                worst = worst.max(err);
+                // hi + lo carry 16 significant bits: about 2^-17 of each term, plus f32 sums.
+                assert!(
+                    err <= 2e-5,
+                    "{name} m={m} n={n} k={k}: y[{mm}][{row}] = {got}, reference {want} (err {err:e})"
+                );
+            }
+            // One bf16 term alone would be off by up to 2^-9: the split is what keeps it close.
+            assert!(worst < 1e-4, "{name}: {worst}");
+        }
+    }
+}
+
+#[test]
+fn shapes_the_kernel_cannot_read_are_refused() {
+    let g128 = Gemv4::classify(&fmt("int4_g128")).unwrap();
+    assert!(mma4::supports(&g128, 192).is_err());
+    let ch = Gemv4::classify(&fmt("int4_channel")).unwrap();
+    assert!(mma4::supports(&ch, 40).is_err());
+    assert!(mma4::supports(&ch, 48).is_ok());
+}
+
+#[test]
+fn ptxas_accepts_the_kernel_for_every_target() {
+    let ptxas = match find_ptxas() {
+        Ok(p) => p,
+        Err(e) if std::env::var("QC_ALLOW_NO_PTXAS").as_deref() == Ok("1") => {
+            eprintln!("note: QC_ALLOW_NO_PTXAS=1 and {e}; ptxas checks skipped");
+            return;
+        }
+        Err(e) => panic!("{e}\n(set QC_ALLOW_NO_PTXAS=1 to skip the ptxas checks)"),
+    };
+    for name in ["int4_g32", "nvfp4", "int4_channel", "mxfp4"] {
+        let spec = Gemv4::classify(&fmt(name)).unwrap();
+        for t in GpuTarget::ALL {
+            let ptx = mma4::emit_ptx(t, &spec).unwrap();
+            assert!(
+                ptx.contains(&format!(".entry {}(", mma4::ENTRY)),
+                "{name} {t}"
+            );
+            assert!(
+                ptx.contains("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"),
+                "{name} {t}"
+            );
+            // The accumulators live in registers, not in local memory.
+            assert!(!ptx.contains(".local"), "{name} {t}: local memory\n{ptx}");
+            let cubin = assemble(&ptxas, &ptx, t).unwrap_or_else(|e| panic!("{name} {t}: {e}"));
+            assert_eq!(&cubin[..4], b"\x7fELF");
+        }
+    }
+}
