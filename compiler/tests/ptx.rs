@@ -128,6 +128,8 @@ fn check_all_targets(
                 ".entry qc_gemv4_partial("
             } else if name.starts_with("mma4_") {
                 ".entry qc_mma4("
+            } else if name.starts_with("mma8_") {
+                ".entry qc_mma8("
             } else if name.starts_with("fquant_") {
                 ".entry qc_fquant_pt("
             } else {
@@ -189,25 +191,20 @@ fn bert_int4_g32_ptx_for_every_target() {
     bert_check(&["--wformat", "int4_g32"], "int4_g32", 8);
 }
 
-/// The launches of qc's product kernels in the plan of the tiny BERT compiled for nvfp4 at batch 1
-/// and `seq`: (module prefix, entry, parameter count).
-fn product_launches(seq: usize) -> Vec<(String, String, usize)> {
+/// The launches of qc's kernels (module prefix, entry, parameter count) in the plan of the tiny
+/// BERT compiled with `flags` for `target` at batch 1 and `seq`.
+fn qc_launches(flags: &[&str], target: &str, seq: usize) -> Vec<(String, String, usize)> {
     let dir = tempfile::tempdir().unwrap();
     let qca = dir.path().join("b.qca");
-    qc(&[
-        "compile",
-        p(&repo().join("examples/bert-tiny.onnx")),
-        "--wformat",
-        "nvfp4",
-        "--target",
-        "sm_90a",
-        "--shape",
-        "batch=1",
-        "--shape",
-        &format!("seq={seq}"),
-        "-o",
-        p(&qca),
+    let seq = format!("seq={seq}");
+    let model = repo().join("examples/bert-tiny.onnx");
+    let mut args = vec!["compile", p(&model)];
+    args.extend(flags);
+    args.extend([
+        "--target", target, "--shape", "batch=1", "--shape", &seq, "-o",
     ]);
+    args.push(p(&qca));
+    qc(&args);
     let art = qc_runtime::artifact::read(&qca).unwrap();
     let weights = art.part("weights.bin").unwrap();
     let plan = qc_runtime::cuda::Plan::parse(
@@ -221,7 +218,7 @@ fn product_launches(seq: usize) -> Vec<(String, String, usize)> {
         .filter_map(|s| match s {
             qc_runtime::cuda::plan::Step::Launch {
                 ptx, entry, params, ..
-            } if ptx.starts_with("gemv4_") || ptx.starts_with("mma4_") => Some((
+            } if !ptx.starts_with("main_kernel") => Some((
                 ptx[..ptx.find('_').unwrap()].to_string(),
                 entry.clone(),
                 params.len(),
@@ -229,6 +226,11 @@ fn product_launches(seq: usize) -> Vec<(String, String, usize)> {
             _ => None,
         })
         .collect()
+}
+
+/// [`qc_launches`] of the product kernels for nvfp4 weights on sm_90a.
+fn product_launches(seq: usize) -> Vec<(String, String, usize)> {
+    qc_launches(&["--wformat", "nvfp4"], "sm_90a", seq)
 }
 
 /// Products by 4-bit weights run qc's kernels, the rest MLIR's: with fewer than 16 activation rows
@@ -340,6 +342,69 @@ fn bert_int8_activations_ptx_for_every_target() {
     let plan = std::fs::read_to_string(dir.path().join("a8.sm_90a.x/launch_plan.json")).unwrap();
     assert!(plan.contains("\"entry\": \"qc_fquant_pt\""), "{plan}");
     assert!(plan.contains("\"entry\": \"qc_gemv4_partial\""), "{plan}");
+}
+
+/// FP8-quantized activations (calibrated) run the FP8 tensor-core GEMM from sm_89, which quantizes
+/// them itself: for FP8 weights at any row count, for 4-bit weights from 16 rows (below, the
+/// fake-quant kernel and the GEMV). sm_80 has no FP8 tensor cores: the fake-quant kernel, then the
+/// 4-bit kernels or MLIR's (FP8 weights).
+#[test]
+fn fp8_activations_run_the_fp8_tensor_core_gemm() {
+    let Some(ptxas) = ptxas() else { return };
+    require_python();
+    let calib = repo().join("examples/bert-tiny-calib.npz");
+    let calib = calib.to_str().unwrap();
+    let fp8 = [
+        "--wformat",
+        "fp8_e4m3",
+        "--aformat",
+        "fp8_e4m3",
+        "--calib",
+        calib,
+    ];
+    let mx = [
+        "--wformat",
+        "mxfp4",
+        "--aformat",
+        "fp8_e4m3",
+        "--calib",
+        calib,
+    ];
+    let mma8 = ("mma8".to_string(), "qc_mma8".to_string(), 10);
+    let fquant = ("fquant".to_string(), "qc_fquant_pt".to_string(), 4);
+    let gemv = |e: &str| ("gemv4".to_string(), e.to_string(), 8);
+    // 13 products by constant weights (2 layers x 6, and the pooler).
+    let l = qc_launches(&fp8, "sm_90a", 8);
+    assert_eq!(l.iter().filter(|x| **x == mma8).count(), 13, "{l:?}");
+    assert!(l.iter().all(|x| x.0 != "gemv4" && x.0 != "mma4"), "{l:?}");
+    let l = qc_launches(&fp8, "sm_80", 8);
+    assert!(
+        l.iter().all(|x| x.0 != "mma8") && l.contains(&fquant),
+        "{l:?}"
+    );
+    // mxfp4: the layers' products have 16 rows at seq 16; the pooler's one.
+    let l = qc_launches(&mx, "sm_100a", 16);
+    assert_eq!(l.iter().filter(|x| **x == mma8).count(), 12, "{l:?}");
+    let tail = &l[l.len() - 3..];
+    assert_eq!(
+        tail,
+        [
+            fquant.clone(),
+            gemv("qc_gemv4_partial"),
+            gemv("qc_gemv4_reduce")
+        ],
+        "{l:?}"
+    );
+    // Every part assembles for every target.
+    let dir = tempfile::tempdir().unwrap();
+    check_all_targets(
+        &ptxas,
+        dir.path(),
+        &repo().join("examples/bert-tiny.onnx"),
+        &fp8,
+        "fp8a",
+        &["--shape", "batch=2", "--shape", "seq=8"],
+    );
 }
 
 #[test]

@@ -7,13 +7,14 @@
 #   (artifact, the compiled IR, inputs, and the interpreter's outputs as the reference), at batch 1
 #   (8 rows: the GEMV kernels) and, as `FORMAT-prefill`, at batch 4 (32 rows: the tensor-core GEMM);
 # - gpu-kit/gemv4/: the 4-bit GEMV and tensor-core GEMM kernels' PTX and check cases
-#   (backends/ptx/examples/gemv4_kit.rs).
+#   (backends/ptx/examples/gemv4_kit.rs);
+# - gpu-kit/fp8_gemm/: the FP8 tensor-core GEMM's PTX and check case (examples/fp8_gemm_kit.rs).
 # Needs what the test suite needs (bash scripts/test.sh installs it). Takes a few minutes.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 KIT=gpu-kit
 rm -rf "$KIT"
-mkdir -p "$KIT/models" "$KIT/gemv4"
+mkdir -p "$KIT/models" "$KIT/gemv4" "$KIT/fp8_gemm"
 TD=${CARGO_TARGET_DIR:-target}
 cargo build --release -p qc
 cp "$TD/release/qc" "$KIT/qc"
@@ -25,10 +26,14 @@ IN=()
 for n in input_ids token_type_ids attention_mask; do IN+=(--input "$n=$KIT/models/inputs/$n.npy"); done
 INP=()
 for n in input_ids token_type_ids attention_mask; do INP+=(--input "$n=$KIT/models/inputs-prefill/$n.npy"); done
-for f in float int4_g32 nvfp4 mxfp4 fp8_e4m3 mxfp8 int4_g32_a8; do
+CAL=examples/bert-tiny-calib.npz
+for f in float int4_g32 nvfp4 mxfp4 fp8_e4m3 mxfp8 int4_g32_a8 fp8_e4m3_f8 mxfp4_f8; do
   case "$f" in
     float) P=(--passes canonicalize,cse,dce) ;;
-    int4_g32_a8) P=(--wformat int4_g32 --aformat int8 --calib examples/bert-tiny-calib.npz) ;;
+    int4_g32_a8) P=(--wformat int4_g32 --aformat int8 --calib $CAL) ;;
+    # FP8 activations: the FP8 tensor-core GEMM on sm_90a.
+    fp8_e4m3_f8) P=(--wformat fp8_e4m3 --aformat fp8_e4m3 --calib $CAL) ;;
+    mxfp4_f8) P=(--wformat mxfp4 --aformat fp8_e4m3 --calib $CAL) ;;
     *) P=(--wformat "$f") ;;
   esac
   "$QC" compile examples/bert-tiny.onnx "${P[@]}" --emit qir -o "$KIT/models/$f.qir"
@@ -37,7 +42,7 @@ for f in float int4_g32 nvfp4 mxfp4 fp8_e4m3 mxfp8 int4_g32_a8; do
     "$QC" compile examples/bert-tiny.onnx "${P[@]}" --shape batch=1 --shape seq=8 --target "$t" -o "$KIT/models/$f.$t.qca"
   done
   case "$f" in
-    int4_g32|nvfp4|mxfp4)
+    int4_g32|nvfp4|mxfp4|mxfp4_f8)
       "$QC" run "$KIT/models/$f.qir" "${INP[@]}" -o "$KIT/models/$f-prefill.ref"
       for t in sm_90a sm_80; do
         "$QC" compile examples/bert-tiny.onnx "${P[@]}" --shape batch=4 --shape seq=8 --target "$t" -o "$KIT/models/$f-prefill.$t.qca"
@@ -45,4 +50,5 @@ for f in float int4_g32 nvfp4 mxfp4 fp8_e4m3 mxfp8 int4_g32_a8; do
   esac
 done
 cargo run -q -p qc-backend-ptx --example gemv4_kit -- "$KIT/gemv4"
+cargo run -q -p qc-backend-ptx --example fp8_gemm_kit -- "$KIT/fp8_gemm"
 du -sh "$KIT"

@@ -234,7 +234,8 @@ pub struct ExportOptions<'a> {
     /// returns true, given (weight format, activation format), takes the *unquantized* f32
     /// activations and the quantization ([`ActQuant`]): the kernel quantizes them itself. Other uses
     /// of the quantized tensor keep the [`KernelOp::FakeQuant`] call, which is left out when there are
-    /// none.
+    /// none. Such a product is a kernel call even when `kernel_calls` rejects its weight format (a
+    /// kernel may read a weight format only together with the activations it quantizes).
     pub act_quant_calls: Option<&'a ActQuantFilter>,
     /// When true, quantized constants whose codes or scales have a builtin low-precision float type
     /// (f8E4M3FN, f8E5M2, f6E2M3FN, f6E3M2FN, the ue4m3 scales of NVFP4) are exported as unsigned
@@ -1459,7 +1460,25 @@ fn kernel_call_wanted(u: &U, cx: &Cx) -> bool {
         None => true,
         Some(f) => u.quantize_calls.is_some_and(|q| q(f)),
     };
-    x_ok && w.rank() == 2 && w.elem.as_quant().is_some_and(accept)
+    let Some(wf) = w.elem.as_quant() else {
+        return false;
+    };
+    // A weight format the kernels read only together with the activation quantization they do
+    // themselves (`act_quant_calls`), when the activation is such a quantization.
+    let with_act = || {
+        let (Some(aq), Some(af)) = (u.act_quant_calls, x.elem.as_quant()) else {
+            return false;
+        };
+        let def =
+            cx.f.ops
+                .iter()
+                .find(|o| o.results.contains(&cx.op.operands[0]));
+        def.is_some_and(|d| {
+            QuantOp::of(d) == Some(QuantOp::Quantize)
+                && d.attr("amax").and_then(QAttr::as_f64).is_some()
+        }) && aq(wf, af)
+    };
+    x_ok && w.rank() == 2 && (accept(wf) || with_act())
 }
 
 fn export_op<'c, 'b>(u: &U<'c, 'b>, cx: &Cx, ins: &[Lv<'c, 'b>]) -> R<Vec<Lv<'c, 'b>>> {

@@ -95,7 +95,7 @@ fn f32c<'c>(ctx: &'c Context, v: f32) -> FloatValue<'c> {
 }
 
 /// `q(v)` of the module documentation, as straight-line IR (selects, no branches).
-fn round_elem<'c>(
+pub(crate) fn round_elem<'c>(
     ctx: &'c Context,
     b: &Builder<'c>,
     module: &Module<'c>,

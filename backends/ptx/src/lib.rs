@@ -4,14 +4,16 @@
 //! The crate emits a fixed kernel, [`ADD_F32_KERNEL`], for every supported [`GpuTarget`] (it proves the
 //! path: kernel calling convention, special registers, target machine, PTX emission, ptxas), the
 //! 4-bit weight GEMV kernels of [`gemv4`] (tested on the CPU through the same IR, benchmarked on a GPU
-//! by `cargo bench --bench gemv4_gpu`), the 4-bit weight tensor-core GEMM of [`mma4`] (tested on the
-//! CPU with an emulated warp) and the activation fake quantization of [`fquant`]. Whole models take the MLIR route of the compiler's
+//! by `cargo bench --bench gemv4_gpu`), the tensor-core GEMMs of [`mma4`] (4-bit weights, bf16 MMA)
+//! and [`mma8`] (FP8 MMA, activations quantized in the kernel), tested on the CPU with an emulated
+//! warp, and the activation fake quantization of [`fquant`]. Whole models take the MLIR route of the compiler's
 //! `cmd/cuda.rs`.
 #![deny(missing_docs)]
 
 pub mod fquant;
 pub mod gemv4;
 pub mod mma4;
+pub mod mma8;
 pub mod ptxas;
 
 use std::str::FromStr;
@@ -173,6 +175,12 @@ fn init_nvptx() {
 }
 
 fn target_machine(target: GpuTarget) -> Result<TargetMachine, Error> {
+    target_machine_with(target, "")
+}
+
+/// [`target_machine`] with LLVM target features, e.g. `+ptx84` for instructions that need a newer
+/// PTX ISA than the target's lowest.
+fn target_machine_with(target: GpuTarget, features: &str) -> Result<TargetMachine, Error> {
     init_nvptx();
     let triple = TargetTriple::create(TRIPLE);
     let llvm_target = Target::from_triple(&triple).map_err(|e| Error::NoTarget {
@@ -185,7 +193,7 @@ fn target_machine(target: GpuTarget) -> Result<TargetMachine, Error> {
         .create_target_machine(
             &triple,
             target.name(),
-            "",
+            features,
             OptimizationLevel::Aggressive,
             RelocMode::Default,
             CodeModel::Default,

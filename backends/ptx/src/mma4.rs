@@ -83,7 +83,7 @@ pub fn supports(spec: &Gemv4, k: u64) -> Result<(), String> {
 }
 
 /// Rounds f32 bits to the nearest even bf16 (the upper 16 bits of the result's f32 pattern).
-fn bf16_rn<'c>(c: &Cx<'c>, v: FloatValue<'c>) -> Result<IntValue<'c>, Error> {
+pub(crate) fn bf16_rn<'c>(c: &Cx<'c>, v: FloatValue<'c>) -> Result<IntValue<'c>, Error> {
     let i32t = c.ctx.i32_type();
     let bits = c.b.build_bit_cast(v, i32t, "")?.into_int_value();
     let odd =
@@ -104,19 +104,28 @@ fn bf16_value<'c>(c: &Cx<'c>, h: IntValue<'c>) -> Result<FloatValue<'c>, Error> 
 }
 
 /// `lo | hi << 16`: a bf16x2 register with `lo` the lower-indexed element.
-fn pack<'c>(c: &Cx<'c>, lo: IntValue<'c>, hi: IntValue<'c>) -> Result<IntValue<'c>, Error> {
+pub(crate) fn pack<'c>(
+    c: &Cx<'c>,
+    lo: IntValue<'c>,
+    hi: IntValue<'c>,
+) -> Result<IntValue<'c>, Error> {
     let i32t = c.ctx.i32_type();
     let h = c.b.build_left_shift(hi, i32t.const_int(16, false), "")?;
     Ok(c.b.build_or(lo, h, "")?)
 }
 
-fn umin<'c>(c: &Cx<'c>, a: IntValue<'c>, b: IntValue<'c>) -> Result<IntValue<'c>, Error> {
+pub(crate) fn umin<'c>(
+    c: &Cx<'c>,
+    a: IntValue<'c>,
+    b: IntValue<'c>,
+) -> Result<IntValue<'c>, Error> {
     let lt = c.b.build_int_compare(IntPredicate::ULT, a, b, "")?;
     Ok(c.b.build_select(lt, a, b, "")?.into_int_value())
 }
 
-/// How the body issues one MMA.
-enum Mma<'c> {
+/// How a body issues one warp-level MMA with four A registers, two B registers and four f32
+/// accumulators (the shapes m16n8k16 bf16 and m16n8k32 fp8 both have them).
+pub(crate) enum Mma<'c> {
     Ptx(FunctionValue<'c>),
     Host {
         emu: FunctionValue<'c>,
@@ -127,8 +136,55 @@ enum Mma<'c> {
 }
 
 impl<'c> Mma<'c> {
-    /// `d = a * b + acc` for one 16 x 8 x 16 tile.
-    fn issue(
+    /// For PTX the NVVM intrinsic `intrinsic`; for the host a call of the external `emulator`
+    /// (`void emulator(void *warp, int64_t lane, uint32_t a0..a3, uint32_t b0, b1, float c0..c3,
+    /// float *d)`). Builds an alloca at the builder's position (the function's entry block).
+    pub(crate) fn declare(
+        c: &Cx<'c>,
+        module: &Module<'c>,
+        entries: Entries,
+        intrinsic: &'static str,
+        emulator: &str,
+        warp: PointerValue<'c>,
+        lane: IntValue<'c>,
+    ) -> Result<Mma<'c>, Error> {
+        let ctx = c.ctx;
+        Ok(match entries {
+            Entries::Ptx => {
+                let f = Intrinsic::find(intrinsic)
+                    .and_then(|i| i.get_declaration(module, &[]))
+                    .ok_or(Error::MissingIntrinsic(intrinsic))?;
+                Mma::Ptx(f)
+            }
+            Entries::Host => {
+                let ptr = ctx.ptr_type(AddressSpace::default());
+                let mut p: Vec<inkwell::types::BasicMetadataTypeEnum> =
+                    vec![ptr.into(), ctx.i64_type().into()];
+                p.extend(std::iter::repeat_n(
+                    inkwell::types::BasicMetadataTypeEnum::from(ctx.i32_type()),
+                    6,
+                ));
+                p.extend(std::iter::repeat_n(
+                    inkwell::types::BasicMetadataTypeEnum::from(ctx.f32_type()),
+                    4,
+                ));
+                p.push(ptr.into());
+                let emu = module.add_function(emulator, ctx.void_type().fn_type(&p, false), None);
+                let out = c.b.build_alloca(ctx.f32_type().array_type(4), "d")?;
+                Mma::Host {
+                    emu,
+                    warp,
+                    lane,
+                    out,
+                }
+            }
+        })
+    }
+}
+
+impl<'c> Mma<'c> {
+    /// `d = a * b + acc` for one tile.
+    pub(crate) fn issue(
         &self,
         c: &Cx<'c>,
         a: &[IntValue<'c>; 4],
@@ -236,37 +292,15 @@ pub fn build<'c>(
     c.b.position_at_end(ctx.append_basic_block(body, "entry"));
 
     let lane = c.b.build_and(t, c.i64(31), "lane")?;
-    let mma = match entries {
-        Entries::Ptx => {
-            let name = "llvm.nvvm.mma.m16n8k16.row.col.bf16";
-            let f = Intrinsic::find(name)
-                .and_then(|i| i.get_declaration(module, &[]))
-                .ok_or(Error::MissingIntrinsic(
-                    "llvm.nvvm.mma.m16n8k16.row.col.bf16",
-                ))?;
-            Mma::Ptx(f)
-        }
-        Entries::Host => {
-            let mut p: Vec<inkwell::types::BasicMetadataTypeEnum> = vec![ptr.into(), i64t.into()];
-            p.extend(std::iter::repeat_n(
-                inkwell::types::BasicMetadataTypeEnum::from(i32t),
-                6,
-            ));
-            p.extend(std::iter::repeat_n(
-                inkwell::types::BasicMetadataTypeEnum::from(f32t),
-                4,
-            ));
-            p.push(ptr.into());
-            let emu = module.add_function(EMULATOR, void.fn_type(&p, false), None);
-            let out = c.b.build_alloca(f32t.array_type(4), "d")?;
-            Mma::Host {
-                emu,
-                warp: warp_arg,
-                lane,
-                out,
-            }
-        }
-    };
+    let mma = Mma::declare(
+        &c,
+        module,
+        entries,
+        "llvm.nvvm.mma.m16n8k16.row.col.bf16",
+        EMULATOR,
+        warp_arg,
+        lane,
+    )?;
     // Accumulators: acc[i][j][e] (and tmp for one scale group of f32 scales), as allocas that SROA
     // turns into registers.
     let slots = (TM * TN * 4) as u64;

@@ -1,10 +1,7 @@
 //! The tensor-core GEMM of `qc_backend_ptx::mma4`: its PTX assembles with ptxas for every target and
-//! issues `mma.sync` m16n8k16 bf16; and its body, compiled for this CPU with each MMA a call of an
-//! emulator that follows the fragment layouts of the PTX ISA (section "Matrix Fragments for
-//! mma.m16n8k16 with floating point type"), run warp by warp with one OS thread per lane, matches
-//! qc_quant's dequantized product for every format the kernel reads.
-
-use std::sync::{Barrier, Mutex};
+//! issues `mma.sync` m16n8k16 bf16; and its body, compiled for this CPU with each MMA a call of the
+//! emulator of tests/mma_emu, run warp by warp with one OS thread per lane, matches qc_quant's
+//! dequantized product for every format the kernel reads.
 
 use inkwell::context::Context;
 use inkwell::targets::{InitializationConfig, Target};
@@ -17,7 +14,9 @@ use qc_ir::quant::{named_format, QuantType};
 use qc_quant::{quantize, QuantizeOptions};
 
 mod common;
+mod mma_emu;
 use common::noise;
+use mma_emu::{emulate, run_warps, Shape, Warp};
 
 const FORMATS: [&str; 8] = [
     "int4_g32",
@@ -35,77 +34,6 @@ fn fmt(name: &str) -> QuantType {
         .unwrap_or_else(|| panic!("no format {name}"))
         .ty
         .clone()
-}
-
-/// One lane's operands of an MMA.
-#[derive(Clone, Copy, Default)]
-struct Frag {
-    a: [u32; 4],
-    b: [u32; 2],
-}
-
-/// The state the 32 lanes of a warp share while emulating `mma.sync`.
-struct Warp {
-    barrier: Barrier,
-    frags: Mutex<[Frag; 32]>,
-}
-
-fn bf16(h: u32) -> f64 {
-    f32::from_bits(h << 16) as f64
-}
-
-/// Element `half` (0: low 16 bits) of register `reg` of `lane`'s A or B fragment.
-fn half(r: u32, half: usize) -> u32 {
-    (r >> (16 * half)) & 0xffff
-}
-
-/// A[r][k] of the 16 x 16 tile: lane (r % 8) * 4 + (k % 8) / 2, register (r / 8) + 2 (k / 8).
-fn a_at(f: &[Frag; 32], r: usize, k: usize) -> f64 {
-    let lane = (r % 8) * 4 + (k % 8) / 2;
-    bf16(half(f[lane].a[r / 8 + 2 * (k / 8)], k % 2))
-}
-
-/// B[k][n] of the 16 x 8 tile: lane n * 4 + (k % 8) / 2, register k / 8.
-fn b_at(f: &[Frag; 32], k: usize, n: usize) -> f64 {
-    let lane = n * 4 + (k % 8) / 2;
-    bf16(half(f[lane].b[k / 8], k % 2))
-}
-
-/// `qc_mma4_emu`: stores this lane's fragments, waits for the warp, and computes its accumulators
-/// c0..c3 = D[g][2q], D[g][2q + 1], D[g + 8][2q], D[g + 8][2q + 1].
-#[allow(clippy::too_many_arguments)]
-extern "C" fn emulate(
-    warp: *const Warp,
-    lane: i64,
-    a0: u32,
-    a1: u32,
-    a2: u32,
-    a3: u32,
-    b0: u32,
-    b1: u32,
-    c0: f32,
-    c1: f32,
-    c2: f32,
-    c3: f32,
-    d: *mut f32,
-) {
-    // SAFETY: the test passes a live Warp and a 4-float buffer.
-    let (warp, d) = unsafe { (&*warp, std::slice::from_raw_parts_mut(d, 4)) };
-    let lane = lane as usize;
-    warp.frags.lock().unwrap()[lane] = Frag {
-        a: [a0, a1, a2, a3],
-        b: [b0, b1],
-    };
-    warp.barrier.wait();
-    let f = *warp.frags.lock().unwrap();
-    let (g, q) = (lane / 4, lane % 4);
-    for (e, (c, out)) in [c0, c1, c2, c3].into_iter().zip(d.iter_mut()).enumerate() {
-        let (r, n) = (g + 8 * (e / 2), 2 * q + e % 2);
-        let s: f64 = (0..16).map(|k| a_at(&f, r, k) * b_at(&f, k, n)).sum();
-        *out = (s + c as f64) as f32;
-    }
-    // Nobody overwrites the fragments before every lane has read them.
-    warp.barrier.wait();
 }
 
 type Kernel = unsafe extern "C" fn(
@@ -150,32 +78,21 @@ fn run_on_cpu(spec: &Gemv4, blob: &[u8], x: &[f32], m: usize, n: usize, k: usize
             .as_raw()
     };
     let y_addr = y.as_mut_ptr() as usize;
-    for w in 0..threads / 32 {
-        let warp = Warp {
-            barrier: Barrier::new(32),
-            frags: Mutex::new([Frag::default(); 32]),
-        };
-        std::thread::scope(|s| {
-            for lane in 0..32 {
-                let (warp, tables, x, blob) = (&warp, &tables, x, blob);
-                s.spawn(move || unsafe {
-                    kernel(
-                        blob.as_ptr(),
-                        blob[sec.scales..].as_ptr(),
-                        tables.as_ptr(),
-                        x.as_ptr(),
-                        y_addr as *mut f32,
-                        k as i64,
-                        n as i64,
-                        m as i64,
-                        post,
-                        warp,
-                        (w * 32 + lane) as i64,
-                    )
-                });
-            }
-        });
-    }
+    run_warps(Shape::Bf16, threads, |warp, t| unsafe {
+        kernel(
+            blob.as_ptr(),
+            blob[sec.scales..].as_ptr(),
+            tables.as_ptr(),
+            x.as_ptr(),
+            y_addr as *mut f32,
+            k as i64,
+            n as i64,
+            m as i64,
+            post,
+            warp,
+            t as i64,
+        )
+    });
     y
 }
 

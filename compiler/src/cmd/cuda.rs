@@ -23,7 +23,10 @@
 //! MLIR: the export leaves them as calls (`ExportOptions::kernel_calls`, `quantize_calls`) that the
 //! plan resolves to launches of qc's kernels (`kernel_calls` below): a product with at least
 //! `mma4::MIN_ROWS` (16) activation rows runs the tensor-core GEMM of `qc_backend_ptx::mma4`, one
-//! with fewer the GEMV of `qc_backend_ptx::gemv4`, reading the weight's blob as it is.
+//! with fewer the GEMV of `qc_backend_ptx::gemv4`, reading the weight's blob as it is. From sm_89,
+//! a product whose activations are quantized to FP8 per tensor runs the FP8 tensor-core GEMM of
+//! `qc_backend_ptx::mma8`, which quantizes them itself (`ExportOptions::act_quant_calls`): for FP8
+//! weights (otherwise decoded by MLIR) and for 4-bit weights with scale groups of 32 or more.
 //!
 //! # Artifact
 //! - `<module>.ptx`, one per kernel module the plan launches (`main_kernel.ptx`, `main_kernel_0.ptx`,
@@ -49,6 +52,7 @@ use qc_backend_hlo::upstream::KernelOp;
 use qc_backend_ptx::fquant::FakeQuantPt;
 use qc_backend_ptx::gemv4::{self, Gemv4};
 use qc_backend_ptx::mma4;
+use qc_backend_ptx::mma8::{self, Mma8};
 use qc_backend_ptx::GpuTarget;
 use qc_ir::Module;
 use qc_runtime::artifact::{self, Artifact};
@@ -170,60 +174,90 @@ pub fn binaries(text: &str) -> Result<Vec<(String, String)>, String> {
     Ok(out)
 }
 
-/// The launch-plan descriptions of the export's kernel calls: quantized products by 4-bit weights
-/// ([`GpuCall`]; their GEMV kernels' PTX goes into `ptx` as module `gemv4_<j>`, one per distinct
-/// kernel description, in order of first use) and activation quantizations ([`FquantCall`]; module
-/// `fquant_<j>` per element format).
+/// The PTX modules of qc's kernels that [`kernel_calls`] adds, one per distinct kernel
+/// description (named `<kind>_<j>` in order of first use).
+#[derive(Default)]
+struct Modules {
+    gemv4: Vec<(Gemv4, String)>,
+    mma4: Vec<(Gemv4, String)>,
+    mma8: Vec<(Mma8, String)>,
+    fquant: Vec<(FakeQuantPt, String)>,
+}
+
+/// The module of `spec` in `list`, made with `emit` (and its PTX pushed to `ptx`) on first use.
+fn module_of<S: PartialEq + Clone>(
+    list: &mut Vec<(S, String)>,
+    kind: &str,
+    spec: &S,
+    ptx: &mut Vec<(String, String)>,
+    emit: impl FnOnce() -> Result<String, qc_backend_ptx::Error>,
+) -> Result<String, Failure> {
+    if let Some((_, name)) = list.iter().find(|(s, _)| s == spec) {
+        return Ok(name.clone());
+    }
+    let name = format!("{kind}_{}", list.len());
+    let text = emit().map_err(|e| Failure::Internal(format!("internal error: {e}\n")))?;
+    ptx.push((name.clone(), text));
+    list.push((spec.clone(), name.clone()));
+    Ok(name)
+}
+
+/// The launch-plan descriptions of the export's kernel calls, their kernels' PTX pushed to `ptx`:
+/// - quantized products ([`GpuCall`]): with activations the kernel quantizes to FP8 itself
+///   (`act_quant`), on sm_89 and later, the FP8 tensor-core GEMM of `qc_backend_ptx::mma8` (for
+///   4-bit weights only from `mma4::MIN_ROWS` rows); otherwise, for 4-bit weights, the tensor-core
+///   GEMM of `mma4` from `MIN_ROWS` rows or the GEMV of `gemv4` below, after the fake-quant kernel
+///   when the activations are quantized (`act_pre`);
+/// - activation quantizations ([`FquantCall`]): the fake-quant kernel of `fquant`.
 fn kernel_calls<'m>(
     m: &'m Module,
     calls: &[qc_backend_hlo::upstream::KernelCall],
     gpu: GpuTarget,
     ptx: &mut Vec<(String, String)>,
 ) -> Result<(Vec<GpuCall<'m>>, Vec<FquantCall>), Failure> {
-    let internal = |e: qc_backend_ptx::Error| Failure::Internal(format!("internal error: {e}\n"));
-    // Kernel modules made so far: (format description, tensor-core GEMM?, module name).
-    let mut modules: Vec<(Gemv4, bool, String)> = Vec::new();
-    let mut fq_modules: Vec<(FakeQuantPt, String)> = Vec::new();
+    let mut mods = Modules::default();
     let mut out = Vec::new();
     let mut fq_out = Vec::new();
     for c in calls {
         let at =
             |msg: String| Failure::Input(qc_ir::Diagnostic::error(c.loc.clone(), msg).render(None));
-        let (resource, format) = match &c.op {
+        // The fake-quant kernel of an activation format, and its scale for `amax`.
+        let mut fquant = |format: &qc_ir::QuantType,
+                          amax: Option<f32>,
+                          n: u64,
+                          ptx: &mut Vec<(String, String)>|
+         -> Result<FquantCall, Failure> {
+            let spec = FakeQuantPt::classify(format).ok_or_else(|| {
+                at(format!(
+                    "{format}: no GPU kernel quantizes activations to it"
+                ))
+            })?;
+            let amax = amax.ok_or_else(|| {
+                at(format!(
+                    "activation quantization to {format} on {} needs a calibrated maximum \
+                     (the op's amax; compile with --calib)",
+                    gpu.name()
+                ))
+            })?;
+            let module = module_of(&mut mods.fquant, "fquant", &spec, ptx, || {
+                qc_backend_ptx::fquant::emit_ptx(gpu, &spec)
+            })?;
+            Ok(FquantCall {
+                symbol: c.symbol.clone(),
+                n,
+                scale: spec.scale(amax),
+                module,
+                entry: qc_backend_ptx::fquant::ENTRY.to_string(),
+            })
+        };
+        let (resource, format, act_quant) = match &c.op {
             KernelOp::QuantMatmul {
-                resource, format, ..
-            } => (resource, format),
+                resource,
+                format,
+                act_quant,
+            } => (resource, format, act_quant.as_ref()),
             KernelOp::FakeQuant { format, amax } => {
-                let spec = FakeQuantPt::classify(format).ok_or_else(|| {
-                    at(format!(
-                        "{format}: no GPU kernel quantizes activations to it"
-                    ))
-                })?;
-                let amax = amax.ok_or_else(|| {
-                    at(format!(
-                        "activation quantization to {format} on {} needs a calibrated maximum \
-                         (the op's amax; compile with --calib)",
-                        gpu.name()
-                    ))
-                })?;
-                let module = match fq_modules.iter().find(|(s, _)| *s == spec) {
-                    Some((_, name)) => name.clone(),
-                    None => {
-                        let name = format!("fquant_{}", fq_modules.len());
-                        let text =
-                            qc_backend_ptx::fquant::emit_ptx(gpu, &spec).map_err(internal)?;
-                        ptx.push((name.clone(), text));
-                        fq_modules.push((spec, name.clone()));
-                        name
-                    }
-                };
-                fq_out.push(FquantCall {
-                    symbol: c.symbol.clone(),
-                    n: c.m,
-                    scale: spec.scale(amax),
-                    module,
-                    entry: qc_backend_ptx::fquant::ENTRY.to_string(),
-                });
+                fq_out.push(fquant(format, *amax, c.m, ptx)?);
                 continue;
             }
             other => {
@@ -232,77 +266,105 @@ fn kernel_calls<'m>(
                 )))
             }
         };
-        let spec = Gemv4::for_k(format, c.k as usize)
-            .map_err(|e| at(format!("the {} GEMV kernels: {e}", gpu.name())))?;
         let blob = m
             .resources
             .get(resource)
             .and_then(|r| r.bytes())
             .ok_or_else(|| at(format!("the weight resource '{resource}' has no bytes")))?;
         let (n, k) = (c.n as usize, c.k as usize);
-        let sec = spec.sections(n, k);
-        if blob.len() != sec.len {
-            return Err(at(format!(
-                "the weight blob has {} bytes; {format} [{n}, {k}] needs {}",
-                blob.len(),
-                sec.len
-            )));
-        }
-        // Prefill-sized products run the tensor-core GEMM, single rows the GEMV. The GEMM's module
-        // depends on the format only (not on the GEMV's slice).
-        let mma = c.m >= mma4::MIN_ROWS && mma4::supports(&spec, c.k).is_ok();
-        let mut key = spec.clone();
-        if mma {
-            key.slice = gemv4::SLICE;
-        }
-        let module = match modules
-            .iter()
-            .find(|(s, is_mma, _)| *s == key && *is_mma == mma)
-        {
-            Some((_, _, name)) => name.clone(),
-            None => {
-                let (name, text) = if mma {
-                    let name = format!("mma4_{}", modules.iter().filter(|m| m.1).count());
-                    (name, mma4::emit_ptx(gpu, &key).map_err(internal)?)
-                } else {
-                    let name = format!("gemv4_{}", modules.iter().filter(|m| !m.1).count());
-                    (name, gemv4::emit_ptx(gpu, &key).map_err(internal)?)
-                };
-                ptx.push((name.clone(), text));
-                modules.push((key, mma, name.clone()));
-                name
+        let gemv = Gemv4::for_k(format, k);
+        let fp8 = act_quant
+            .filter(|_| gpu != GpuTarget::Sm80)
+            .and_then(|aq| Mma8::classify(format, &aq.format).ok().map(|s| (aq, s)))
+            .filter(|(_, s)| s.supports(c.k).is_ok())
+            .filter(|_| gemv.is_err() || c.m >= mma4::MIN_ROWS);
+        let len_check = |want: usize| {
+            if blob.len() == want {
+                Ok(())
+            } else {
+                Err(at(format!(
+                    "the weight blob has {} bytes; {format} [{n}, {k}] needs {want}",
+                    blob.len()
+                )))
             }
         };
-        let kernel = if mma {
-            ProductKernel::Mma {
-                entry: mma4::ENTRY.to_string(),
-                tile: mma4::WARP_TILE,
-                block: mma4::BLOCK,
-            }
+        let f32_bytes = |v: Vec<f32>| v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        if let Some((aq, spec)) = fp8 {
+            len_check(spec.blob_len(n, k))?;
+            let module = module_of(&mut mods.mma8, "mma8", &spec, ptx, || {
+                mma8::emit_ptx(gpu, &spec)
+            })?;
+            let act = FakeQuantPt::classify(&aq.format)
+                .ok_or_else(|| at(format!("{}: not a per-tensor format", aq.format)))?;
+            out.push(GpuCall {
+                symbol: c.symbol.clone(),
+                resource: resource.clone(),
+                blob,
+                scales_offset: spec.scales_offset(n, k) as u64,
+                tables: f32_bytes(spec.tables().map_err(&at)?),
+                post: spec.post(blob, n, k).map_err(&at)?,
+                m: c.m,
+                n: c.n,
+                k: c.k,
+                module,
+                kernel: ProductKernel::Mma {
+                    entry: mma8::ENTRY.to_string(),
+                    tile: mma4::WARP_TILE,
+                    block: mma8::BLOCK,
+                    act_scale: Some(act.scale(aq.amax)),
+                },
+                act_pre: None,
+            });
+            continue;
+        }
+        let spec = gemv.map_err(|e| at(format!("the {} GEMV kernels: {e}", gpu.name())))?;
+        len_check(spec.sections(n, k).len)?;
+        let act_pre = act_quant
+            .map(|aq| fquant(&aq.format, Some(aq.amax), c.m * c.k, ptx))
+            .transpose()?;
+        // Prefill-sized products run the tensor-core GEMM, single rows the GEMV. The GEMM's module
+        // depends on the format only (not on the GEMV's slice).
+        let kernel = if c.m >= mma4::MIN_ROWS && mma4::supports(&spec, c.k).is_ok() {
+            let mut key = spec.clone();
+            key.slice = gemv4::SLICE;
+            let module = module_of(&mut mods.mma4, "mma4", &key, ptx, || {
+                mma4::emit_ptx(gpu, &key)
+            })?;
+            (
+                module,
+                ProductKernel::Mma {
+                    entry: mma4::ENTRY.to_string(),
+                    tile: mma4::WARP_TILE,
+                    block: mma4::BLOCK,
+                    act_scale: None,
+                },
+            )
         } else {
-            ProductKernel::Gemv {
-                slice: spec.slice as u64,
-                partial: gemv4::PARTIAL.to_string(),
-                reduce: gemv4::REDUCE.to_string(),
-            }
+            let module = module_of(&mut mods.gemv4, "gemv4", &spec, ptx, || {
+                gemv4::emit_ptx(gpu, &spec)
+            })?;
+            (
+                module,
+                ProductKernel::Gemv {
+                    slice: spec.slice as u64,
+                    partial: gemv4::PARTIAL.to_string(),
+                    reduce: gemv4::REDUCE.to_string(),
+                },
+            )
         };
         out.push(GpuCall {
             symbol: c.symbol.clone(),
             resource: resource.clone(),
             blob,
-            scales_offset: sec.scales as u64,
-            tables: spec
-                .tables()
-                .map_err(&at)?
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect(),
+            scales_offset: spec.sections(n, k).scales as u64,
+            tables: f32_bytes(spec.tables().map_err(&at)?),
             post: spec.post(blob, n, k).map_err(&at)?,
             m: c.m,
             n: c.n,
             k: c.k,
-            module,
-            kernel,
+            module: kernel.0,
+            kernel: kernel.1,
+            act_pre,
         });
     }
     Ok((out, fq_out))
@@ -331,9 +393,14 @@ pub fn write_artifact(
     let accept: &dyn Fn(&qc_ir::QuantType) -> bool = &|f| Gemv4::classify(f).is_ok();
     // Activation quantizations (--aformat) to int8 / fp8 per tensor run qc's fake-quant kernel.
     let fquant: &dyn Fn(&qc_ir::QuantType) -> bool = &|f| FakeQuantPt::classify(f).is_some();
+    // From sm_89, products of FP8-quantized activations run the FP8 tensor-core GEMM, which
+    // quantizes them itself (also for FP8 weights, which have no kernel otherwise).
+    let fp8_gemm: &dyn Fn(&qc_ir::QuantType, &qc_ir::QuantType) -> bool =
+        &|w, a| Mma8::classify(w, a).is_ok();
     let opts = qc_backend_hlo::upstream::ExportOptions {
         kernel_calls: Some(accept),
         quantize_calls: Some(fquant),
+        act_quant_calls: (gpu != GpuTarget::Sm80).then_some(fp8_gemm),
         constant_args: true,
         decode_tables: true,
         ..Default::default()

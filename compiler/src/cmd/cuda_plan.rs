@@ -361,6 +361,9 @@ pub struct GpuCall<'a> {
     pub module: String,
     /// Which kernels run the product.
     pub kernel: ProductKernel,
+    /// When set, `x` is first fake-quantized into a scratch buffer by this kernel (an activation
+    /// quantization that the product's kernel does not do itself), and the product reads that.
+    pub act_pre: Option<FquantCall>,
 }
 
 /// The kernels of a [`GpuCall`].
@@ -375,14 +378,16 @@ pub enum ProductKernel {
         /// The reduction entry (`gemv4::REDUCE`).
         reduce: String,
     },
-    /// `qc_backend_ptx::mma4`: one launch, a warp per `tile` x `tile` block of `y`.
+    /// `qc_backend_ptx::mma4` or `mma8`: one launch, a warp per `tile` x `tile` block of `y`.
     Mma {
-        /// The entry (`mma4::ENTRY`).
+        /// The entry (`mma4::ENTRY`, `mma8::ENTRY`).
         entry: String,
         /// Rows and columns of `y` per warp (`mma4::WARP_TILE`).
         tile: u64,
         /// Threads per block (`mma4::BLOCK`).
         block: u32,
+        /// The FP8 GEMM's activation scale (its last parameter), for `mma8`.
+        act_scale: Option<f32>,
     },
 }
 
@@ -1007,6 +1012,37 @@ pub fn plan(host: &str, x: &PlanInputs) -> Result<(Plan, Vec<u8>), String> {
                     bytes: 4,
                     value: c.post.to_bits() as u64,
                 };
+                let mut x_addr = addr(xv.buffer, xv.offset * xv.elem);
+                if let Some(pre) = &c.act_pre {
+                    // x fake-quantized into a scratch buffer first.
+                    let q = b.buffer(c.m * c.k * 4, Init::None);
+                    let p = vec![
+                        x_addr,
+                        addr(q, 0),
+                        v8(c.m * c.k),
+                        Param::Value {
+                            bytes: 4,
+                            value: pre.scale.to_bits() as u64,
+                        },
+                    ];
+                    let ptx = x
+                        .ptx
+                        .get(&pre.module)
+                        .ok_or_else(|| fail(format!("no PTX for {}", pre.module)))?;
+                    if entry_params(ptx, &pre.entry).map_err(fail)?.len() != p.len() {
+                        return Err(fail(format!("{} takes other parameters", pre.entry)));
+                    }
+                    let g = u32::try_from((c.m * c.k).div_ceil(GEMV_BLOCK as u64).max(1))
+                        .map_err(|_| fail("too many threads".into()))?;
+                    steps.push(Step::Launch {
+                        ptx: format!("{}.ptx", pre.module),
+                        entry: pre.entry.clone(),
+                        grid: [g, 1, 1],
+                        block: [GEMV_BLOCK, 1, 1],
+                        params: p,
+                    });
+                    x_addr = addr(q, 0);
+                }
                 let mut launch = |entry: &str,
                                   params: Vec<Param>,
                                   threads: u64,
@@ -1031,7 +1067,6 @@ pub fn plan(host: &str, x: &PlanInputs) -> Result<(Plan, Vec<u8>), String> {
                     });
                     Ok(())
                 };
-                let x_addr = addr(xv.buffer, xv.offset * xv.elem);
                 let y_addr = addr(yv.buffer, yv.offset * yv.elem);
                 match &c.kernel {
                     ProductKernel::Gemv {
@@ -1060,7 +1095,12 @@ pub fn plan(host: &str, x: &PlanInputs) -> Result<(Plan, Vec<u8>), String> {
                         p.push(post);
                         launch(reduce, p, c.m * c.n, GEMV_BLOCK)?;
                     }
-                    ProductKernel::Mma { entry, tile, block } => {
+                    ProductKernel::Mma {
+                        entry,
+                        tile,
+                        block,
+                        act_scale,
+                    } => {
                         let mut p = vec![
                             addr(blob, 0),
                             addr(blob, c.scales_offset),
@@ -1070,6 +1110,12 @@ pub fn plan(host: &str, x: &PlanInputs) -> Result<(Plan, Vec<u8>), String> {
                         ];
                         p.extend(shape);
                         p.push(post);
+                        if let Some(sa) = act_scale {
+                            p.push(Param::Value {
+                                bytes: 4,
+                                value: sa.to_bits() as u64,
+                            });
+                        }
                         let warps = c.m.div_ceil(*tile) * c.n.div_ceil(*tile);
                         launch(entry, p, warps * 32, *block)?;
                     }

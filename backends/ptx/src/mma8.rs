@@ -1,0 +1,588 @@
+//! FP8 tensor-core GEMM on NVIDIA GPUs (sm_89 and later): `y[M, N] = dequant(quant(x)) W^T` where
+//! the kernel quantizes the f32 activations `x[M, K]` itself to FP8 per tensor (e4m3 or e5m2, the
+//! `--aformat` of a calibrated model) and reads the weights `W[N, K]` straight from their
+//! `qc_quant::blob` bytes: FP8 codes (e4m3 or e5m2, one f32 scale per tensor or per row), or 4-bit
+//! codes in the formats of [`Gemv4`] whose scale groups are at least 32 long (int4 per group or row,
+//! mxfp4), decoded in registers to e4m3, which holds every 4-bit code value exactly.
+//!
+//! # Arithmetic
+//! - Activations: `q = round(x / sa)` with the bit-exact rounding of the fake-quant kernel
+//!   (`crate::fquant`, qc_quant's: round to nearest even, saturating), encoded as the FP8 byte.
+//! - Each k-step of 32 is one `mma.sync.aligned.m16n8k32.row.col.f32.{a}.{b}.f32` on a zeroed
+//!   accumulator: 32 products of FP8 values, each exact in f32. Its result is added to the f32 sum
+//!   (times the weight's group scale for grouped formats: scales applied around the MMA), so the
+//!   tensor core never accumulates across steps.
+//! - At the end `y = sum * sa * (per-tensor or per-row weight scale) * post` (`post`: the NVFP4-style
+//!   tensor scale of [`Gemv4::post`], else 1).
+//!
+//! # Kernel [`ENTRY`]`(codes, scales, tables, x, y, k, n, m, post, sa)`
+//! As [`crate::mma4`]: warp `w` computes the 32 x 32 tile `(w / ceil(N / 32), w % ceil(N / 32))` of
+//! `y` in 2 x 4 MMA tiles of 16 x 8; rows past M read zeros and are not written, weight rows past N
+//! are zeros. Lane `(g, q)` reads `x[row][k0 + 4q ..][..4]` and `x[row][k0 + 16 + 4q ..][..4]`, and
+//! the weight row `n0 + 8j + g` at the same columns, which is the m16n8k32 fragment layout itself
+//! (PTX ISA, "Matrix Fragments for mma.m16n8k32"). `tables` is [`Gemv4::tables`] for 4-bit weights
+//! (unused for FP8). K must be a multiple of 32; `x` 16-byte aligned.
+//!
+//! The PTX needs ISA 8.4 (`mma` with FP8 operands); the tests run the body on the host with an MMA
+//! emulator, as for [`crate::mma4`].
+
+use inkwell::context::Context;
+use inkwell::intrinsics::Intrinsic;
+use inkwell::module::{Linkage, Module};
+use inkwell::passes::PassBuilderOptions;
+use inkwell::targets::FileType;
+use inkwell::values::{BasicMetadataValueEnum, BasicValue, FloatValue, IntValue, PointerValue};
+use inkwell::{AddressSpace, FloatPredicate, IntPredicate};
+use qc_ir::quant::{Encoding, Packing, QuantType, ScaleType, Scheme, TensorScale};
+
+use crate::fquant::{round_elem, FakeQuantPt};
+use crate::gemv4::{for_loop, scale_at, Cx, Gemv4};
+use crate::mma4::{umin, Entries, Mma, WARP_TILE};
+use crate::{special_register, target_machine_with, Error, GpuTarget, PTX_KERNEL_CALL_CONV};
+
+/// The kernel's entry.
+pub const ENTRY: &str = "qc_mma8";
+/// The host emulator's symbol ([`Entries::Host`]), with the signature of `crate::mma4::EMULATOR`:
+/// this lane's four accumulators of `m16n8k32.row.col.f32.{a}.{b}.f32` from all 32 lanes'
+/// fragments (four FP8 bytes per register, the lowest k in the lowest byte).
+pub const EMULATOR: &str = "qc_mma8_emu";
+/// Threads per block the launch plan uses (4 warps).
+pub const BLOCK: u32 = 128;
+
+const TM: usize = 2;
+const TN: usize = 4;
+
+/// The weights the kernel reads.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Weights8 {
+    /// FP8 codes, one byte each, with an f32 scale per tensor or per row (`value = code * scale`).
+    Fp8 {
+        /// e5m2 codes (else e4m3fn).
+        e5m2: bool,
+        /// One scale per row (else one per tensor).
+        per_row: bool,
+    },
+    /// 4-bit codes as [`Gemv4`] reads them, decoded to e4m3 (groups of at least 32, or per row).
+    Nibble(Gemv4),
+}
+
+/// What the kernel computes: the weights and the activation format.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mma8 {
+    /// The weights.
+    pub weights: Weights8,
+    /// The activation quantization (FP8 e4m3 or e5m2 per tensor).
+    pub act: FakeQuantPt,
+}
+
+/// Where the scales of a blob of `W[n, k]` are, in bytes.
+fn align16(n: usize) -> usize {
+    n.div_ceil(qc_quant::blob::ALIGN) * qc_quant::blob::ALIGN
+}
+
+impl Mma8 {
+    /// The kernel description for weight format `w` and activation format `a`, or why the kernel
+    /// does not compute that product.
+    pub fn classify(w: &QuantType, a: &QuantType) -> Result<Mma8, String> {
+        let act = FakeQuantPt::classify(a)
+            .filter(|s| s.man.is_some())
+            .ok_or_else(|| format!("{a}: not FP8 per tensor"))?;
+        let fp8 = w.elem == Encoding::E4M3FN || w.elem == Encoding::E5M2;
+        let weights = if fp8 {
+            let per_row = match w.scheme {
+                Scheme::PerTensor => false,
+                Scheme::PerChannel { axis: 0 } => true,
+                _ => return Err(format!("{w}: FP8 weights per tensor or per row only")),
+            };
+            if w.scale != ScaleType::F32
+                || w.zero_point.is_some()
+                || w.tensor_scale != TensorScale::None
+                || w.pack != Packing::None
+                || w.convention != qc_ir::quant::Convention::Spec
+            {
+                return Err(format!("{w}: not plain FP8 codes with f32 scales"));
+            }
+            Weights8::Fp8 {
+                e5m2: w.elem == Encoding::E5M2,
+                per_row,
+            }
+        } else {
+            let g = Gemv4::classify(w)?;
+            if g.group.is_some_and(|s| s < 32) {
+                return Err(format!("{w}: scale groups shorter than the MMA's 32"));
+            }
+            Weights8::Nibble(g)
+        };
+        Ok(Mma8 { weights, act })
+    }
+
+    /// Whether the kernel reads `K = k`.
+    pub fn supports(&self, k: u64) -> Result<(), String> {
+        let g = match &self.weights {
+            Weights8::Nibble(s) => s.group.unwrap_or(32) as u64,
+            Weights8::Fp8 { .. } => 32,
+        };
+        if !k.is_multiple_of(32) || !k.is_multiple_of(g) {
+            return Err(format!("K = {k} is not a multiple of 32 and of the group"));
+        }
+        Ok(())
+    }
+
+    /// Byte offset of the scales in the blob of `W[n, k]`.
+    pub fn scales_offset(&self, n: usize, k: usize) -> usize {
+        match &self.weights {
+            Weights8::Fp8 { .. } => align16(n * k),
+            Weights8::Nibble(s) => s.sections(n, k).scales,
+        }
+    }
+
+    /// The blob's length for `W[n, k]`.
+    pub fn blob_len(&self, n: usize, k: usize) -> usize {
+        match &self.weights {
+            Weights8::Fp8 { per_row, .. } => {
+                align16(align16(n * k) + 4 * if *per_row { n } else { 1 })
+            }
+            Weights8::Nibble(s) => s.sections(n, k).len,
+        }
+    }
+
+    /// The `tables` argument (f32 values; 16 + 256 for 4-bit weights, a placeholder for FP8).
+    pub fn tables(&self) -> Result<Vec<f32>, String> {
+        match &self.weights {
+            Weights8::Fp8 { .. } => Ok(vec![0.0; 4]),
+            Weights8::Nibble(s) => s.tables(),
+        }
+    }
+
+    /// The `post` argument for a blob.
+    pub fn post(&self, blob: &[u8], n: usize, k: usize) -> Result<f32, String> {
+        match &self.weights {
+            Weights8::Fp8 { .. } => Ok(1.0),
+            Weights8::Nibble(s) => s.post(blob, n, k),
+        }
+    }
+
+    /// Whether the activations are e5m2 (else e4m3).
+    pub fn act_e5m2(&self) -> bool {
+        self.act.man == Some(2)
+    }
+
+    /// Whether the MMA's B operand is e5m2 (FP8 e5m2 weights; 4-bit weights decode to e4m3).
+    pub fn weight_e5m2(&self) -> bool {
+        matches!(self.weights, Weights8::Fp8 { e5m2: true, .. })
+    }
+
+    fn intrinsic(&self) -> &'static str {
+        match (self.act_e5m2(), self.weight_e5m2()) {
+            (false, false) => "llvm.nvvm.mma.m16n8k32.row.col.f32.e4m3.e4m3.f32",
+            (false, true) => "llvm.nvvm.mma.m16n8k32.row.col.f32.e4m3.e5m2.f32",
+            (true, false) => "llvm.nvvm.mma.m16n8k32.row.col.f32.e5m2.e4m3.f32",
+            (true, true) => "llvm.nvvm.mma.m16n8k32.row.col.f32.e5m2.e5m2.f32",
+        }
+    }
+}
+
+/// The FP8 byte (in the low 8 bits of an i32) of `v`, which must be a value of the format (`man`
+/// mantissa bits, smallest normal exponent `emin`): zero, a normal or a subnormal of it, or NaN
+/// (0x7f).
+fn fp8_bits<'c>(c: &Cx<'c>, v: FloatValue<'c>, man: u32, emin: i32) -> Result<IntValue<'c>, Error> {
+    let i32t = c.ctx.i32_type();
+    let f32t = c.ctx.f32_type();
+    let i = |x: i64| i32t.const_int(x as u64, true);
+    let bits = c.b.build_bit_cast(v, i32t, "")?.into_int_value();
+    let sign = c.b.build_right_shift(bits, i(24), false, "")?;
+    let sign = c.b.build_and(sign, i(0x80), "")?;
+    let a = c.b.build_and(bits, i(0x7fff_ffff), "")?;
+    // Normal: biased exponent e - emin + 1, the top `man` mantissa bits.
+    let e = c.b.build_right_shift(a, i(23), false, "")?;
+    let be = c.b.build_int_sub(e, i(127 + emin as i64 - 1), "")?;
+    let normal = c.b.build_or(
+        c.b.build_left_shift(be, i(man as i64), "")?,
+        c.b.build_and(
+            c.b.build_right_shift(a, i(23 - man as i64), false, "")?,
+            i((1 << man) - 1),
+            "",
+        )?,
+        "",
+    )?;
+    // Subnormal (and zero): |v| / 2^(emin - man), an integer below 2^man.
+    let av = c.b.build_bit_cast(a, f32t, "")?.into_float_value();
+    let unit = f32t.const_float(2f64.powi(man as i32 - emin));
+    let sub = c.b.build_float_mul(av, unit, "")?;
+    let sub = c.b.build_float_to_unsigned_int(sub, i32t, "")?;
+    let is_normal =
+        c.b.build_int_compare(IntPredicate::UGE, a, i(((127 + emin) as i64) << 23), "")?;
+    let mag =
+        c.b.build_select(is_normal, normal, sub, "")?
+            .into_int_value();
+    let code = c.b.build_or(mag, sign, "")?;
+    let nan = c.b.build_float_compare(FloatPredicate::UNO, v, v, "")?;
+    Ok(c.b.build_select(nan, i(0x7f), code, "")?.into_int_value())
+}
+
+/// `b0 | b1 << 8 | b2 << 16 | b3 << 24` of four bytes in the low bits of i32s.
+fn pack4<'c>(c: &Cx<'c>, b: &[IntValue<'c>]) -> Result<IntValue<'c>, Error> {
+    let i32t = c.ctx.i32_type();
+    let mut r = b[0];
+    for (s, v) in b.iter().enumerate().skip(1) {
+        let sh =
+            c.b.build_left_shift(*v, i32t.const_int(8 * s as u64, false), "")?;
+        r = c.b.build_or(r, sh, "")?;
+    }
+    Ok(r)
+}
+
+/// Builds the body and the entry for `entries` into `module`.
+pub fn build<'c>(
+    ctx: &'c Context,
+    module: &Module<'c>,
+    spec: &Mma8,
+    entries: Entries,
+) -> Result<(), Error> {
+    let fma = Intrinsic::find("llvm.fma")
+        .and_then(|i| i.get_declaration(module, &[ctx.f32_type().into()]))
+        .ok_or(Error::MissingIntrinsic("llvm.fma"))?;
+    let c = Cx {
+        ctx,
+        b: ctx.create_builder(),
+        fma,
+    };
+    let ptr = ctx.ptr_type(AddressSpace::default());
+    let i64t = ctx.i64_type();
+    let i32t = ctx.i32_type();
+    let f32t = ctx.f32_type();
+    let void = ctx.void_type();
+    let act_man = spec
+        .act
+        .man
+        .ok_or(Error::Codegen("int8 activations".into()))?;
+
+    // body(codes, scales, tables, x, y, k, n, m, post, sa, warp, t)
+    let params: Vec<inkwell::types::BasicMetadataTypeEnum> = vec![
+        ptr.into(),
+        ptr.into(),
+        ptr.into(),
+        ptr.into(),
+        ptr.into(),
+        i64t.into(),
+        i64t.into(),
+        i64t.into(),
+        f32t.into(),
+        f32t.into(),
+        ptr.into(),
+        i64t.into(),
+    ];
+    let body = module.add_function(
+        "qc_mma8_body",
+        void.fn_type(&params, false),
+        Some(Linkage::Internal),
+    );
+    let a = body.get_params();
+    let (codes, scales, tables, x, y) = (
+        a[0].into_pointer_value(),
+        a[1].into_pointer_value(),
+        a[2].into_pointer_value(),
+        a[3].into_pointer_value(),
+        a[4].into_pointer_value(),
+    );
+    let (k, n, m) = (
+        a[5].into_int_value(),
+        a[6].into_int_value(),
+        a[7].into_int_value(),
+    );
+    let (post, sa) = (a[8].into_float_value(), a[9].into_float_value());
+    let warp_arg = a[10].into_pointer_value();
+    let t = a[11].into_int_value();
+    c.b.position_at_end(ctx.append_basic_block(body, "entry"));
+    let lane = c.b.build_and(t, c.i64(31), "lane")?;
+    let mma = Mma::declare(
+        &c,
+        module,
+        entries,
+        spec.intrinsic(),
+        EMULATOR,
+        warp_arg,
+        lane,
+    )?;
+    let slots = (TM * TN * 4) as u32;
+    let acc = c.b.build_alloca(f32t.array_type(slots), "acc")?;
+    let zero = f32t.const_float(0.0);
+    for s in 0..slots as u64 {
+        c.b.build_store(c.gep(f32t.into(), acc, c.i64(s))?, zero)?;
+    }
+    let warp = c.b.build_right_shift(t, c.i64(5), false, "warp")?;
+    let tiles_n = c.b.build_int_add(n, c.i64(WARP_TILE - 1), "")?;
+    let tiles_n = c.b.build_int_unsigned_div(tiles_n, c.i64(WARP_TILE), "")?;
+    let tm = c.b.build_int_unsigned_div(warp, tiles_n, "")?;
+    let tn = c.b.build_int_unsigned_rem(warp, tiles_n, "")?;
+    let g = c.b.build_right_shift(lane, c.i64(2), false, "g")?;
+    let q = c.b.build_and(lane, c.i64(3), "q")?;
+    let m0 = c.b.build_int_mul(tm, c.i64(WARP_TILE), "m0")?;
+    let n0 = c.b.build_int_mul(tn, c.i64(WARP_TILE), "n0")?;
+    let m_last = c.b.build_int_sub(m, c.i64(1), "")?;
+    let n_last = c.b.build_int_sub(n, c.i64(1), "")?;
+    let q4 = c.b.build_int_mul(q, c.i64(4), "")?;
+    let q2 = c.b.build_int_mul(q, c.i64(2), "")?;
+    let nib = match &spec.weights {
+        Weights8::Nibble(s) => Some(s),
+        Weights8::Fp8 { .. } => None,
+    };
+    let groups_per_row = nib
+        .and_then(|s| s.group)
+        .map(|gs| c.b.build_int_unsigned_div(k, c.i64(gs as u64), ""))
+        .transpose()?;
+    let half_k = c.b.build_int_unsigned_div(k, c.i64(2), "")?;
+    let steps = c.b.build_int_unsigned_div(k, c.i64(32), "steps")?;
+    let v4 = f32t.vec_type(4);
+    for_loop(&c, body, steps, |c, si| {
+        let k0 = c.b.build_int_mul(si, c.i64(32), "k0")?;
+        // A fragments: [row g first half, row g + 8 first half, row g second half, row g + 8
+        // second half] of each 16-row tile, as quantized FP8 bytes.
+        let mut afr = Vec::new();
+        for i in 0..TM as u64 {
+            let mut regs = [i32t.const_zero(); 4];
+            for h in 0..2u64 {
+                let row = c.b.build_int_add(m0, c.i64(16 * i + 8 * h), "")?;
+                let row = c.b.build_int_add(row, g, "")?;
+                let rc = umin(c, row, m_last)?;
+                let inside = c.b.build_int_compare(IntPredicate::ULT, row, m, "")?;
+                for half in 0..2u64 {
+                    let col = c.b.build_int_add(k0, c.i64(16 * half), "")?;
+                    let col = c.b.build_int_add(col, q4, "")?;
+                    let off = c.b.build_int_add(c.b.build_int_mul(rc, k, "")?, col, "")?;
+                    let ld = c.b.build_load(v4, c.gep(f32t.into(), x, off)?, "")?;
+                    ld.as_instruction_value()
+                        .unwrap()
+                        .set_alignment(16)
+                        .map_err(|e| Error::Codegen(e.to_string()))?;
+                    let v =
+                        c.b.build_select(inside, ld.into_vector_value(), v4.const_zero(), "")?
+                            .into_vector_value();
+                    let mut bytes = Vec::new();
+                    for e in 0..4u64 {
+                        let xe =
+                            c.b.build_extract_element(v, i32t.const_int(e, false), "")?
+                                .into_float_value();
+                        let s = c.b.build_float_div(xe, sa, "")?;
+                        let r = round_elem(c.ctx, &c.b, module, &spec.act, s)?;
+                        bytes.push(fp8_bits(c, r, act_man, spec.act.emin)?);
+                    }
+                    regs[(h + 2 * half) as usize] = pack4(c, &bytes)?;
+                }
+            }
+            afr.push(regs);
+        }
+        // B fragments: W[n0 + 8j + g][k0 + 4q ..][..4] and [k0 + 16 + 4q ..][..4] as FP8 bytes.
+        let mut bfr = Vec::new();
+        for j in 0..TN as u64 {
+            let wr = c.b.build_int_add(n0, c.i64(8 * j), "")?;
+            let wr = c.b.build_int_add(wr, g, "")?;
+            let nc = umin(c, wr, n_last)?;
+            let inside = c.b.build_int_compare(IntPredicate::ULT, wr, n, "")?;
+            let mut regs = [i32t.const_zero(); 2];
+            for (half, reg) in regs.iter_mut().enumerate() {
+                let col = c.b.build_int_add(k0, c.i64(16 * half as u64), "")?;
+                let col = c.b.build_int_add(col, q4, "")?;
+                let word = match nib {
+                    None => {
+                        let off = c.b.build_int_add(c.b.build_int_mul(nc, k, "")?, col, "")?;
+                        let ld =
+                            c.b.build_load(i32t, c.gep(ctx.i8_type().into(), codes, off)?, "")?;
+                        ld.as_instruction_value()
+                            .unwrap()
+                            .set_alignment(4)
+                            .map_err(|e| Error::Codegen(e.to_string()))?;
+                        ld.into_int_value()
+                    }
+                    Some(s) => {
+                        let off = c.b.build_int_mul(nc, half_k, "")?;
+                        let off = c.b.build_int_add(
+                            off,
+                            c.b.build_right_shift(col, c.i64(1), false, "")?,
+                            "",
+                        )?;
+                        let i16t = ctx.i16_type();
+                        let ld =
+                            c.b.build_load(i16t, c.gep(ctx.i8_type().into(), codes, off)?, "")?;
+                        ld.as_instruction_value()
+                            .unwrap()
+                            .set_alignment(2)
+                            .map_err(|e| Error::Codegen(e.to_string()))?;
+                        let w = c.b.build_int_z_extend(ld.into_int_value(), i32t, "")?;
+                        let mut bytes = Vec::new();
+                        for e in 0..4u64 {
+                            let sh =
+                                c.b.build_right_shift(w, i32t.const_int(4 * e, false), false, "")?;
+                            let code = c.b.build_and(sh, i32t.const_int(15, false), "")?;
+                            let v = if s.signed_int {
+                                let x8 = c.b.build_xor(code, i32t.const_int(8, false), "")?;
+                                let sv = c.b.build_int_sub(x8, i32t.const_int(8, false), "")?;
+                                c.b.build_signed_int_to_float(sv, f32t, "")?
+                            } else {
+                                let idx = c.b.build_int_z_extend(code, i64t, "")?;
+                                c.load_f32(tables, idx)?
+                            };
+                            // Exact: every int4 and e2m1 value is an e4m3 value.
+                            bytes.push(fp8_bits(c, v, 3, -6)?);
+                        }
+                        pack4(c, &bytes)?
+                    }
+                };
+                *reg =
+                    c.b.build_select(inside, word, i32t.const_zero(), "")?
+                        .into_int_value();
+            }
+            bfr.push(regs);
+        }
+        // Group scales of the step's columns (grouped 4-bit weights): col = n0 + 8j + 2q + e.
+        let mut gscale = Vec::new();
+        if let (Some(s), Some(gpr)) = (nib, groups_per_row) {
+            let gi_in_row =
+                c.b.build_int_unsigned_div(k0, c.i64(s.group.unwrap() as u64), "")?;
+            for j in 0..TN as u64 {
+                for e in 0..2u64 {
+                    let col = c.b.build_int_add(n0, c.i64(8 * j + e), "")?;
+                    let col = umin(c, c.b.build_int_add(col, q2, "")?, n_last)?;
+                    let gi =
+                        c.b.build_int_add(c.b.build_int_mul(col, gpr, "")?, gi_in_row, "")?;
+                    gscale.push(scale_at(c, s, scales, tables, gi)?);
+                }
+            }
+        }
+        for (i, ai) in afr.iter().enumerate() {
+            for (j, bj) in bfr.iter().enumerate() {
+                let d = mma.issue(c, ai, bj, &[zero; 4])?;
+                let at = ((i * TN + j) * 4) as u64;
+                for (e, dv) in d.iter().enumerate() {
+                    let p = c.gep(f32t.into(), acc, c.i64(at + e as u64))?;
+                    let cur = c.b.build_load(f32t, p, "")?.into_float_value();
+                    let r = if gscale.is_empty() {
+                        c.b.build_float_add(cur, *dv, "")?
+                    } else {
+                        c.fma(gscale[j * 2 + e % 2], *dv, cur)?
+                    };
+                    c.b.build_store(p, r)?;
+                }
+            }
+        }
+        Ok(())
+    })?;
+    // y[row][col] = acc * sa * weight scale * post.
+    for i in 0..TM as u64 {
+        for j in 0..TN as u64 {
+            for e in 0..4u64 {
+                let at = (i * TN as u64 + j) * 4 + e;
+                let row = c.b.build_int_add(m0, c.i64(16 * i + 8 * (e / 2)), "")?;
+                let row = c.b.build_int_add(row, g, "")?;
+                let col = c.b.build_int_add(n0, c.i64(8 * j + e % 2), "")?;
+                let col = c.b.build_int_add(col, q2, "")?;
+                let r_in = c.b.build_int_compare(IntPredicate::ULT, row, m, "")?;
+                let c_in = c.b.build_int_compare(IntPredicate::ULT, col, n, "")?;
+                let store = ctx.append_basic_block(body, "store");
+                let next = ctx.append_basic_block(body, "next");
+                c.b.build_conditional_branch(c.b.build_and(r_in, c_in, "")?, store, next)?;
+                c.b.position_at_end(store);
+                let mut v = c.load_f32(acc, c.i64(at))?;
+                v = c.b.build_float_mul(v, sa, "")?;
+                let ws = match &spec.weights {
+                    Weights8::Fp8 { per_row: true, .. } => Some(c.load_f32(scales, col)?),
+                    Weights8::Fp8 { per_row: false, .. } => Some(c.load_f32(scales, c.i64(0))?),
+                    Weights8::Nibble(s) if s.group.is_none() => {
+                        Some(scale_at(&c, s, scales, tables, col)?)
+                    }
+                    Weights8::Nibble(_) => None,
+                };
+                if let Some(ws) = ws {
+                    v = c.b.build_float_mul(v, ws, "")?;
+                }
+                let v = c.b.build_float_mul(v, post, "")?;
+                let idx = c.b.build_int_add(c.b.build_int_mul(row, n, "")?, col, "")?;
+                c.b.build_store(c.gep(f32t.into(), y, idx)?, v)?;
+                c.b.build_unconditional_branch(next)?;
+                c.b.position_at_end(next);
+            }
+        }
+    }
+    c.b.build_return(None)?;
+
+    // The entry: the body for the warps that have a tile.
+    let nparams = 10;
+    let mut eparams = params[..nparams].to_vec();
+    let fname = match entries {
+        Entries::Ptx => ENTRY.to_string(),
+        Entries::Host => {
+            eparams.push(ptr.into());
+            eparams.push(i64t.into());
+            format!("{ENTRY}_at")
+        }
+    };
+    let f = module.add_function(
+        &fname,
+        void.fn_type(&eparams, false),
+        Some(Linkage::External),
+    );
+    c.b.position_at_end(ctx.append_basic_block(f, "entry"));
+    let fp = f.get_params();
+    let (t, warp_ptr): (IntValue, PointerValue) = match entries {
+        Entries::Host => (fp[11].into_int_value(), fp[10].into_pointer_value()),
+        Entries::Ptx => {
+            f.set_call_conventions(PTX_KERNEL_CALL_CONV);
+            let tid = special_register(module, &c.b, ctx, "llvm.nvvm.read.ptx.sreg.tid.x")?;
+            let ctaid = special_register(module, &c.b, ctx, "llvm.nvvm.read.ptx.sreg.ctaid.x")?;
+            let ntid = special_register(module, &c.b, ctx, "llvm.nvvm.read.ptx.sreg.ntid.x")?;
+            let start = c.b.build_int_nuw_mul(ctaid, ntid, "")?;
+            (c.b.build_int_nuw_add(start, tid, "t")?, ptr.const_null())
+        }
+    };
+    let tiles = |d: IntValue<'c>| -> Result<IntValue<'c>, Error> {
+        let r = c.b.build_int_add(d, c.i64(WARP_TILE - 1), "")?;
+        Ok(c.b.build_int_unsigned_div(r, c.i64(WARP_TILE), "")?)
+    };
+    let warps = c.b.build_int_mul(
+        tiles(fp[7].into_int_value())?,
+        tiles(fp[6].into_int_value())?,
+        "",
+    )?;
+    let warp = c.b.build_right_shift(t, c.i64(5), false, "")?;
+    let run = ctx.append_basic_block(f, "run");
+    let done = ctx.append_basic_block(f, "done");
+    let inside = c.b.build_int_compare(IntPredicate::ULT, warp, warps, "")?;
+    c.b.build_conditional_branch(inside, run, done)?;
+    c.b.position_at_end(run);
+    let mut args: Vec<BasicMetadataValueEnum> = fp[..nparams].iter().map(|p| (*p).into()).collect();
+    args.push(warp_ptr.into());
+    args.push(t.into());
+    c.b.build_call(body, &args, "")?;
+    c.b.build_unconditional_branch(done)?;
+    c.b.position_at_end(done);
+    c.b.build_return(None)?;
+    Ok(())
+}
+
+/// The PTX of [`ENTRY`] for `spec` and `target` (sm_89 or later: FP8 MMA needs it).
+pub fn emit_ptx(target: GpuTarget, spec: &Mma8) -> Result<String, Error> {
+    if target == GpuTarget::Sm80 {
+        return Err(Error::Codegen("sm_80 has no FP8 tensor cores".into()));
+    }
+    // FP8 mma.sync needs PTX ISA 8.4; newer chips need their own newer ISA anyway.
+    let isa = match target {
+        GpuTarget::Sm100a => "+ptx86",
+        GpuTarget::Sm120a => "+ptx87",
+        _ => "+ptx84",
+    };
+    let machine = target_machine_with(target, isa)?;
+    let context = Context::create();
+    let module = context.create_module("qc_mma8");
+    module.set_triple(&machine.get_triple());
+    module.set_data_layout(&machine.get_target_data().get_data_layout());
+    build(&context, &module, spec, Entries::Ptx)?;
+    module.verify().map_err(|e| Error::Verify(e.to_string()))?;
+    module
+        .run_passes("default<O3>", &machine, PassBuilderOptions::create())
+        .map_err(|e| Error::Passes(e.to_string()))?;
+    let buffer = machine
+        .write_to_memory_buffer(&module, FileType::Assembly)
+        .map_err(|e| Error::Codegen(e.to_string()))?;
+    String::from_utf8(buffer.as_slice().to_vec())
+        .map_err(|e| Error::Codegen(format!("PTX is not UTF-8: {e}")))
+}

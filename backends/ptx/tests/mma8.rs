@@ -1,0 +1,230 @@
+//! The FP8 tensor-core GEMM of `qc_backend_ptx::mma8`: its PTX assembles with ptxas for every target
+//! from sm_89 and issues `mma.sync` m16n8k32 with FP8 operands; and its body, compiled for this CPU
+//! with each MMA a call of the emulator of tests/mma_emu, run warp by warp, matches the product of
+//! qc_quant's quantized-and-dequantized activations with its dequantized weights, for FP8 and 4-bit
+//! weights and both FP8 activation formats.
+
+use std::sync::OnceLock;
+
+use inkwell::context::Context;
+use inkwell::targets::{InitializationConfig, Target};
+use inkwell::OptimizationLevel;
+use qc_backend_ptx::mma4::Entries;
+use qc_backend_ptx::mma8::{self, Mma8};
+use qc_backend_ptx::ptxas::{assemble, find_ptxas};
+use qc_backend_ptx::GpuTarget;
+use qc_ir::quant::{named_format, Encoding, QuantType};
+use qc_quant::{quantize, Codec, QuantizeOptions};
+
+mod common;
+mod mma_emu;
+use common::noise;
+use mma_emu::{emulate, run_warps, Shape, Warp};
+
+fn fmt(name: &str) -> QuantType {
+    named_format(name)
+        .unwrap_or_else(|| panic!("no format {name}"))
+        .ty
+        .clone()
+}
+
+/// The values of the 256 codes of an FP8 format, for the emulator.
+fn table(e: Encoding) -> &'static [f32] {
+    static E4M3: OnceLock<Vec<f32>> = OnceLock::new();
+    static E5M2: OnceLock<Vec<f32>> = OnceLock::new();
+    let cell = if e == Encoding::E4M3FN { &E4M3 } else { &E5M2 };
+    cell.get_or_init(|| Codec::new(e).unwrap().table().to_vec())
+}
+
+type Kernel = unsafe extern "C" fn(
+    *const u8,
+    *const u8,
+    *const f32,
+    *const f32,
+    *mut f32,
+    i64,
+    i64,
+    i64,
+    f32,
+    f32,
+    *const Warp,
+    i64,
+);
+
+/// Runs the kernel on the CPU for `y[m, n]`, every warp of the launch.
+#[allow(clippy::too_many_arguments)]
+fn run_on_cpu(
+    spec: &Mma8,
+    blob: &[u8],
+    x: &[f32],
+    sa: f32,
+    m: usize,
+    n: usize,
+    k: usize,
+) -> Vec<f32> {
+    Target::initialize_native(&InitializationConfig::default()).unwrap();
+    let ctx = Context::create();
+    let module = ctx.create_module("mma8_host");
+    mma8::build(&ctx, &module, spec, Entries::Host).unwrap();
+    module.verify().unwrap();
+    let ee = module
+        .create_jit_execution_engine(OptimizationLevel::Default)
+        .unwrap();
+    ee.add_global_mapping(
+        &module.get_function(mma8::EMULATOR).unwrap(),
+        emulate as *const () as usize,
+    );
+    assert_eq!(spec.blob_len(n, k), blob.len());
+    let tables = spec.tables().unwrap();
+    let post = spec.post(blob, n, k).unwrap();
+    let scales = spec.scales_offset(n, k);
+    let mut y = vec![f32::NAN; m * n];
+    let warps = m.div_ceil(32) * n.div_ceil(32);
+    let threads = (warps * 32).div_ceil(mma8::BLOCK as usize) * mma8::BLOCK as usize;
+    // SAFETY: the signature mma8::build gives the host entry; buffers as the contract asks.
+    let kernel = unsafe {
+        ee.get_function::<Kernel>(&format!("{}_at", mma8::ENTRY))
+            .unwrap()
+            .as_raw()
+    };
+    let enc = |e5m2| {
+        if e5m2 {
+            Encoding::E5M2
+        } else {
+            Encoding::E4M3FN
+        }
+    };
+    let shape = Shape::Fp8 {
+        a: table(enc(spec.act_e5m2())),
+        b: table(enc(spec.weight_e5m2())),
+    };
+    let y_addr = y.as_mut_ptr() as usize;
+    run_warps(shape, threads, |warp, t| unsafe {
+        kernel(
+            blob.as_ptr(),
+            blob[scales..].as_ptr(),
+            tables.as_ptr(),
+            x.as_ptr(),
+            y_addr as *mut f32,
+            k as i64,
+            n as i64,
+            m as i64,
+            post,
+            sa,
+            warp,
+            t as i64,
+        )
+    });
+    y
+}
+
+#[test]
+fn the_kernel_matches_quantized_activations_times_dequantized_weights() {
+    let weights = [
+        "fp8_e4m3",
+        "fp8_e5m2",
+        "fp8_e4m3_channel",
+        "int4_g32",
+        "int4_g128",
+        "int4_channel",
+        "mxfp4",
+    ];
+    for (m, n, k) in [(40, 24, 256), (16, 40, 128)] {
+        for act in ["fp8_e4m3", "fp8_e5m2"] {
+            for wname in weights {
+                if wname == "int4_g128" && k % 128 != 0 {
+                    continue;
+                }
+                let (wf, af) = (fmt(wname), fmt(act));
+                let spec = Mma8::classify(&wf, &af).unwrap_or_else(|e| panic!("{wname}: {e}"));
+                spec.supports(k as u64).unwrap();
+                let w: Vec<f32> = noise(n * k, 7)
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| v * 0.05 * (1 + (i / k) % 5) as f32)
+                    .collect();
+                let q = quantize(&w, &[n, k], &wf, &QuantizeOptions::default()).unwrap();
+                let blob = qc_quant::blob::to_blob(&q).unwrap();
+                let wd = qc_quant::dequantize(&q).unwrap();
+                // Activations over several magnitudes (some round to FP8 subnormals or zero).
+                let x: Vec<f32> = noise(m * k, 11)
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| v * [1.0, 30.0, 0.01][i % 3])
+                    .collect();
+                let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
+                let spec_a = qc_backend_ptx::fquant::FakeQuantPt::classify(&af).unwrap();
+                let sa = spec_a.scale(amax);
+                // The reference: qc_quant's per-tensor quantization with that static maximum.
+                let qa = quantize(
+                    &x,
+                    &[m, k],
+                    &af,
+                    &QuantizeOptions {
+                        tensor_amax: Some(amax),
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
+                let xd = qc_quant::dequantize(&qa).unwrap();
+                let y = run_on_cpu(&spec, &blob, &x, sa, m, n, k);
+                for (i, &got) in y.iter().enumerate() {
+                    let (mm, row) = (i / n, i % n);
+                    let terms = (0..k).map(|j| wd[row * k + j] as f64 * xd[mm * k + j] as f64);
+                    let want: f64 = terms.clone().sum();
+                    let mag: f64 = terms.map(f64::abs).sum();
+                    let err = (got as f64 - want).abs() / mag.max(1e-30);
+                    assert!(
+                        err <= 1e-6,
+                        "{wname} x {act} m={m} n={n} k={k}: y[{mm}][{row}] = {got}, reference \
+                         {want} (err {err:e})"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn formats_the_kernel_cannot_read_are_refused() {
+    let a = fmt("fp8_e4m3");
+    for w in ["nvfp4", "nvint4", "mxfp8", "int8_channel"] {
+        assert!(Mma8::classify(&fmt(w), &a).is_err(), "{w}");
+    }
+    assert!(Mma8::classify(&fmt("fp8_e4m3"), &fmt("int8")).is_err());
+    let s = Mma8::classify(&fmt("int4_g128"), &a).unwrap();
+    assert!(s.supports(192).is_err());
+    assert!(s.supports(256).is_ok());
+    assert!(mma8::emit_ptx(GpuTarget::Sm80, &s).is_err());
+}
+
+#[test]
+fn ptxas_accepts_the_kernel_for_every_fp8_target() {
+    let ptxas = match find_ptxas() {
+        Ok(p) => p,
+        Err(e) if std::env::var("QC_ALLOW_NO_PTXAS").as_deref() == Ok("1") => {
+            eprintln!("note: QC_ALLOW_NO_PTXAS=1 and {e}; ptxas checks skipped");
+            return;
+        }
+        Err(e) => panic!("{e}\n(set QC_ALLOW_NO_PTXAS=1 to skip the ptxas checks)"),
+    };
+    for (w, a, mma) in [
+        ("fp8_e4m3", "fp8_e4m3", "e4m3.e4m3"),
+        ("fp8_e5m2", "fp8_e4m3", "e4m3.e5m2"),
+        ("mxfp4", "fp8_e5m2", "e5m2.e4m3"),
+        ("int4_channel", "fp8_e4m3", "e4m3.e4m3"),
+    ] {
+        let spec = Mma8::classify(&fmt(w), &fmt(a)).unwrap();
+        for t in &GpuTarget::ALL[1..] {
+            let ptx = mma8::emit_ptx(*t, &spec).unwrap();
+            assert!(ptx.contains(&format!(".entry {}(", mma8::ENTRY)), "{w} {t}");
+            assert!(
+                ptx.contains(&format!("mma.sync.aligned.m16n8k32.row.col.f32.{mma}.f32")),
+                "{w} x {a} {t}"
+            );
+            assert!(!ptx.contains(".local"), "{w} {t}: local memory");
+            let cubin = assemble(&ptxas, &ptx, *t).unwrap_or_else(|e| panic!("{w} {t}: {e}"));
+            assert_eq!(&cubin[..4], b"\x7fELF");
+        }
+    }
+}

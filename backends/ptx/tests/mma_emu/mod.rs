@@ -1,0 +1,137 @@
+//! An emulator of warp-level `mma.sync` for the tests of the tensor-core kernels (`mma4`, `mma8`):
+//! the kernels' bodies, compiled for the host with every MMA a call of [`emulate`], run warp by warp
+//! with one OS thread per lane ([`run_warps`]). The fragment layouts follow the PTX ISA ("Matrix
+//! Fragments for mma.m16n8k16 with floating point type" and "... for mma.m16n8k32"); the sums are
+//! exact (f64) and rounded to f32 once.
+
+use std::sync::{Barrier, Mutex};
+
+/// The MMA shape and operand types (each test binary uses one).
+#[allow(dead_code)]
+#[derive(Clone, Copy)]
+pub enum Shape {
+    /// m16n8k16, bf16 A and B: two elements per register, the lower k in the low half.
+    Bf16,
+    /// m16n8k32, FP8 A and B (values of each byte code from the tables): four elements per
+    /// register, the lower k in the lower byte.
+    Fp8 {
+        a: &'static [f32],
+        b: &'static [f32],
+    },
+}
+
+/// One lane's operands.
+#[derive(Clone, Copy, Default)]
+struct Frag {
+    a: [u32; 4],
+    b: [u32; 2],
+}
+
+/// What the 32 lanes of a warp share while emulating `mma.sync`.
+pub struct Warp {
+    shape: Shape,
+    barrier: Barrier,
+    frags: Mutex<[Frag; 32]>,
+}
+
+impl Warp {
+    fn new(shape: Shape) -> Warp {
+        Warp {
+            shape,
+            barrier: Barrier::new(32),
+            frags: Mutex::new([Frag::default(); 32]),
+        }
+    }
+
+    /// A[r][k] of the tile from all lanes' fragments.
+    fn a(&self, f: &[Frag; 32], r: usize, k: usize) -> f64 {
+        match self.shape {
+            // Lane (r % 8) * 4 + (k % 8) / 2, register r / 8 + 2 (k / 8), half k % 2.
+            Shape::Bf16 => {
+                let reg = f[(r % 8) * 4 + (k % 8) / 2].a[r / 8 + 2 * (k / 8)];
+                f32::from_bits(((reg >> (16 * (k % 2))) & 0xffff) << 16) as f64
+            }
+            // Lane (r % 8) * 4 + (k % 16) / 4, register r / 8 + 2 (k / 16), byte k % 4.
+            Shape::Fp8 { a, .. } => {
+                let reg = f[(r % 8) * 4 + (k % 16) / 4].a[r / 8 + 2 * (k / 16)];
+                a[((reg >> (8 * (k % 4))) & 0xff) as usize] as f64
+            }
+        }
+    }
+
+    /// B[k][n] of the tile.
+    fn b(&self, f: &[Frag; 32], k: usize, n: usize) -> f64 {
+        match self.shape {
+            // Lane n * 4 + (k % 8) / 2, register k / 8, half k % 2.
+            Shape::Bf16 => {
+                let reg = f[n * 4 + (k % 8) / 2].b[k / 8];
+                f32::from_bits(((reg >> (16 * (k % 2))) & 0xffff) << 16) as f64
+            }
+            // Lane n * 4 + (k % 16) / 4, register k / 16, byte k % 4.
+            Shape::Fp8 { b, .. } => {
+                let reg = f[n * 4 + (k % 16) / 4].b[k / 16];
+                b[((reg >> (8 * (k % 4))) & 0xff) as usize] as f64
+            }
+        }
+    }
+
+    fn depth(&self) -> usize {
+        match self.shape {
+            Shape::Bf16 => 16,
+            Shape::Fp8 { .. } => 32,
+        }
+    }
+}
+
+/// The emulator the host bodies call: stores this lane's fragments, waits for the warp, and
+/// computes its accumulators c0..c3 = D[g][2q], D[g][2q + 1], D[g + 8][2q], D[g + 8][2q + 1].
+#[allow(clippy::too_many_arguments)]
+pub extern "C" fn emulate(
+    warp: *const Warp,
+    lane: i64,
+    a0: u32,
+    a1: u32,
+    a2: u32,
+    a3: u32,
+    b0: u32,
+    b1: u32,
+    c0: f32,
+    c1: f32,
+    c2: f32,
+    c3: f32,
+    d: *mut f32,
+) {
+    // SAFETY: run_warps passes a live Warp, the kernel a 4-float buffer.
+    let (warp, d) = unsafe { (&*warp, std::slice::from_raw_parts_mut(d, 4)) };
+    let lane = lane as usize;
+    warp.frags.lock().unwrap()[lane] = Frag {
+        a: [a0, a1, a2, a3],
+        b: [b0, b1],
+    };
+    warp.barrier.wait();
+    let f = *warp.frags.lock().unwrap();
+    let (g, q) = (lane / 4, lane % 4);
+    for (e, (c, out)) in [c0, c1, c2, c3].into_iter().zip(d.iter_mut()).enumerate() {
+        let (r, n) = (g + 8 * (e / 2), 2 * q + e % 2);
+        let s: f64 = (0..warp.depth())
+            .map(|k| warp.a(&f, r, k) * warp.b(&f, k, n))
+            .sum();
+        *out = (s + c as f64) as f32;
+    }
+    // Nobody overwrites the fragments before every lane has read them.
+    warp.barrier.wait();
+}
+
+/// Runs `lane(warp, t)` for every thread `t < threads` (a multiple of 32), warp by warp, the 32
+/// lanes of a warp on their own threads.
+pub fn run_warps(shape: Shape, threads: usize, lane: impl Fn(&Warp, usize) + Sync) {
+    for w in 0..threads / 32 {
+        let warp = Warp::new(shape);
+        std::thread::scope(|s| {
+            for l in 0..32 {
+                let (warp, lane) = (&warp, &lane);
+                s.spawn(move || lane(warp, w * 32 + l));
+            }
+        });
+    }
+}

@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""Checks and times qc's FP8 tensor-core GEMM (backends/ptx/src/mma8.rs: FP8 e4m3 weights with a
+per-tensor scale, f32 activations quantized to e4m3 in the kernel) on an NVIDIA GPU of compute
+capability 8.9 or later with CuPy, from the kit that
+`cargo run -p qc-backend-ptx --example fp8_gemm_kit -- DIR` writes. Meant for a machine with a GPU
+but no Rust or LLVM (the device machine): scripts/gpu/prepare.sh builds the kit, scripts/gpu/run.sh
+calls this.
+
+Usage: python3 scripts/gpu/fp8_gemm_bench.py KIT_DIR [--sizes 4096,8192] [--reps 20]
+
+The check case (40 x 256 x 1024) must match the f64 reference within 1e-4 of max |y| (the tensor
+core's FP8 accumulation order and precision are its own). Then M = N = K = each size on random codes,
+timed with CUDA events (median of --reps runs), as TFLOP/s next to PyTorch's `torch._scaled_mm` (FP8
+e4m3 operands already quantized, per-tensor scales, f32 output: cuBLAS) and, for the same work as
+qc's kernel, `_scaled_mm` after quantizing the f32 activations. One JSON line each; exit code 1 if the
+check fails.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import cupy as cp
+import numpy as np
+
+
+def target_of(cc):
+    return {89: "sm_89", 90: "sm_90a", 100: "sm_100a", 120: "sm_120a"}.get(cc)
+
+
+def median_ms(fn, reps):
+    start, stop = cp.cuda.Event(), cp.cuda.Event()
+    fn()
+    cp.cuda.Device().synchronize()
+    times = []
+    for _ in range(reps):
+        start.record()
+        fn()
+        stop.record()
+        stop.synchronize()
+        times.append(cp.cuda.get_elapsed_time(start, stop))
+    times.sort()
+    return times[len(times) // 2]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("kit")
+    ap.add_argument("--sizes", default="4096,8192")
+    ap.add_argument("--reps", type=int, default=20)
+    a = ap.parse_args()
+    dev = cp.cuda.Device()
+    target = target_of(int(dev.compute_capability))
+    name = cp.cuda.runtime.getDeviceProperties(dev.id)["name"].decode()
+    if target is None:
+        print(json.dumps({"device": name, "fp8_gemm": "skipped: no FP8 tensor cores"}))
+        return
+    meta = json.load(open(os.path.join(a.kit, "fp8_gemm.json")))
+    mod = cp.RawModule(path=os.path.join(a.kit, f"fp8_gemm.{target}.ptx"))
+    kern = mod.get_function(meta["entry"])
+    tables = cp.zeros(4, dtype=cp.float32)
+
+    def run(codes, scales, x, y, m, n, k, sa):
+        warps = ((m + meta["tile"] - 1) // meta["tile"]) * ((n + meta["tile"] - 1) // meta["tile"])
+        block = meta["block"]
+        kern(((warps * 32 + block - 1) // block,), (block,),
+             (codes, scales, tables, x, y, np.int64(k), np.int64(n), np.int64(m), np.float32(1.0),
+              np.float32(sa)))
+
+    c = meta["check"]
+    m, n, k = c["m"], c["n"], c["k"]
+    blob = cp.asarray(np.fromfile(os.path.join(a.kit, "fp8_gemm.check.blob"), dtype=np.uint8))
+    x = cp.asarray(np.fromfile(os.path.join(a.kit, "fp8_gemm.check.x"), dtype=np.float32))
+    want = np.fromfile(os.path.join(a.kit, "fp8_gemm.check.y"), dtype=np.float32)
+    y = cp.empty(m * n, dtype=cp.float32)
+    run(blob, blob[c["scales_offset"]:], x, y, m, n, k, c["sa"])
+    err = float(np.abs(cp.asnumpy(y) - want).max() / np.abs(want).max())
+    ok = err <= 1e-4
+    print(json.dumps({"device": name, "target": target, "fp8_gemm_check_rel_err": err, "check_ok": ok}),
+          flush=True)
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    for size in [int(s) for s in a.sizes.split(",")]:
+        m = n = k = size
+        rng = np.random.default_rng(0)
+        # Finite e4m3 codes (0x7f and 0xff are NaN).
+        codes = cp.asarray(rng.integers(0, 0x7f, size=n * k, dtype=np.uint8) | (rng.integers(0, 2, size=n * k, dtype=np.uint8) << 7))
+        scales = cp.ones(4, dtype=cp.float32)
+        x = cp.asarray(rng.standard_normal(m * k).astype(np.float32))
+        sa = float(cp.abs(x).max()) / 448.0
+        y = cp.empty(m * n, dtype=cp.float32)
+        ms = median_ms(lambda: run(codes, scales, x, y, m, n, k, sa), a.reps)
+        flops = 2.0 * m * n * k
+        row = {"kernel": "qc_mma8", "m": m, "n": n, "k": k, "median_ms": round(ms, 3),
+               "tflops": round(flops / ms / 1e9, 1)}
+        if torch is not None:
+            xa = torch.as_tensor(x, device="cuda").view(m, k)
+            w8 = torch.as_tensor(codes, device="cuda").view(n, k).view(torch.float8_e4m3fn)
+            one = torch.tensor(1.0, device="cuda")
+            sat = torch.tensor(sa, device="cuda")
+            x8 = (xa / sa).to(torch.float8_e4m3fn)
+            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+            def timed(fn):
+                fn()
+                torch.cuda.synchronize()
+                ts = []
+                for _ in range(a.reps):
+                    start.record()
+                    fn()
+                    stop.record()
+                    stop.synchronize()
+                    ts.append(start.elapsed_time(stop))
+                ts.sort()
+                return ts[len(ts) // 2]
+
+            mm = timed(lambda: torch._scaled_mm(x8, w8.t(), scale_a=sat, scale_b=one, out_dtype=torch.float32))
+            mq = timed(lambda: torch._scaled_mm((xa / sa).to(torch.float8_e4m3fn), w8.t(), scale_a=sat,
+                                                scale_b=one, out_dtype=torch.float32))
+            row.update({"torch_scaled_mm_tflops": round(flops / mm / 1e9, 1),
+                        "torch_quantize_and_scaled_mm_tflops": round(flops / mq / 1e9, 1),
+                        "qc_vs_scaled_mm": round(mm / ms, 3)})
+        print(json.dumps(row), flush=True)
+        del codes, x, y
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
