@@ -130,6 +130,8 @@ fn check_all_targets(
                 ".entry qc_mma4("
             } else if name.starts_with("mma8_") {
                 ".entry qc_mma8("
+            } else if name.starts_with("wgmma8_") {
+                ".entry qc_wgmma8("
             } else if name.starts_with("fquant_") {
                 ".entry qc_fquant_pt("
             } else {
@@ -344,8 +346,8 @@ fn bert_int8_activations_ptx_for_every_target() {
     assert!(plan.contains("\"entry\": \"qc_gemv4_partial\""), "{plan}");
 }
 
-/// FP8-quantized activations (calibrated) run the FP8 tensor-core GEMM from sm_89, which quantizes
-/// them itself: for FP8 weights at any row count, for 4-bit weights from 16 rows (below, the
+/// FP8-quantized activations (calibrated) run the FP8 tensor-core GEMM from sm_89 (on sm_90a from
+/// 64 rows its warpgroup version), which quantizes them itself: for FP8 weights at any row count, for 4-bit weights from 16 rows (below, the
 /// fake-quant kernel and the GEMV). sm_80 has no FP8 tensor cores: the fake-quant kernel, then the
 /// 4-bit kernels or MLIR's (FP8 weights).
 #[test]
@@ -377,6 +379,12 @@ fn fp8_activations_run_the_fp8_tensor_core_gemm() {
     let l = qc_launches(&fp8, "sm_90a", 8);
     assert_eq!(l.iter().filter(|x| **x == mma8).count(), 13, "{l:?}");
     assert!(l.iter().all(|x| x.0 != "gemv4" && x.0 != "mma4"), "{l:?}");
+    // On sm_90a, products of 64 rows and more run the warpgroup GEMM (one 128-thread block per
+    // 64 x 64 tile); the pooler's single row the warp-level one.
+    let l = qc_launches(&fp8, "sm_90a", 64);
+    let wg = ("wgmma8".to_string(), "qc_wgmma8".to_string(), 10);
+    assert_eq!(l.iter().filter(|x| **x == wg).count(), 12, "{l:?}");
+    assert_eq!(l.iter().filter(|x| **x == mma8).count(), 1, "{l:?}");
     let l = qc_launches(&fp8, "sm_80", 8);
     assert!(
         l.iter().all(|x| x.0 != "mma8") && l.contains(&fquant),

@@ -5,7 +5,8 @@
 #   and the reference interpreter; libc is all it links);
 # - gpu-kit/models/: the shipped tiny BERT compiled for sm_90a and sm_80 with several weight formats
 #   (artifact, the compiled IR, inputs, and the interpreter's outputs as the reference), at batch 1
-#   (8 rows: the GEMV kernels) and, as `FORMAT-prefill`, at batch 4 (32 rows: the tensor-core GEMM);
+#   (8 rows: the GEMV kernels) and, as `FORMAT-prefill`, at batch 8 (64 rows: the tensor-core GEMMs,
+#   on sm_90a for FP8 activations the warpgroup one);
 # - gpu-kit/gemv4/: the 4-bit GEMV and tensor-core GEMM kernels' PTX and check cases
 #   (backends/ptx/examples/gemv4_kit.rs);
 # - gpu-kit/fp8_gemm/: the FP8 tensor-core GEMM's PTX and check case (examples/fp8_gemm_kit.rs).
@@ -21,7 +22,7 @@ cp "$TD/release/qc" "$KIT/qc"
 cargo build -p qc --features cpu
 QC=$TD/debug/qc
 python3 scripts/models/check.py inputs --model examples/bert-tiny.onnx --out "$KIT/models/inputs" --batch 1 --seq 8
-python3 scripts/models/check.py inputs --model examples/bert-tiny.onnx --out "$KIT/models/inputs-prefill" --batch 4 --seq 8
+python3 scripts/models/check.py inputs --model examples/bert-tiny.onnx --out "$KIT/models/inputs-prefill" --batch 8 --seq 8
 IN=()
 for n in input_ids token_type_ids attention_mask; do IN+=(--input "$n=$KIT/models/inputs/$n.npy"); done
 INP=()
@@ -42,10 +43,10 @@ for f in float int4_g32 nvfp4 mxfp4 fp8_e4m3 mxfp8 int4_g32_a8 fp8_e4m3_f8 mxfp4
     "$QC" compile examples/bert-tiny.onnx "${P[@]}" --shape batch=1 --shape seq=8 --target "$t" -o "$KIT/models/$f.$t.qca"
   done
   case "$f" in
-    int4_g32|nvfp4|mxfp4|mxfp4_f8)
+    int4_g32|nvfp4|mxfp4|mxfp4_f8|fp8_e4m3_f8)
       "$QC" run "$KIT/models/$f.qir" "${INP[@]}" -o "$KIT/models/$f-prefill.ref"
       for t in sm_90a sm_80; do
-        "$QC" compile examples/bert-tiny.onnx "${P[@]}" --shape batch=4 --shape seq=8 --target "$t" -o "$KIT/models/$f-prefill.$t.qca"
+        "$QC" compile examples/bert-tiny.onnx "${P[@]}" --shape batch=8 --shape seq=8 --target "$t" -o "$KIT/models/$f-prefill.$t.qca"
       done ;;
   esac
 done

@@ -18,7 +18,7 @@ echo "compute capability $cc: artifacts for $T"
 status=0
 for qca in "$KIT"/models/*."$T".qca; do
   f=$(basename "$qca" ."$T".qca)
-  # FORMAT-prefill artifacts are compiled for the batch-4 inputs.
+  # FORMAT-prefill artifacts are compiled for the batch-8 inputs.
   case "$f" in *-prefill) d=inputs-prefill ;; *) d=inputs ;; esac
   IN=()
   for n in input_ids token_type_ids attention_mask; do IN+=(--input "$n=$KIT/models/$d/$n.npy"); done

@@ -2,8 +2,9 @@
 //! needs to check and time the FP8 tensor-core GEMM of `qc_backend_ptx::mma8` with FP8 e4m3
 //! weights (one f32 scale per tensor) and activations (scripts/gpu/fp8_gemm_bench.py runs it with
 //! CuPy, next to PyTorch's `torch._scaled_mm`). It writes:
-//! - `fp8_gemm.TARGET.ptx` for sm_89, sm_90a, sm_100a and sm_120a;
-//! - `fp8_gemm.json`: the entry, block and tile, and a check case: `m`, `n`, `k`, the blob's
+//! - `fp8_gemm.TARGET.ptx` for sm_89, sm_90a, sm_100a and sm_120a, and `fp8_gemm.wgmma.sm_90a.ptx`
+//!   (the warpgroup kernel of `qc_backend_ptx::wgmma8`, same parameters);
+//! - `fp8_gemm.json`: the entry, block and tile (of both kernels), and a check case: `m`, `n`, `k`, the blob's
 //!   `scales_offset`, the activation scale `sa`;
 //! - `fp8_gemm.check.blob` (a 256 x 1024 weight quantized with qc_quant), `fp8_gemm.check.x`
 //!   (40 x 1024 f32) and `fp8_gemm.check.y` (40 x 256 f32: the f64 product of qc_quant's
@@ -31,6 +32,8 @@ fn main() {
         let ptx = mma8::emit_ptx(*t, &spec).unwrap();
         std::fs::write(dir.join(format!("fp8_gemm.{}.ptx", t.name())), ptx).unwrap();
     }
+    let ptx = qc_backend_ptx::wgmma8::emit_ptx(&spec).unwrap();
+    std::fs::write(dir.join("fp8_gemm.wgmma.sm_90a.ptx"), ptx).unwrap();
     let (m, n, k) = (40usize, 256usize, 1024usize);
     let w: Vec<f32> = noise(n * k, 3).iter().map(|v| v * 0.05).collect();
     let q = qc_quant::quantize(&w, &[n, k], &fmt, &Default::default()).unwrap();
@@ -59,10 +62,14 @@ fn main() {
     let sa = FakeQuantPt::classify(&fmt).unwrap().scale(amax);
     let json = format!(
         "{{\"entry\": {:?}, \"block\": {}, \"tile\": {WARP_TILE}, \"check\": {{\"m\": {m}, \"n\": {n}, \
-         \"k\": {k}, \"scales_offset\": {}, \"sa\": {sa:?}}}}}\n",
+         \"k\": {k}, \"scales_offset\": {}, \"sa\": {sa:?}}}, \"wgmma\": {{\"entry\": {:?}, \"block\": {}, \
+         \"tile\": {}}}}}\n",
         mma8::ENTRY,
         mma8::BLOCK,
         spec.scales_offset(n, k),
+        qc_backend_ptx::wgmma8::ENTRY,
+        qc_backend_ptx::wgmma8::BLOCK,
+        qc_backend_ptx::wgmma8::TILE,
     );
     std::fs::write(dir.join("fp8_gemm.json"), json).unwrap();
     println!("wrote {}", dir.display());

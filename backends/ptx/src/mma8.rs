@@ -172,7 +172,7 @@ impl Mma8 {
         matches!(self.weights, Weights8::Fp8 { e5m2: true, .. })
     }
 
-    fn intrinsic(&self) -> &'static str {
+    pub(crate) fn intrinsic(&self) -> &'static str {
         match (self.act_e5m2(), self.weight_e5m2()) {
             (false, false) => "llvm.nvvm.mma.m16n8k32.row.col.f32.e4m3.e4m3.f32",
             (false, true) => "llvm.nvvm.mma.m16n8k32.row.col.f32.e4m3.e5m2.f32",
@@ -185,7 +185,12 @@ impl Mma8 {
 /// The FP8 byte (in the low 8 bits of an i32) of `v`, which must be a value of the format (`man`
 /// mantissa bits, smallest normal exponent `emin`): zero, a normal or a subnormal of it, or NaN
 /// (0x7f).
-fn fp8_bits<'c>(c: &Cx<'c>, v: FloatValue<'c>, man: u32, emin: i32) -> Result<IntValue<'c>, Error> {
+pub(crate) fn fp8_bits<'c>(
+    c: &Cx<'c>,
+    v: FloatValue<'c>,
+    man: u32,
+    emin: i32,
+) -> Result<IntValue<'c>, Error> {
     let i32t = c.ctx.i32_type();
     let f32t = c.ctx.f32_type();
     let i = |x: i64| i32t.const_int(x as u64, true);
@@ -221,7 +226,7 @@ fn fp8_bits<'c>(c: &Cx<'c>, v: FloatValue<'c>, man: u32, emin: i32) -> Result<In
 }
 
 /// `b0 | b1 << 8 | b2 << 16 | b3 << 24` of four bytes in the low bits of i32s.
-fn pack4<'c>(c: &Cx<'c>, b: &[IntValue<'c>]) -> Result<IntValue<'c>, Error> {
+pub(crate) fn pack4<'c>(c: &Cx<'c>, b: &[IntValue<'c>]) -> Result<IntValue<'c>, Error> {
     let i32t = c.ctx.i32_type();
     let mut r = b[0];
     for (s, v) in b.iter().enumerate().skip(1) {

@@ -26,7 +26,9 @@
 //! with fewer the GEMV of `qc_backend_ptx::gemv4`, reading the weight's blob as it is. From sm_89,
 //! a product whose activations are quantized to FP8 per tensor runs the FP8 tensor-core GEMM of
 //! `qc_backend_ptx::mma8`, which quantizes them itself (`ExportOptions::act_quant_calls`): for FP8
-//! weights (otherwise decoded by MLIR) and for 4-bit weights with scale groups of 32 or more.
+//! weights (otherwise decoded by MLIR) and for 4-bit weights with scale groups of 32 or more; on
+//! sm_90a, products of 64 rows and more run the same product with Hopper's warpgroup MMA
+//! (`qc_backend_ptx::wgmma8`).
 //!
 //! # Artifact
 //! - `<module>.ptx`, one per kernel module the plan launches (`main_kernel.ptx`, `main_kernel_0.ptx`,
@@ -53,6 +55,7 @@ use qc_backend_ptx::fquant::FakeQuantPt;
 use qc_backend_ptx::gemv4::{self, Gemv4};
 use qc_backend_ptx::mma4;
 use qc_backend_ptx::mma8::{self, Mma8};
+use qc_backend_ptx::wgmma8;
 use qc_backend_ptx::GpuTarget;
 use qc_ir::Module;
 use qc_runtime::artifact::{self, Artifact};
@@ -181,6 +184,7 @@ struct Modules {
     gemv4: Vec<(Gemv4, String)>,
     mma4: Vec<(Gemv4, String)>,
     mma8: Vec<(Mma8, String)>,
+    wgmma8: Vec<(Mma8, String)>,
     fquant: Vec<(FakeQuantPt, String)>,
 }
 
@@ -205,7 +209,8 @@ fn module_of<S: PartialEq + Clone>(
 /// The launch-plan descriptions of the export's kernel calls, their kernels' PTX pushed to `ptx`:
 /// - quantized products ([`GpuCall`]): with activations the kernel quantizes to FP8 itself
 ///   (`act_quant`), on sm_89 and later, the FP8 tensor-core GEMM of `qc_backend_ptx::mma8` (for
-///   4-bit weights only from `mma4::MIN_ROWS` rows); otherwise, for 4-bit weights, the tensor-core
+///   4-bit weights only from `mma4::MIN_ROWS` rows; on sm_90a from `wgmma8::TILE` rows the
+///   warpgroup GEMM of `wgmma8`); otherwise, for 4-bit weights, the tensor-core
 ///   GEMM of `mma4` from `MIN_ROWS` rows or the GEMV of `gemv4` below, after the fake-quant kernel
 ///   when the activations are quantized (`act_pre`);
 /// - activation quantizations ([`FquantCall`]): the fake-quant kernel of `fquant`.
@@ -291,9 +296,17 @@ fn kernel_calls<'m>(
         let f32_bytes = |v: Vec<f32>| v.iter().flat_map(|x| x.to_le_bytes()).collect();
         if let Some((aq, spec)) = fp8 {
             len_check(spec.blob_len(n, k))?;
-            let module = module_of(&mut mods.mma8, "mma8", &spec, ptx, || {
-                mma8::emit_ptx(gpu, &spec)
-            })?;
+            // Hopper: the warpgroup MMA for products of a 64-row tile and more.
+            let wgmma = gpu == GpuTarget::Sm90a && c.m >= wgmma8::TILE;
+            let module = if wgmma {
+                module_of(&mut mods.wgmma8, "wgmma8", &spec, ptx, || {
+                    wgmma8::emit_ptx(&spec)
+                })?
+            } else {
+                module_of(&mut mods.mma8, "mma8", &spec, ptx, || {
+                    mma8::emit_ptx(gpu, &spec)
+                })?
+            };
             let act = FakeQuantPt::classify(&aq.format)
                 .ok_or_else(|| at(format!("{}: not a per-tensor format", aq.format)))?;
             out.push(GpuCall {
@@ -308,9 +321,10 @@ fn kernel_calls<'m>(
                 k: c.k,
                 module,
                 kernel: ProductKernel::Mma {
-                    entry: mma8::ENTRY.to_string(),
-                    tile: mma4::WARP_TILE,
-                    block: mma8::BLOCK,
+                    entry: if wgmma { wgmma8::ENTRY } else { mma8::ENTRY }.to_string(),
+                    tile: if wgmma { wgmma8::TILE } else { mma4::WARP_TILE },
+                    tile_threads: if wgmma { wgmma8::BLOCK as u64 } else { 32 },
+                    block: if wgmma { wgmma8::BLOCK } else { mma8::BLOCK },
                     act_scale: Some(act.scale(aq.amax)),
                 },
                 act_pre: None,
@@ -335,6 +349,7 @@ fn kernel_calls<'m>(
                 ProductKernel::Mma {
                     entry: mma4::ENTRY.to_string(),
                     tile: mma4::WARP_TILE,
+                    tile_threads: 32,
                     block: mma4::BLOCK,
                     act_scale: None,
                 },

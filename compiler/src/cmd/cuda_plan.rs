@@ -378,15 +378,18 @@ pub enum ProductKernel {
         /// The reduction entry (`gemv4::REDUCE`).
         reduce: String,
     },
-    /// `qc_backend_ptx::mma4` or `mma8`: one launch, a warp per `tile` x `tile` block of `y`.
+    /// `qc_backend_ptx::mma4`, `mma8` or `wgmma8`: one launch, `tile_threads` threads (a warp or a
+    /// warpgroup) per `tile` x `tile` block of `y`.
     Mma {
-        /// The entry (`mma4::ENTRY`, `mma8::ENTRY`).
+        /// The entry (`mma4::ENTRY`, `mma8::ENTRY`, `wgmma8::ENTRY`).
         entry: String,
-        /// Rows and columns of `y` per warp (`mma4::WARP_TILE`).
+        /// Rows and columns of `y` per tile (`mma4::WARP_TILE`, `wgmma8::TILE`).
         tile: u64,
+        /// Threads per tile (32, or 128 for a warpgroup).
+        tile_threads: u64,
         /// Threads per block (`mma4::BLOCK`).
         block: u32,
-        /// The FP8 GEMM's activation scale (its last parameter), for `mma8`.
+        /// The FP8 GEMMs' activation scale (their last parameter).
         act_scale: Option<f32>,
     },
 }
@@ -1098,6 +1101,7 @@ pub fn plan(host: &str, x: &PlanInputs) -> Result<(Plan, Vec<u8>), String> {
                     ProductKernel::Mma {
                         entry,
                         tile,
+                        tile_threads,
                         block,
                         act_scale,
                     } => {
@@ -1116,8 +1120,8 @@ pub fn plan(host: &str, x: &PlanInputs) -> Result<(Plan, Vec<u8>), String> {
                                 value: sa.to_bits() as u64,
                             });
                         }
-                        let warps = c.m.div_ceil(*tile) * c.n.div_ceil(*tile);
-                        launch(entry, p, warps * 32, *block)?;
+                        let tiles = c.m.div_ceil(*tile) * c.n.div_ceil(*tile);
+                        launch(entry, p, tiles * tile_threads, *block)?;
                     }
                 }
             }

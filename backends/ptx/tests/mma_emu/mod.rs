@@ -4,10 +4,11 @@
 //! Fragments for mma.m16n8k16 with floating point type" and "... for mma.m16n8k32"); the sums are
 //! exact (f64) and rounded to f32 once.
 
+#![allow(dead_code)] // each test binary uses a part
+
 use std::sync::{Barrier, Mutex};
 
 /// The MMA shape and operand types (each test binary uses one).
-#[allow(dead_code)]
 #[derive(Clone, Copy)]
 pub enum Shape {
     /// m16n8k16, bf16 A and B: two elements per register, the lower k in the low half.
@@ -134,4 +135,94 @@ pub fn run_warps(shape: Shape, threads: usize, lane: impl Fn(&Warp, usize) + Syn
             }
         });
     }
+}
+
+/// What the 128 threads of a block share while emulating the warpgroup kernel of `wgmma8`:
+/// `bar.sync` and `wgmma.mma_async.m64n64k32` with FP8 A in registers (per warp the layout of
+/// `mma.m16n8k32`'s A) and FP8 B in the block's shared memory, read through the descriptor (start
+/// address, LBO and SBO in 16-byte units; K-major, no swizzling: B[k][n] at
+/// `start + (n / 8) * SBO + (k / 16) * LBO + (n % 8) * 16 + k % 16`).
+pub struct Block {
+    a: &'static [f32],
+    b: &'static [f32],
+    barrier: Barrier,
+    frags: Mutex<Vec<([u32; 4], u64)>>,
+    smem: Vec<std::cell::UnsafeCell<u8>>,
+}
+
+// SAFETY: the shared memory is written and read by the kernel's threads between barriers, as on
+// the GPU; the emulator reads it only between the barriers of an MMA.
+unsafe impl Sync for Block {}
+
+impl Block {
+    /// A block with `smem` bytes of shared memory and the FP8 code values of A and B.
+    pub fn new(a: &'static [f32], b: &'static [f32], smem: usize) -> Block {
+        Block {
+            a,
+            b,
+            barrier: Barrier::new(128),
+            frags: Mutex::new(vec![([0; 4], 0); 128]),
+            smem: (0..smem).map(|_| std::cell::UnsafeCell::new(0)).collect(),
+        }
+    }
+
+    /// The shared memory's address (what the kernel's host entry takes).
+    pub fn smem(&self) -> *mut u8 {
+        self.smem[0].get()
+    }
+}
+
+/// `bar.sync 0` of the host kernel.
+pub extern "C" fn block_barrier(block: *const Block) {
+    // SAFETY: the test passes a live Block.
+    unsafe { &*block }.barrier.wait();
+}
+
+/// The warpgroup MMA of the host kernel: this thread's 32 results.
+#[allow(clippy::too_many_arguments)]
+pub extern "C" fn block_mma(
+    block: *const Block,
+    t: i64,
+    a0: u32,
+    a1: u32,
+    a2: u32,
+    a3: u32,
+    desc: u64,
+    d: *mut f32,
+) {
+    // SAFETY: a live Block and a 32-float buffer.
+    let (blk, d) = unsafe { (&*block, std::slice::from_raw_parts_mut(d, 32)) };
+    let t = t as usize;
+    blk.frags.lock().unwrap()[t] = ([a0, a1, a2, a3], desc);
+    blk.barrier.wait();
+    let f = blk.frags.lock().unwrap().clone();
+    assert!(
+        f.iter().all(|x| x.1 == desc),
+        "the threads disagree on the descriptor"
+    );
+    let field = |shift: u32| (((desc >> shift) & 0x3fff) << 4) as usize;
+    let (start, lbo, sbo) = (field(0), field(16), field(32));
+    assert_eq!(desc >> 46, 0, "no swizzling, no base offset");
+    let (w, lane) = (t / 32, t % 32);
+    let (g, q) = (lane / 4, lane % 4);
+    for (i, out) in d.iter_mut().enumerate() {
+        // Result i: row 16w + g + 8 ((i / 2) % 2), column 8 (i / 4) + 2q + i % 2.
+        let r = 16 * w + g + 8 * ((i / 2) % 2);
+        let n = 8 * (i / 4) + 2 * q + i % 2;
+        let s: f64 = (0..32)
+            .map(|k| {
+                // A[r][k]: warp r / 16, lane (r % 8) * 4 + (k % 16) / 4, register
+                // (r % 16) / 8 + 2 (k / 16), byte k % 4.
+                let reg =
+                    f[32 * (r / 16) + (r % 8) * 4 + (k % 16) / 4].0[(r % 16) / 8 + 2 * (k / 16)];
+                let av = blk.a[((reg >> (8 * (k % 4))) & 0xff) as usize] as f64;
+                let at = start + (n / 8) * sbo + (k / 16) * lbo + (n % 8) * 16 + k % 16;
+                // SAFETY: inside the block's shared memory (checked by the index).
+                let bv = blk.b[unsafe { *blk.smem[at].get() } as usize] as f64;
+                av * bv
+            })
+            .sum();
+        *out = s as f32;
+    }
+    blk.barrier.wait();
 }

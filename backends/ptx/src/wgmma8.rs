@@ -1,0 +1,548 @@
+//! FP8 warpgroup GEMM for Hopper (sm_90a): the product of [`crate::mma8`] (`y = dequant(quant(x))
+//! W^T`, activations quantized to FP8 per tensor in the kernel, FP8 weights or 4-bit weights
+//! decoded to e4m3, the same [`Mma8`] descriptions, blob layout and results) with
+//! `wgmma.mma_async` instead of `mma.sync`.
+//!
+//! # Kernel [`ENTRY`]`(codes, scales, tables, x, y, k, n, m, post, sa)`
+//! - One warpgroup (a block of [`BLOCK`] = 128 threads) computes the [`TILE`] x [`TILE`] (64 x 64)
+//!   tile `(b / ceil(N / 64), b % ceil(N / 64))` of `y`, `b` the block index: launch
+//!   `ceil(M / 64) * ceil(N / 64)` blocks. Rows past M read zeros and are not written; weight rows
+//!   past N are zeros.
+//! - Each k-step of 32: the 128 threads write the weight tile (64 rows x 32 FP8 bytes, decoded
+//!   from 4-bit codes where needed) to shared memory in the canonical K-major layout without
+//!   swizzling (8-row x 16-byte core matrices: row `r` of the tile at byte
+//!   `(r / 8) * 256 + (kk / 16) * 128 + (r % 8) * 16 + kk % 16`, i.e. a stride of 256 bytes between
+//!   core matrices along N (SBO) and 128 along K (LBO)), `bar.sync`; warp `w` quantizes its 16
+//!   activation rows (`m0 + 16w ..`) into the A registers (the layout of `mma.m16n8k32`'s A per
+//!   warp); then `wgmma.mma_async.sync.aligned.m64n64k32.f32.{a}.{b}` with A from registers, B
+//!   through its shared-memory descriptor, and `scale-d` false (a fresh accumulator), committed and
+//!   waited for; its 32 results per thread (row `16w + g + 8 ((i / 2) % 2)`, column
+//!   `8 (i / 4) + 2q + i % 2` for result `i`, lane `(g, q) = (lane / 4, lane % 4)`) are added to
+//!   the f32 sums, times the group scale for grouped 4-bit weights; `bar.sync` before the next step.
+//! - The end as for `mma8`: `y = sum * sa * (weight scale) * post`.
+//!
+//! The tests run the body on the host: 128 OS threads per block, shared memory a host buffer
+//! (descriptors then hold offsets into it), `bar.sync` and `wgmma` calls of emulators
+//! ([`Entries::Host`]).
+
+use inkwell::context::Context;
+use inkwell::intrinsics::Intrinsic;
+use inkwell::module::{Linkage, Module};
+use inkwell::passes::PassBuilderOptions;
+use inkwell::targets::FileType;
+use inkwell::types::BasicMetadataTypeEnum;
+use inkwell::values::{BasicMetadataValueEnum, BasicValue, FunctionValue, IntValue, PointerValue};
+use inkwell::{AddressSpace, IntPredicate};
+
+use crate::fquant::round_elem;
+use crate::gemv4::{for_loop, scale_at, Cx};
+use crate::mma4::{umin, Entries};
+use crate::mma8::{fp8_bits, pack4, Mma8, Weights8};
+use crate::{special_register, target_machine_with, Error, GpuTarget, PTX_KERNEL_CALL_CONV};
+
+/// The kernel's entry.
+pub const ENTRY: &str = "qc_wgmma8";
+/// Threads per block: one warpgroup.
+pub const BLOCK: u32 = 128;
+/// Rows and columns of `y` per block.
+pub const TILE: u64 = 64;
+/// Bytes of shared memory (the weight tile of one k-step).
+pub const SMEM: u64 = TILE * 32;
+/// Host emulator of `bar.sync 0`: `void qc_wgmma8_bar(void *block)`.
+pub const BAR_EMULATOR: &str = "qc_wgmma8_bar";
+/// Host emulator of the warpgroup MMA: `void qc_wgmma8_mma(void *block, int64_t thread, uint32_t
+/// a0, a1, a2, a3, uint64_t b_desc, float *d)`, `d` this thread's 32 results.
+pub const MMA_EMULATOR: &str = "qc_wgmma8_mma";
+
+/// The descriptor's LBO and SBO (bytes) of the module documentation's layout.
+const LBO: u64 = 128;
+const SBO: u64 = 256;
+
+/// The shared-memory matrix descriptor of a tile at shared address `addr` (no swizzling).
+fn descriptor<'c>(c: &Cx<'c>, addr: IntValue<'c>) -> Result<IntValue<'c>, Error> {
+    let start = c.b.build_and(
+        c.b.build_right_shift(addr, c.i64(4), false, "")?,
+        c.i64(0x3fff),
+        "",
+    )?;
+    Ok(c.b.build_or(start, c.i64(((LBO >> 4) << 16) | ((SBO >> 4) << 32)), "")?)
+}
+
+fn call0<'c>(
+    c: &Cx<'c>,
+    f: FunctionValue<'c>,
+    args: &[BasicMetadataValueEnum<'c>],
+) -> Result<(), Error> {
+    c.b.build_call(f, args, "")?;
+    Ok(())
+}
+
+/// Builds the body and the entry for `entries` into `module`.
+pub fn build<'c>(
+    ctx: &'c Context,
+    module: &Module<'c>,
+    spec: &Mma8,
+    entries: Entries,
+) -> Result<(), Error> {
+    let fma = Intrinsic::find("llvm.fma")
+        .and_then(|i| i.get_declaration(module, &[ctx.f32_type().into()]))
+        .ok_or(Error::MissingIntrinsic("llvm.fma"))?;
+    let c = Cx {
+        ctx,
+        b: ctx.create_builder(),
+        fma,
+    };
+    let ptr = ctx.ptr_type(AddressSpace::default());
+    let (i64t, i32t, i8t, f32t, void) = (
+        ctx.i64_type(),
+        ctx.i32_type(),
+        ctx.i8_type(),
+        ctx.f32_type(),
+        ctx.void_type(),
+    );
+    let act_man = spec
+        .act
+        .man
+        .ok_or(Error::Codegen("int8 activations".into()))?;
+    let host = entries == Entries::Host;
+
+    // body(codes, scales, tables, x, y, k, n, m, post, sa, emu, smem, block, t, smem_shared):
+    // `smem` the shared memory as a generic pointer, `smem_shared` its shared-window address (what
+    // descriptors hold; 0 on the host, where they hold offsets).
+    let params: Vec<BasicMetadataTypeEnum> = vec![
+        ptr.into(),
+        ptr.into(),
+        ptr.into(),
+        ptr.into(),
+        ptr.into(),
+        i64t.into(),
+        i64t.into(),
+        i64t.into(),
+        f32t.into(),
+        f32t.into(),
+        ptr.into(),
+        ptr.into(),
+        i64t.into(),
+        i64t.into(),
+        i64t.into(),
+    ];
+    let body = module.add_function(
+        "qc_wgmma8_body",
+        void.fn_type(&params, false),
+        Some(Linkage::Internal),
+    );
+    let a = body.get_params();
+    let p = |i: usize| a[i].into_pointer_value();
+    let v = |i: usize| a[i].into_int_value();
+    let (codes, scales, tables, x, y) = (p(0), p(1), p(2), p(3), p(4));
+    let (k, n, m) = (v(5), v(6), v(7));
+    let (post, sa) = (a[8].into_float_value(), a[9].into_float_value());
+    let (emu, smem, block, t, smem_shared) = (p(10), p(11), v(12), v(13), v(14));
+    c.b.position_at_end(ctx.append_basic_block(body, "entry"));
+
+    // Barrier, fence / commit / wait, and the MMA: intrinsics and inline PTX, or emulator calls.
+    let bar_fn = if host {
+        module.add_function(BAR_EMULATOR, void.fn_type(&[ptr.into()], false), None)
+    } else {
+        Intrinsic::find("llvm.nvvm.barrier.cta.sync.aligned.all")
+            .and_then(|i| i.get_declaration(module, &[]))
+            .ok_or(Error::MissingIntrinsic(
+                "llvm.nvvm.barrier.cta.sync.aligned.all",
+            ))?
+    };
+    let bar = |c: &Cx<'c>| -> Result<(), Error> {
+        if host {
+            call0(c, bar_fn, &[emu.into()])
+        } else {
+            call0(c, bar_fn, &[i32t.const_zero().into()])
+        }
+    };
+    let wg = |name: &'static str| -> Result<FunctionValue<'c>, Error> {
+        Intrinsic::find(name)
+            .and_then(|i| i.get_declaration(module, &[]))
+            .ok_or(Error::MissingIntrinsic(name))
+    };
+    let (fence, commit, wait) = if host {
+        (None, None, None)
+    } else {
+        (
+            Some(wg("llvm.nvvm.wgmma.fence.sync.aligned")?),
+            Some(wg("llvm.nvvm.wgmma.commit_group.sync.aligned")?),
+            Some(wg("llvm.nvvm.wgmma.wait_group.sync.aligned")?),
+        )
+    };
+    let d_ty = ctx.struct_type(&[f32t.into(); 32], false);
+    let mma_fn_ty = d_ty.fn_type(
+        &[
+            i32t.into(),
+            i32t.into(),
+            i32t.into(),
+            i32t.into(),
+            i64t.into(),
+            i32t.into(),
+        ],
+        false,
+    );
+    let emu_fn = host.then(|| {
+        module.add_function(
+            MMA_EMULATOR,
+            void.fn_type(
+                &[
+                    ptr.into(),
+                    i64t.into(),
+                    i32t.into(),
+                    i32t.into(),
+                    i32t.into(),
+                    i32t.into(),
+                    i64t.into(),
+                    ptr.into(),
+                ],
+                false,
+            ),
+            None,
+        )
+    });
+    let d_out = c.b.build_alloca(f32t.array_type(32), "d")?;
+    let acc = c.b.build_alloca(f32t.array_type(32), "acc")?;
+    let zero = f32t.const_float(0.0);
+    for s in 0..32 {
+        c.b.build_store(c.gep(f32t.into(), acc, c.i64(s))?, zero)?;
+    }
+
+    let tiles_n =
+        c.b.build_int_unsigned_div(c.b.build_int_add(n, c.i64(TILE - 1), "")?, c.i64(TILE), "")?;
+    let m0 = c.b.build_int_mul(
+        c.b.build_int_unsigned_div(block, tiles_n, "")?,
+        c.i64(TILE),
+        "m0",
+    )?;
+    let n0 = c.b.build_int_mul(
+        c.b.build_int_unsigned_rem(block, tiles_n, "")?,
+        c.i64(TILE),
+        "n0",
+    )?;
+    let w = c.b.build_right_shift(t, c.i64(5), false, "w")?;
+    let lane = c.b.build_and(t, c.i64(31), "")?;
+    let g = c.b.build_right_shift(lane, c.i64(2), false, "g")?;
+    let q = c.b.build_and(lane, c.i64(3), "q")?;
+    let (m_last, n_last) = (
+        c.b.build_int_sub(m, c.i64(1), "")?,
+        c.b.build_int_sub(n, c.i64(1), "")?,
+    );
+    let q4 = c.b.build_int_mul(q, c.i64(4), "")?;
+    let q2 = c.b.build_int_mul(q, c.i64(2), "")?;
+    // This thread's share of the weight tile: row t / 2, K half t % 2.
+    let wr_local = c.b.build_right_shift(t, c.i64(1), false, "")?;
+    let kh = c.b.build_and(t, c.i64(1), "")?;
+    let wr = c.b.build_int_add(n0, wr_local, "")?;
+    let wr_in = c.b.build_int_compare(IntPredicate::ULT, wr, n, "")?;
+    let wr_c = umin(&c, wr, n_last)?;
+    let slot = c.b.build_int_add(
+        c.b.build_int_add(
+            c.b.build_int_mul(
+                c.b.build_right_shift(wr_local, c.i64(3), false, "")?,
+                c.i64(SBO),
+                "",
+            )?,
+            c.b.build_int_mul(kh, c.i64(LBO), "")?,
+            "",
+        )?,
+        c.b.build_int_mul(c.b.build_and(wr_local, c.i64(7), "")?, c.i64(16), "")?,
+        "slot",
+    )?;
+    let desc = descriptor(&c, smem_shared)?;
+    let nib = match &spec.weights {
+        Weights8::Nibble(s) => Some(s),
+        Weights8::Fp8 { .. } => None,
+    };
+    let groups_per_row = nib
+        .and_then(|s| s.group)
+        .map(|gs| c.b.build_int_unsigned_div(k, c.i64(gs as u64), ""))
+        .transpose()?;
+    let half_k = c.b.build_int_unsigned_div(k, c.i64(2), "")?;
+    let steps = c.b.build_int_unsigned_div(k, c.i64(32), "steps")?;
+    let v4 = f32t.vec_type(4);
+    let v16 = i8t.vec_type(16);
+    for_loop(&c, body, steps, |c, si| {
+        let k0 = c.b.build_int_mul(si, c.i64(32), "k0")?;
+        let col =
+            c.b.build_int_add(k0, c.b.build_int_mul(kh, c.i64(16), "")?, "")?;
+        // 1. The weight tile into shared memory: 16 FP8 bytes per thread.
+        let bytes16 = match nib {
+            None => {
+                let off =
+                    c.b.build_int_add(c.b.build_int_mul(wr_c, k, "")?, col, "")?;
+                let ld = c.b.build_load(v16, c.gep(i8t.into(), codes, off)?, "")?;
+                ld.as_instruction_value()
+                    .unwrap()
+                    .set_alignment(16)
+                    .map_err(|e| Error::Codegen(e.to_string()))?;
+                ld.into_vector_value()
+            }
+            Some(s) => {
+                let off = c.b.build_int_add(
+                    c.b.build_int_mul(wr_c, half_k, "")?,
+                    c.b.build_right_shift(col, c.i64(1), false, "")?,
+                    "",
+                )?;
+                let ld = c.b.build_load(i64t, c.gep(i8t.into(), codes, off)?, "")?;
+                ld.as_instruction_value()
+                    .unwrap()
+                    .set_alignment(8)
+                    .map_err(|e| Error::Codegen(e.to_string()))?;
+                let word = ld.into_int_value();
+                let mut vec = v16.get_undef();
+                for e in 0..16u64 {
+                    let sh = c.b.build_right_shift(word, c.i64(4 * e), false, "")?;
+                    let code =
+                        c.b.build_int_truncate(c.b.build_and(sh, c.i64(15), "")?, i32t, "")?;
+                    let val = if s.signed_int {
+                        let x8 = c.b.build_xor(code, i32t.const_int(8, false), "")?;
+                        let sv = c.b.build_int_sub(x8, i32t.const_int(8, false), "")?;
+                        c.b.build_signed_int_to_float(sv, f32t, "")?
+                    } else {
+                        c.load_f32(tables, c.b.build_int_z_extend(code, i64t, "")?)?
+                    };
+                    let byte = c.b.build_int_truncate(fp8_bits(c, val, 3, -6)?, i8t, "")?;
+                    vec =
+                        c.b.build_insert_element(vec, byte, i32t.const_int(e, false), "")?;
+                }
+                vec
+            }
+        };
+        let bytes16 =
+            c.b.build_select(wr_in, bytes16, v16.const_zero(), "")?
+                .into_vector_value();
+        let st = c.b.build_store(c.gep(i8t.into(), smem, slot)?, bytes16)?;
+        st.set_alignment(16)
+            .map_err(|e| Error::Codegen(e.to_string()))?;
+        bar(c)?;
+        // 2. This warp's 16 activation rows, quantized, as the A registers.
+        let mut regs = [i32t.const_zero(); 4];
+        for h in 0..2u64 {
+            let row =
+                c.b.build_int_add(m0, c.b.build_int_mul(w, c.i64(16), "")?, "")?;
+            let row =
+                c.b.build_int_add(c.b.build_int_add(row, g, "")?, c.i64(8 * h), "")?;
+            let rc = umin(c, row, m_last)?;
+            let inside = c.b.build_int_compare(IntPredicate::ULT, row, m, "")?;
+            for half in 0..2u64 {
+                let kc =
+                    c.b.build_int_add(c.b.build_int_add(k0, c.i64(16 * half), "")?, q4, "")?;
+                let off = c.b.build_int_add(c.b.build_int_mul(rc, k, "")?, kc, "")?;
+                let ld = c.b.build_load(v4, c.gep(f32t.into(), x, off)?, "")?;
+                ld.as_instruction_value()
+                    .unwrap()
+                    .set_alignment(16)
+                    .map_err(|e| Error::Codegen(e.to_string()))?;
+                let xv =
+                    c.b.build_select(inside, ld.into_vector_value(), v4.const_zero(), "")?
+                        .into_vector_value();
+                let mut bytes = Vec::new();
+                for e in 0..4u64 {
+                    let xe =
+                        c.b.build_extract_element(xv, i32t.const_int(e, false), "")?
+                            .into_float_value();
+                    let r = round_elem(
+                        c.ctx,
+                        &c.b,
+                        module,
+                        &spec.act,
+                        c.b.build_float_div(xe, sa, "")?,
+                    )?;
+                    bytes.push(fp8_bits(c, r, act_man, spec.act.emin)?);
+                }
+                regs[(h + 2 * half) as usize] = pack4(c, &bytes)?;
+            }
+        }
+        // 3. The warpgroup MMA on a fresh accumulator.
+        let mut d = Vec::with_capacity(32);
+        if let Some(emu_fn) = emu_fn {
+            let mut args: Vec<BasicMetadataValueEnum> = vec![emu.into(), t.into()];
+            args.extend(regs.iter().map(|r| BasicMetadataValueEnum::from(*r)));
+            args.push(desc.into());
+            args.push(d_out.into());
+            call0(c, emu_fn, &args)?;
+            for i in 0..32 {
+                d.push(c.load_f32(d_out, c.i64(i))?);
+            }
+        } else {
+            call0(c, fence.unwrap(), &[])?;
+            let (at, bt) = (
+                if spec.act_e5m2() { "e5m2" } else { "e4m3" },
+                if spec.weight_e5m2() { "e5m2" } else { "e4m3" },
+            );
+            let outs: Vec<String> = (0..32).map(|i| format!("${i}")).collect();
+            let text = format!(
+                "{{\n.reg .pred p;\nsetp.ne.b32 p, $37, 0;\n\
+                 wgmma.mma_async.sync.aligned.m64n64k32.f32.{at}.{bt} {{{}}}, {{$32, $33, $34, $35}}, $36, p, 1, 1;\n}}",
+                outs.join(", ")
+            );
+            let mut cons: Vec<&str> = vec!["=f"; 32];
+            cons.extend(["r", "r", "r", "r", "l", "r"]);
+            let asm =
+                ctx.create_inline_asm(mma_fn_ty, text, cons.join(","), true, false, None, false);
+            let mut args: Vec<BasicMetadataValueEnum> = regs
+                .iter()
+                .map(|r| BasicMetadataValueEnum::from(*r))
+                .collect();
+            args.push(desc.into());
+            args.push(i32t.const_zero().into());
+            let r =
+                c.b.build_indirect_call(mma_fn_ty, asm, &args, "")?
+                    .try_as_basic_value()
+                    .basic()
+                    .ok_or(Error::Codegen("wgmma returns nothing".into()))?
+                    .into_struct_value();
+            call0(c, commit.unwrap(), &[])?;
+            call0(c, wait.unwrap(), &[i64t.const_zero().into()])?;
+            for i in 0..32 {
+                d.push(c.b.build_extract_value(r, i, "")?.into_float_value());
+            }
+        }
+        // 4. Into the f32 sums (times the group scale of the column for grouped weights).
+        let mut gs = Vec::new();
+        if let (Some(s), Some(gpr)) = (nib, groups_per_row) {
+            let gi_in_row =
+                c.b.build_int_unsigned_div(k0, c.i64(s.group.unwrap() as u64), "")?;
+            for j in 0..8u64 {
+                for e in 0..2u64 {
+                    let colw =
+                        c.b.build_int_add(c.b.build_int_add(n0, c.i64(8 * j + e), "")?, q2, "")?;
+                    let colw = umin(c, colw, n_last)?;
+                    let gi =
+                        c.b.build_int_add(c.b.build_int_mul(colw, gpr, "")?, gi_in_row, "")?;
+                    gs.push(scale_at(c, s, scales, tables, gi)?);
+                }
+            }
+        }
+        for (i, dv) in d.iter().enumerate() {
+            let p = c.gep(f32t.into(), acc, c.i64(i as u64))?;
+            let cur = c.b.build_load(f32t, p, "")?.into_float_value();
+            let r = if gs.is_empty() {
+                c.b.build_float_add(cur, *dv, "")?
+            } else {
+                c.fma(gs[(i / 4) * 2 + i % 2], *dv, cur)?
+            };
+            c.b.build_store(p, r)?;
+        }
+        bar(c)?;
+        Ok(())
+    })?;
+    // y[row][col] = acc * sa * weight scale * post.
+    for i in 0..32u64 {
+        let row =
+            c.b.build_int_add(m0, c.b.build_int_mul(w, c.i64(16), "")?, "")?;
+        let row =
+            c.b.build_int_add(c.b.build_int_add(row, g, "")?, c.i64(8 * ((i / 2) % 2)), "")?;
+        let col = c.b.build_int_add(
+            c.b.build_int_add(n0, c.i64(8 * (i / 4) + i % 2), "")?,
+            q2,
+            "",
+        )?;
+        let r_in = c.b.build_int_compare(IntPredicate::ULT, row, m, "")?;
+        let c_in = c.b.build_int_compare(IntPredicate::ULT, col, n, "")?;
+        let store = ctx.append_basic_block(body, "store");
+        let next = ctx.append_basic_block(body, "next");
+        c.b.build_conditional_branch(c.b.build_and(r_in, c_in, "")?, store, next)?;
+        c.b.position_at_end(store);
+        let mut val = c.b.build_float_mul(c.load_f32(acc, c.i64(i))?, sa, "")?;
+        let ws = match &spec.weights {
+            Weights8::Fp8 { per_row: true, .. } => Some(c.load_f32(scales, col)?),
+            Weights8::Fp8 { per_row: false, .. } => Some(c.load_f32(scales, c.i64(0))?),
+            Weights8::Nibble(s) if s.group.is_none() => Some(scale_at(&c, s, scales, tables, col)?),
+            Weights8::Nibble(_) => None,
+        };
+        if let Some(ws) = ws {
+            val = c.b.build_float_mul(val, ws, "")?;
+        }
+        let val = c.b.build_float_mul(val, post, "")?;
+        let idx = c.b.build_int_add(c.b.build_int_mul(row, n, "")?, col, "")?;
+        c.b.build_store(c.gep(f32t.into(), y, idx)?, val)?;
+        c.b.build_unconditional_branch(next)?;
+        c.b.position_at_end(next);
+    }
+    c.b.build_return(None)?;
+
+    // The entry. Every thread of a block runs the body (the barriers and the warpgroup MMA need
+    // all 128); the grid has exactly one block per tile.
+    let nparams = 10;
+    let mut eparams = params[..nparams].to_vec();
+    let fname = if host {
+        eparams.extend::<[BasicMetadataTypeEnum; 4]>([
+            ptr.into(),
+            ptr.into(),
+            i64t.into(),
+            i64t.into(),
+        ]);
+        format!("{ENTRY}_at")
+    } else {
+        ENTRY.to_string()
+    };
+    let f = module.add_function(
+        &fname,
+        void.fn_type(&eparams, false),
+        Some(Linkage::External),
+    );
+    c.b.position_at_end(ctx.append_basic_block(f, "entry"));
+    let fp = f.get_params();
+    let (emu_p, smem_p, block_v, t_v, shared): (
+        PointerValue,
+        PointerValue,
+        IntValue,
+        IntValue,
+        IntValue,
+    ) = if host {
+        (
+            fp[10].into_pointer_value(),
+            fp[11].into_pointer_value(),
+            fp[12].into_int_value(),
+            fp[13].into_int_value(),
+            i64t.const_zero(),
+        )
+    } else {
+        f.set_call_conventions(PTX_KERNEL_CALL_CONV);
+        let arr = i8t.array_type(SMEM as u32);
+        let g = module.add_global(arr, Some(AddressSpace::from(3u16)), "qc_wgmma8_smem");
+        g.set_linkage(Linkage::Internal);
+        g.set_alignment(128);
+        g.set_initializer(&arr.get_undef());
+        let generic =
+            c.b.build_address_space_cast(g.as_pointer_value(), ptr, "")?;
+        // The shared-window address: of the addrspace(3) pointer itself, not of the generic one.
+        let shared = c.b.build_ptr_to_int(g.as_pointer_value(), i64t, "")?;
+        let tid = special_register(module, &c.b, ctx, "llvm.nvvm.read.ptx.sreg.tid.x")?;
+        let ctaid = special_register(module, &c.b, ctx, "llvm.nvvm.read.ptx.sreg.ctaid.x")?;
+        (ptr.const_null(), generic, ctaid, tid, shared)
+    };
+    let mut args: Vec<BasicMetadataValueEnum> = fp[..nparams].iter().map(|p| (*p).into()).collect();
+    args.extend::<[BasicMetadataValueEnum; 5]>([
+        emu_p.into(),
+        smem_p.into(),
+        block_v.into(),
+        t_v.into(),
+        shared.into(),
+    ]);
+    c.b.build_call(body, &args, "")?;
+    c.b.build_return(None)?;
+    Ok(())
+}
+
+/// The PTX of [`ENTRY`] for `spec` (sm_90a only: `wgmma` is Hopper's).
+pub fn emit_ptx(spec: &Mma8) -> Result<String, Error> {
+    let machine = target_machine_with(GpuTarget::Sm90a, "+ptx84")?;
+    let context = Context::create();
+    let module = context.create_module("qc_wgmma8");
+    module.set_triple(&machine.get_triple());
+    module.set_data_layout(&machine.get_target_data().get_data_layout());
+    build(&context, &module, spec, Entries::Ptx)?;
+    module.verify().map_err(|e| Error::Verify(e.to_string()))?;
+    module
+        .run_passes("default<O3>", &machine, PassBuilderOptions::create())
+        .map_err(|e| Error::Passes(e.to_string()))?;
+    let buffer = machine
+        .write_to_memory_buffer(&module, FileType::Assembly)
+        .map_err(|e| Error::Codegen(e.to_string()))?;
+    String::from_utf8(buffer.as_slice().to_vec())
+        .map_err(|e| Error::Codegen(format!("PTX is not UTF-8: {e}")))
+}
