@@ -115,6 +115,7 @@ fn check_all_targets(
             plan_ptx, ptx,
             "{tag} {target}: the plan launches other kernels"
         );
+        check_blocks(&qca, &format!("{tag} {target}"));
         for name in &ptx {
             let file = ex.join(name);
             let text = std::fs::read_to_string(&file).unwrap();
@@ -149,6 +150,44 @@ fn check_all_targets(
             );
         }
     }
+}
+
+/// The block sizes of the MLIR kernels' launches in the artifact `qca`'s plan: at most
+/// `cuda::THREADS` threads, along x, and more than one thread in at least 9 launches of 10.
+fn check_blocks(qca: &Path, what: &str) {
+    let art = qc_runtime::artifact::read(qca).unwrap();
+    let weights = art.part("weights.bin").unwrap();
+    let plan = qc_runtime::cuda::Plan::parse(
+        art.part("launch_plan.json").unwrap(),
+        art.manifest.inputs.len(),
+        weights.len() as u64,
+    )
+    .unwrap();
+    let blocks: Vec<[u32; 3]> = plan
+        .steps
+        .iter()
+        .filter_map(|s| match s {
+            qc_runtime::cuda::plan::Step::Launch { ptx, block, .. }
+                if ptx.starts_with("main_kernel") =>
+            {
+                Some(*block)
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(!blocks.is_empty(), "{what}: no MLIR kernel launches");
+    for b in &blocks {
+        assert!(
+            b[0] <= qc::cmd::cuda::THREADS && b[1] == 1 && b[2] == 1,
+            "{what}: block {b:?}"
+        );
+    }
+    let many = blocks.iter().filter(|b| b[0] > 1).count();
+    assert!(
+        10 * many >= 9 * blocks.len(),
+        "{what}: {many} of {} launches have more than one thread per block: {blocks:?}",
+        blocks.len()
+    );
 }
 
 /// [`check_all_targets`] for the tiny BERT at batch 2 and `seq`.
@@ -469,8 +508,9 @@ fn add_kernel_ptx_for_sm_90a_matches_the_golden_file() {
         "ptxas add",
     );
     let plan = std::fs::read_to_string(ex.join("launch_plan.json")).unwrap();
+    // One block per row, one thread per element of the row.
     assert!(
-        plan.contains("\"grid\": [4, 8, 1], \"block\": [1, 1, 1]"),
+        plan.contains("\"grid\": [4, 1, 1], \"block\": [8, 1, 1]"),
         "{plan}"
     );
     assert_eq!(launched(&plan), ["main_kernel.ptx"]);
@@ -543,8 +583,8 @@ impl qc_runtime::cuda::Device for EmulatedGpu {
         self.kernels.push(entry.to_string());
         Ok(self.kernels.len() - 1)
     }
-    /// `c[i, j] = a[i, j] + b[i, j]` for block (i, j); params: three rank-2 memref descriptors
-    /// (allocated, aligned, offset, 2 sizes, 2 strides).
+    /// `c[i, j] = a[i, j] + b[i, j]` for thread j of block i; params: three rank-2 memref
+    /// descriptors (allocated, aligned, offset, 2 sizes, 2 strides) and the constant index 0.
     fn launch(
         &mut self,
         _kernel: usize,
@@ -552,8 +592,13 @@ impl qc_runtime::cuda::Device for EmulatedGpu {
         block: [u32; 3],
         params: &[Vec<u8>],
     ) -> Result<(), String> {
-        assert_eq!(block, [1, 1, 1]);
-        assert_eq!(params.len(), 21, "three rank-2 descriptors");
+        assert_eq!((grid, block), ([4, 1, 1], [8, 1, 1]));
+        assert_eq!(params.len(), 22, "three rank-2 descriptors and an index");
+        assert_eq!(
+            params[21],
+            0u64.to_le_bytes(),
+            "the index is 0 (the row in the block's tile)"
+        );
         let w = |k: usize| u64::from_le_bytes(params[k].as_slice().try_into().unwrap());
         let elem = |d: usize, i: u64, j: u64| -> u64 {
             let o = 7 * d;
@@ -562,7 +607,7 @@ impl qc_runtime::cuda::Device for EmulatedGpu {
             w(o + 1) + 4 * (w(o + 2) + i * w(o + 5) + j * w(o + 6))
         };
         for i in 0..grid[0] as u64 {
-            for j in 0..grid[1] as u64 {
+            for j in 0..block[0] as u64 {
                 let f = |g: &mut Self, a: u64| f32::from_le_bytes(g.at(a, 4).try_into().unwrap());
                 let (a, b, c) = (elem(0, i, j), elem(1, i, j), elem(2, i, j));
                 let s = f(self, a) + f(self, b);
@@ -664,4 +709,372 @@ fn the_cuda_executor_runs_the_add_plan_and_needs_a_driver() {
         .unwrap();
     assert_eq!(run.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&run.stderr).contains("--device cuda"));
+}
+
+/// LLVM 22's MLIR tool `name` (`$QC_MLIR_BIN`, default /usr/lib/llvm-22/bin).
+fn mlir_tool(name: &str) -> PathBuf {
+    let dir = std::env::var_os("QC_MLIR_BIN").unwrap_or_else(|| "/usr/lib/llvm-22/bin".into());
+    Path::new(&dir).join(name)
+}
+
+/// Runs MLIR tool `name` with `args` on `input` (standard input), which must succeed; its output.
+fn pipe(name: &str, args: &[String], input: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new(mlir_tool(name))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let mut stdin = child.stdin.take().unwrap();
+    let data = input.as_bytes().to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&data));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    assert!(
+        out.status.success(),
+        "{name} {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The value of element `k` of argument `arg` that [`with_entry`] passes to `@main`: f32 in [-0.5,
+/// 0.5) from a fixed generator; integers 0 or 1 (valid indices of every table of the tiny BERT).
+fn arg_value(arg: usize, k: usize) -> f32 {
+    let mut x = (arg as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (k as u64);
+    x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x ^= x >> 31;
+    x = x.wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^= x >> 29;
+    (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+}
+
+/// The tensor types `tensor<...>` in `s`, in order.
+fn tensor_types(s: &str) -> Vec<String> {
+    s.match_indices("tensor<")
+        .map(|(i, _)| {
+            let end = s[i..].find('>').unwrap();
+            s[i..i + end + 1].to_string()
+        })
+        .collect()
+}
+
+/// `module` (whose `@main` takes and returns ranked f32 / i32 / i64 tensors) with an `@entry` that
+/// calls `@main` on the arguments of [`arg_value`] and prints every result (`printMemrefF32`, ...).
+fn with_entry(module: &str) -> String {
+    let head = &module[module.find("func.func @main(").expect("@main")..];
+    let head = &head[..head.find('\n').unwrap()];
+    let arrow = head.find(") -> ").expect("results");
+    let (args, results) = (tensor_types(&head[..arrow]), tensor_types(&head[arrow..]));
+    let mut body = String::new();
+    for (a, ty) in args.iter().enumerate() {
+        let shape = &ty["tensor<".len()..ty.len() - 1];
+        let mut dims: Vec<&str> = shape.split('x').collect();
+        let elem = dims.pop().unwrap();
+        let n: usize = dims.iter().map(|d| d.parse::<usize>().unwrap()).product();
+        let mut hex = String::new();
+        for k in 0..n {
+            let bytes = match elem {
+                "f32" => arg_value(a, k).to_le_bytes().to_vec(),
+                "i64" => ((arg_value(a, k) > 0.0) as i64).to_le_bytes().to_vec(),
+                "i32" => ((arg_value(a, k) > 0.0) as i32).to_le_bytes().to_vec(),
+                other => panic!("argument {a}: element type {other}"),
+            };
+            hex.extend(bytes.iter().map(|b| format!("{b:02X}")));
+        }
+        body += &format!("    %a{a} = arith.constant dense<\"0x{hex}\"> : {ty}\n");
+    }
+    let names: Vec<String> = (0..args.len()).map(|a| format!("%a{a}")).collect();
+    body += &format!(
+        "    %r:{} = func.call @main({}) : ({}) -> ({})\n",
+        results.len(),
+        names.join(", "),
+        args.join(", "),
+        results.join(", ")
+    );
+    for (i, ty) in results.iter().enumerate() {
+        let elem = &ty[ty.rfind('x').map_or("tensor<".len(), |x| x + 1)..ty.len() - 1];
+        let print = match elem {
+            "f32" => "F32",
+            "i32" => "I32",
+            "i64" => "I64",
+            other => panic!("result {i}: element type {other}"),
+        };
+        body += &format!(
+            "    %u{i} = tensor.cast %r#{i} : {ty} to tensor<*x{elem}>\n    \
+             func.call @printMemref{print}(%u{i}) : (tensor<*x{elem}>) -> ()\n"
+        );
+    }
+    let end = module.rfind('}').unwrap();
+    format!(
+        "{}  func.func private @printMemrefF32(tensor<*xf32>)\n  \
+         func.func private @printMemrefI32(tensor<*xi32>)\n  \
+         func.func private @printMemrefI64(tensor<*xi64>)\n  \
+         func.func @entry() {{\n{body}    return\n  }}\n}}\n",
+        &module[..end]
+    )
+}
+
+/// Runs `program` (from [`with_entry`]) on the CPU: mlir-opt with `loops` (export to `scf.parallel`
+/// loops), then the CPU target's lowering from loops to the LLVM dialect, then mlir-runner; the
+/// printed results without the lines holding buffer addresses.
+fn run_on_cpu(program: &str, loops: &[String]) -> String {
+    let tail = qc::cmd::cpu::LOWER_TO_LLVM;
+    let after = tail
+        .iter()
+        .position(|a| *a == "--convert-linalg-to-loops")
+        .expect("the CPU pipeline lowers linalg to loops");
+    let mut args: Vec<String> = loops.to_vec();
+    args.extend(tail[after + 1..].iter().map(|s| s.to_string()));
+    let llvm = pipe("mlir-opt", &args, program);
+    let lib = mlir_tool("mlir-runner")
+        .parent()
+        .unwrap()
+        .join("../lib")
+        .canonicalize()
+        .unwrap();
+    let libs = format!(
+        "--shared-libs={},{}",
+        lib.join("libmlir_runner_utils.so").display(),
+        lib.join("libmlir_c_runner_utils.so").display()
+    );
+    let out = pipe(
+        "mlir-runner",
+        &[
+            "-e".into(),
+            "entry".into(),
+            "--entry-point-result=void".into(),
+            libs,
+        ],
+        &llvm,
+    );
+    out.lines()
+        .map(|l| match l.find("base@") {
+            // "Unranked Memref base@ = 0x... rank = ..." names an address that differs run to run.
+            Some(_) => &l[l.find("rank = ").unwrap_or(l.len())..],
+            None => l,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The values of each memref that [`run_on_cpu`] printed.
+fn printed_values(out: &str) -> Vec<Vec<f64>> {
+    let mut all: Vec<Vec<f64>> = Vec::new();
+    for line in out.lines() {
+        if line.starts_with("rank = ") {
+            all.push(Vec::new());
+            continue;
+        }
+        let values = line
+            .split(|c: char| c == '[' || c == ']' || c == ',' || c.is_whitespace())
+            .filter(|t| !t.is_empty())
+            .map(|t| t.parse::<f64>().unwrap_or_else(|_| panic!("{t} in {line}")));
+        all.last_mut()
+            .expect("a memref header first")
+            .extend(values);
+    }
+    all
+}
+
+/// The untiled loops of the NVIDIA route before its tiling (for comparison).
+fn untiled_loops() -> Vec<String> {
+    [
+        "--convert-elementwise-to-linalg",
+        "--one-shot-bufferize=bufferize-function-boundaries",
+        "--convert-linalg-to-parallel-loops",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// The tiling of the NVIDIA targets (`cuda::to_loops`) on the loop nests of tests/mlir/gpu_tiling.mlir,
+/// lowered for the CPU and run: the results equal the untiled loops' and those computed here, partial
+/// tiles included. The same module mapped to the GPU (`cuda::to_gpu`) launches blocks of
+/// `cuda::THREADS` threads (or the innermost extent when smaller) with a bounds check in the kernel
+/// for the partial tiles.
+#[test]
+fn gpu_tiling_keeps_the_results_of_loop_nests() {
+    let module = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mlir/gpu_tiling.mlir"),
+    )
+    .unwrap();
+    let script = qc::cmd::cuda::tiling_script_file().unwrap();
+    let program = with_entry(&module);
+    let tiled = run_on_cpu(&program, &qc::cmd::cuda::to_loops(script.path()));
+    let untiled = run_on_cpu(&program, &untiled_loops());
+    assert_eq!(tiled, untiled, "the tiled loops compute other values");
+
+    // The same values computed here: y = x * b + x over [3, 5, 300]; the sums of y's 15 rows of 300;
+    // y's rows times w [300, 260]; the sums of y over its middle axis; 2 y broadcast to [3, 5, 2, 300].
+    let x = |i: usize| arg_value(0, i) as f64;
+    let b = |k: usize| arg_value(1, k) as f64;
+    let w = |k: usize, n: usize| arg_value(2, k * 260 + n) as f64;
+    let y: Vec<f64> = (0..4500).map(|i| x(i) * b(i % 300) + x(i)).collect();
+    let sums: Vec<f64> = (0..15).map(|r| y[r * 300..][..300].iter().sum()).collect();
+    let mm: Vec<f64> = (0..15 * 260)
+        .map(|i| (0..300).map(|k| y[i / 260 * 300 + k] * w(k, i % 260)).sum())
+        .collect();
+    let mid: Vec<f64> = (0..900)
+        .map(|i| {
+            (0..5)
+                .map(|j| y[(i / 300) * 1500 + j * 300 + i % 300])
+                .sum()
+        })
+        .collect();
+    let twice: Vec<f64> = (0..9000)
+        .map(|i| 2.0 * y[i / 600 * 300 + i % 300])
+        .collect();
+    let got = printed_values(&tiled);
+    assert_eq!(got.len(), 5, "{tiled}");
+    for (name, (g, want)) in ["y", "sums", "product", "middle sums", "broadcast"]
+        .iter()
+        .zip(got.iter().zip([&y, &sums, &mm, &mid, &twice]))
+    {
+        assert_eq!(g.len(), want.len(), "{name}");
+        for (k, (a, e)) in g.iter().zip(want.iter()).enumerate() {
+            assert!(
+                (a - e).abs() <= 1e-4 * e.abs().max(1.0),
+                "{name}[{k}]: {a}, expected {e}"
+            );
+        }
+    }
+
+    // Mapped to the GPU: one launch per loop nest, the grid over the tiles.
+    let host = pipe("mlir-opt", &qc::cmd::cuda::to_gpu(script.path()), &module);
+    let launches: Vec<&str> = host
+        .lines()
+        .filter_map(|l| {
+            let i = l.find("blocks in ")?;
+            Some(&l[i..l.find(")  args").map_or(l.len(), |e| e + 1)])
+        })
+        .collect();
+    assert_eq!(
+        launches,
+        [
+            // y: [3, 5, 300], tiles of 256 and 44.
+            "blocks in (%c2, %c5, %c3) threads in (%c256, %c1, %c1)",
+            // The fill of the row sums and the sums: one tile of 15.
+            "blocks in (%c1, %c1, %c1) threads in (%c15, %c1, %c1)",
+            "blocks in (%c1, %c1, %c1) threads in (%c15, %c1, %c1)",
+            // The fill of the product and the product: [15, 260].
+            "blocks in (%c2, %c15, %c1) threads in (%c256, %c1, %c1)",
+            "blocks in (%c2, %c15, %c1) threads in (%c256, %c1, %c1)",
+            // The fill of the middle sums, [3, 300], and the middle sums (untiled).
+            "blocks in (%c2, %c3, %c1) threads in (%c256, %c1, %c1)",
+            "blocks in (%c3, %c1, %c1) threads in (%c1, %c1, %c1)",
+            // The broadcast: [3, 5, 2] blocks, each looping over its 2 tiles of 300.
+            "blocks in (%c2, %c5, %c3) threads in (%c256, %c1, %c1)",
+        ],
+        "{host}"
+    );
+    // The partial tiles' threads check their index against the tile's extent.
+    assert!(host.contains("arith.cmpi slt, %thread_id_x, "), "{host}");
+}
+
+/// `qc compile MODEL --target sm_80` with `args` (that must succeed); the exported module that
+/// mlir-opt receives (`QC_CUDA_DUMP`).
+fn gpu_export(d: &Path, model: &Path, args: &[&str]) -> String {
+    let dump = d.join("dump");
+    std::fs::create_dir_all(&dump).unwrap();
+    ok(
+        Command::new(env!("CARGO_BIN_EXE_qc"))
+            .env("QC_CUDA_DUMP", &dump)
+            .args(["compile", p(model), "--target", "sm_80", "-o"])
+            .arg(d.join("m.qca"))
+            .args(args),
+        "qc compile --target sm_80",
+    );
+    std::fs::read_to_string(dump.join("model.export.mlir")).unwrap()
+}
+
+/// `module` run on the CPU through the tiled loops (`cuda::to_loops`) and through the untiled ones,
+/// on the same arguments: the same printed results (those of the tiled loops), and the number of
+/// `scf.parallel` loops of each.
+fn tiled_and_untiled(module: &str) -> (String, usize, usize) {
+    let program = with_entry(module);
+    let script = qc::cmd::cuda::tiling_script_file().unwrap();
+    let tiled_args = qc::cmd::cuda::to_loops(script.path());
+    let loops = |args: &[String]| {
+        pipe("mlir-opt", args, module)
+            .matches("scf.parallel")
+            .count()
+    };
+    let tiled = run_on_cpu(&program, &tiled_args);
+    let untiled = run_on_cpu(&program, &untiled_loops());
+    assert_eq!(tiled, untiled, "the tiled loops compute other values");
+    (tiled, loops(&tiled_args), loops(&untiled_loops()))
+}
+
+/// The tiny BERT's export for the NVIDIA targets, run on the CPU through the tiled loops of
+/// `cuda::to_loops` and through the untiled ones, on the same arguments: the same printed results.
+#[test]
+fn gpu_tiling_keeps_the_results_of_the_bert() {
+    let Some(_) = ptxas() else { return };
+    require_python();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = d.join("bert.onnx");
+    ok(
+        Command::new("python3")
+            .arg(repo().join("scripts/models/make_bert.py"))
+            .args([
+                "--config",
+                "tiny",
+                "--seed",
+                "0",
+                "--out",
+                p(&model),
+                "--embedded",
+            ]),
+        "make_bert.py",
+    );
+    let module = gpu_export(
+        d,
+        &model,
+        &[
+            "--passes",
+            "canonicalize",
+            "--shape",
+            "batch=2",
+            "--shape",
+            "seq=7",
+        ],
+    );
+    let (tiled, n_tiled, n_untiled) = tiled_and_untiled(&module);
+    // The tiling applies: the loop nests become tile loops around element loops.
+    assert!(
+        2 * n_tiled > 3 * n_untiled,
+        "{n_tiled} tiled loops, {n_untiled} untiled"
+    );
+    let values = printed_values(&tiled);
+    // The encoder's output [2, 7, 32] and the pooler's [2, 32], finite.
+    assert_eq!(values.iter().map(Vec::len).collect::<Vec<_>>(), [448, 64]);
+    assert!(values.iter().flatten().all(|v| v.is_finite()));
+}
+
+/// The window ops of compiler/tests/cpu_ops.py (convolutions, which stay untiled, pooling, LRN, ...)
+/// the same way: the same printed results through the tiled and the untiled loops.
+#[test]
+fn gpu_tiling_keeps_the_results_of_the_window_ops() {
+    let Some(_) = ptxas() else { return };
+    require_python();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(
+        Command::new("python3")
+            .arg(repo().join("compiler/tests/cpu_ops.py"))
+            .arg(d),
+        "compiler/tests/cpu_ops.py",
+    );
+    let module = gpu_export(d, &d.join("window.onnx"), &["--passes", "canonicalize"]);
+    let (tiled, n_tiled, n_untiled) = tiled_and_untiled(&module);
+    assert!(
+        n_tiled > n_untiled,
+        "{n_tiled} tiled loops, {n_untiled} untiled"
+    );
+    assert!(printed_values(&tiled).len() > 10, "{tiled}");
 }

@@ -6,11 +6,20 @@
 //! 1. The compiled module is specialized to static shapes (`--shape`) and exported to upstream MLIR
 //!    (`qc_backend_hlo::upstream::export_module_with`), as for the CPU targets, with the large float
 //!    and integer constants as trailing function arguments (`ExportOptions::constant_args`).
-//! 2. LLVM 22's `mlir-opt` runs [`TO_GPU`]: bufferization, linalg to `scf.parallel` loops, the loops
-//!    mapped to the GPU grid and converted to `gpu.launch`, and each launch body outlined into its own
-//!    `gpu.module`. The result is the *host program* (`host.mlir`): function `@main` on memrefs, whose
-//!    body is a straight-line sequence of `memref.alloc`, `memref.get_global` (weights, whose bytes are
-//!    the module's `memref.global` constants), view ops, `memref.copy` and `gpu.launch_func`.
+//! 2. LLVM 22's `mlir-opt` runs [`to_gpu`]: the `linalg` ops' unit dimensions dropped; bufferization;
+//!    each `linalg` op tiled with `scf.forall` by the transform-dialect script of [`tiling_script`]
+//!    (run by `--transform-interpreter` from a temporary file): by 1 along its parallel dimensions
+//!    but the innermost, and along the innermost one by [`THREADS`] when it is longer, else not (one
+//!    tile of the whole extent); the tiled ops lowered to `scf.parallel` element loops inside the
+//!    tile loops; the loops mapped to the GPU innermost dimension first and converted to
+//!    `gpu.launch`: the tile loop to the grid (its fourth dimension and those after it become a loop
+//!    in the thread: with four parallel dimensions, the tiles along the innermost), the element loop to
+//!    the block's x threads (one per element, consecutive threads on consecutive elements), the
+//!    threads past the end of a partial tile doing nothing (`convert-parallel-loops-to-gpu` guards
+//!    the body); and each launch body outlined into its own `gpu.module`. The result is the *host
+//!    program* (`host.mlir`): function `@main` on memrefs, whose body is a straight-line sequence of
+//!    `memref.alloc`, `memref.get_global` (weights, whose bytes are the module's `memref.global`
+//!    constants), view ops, `memref.copy` and `gpu.launch_func`.
 //! 3. `mlir-opt` lowers that program with [`to_ptx`] (`gpu-lower-to-nvvm-pipeline` with
 //!    `cubin-format=isa`, LLVM's NVPTX back end at `-O3` for the chip), linking libdevice from the CUDA
 //!    toolkit that holds ptxas (its `nvvm/libdevice/libdevice.10.bc`; `CUDA_ROOT` otherwise). The PTX
@@ -43,10 +52,17 @@
 //! The manifest's `entry` is `main` (the host program's function). Compiling twice gives byte-identical
 //! artifacts. `qc run ARTIFACT --device cuda` and `qc bench` run them (cmd/cuda_run.rs).
 //!
-//! Limitations: the kernels are naive (one thread per block, each computing one output element of a
-//! loop nest; reductions are sequential loops in the thread); formats whose element types MLIR cannot
-//! lower (FP8 weights, which NVFP4's block scales are) are rejected with MLIR's diagnostic (exit
-//! code 2).
+//! `QC_CUDA_DUMP=DIR` writes the exported module, as mlir-opt receives it, to `DIR/model.export.mlir`
+//! and [`tiling_script`] to `DIR/tiling.mlir` (for developers; compiler/tests/ptx.rs runs the export
+//! on the CPU through the tiled loops).
+//!
+//! Limitations: the kernels are simple (each thread computes one output element of a loop nest;
+//! reductions are sequential loops in the thread; no shared memory or tensor cores). Blocks are
+//! one-dimensional, so a loop nest whose innermost parallel extent is small gets small blocks (the
+//! tiny BERT's 7 and 8 threads). An op that [`tiling_script`] leaves untiled (a reduction dimension
+//! before a parallel one, or a rank above [`MAX_TILED_RANK`]) runs one thread per block. Formats
+//! whose element types MLIR cannot lower (FP8 weights, which NVFP4's block scales are) are rejected
+//! with MLIR's diagnostic (exit code 2).
 
 use std::path::{Path, PathBuf};
 
@@ -70,16 +86,182 @@ pub const HOST: &str = "host.mlir";
 /// The host program's function (the manifest's entry).
 pub const ENTRY: &str = "main";
 
-/// The mlir-opt pipeline from the upstream export to the host program with outlined kernels.
-pub const TO_GPU: &[&str] = &[
-    "--convert-elementwise-to-linalg",
-    "--one-shot-bufferize=bufferize-function-boundaries",
-    "--convert-linalg-to-parallel-loops",
-    "--gpu-map-parallel-loops",
+/// Threads per block along a loop nest's innermost parallel dimension (module documentation, step 2).
+pub const THREADS: u32 = 256;
+
+/// The highest rank of the `linalg` ops that [`tiling_script`] tiles.
+pub const MAX_TILED_RANK: usize = 8;
+
+/// The entry of [`tiling_script`] that tiles the `linalg` ops.
+const TILE: &str = "qc_tile";
+/// The entry of [`tiling_script`] that canonicalizes the bodies of the tile loops.
+const CLEAN: &str = "qc_clean_tiles";
+
+/// The mlir-opt pipeline from the upstream export to bufferized, tiled `scf.parallel` loops (the first
+/// part of [`to_gpu`]); `script` is the path of a file holding [`tiling_script`]. Unit dimensions
+/// are dropped from the `linalg` ops first (so that the last parallel dimension is not one of them);
+/// after bufferization, [`TILE`] tiles the ops into `scf.forall` tile loops, the tiled ops become
+/// element loops, and [`CLEAN`] canonicalizes the tile loops' bodies only, which drops the element
+/// loops' unit dimensions (a mapped loop's fourth dimension and those after it become loops in the
+/// thread) while the tile loops keep theirs (`canonicalize` on a whole function would fold away the
+/// tile loop of an op that is one tile, whose element loop would then be mapped to the grid).
+pub fn to_loops(script: &Path) -> Vec<String> {
+    vec![
+        "--convert-elementwise-to-linalg".into(),
+        "--linalg-fold-unit-extent-dims".into(),
+        "--one-shot-bufferize=bufferize-function-boundaries".into(),
+        format!(
+            "--transform-preload-library=transform-library-paths={}",
+            script.display()
+        ),
+        format!("--transform-interpreter=entry-point={TILE}"),
+        "--convert-linalg-to-parallel-loops".into(),
+        format!("--transform-interpreter=entry-point={CLEAN}"),
+        "--scf-forall-to-parallel".into(),
+    ]
+}
+
+/// The second part of [`to_gpu`]: each tiled loop nest mapped to the grid (the tile loop) and a
+/// thread block (the element loop), innermost dimension first, converted to `gpu.launch` and
+/// outlined.
+pub const MAP_TO_GPU: &[&str] = &[
+    "--gpu-map-parallel-loops=mapping-policy=innermost-first",
     "--convert-parallel-loops-to-gpu",
     "--canonicalize",
     "--gpu-kernel-outlining",
 ];
+
+/// The mlir-opt pipeline from the upstream export to the host program with outlined kernels
+/// ([`to_loops`], then [`MAP_TO_GPU`]).
+pub fn to_gpu(script: &Path) -> Vec<String> {
+    let mut args = to_loops(script);
+    args.extend(MAP_TO_GPU.iter().map(|s| s.to_string()));
+    args
+}
+
+/// The transform-dialect library that [`to_loops`] runs, with entries [`TILE`] and [`CLEAN`].
+///
+/// [`TILE`] tiles with `scf.forall` every `linalg` op of rank 1 to [`MAX_TILED_RANK`] whose
+/// iteration space is parallel dimensions followed by reduction dimensions (elementwise and
+/// broadcasting ops, reductions over trailing axes, matrix products): by 1 along each parallel
+/// dimension but the last, not along the reduction dimensions, and along the last parallel
+/// dimension, of static extent `e`, by [`THREADS`] when `e` is larger (the last tile partial when
+/// `e` is not a multiple), else not at all (one tile of `e`; by `e` when it is the only parallel
+/// dimension, so that there is a tile loop). Bufferized and lowered, the `scf.forall` is the tile
+/// loop (the grid) and the tiled op's loop the element loop (the block). Other ops stay untiled
+/// (one thread per block).
+pub fn tiling_script() -> String {
+    let list = |r: std::ops::Range<usize>| r.map(|d| d.to_string()).collect::<Vec<_>>().join(", ");
+    let mut pairs = Vec::new();
+    let mut text = String::from("module attributes {transform.with_named_sequence} {\n");
+    for rank in 1..=MAX_TILED_RANK {
+        for reductions in 0..rank {
+            let last = rank - reductions - 1;
+            let mut checks = format!(
+                "      %rank = transform.match.structured.rank %s : (!transform.any_op) -> !transform.param<i64>\n\
+                 \x20     %want = transform.param.constant {rank} : i64 -> !transform.param<i64>\n\
+                 \x20     transform.match.param.cmpi eq %rank, %want : !transform.param<i64>\n\
+                 \x20     transform.match.structured.dim %s[{}] {{parallel}} : !transform.any_op\n\
+                 \x20     transform.match.structured.input %s[all] {{projected_permutation}} : !transform.any_op\n\
+                 \x20     transform.match.structured.init %s[all] {{projected_permutation}} : !transform.any_op\n",
+                list(0..last + 1)
+            );
+            if reductions > 0 {
+                checks += &format!(
+                    "      transform.match.structured.dim %s[{}] {{reduction}} : !transform.any_op\n",
+                    list(last + 1..rank)
+                );
+            }
+            let name = format!("{rank}_{reductions}");
+            // The one-tile matcher yields the last parallel dimension's static extent (1 to THREADS).
+            text += &format!(
+                "  transform.named_sequence @match_{name}_one_tile(%op: !transform.any_op {{transform.readonly}}) -> (!transform.any_op, !transform.param<i64>) {{\n\
+                 \x20   %extent = transform.match.structured %op : (!transform.any_op) -> !transform.param<i64> {{\n\
+                 \x20   ^bb0(%s: !transform.any_op):\n\
+                 {checks}\
+                 \x20     %e = transform.match.structured.dim %s[{last}] : (!transform.any_op) -> !transform.param<i64>\n\
+                 \x20     %one = transform.param.constant 1 : i64 -> !transform.param<i64>\n\
+                 \x20     %threads = transform.param.constant {THREADS} : i64 -> !transform.param<i64>\n\
+                 \x20     transform.match.param.cmpi ge %e, %one : !transform.param<i64>\n\
+                 \x20     transform.match.param.cmpi le %e, %threads : !transform.param<i64>\n\
+                 \x20     transform.match.structured.yield %e : !transform.param<i64>\n\
+                 \x20   }}\n\
+                 \x20   transform.yield %op, %extent : !transform.any_op, !transform.param<i64>\n\
+                 \x20 }}\n\
+                 \x20 transform.named_sequence @match_{name}(%op: !transform.any_op {{transform.readonly}}) -> !transform.any_op {{\n\
+                 \x20   transform.match.structured %op : !transform.any_op {{\n\
+                 \x20   ^bb0(%s: !transform.any_op):\n\
+                 {checks}\
+                 \x20     transform.match.structured.yield\n\
+                 \x20   }}\n\
+                 \x20   transform.yield %op : !transform.any_op\n\
+                 \x20 }}\n"
+            );
+            let sizes = |innermost: &str| {
+                (0..rank)
+                    .map(|d| match d {
+                        d if d < last => "1",
+                        d if d == last => innermost,
+                        _ => "0",
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let (one_tile, one_tile_types) = if last == 0 {
+                (
+                    sizes("%extent"),
+                    "(!transform.any_op, !transform.param<i64>)",
+                )
+            } else {
+                (sizes("0"), "(!transform.any_op)")
+            };
+            text += &format!(
+                "  transform.named_sequence @tile_{name}_one_tile(%op: !transform.any_op {{transform.consumed}}, %extent: !transform.param<i64> {{transform.readonly}}) {{\n\
+                 \x20   %tiled, %loop = transform.structured.tile_using_forall %op tile_sizes [{one_tile}] : {one_tile_types} -> (!transform.any_op, !transform.any_op)\n\
+                 \x20   transform.yield\n\
+                 \x20 }}\n\
+                 \x20 transform.named_sequence @tile_{name}(%op: !transform.any_op {{transform.consumed}}) {{\n\
+                 \x20   %tiled, %loop = transform.structured.tile_using_forall %op tile_sizes [{}] : (!transform.any_op) -> (!transform.any_op, !transform.any_op)\n\
+                 \x20   transform.yield\n\
+                 \x20 }}\n",
+                sizes(&THREADS.to_string())
+            );
+            pairs.push(format!("@match_{name}_one_tile -> @tile_{name}_one_tile"));
+            pairs.push(format!("@match_{name} -> @tile_{name}"));
+        }
+    }
+    text += &format!(
+        "  transform.named_sequence @{TILE}(%root: !transform.any_op {{transform.consumed}}) {{\n\
+         \x20   transform.foreach_match in %root\n\
+         \x20       {}\n\
+         \x20     : (!transform.any_op) -> !transform.any_op\n\
+         \x20   transform.yield\n\
+         \x20 }}\n\
+         \x20 transform.named_sequence @{CLEAN}(%root: !transform.any_op {{transform.readonly}}) {{\n\
+         \x20   %tiles = transform.structured.match ops{{[\"scf.forall\"]}} in %root : (!transform.any_op) -> !transform.any_op\n\
+         \x20   transform.apply_patterns to %tiles {{\n\
+         \x20     transform.apply_patterns.canonicalization\n\
+         \x20   }} : !transform.any_op\n\
+         \x20   transform.yield\n\
+         \x20 }}\n}}\n",
+        pairs.join(",\n        ")
+    );
+    text
+}
+
+/// [`tiling_script`] in a temporary file (removed when dropped), for `--transform-preload-library`.
+pub fn tiling_script_file() -> Result<tempfile::NamedTempFile, Failure> {
+    use std::io::Write;
+    let io = |e: std::io::Error| input_error(format!("a temporary file for mlir-opt: {e}"));
+    let mut f = tempfile::Builder::new()
+        .prefix("qc-gpu-tiling")
+        .suffix(".mlir")
+        .tempfile()
+        .map_err(io)?;
+    f.write_all(tiling_script().as_bytes()).map_err(io)?;
+    f.flush().map_err(io)?;
+    Ok(f)
+}
 
 /// The PTX ISA version asked of LLVM for a target (the lowest that the chip needs, at least 8.0).
 fn ptx_features(t: GpuTarget) -> &'static str {
@@ -423,6 +605,11 @@ pub fn write_artifact(
     let exported =
         qc_backend_hlo::upstream::export_module_with(m, func, &b, &opts).map_err(render)?;
     let text = exported.text;
+    if let Some(dir) = std::env::var_os("QC_CUDA_DUMP") {
+        // For developers: the exported module, as mlir-opt receives it, and the tiling script.
+        let _ = std::fs::write(Path::new(&dir).join("model.export.mlir"), &text);
+        let _ = std::fs::write(Path::new(&dir).join("tiling.mlir"), tiling_script());
+    }
     let mut manifest =
         crate::cmd::target::manifest(target, m, &specialized, shapes, model, pipeline)?;
     manifest.entry = ENTRY.into();
@@ -433,8 +620,9 @@ pub fn write_artifact(
         ))
     })?;
     let what = format!("the {} target cannot lower this model", target.name());
-    let gpu_args: Vec<String> = TO_GPU.iter().map(|s| s.to_string()).collect();
-    let host = mlir_opt(&gpu_args, text.as_bytes(), None, &what)?;
+    let script = tiling_script_file()?;
+    let host = mlir_opt(&to_gpu(script.path()), text.as_bytes(), None, &what)?;
+    drop(script);
     let host = String::from_utf8(host).map_err(|e| internal(e.to_string()))?;
     let lowered = mlir_opt(
         &to_ptx(gpu),
@@ -540,6 +728,28 @@ pub fn write_artifact(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_tiling_script_tiles_the_innermost_parallel_dimension() {
+        let s = tiling_script();
+        // A matrix product (two parallel dimensions, then one reduction).
+        assert!(
+            s.contains("transform.match.structured.dim %s[0, 1] {parallel}"),
+            "{s}"
+        );
+        assert!(s.contains("tile_sizes [1, 256, 0] :"), "{s}");
+        assert!(s.contains("tile_sizes [1, 0, 0] :"), "{s}");
+        assert!(s.contains("tile_sizes [%extent, 0] :"), "{s}");
+        assert!(s.contains("tile_sizes [1, 1, 1, 1, 1, 1, 1, 256] :"), "{s}");
+        assert!(
+            s.contains(
+                "@match_3_1_one_tile -> @tile_3_1_one_tile,\n        @match_3_1 -> @tile_3_1,"
+            ),
+            "{s}"
+        );
+        let pairs = 2 * (1..=MAX_TILED_RANK).sum::<usize>();
+        assert_eq!(s.matches(" -> @tile_").count(), pairs);
+    }
 
     #[test]
     fn unescapes_mlir_strings() {
