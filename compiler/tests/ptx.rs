@@ -385,12 +385,13 @@ fn bert_int8_activations_ptx_for_every_target() {
     assert!(plan.contains("\"entry\": \"qc_gemv4_partial\""), "{plan}");
 }
 
-/// FP8-quantized activations (calibrated) run the FP8 tensor-core GEMM from sm_89 (on sm_90a from
-/// 64 rows its warpgroup version), which quantizes them itself: for FP8 weights at any row count, for 4-bit weights from 16 rows (below, the
+/// int8-quantized activations (calibrated) with int8 weights run the s8 tensor-core GEMM on every
+/// target. FP8-quantized ones run the FP8 tensor-core GEMM from sm_89 (on sm_90a from 64 rows its
+/// warpgroup version), which quantizes them itself: for FP8 weights at any row count, for 4-bit weights from 16 rows (below, the
 /// fake-quant kernel and the GEMV). sm_80 has no FP8 tensor cores: the fake-quant kernel, then the
 /// 4-bit kernels or MLIR's (FP8 weights).
 #[test]
-fn fp8_activations_run_the_fp8_tensor_core_gemm() {
+fn quantized_activations_run_the_8bit_tensor_core_gemm() {
     let Some(ptxas) = ptxas() else { return };
     require_python();
     let calib = repo().join("examples/bert-tiny-calib.npz");
@@ -424,6 +425,19 @@ fn fp8_activations_run_the_fp8_tensor_core_gemm() {
     let wg = ("wgmma8".to_string(), "qc_wgmma8".to_string(), 10);
     assert_eq!(l.iter().filter(|x| **x == wg).count(), 12, "{l:?}");
     assert_eq!(l.iter().filter(|x| **x == mma8).count(), 1, "{l:?}");
+    // int8 activations and int8 weights: the s8 tensor-core GEMM on every target, sm_80 included.
+    let i8 = [
+        "--wformat",
+        "int8_channel",
+        "--aformat",
+        "int8",
+        "--calib",
+        calib,
+    ];
+    for t in ["sm_80", "sm_90a"] {
+        let l = qc_launches(&i8, t, 8);
+        assert_eq!(l.iter().filter(|x| **x == mma8).count(), 13, "{t} {l:?}");
+    }
     let l = qc_launches(&fp8, "sm_80", 8);
     assert!(
         l.iter().all(|x| x.0 != "mma8") && l.contains(&fquant),

@@ -28,10 +28,12 @@ for n in input_ids token_type_ids attention_mask; do IN+=(--input "$n=$KIT/model
 INP=()
 for n in input_ids token_type_ids attention_mask; do INP+=(--input "$n=$KIT/models/inputs-prefill/$n.npy"); done
 CAL=examples/bert-tiny-calib.npz
-for f in float int4_g32 nvfp4 mxfp4 fp8_e4m3 mxfp8 int4_g32_a8 fp8_e4m3_f8 mxfp4_f8; do
+for f in float int4_g32 nvfp4 mxfp4 fp8_e4m3 mxfp8 int4_g32_a8 int8_a8 fp8_e4m3_f8 mxfp4_f8; do
   case "$f" in
     float) P=(--passes canonicalize,cse,dce) ;;
     int4_g32_a8) P=(--wformat int4_g32 --aformat int8 --calib $CAL) ;;
+    # int8 activations and weights: the s8 tensor-core GEMM.
+    int8_a8) P=(--wformat int8_channel --aformat int8 --calib $CAL) ;;
     # FP8 activations: the FP8 tensor-core GEMM on sm_90a.
     fp8_e4m3_f8) P=(--wformat fp8_e4m3 --aformat fp8_e4m3 --calib $CAL) ;;
     mxfp4_f8) P=(--wformat mxfp4 --aformat fp8_e4m3 --calib $CAL) ;;
@@ -43,7 +45,7 @@ for f in float int4_g32 nvfp4 mxfp4 fp8_e4m3 mxfp8 int4_g32_a8 fp8_e4m3_f8 mxfp4
     "$QC" compile examples/bert-tiny.onnx "${P[@]}" --shape batch=1 --shape seq=8 --target "$t" -o "$KIT/models/$f.$t.qca"
   done
   case "$f" in
-    int4_g32|nvfp4|mxfp4|mxfp4_f8|fp8_e4m3_f8)
+    int4_g32|nvfp4|mxfp4|mxfp4_f8|fp8_e4m3_f8|int4_g32_a8)
       "$QC" run "$KIT/models/$f.qir" "${INP[@]}" -o "$KIT/models/$f-prefill.ref"
       for t in sm_90a sm_80; do
         "$QC" compile examples/bert-tiny.onnx "${P[@]}" --shape batch=8 --shape seq=8 --target "$t" -o "$KIT/models/$f-prefill.$t.qca"

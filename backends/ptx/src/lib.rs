@@ -5,7 +5,7 @@
 //! path: kernel calling convention, special registers, target machine, PTX emission, ptxas), the
 //! 4-bit weight GEMV kernels of [`gemv4`] (tested on the CPU through the same IR, benchmarked on a GPU
 //! by `cargo bench --bench gemv4_gpu`), the tensor-core GEMMs of [`mma4`] (4-bit weights, bf16 MMA)
-//! and [`mma8`] (FP8 MMA, activations quantized in the kernel) and the Hopper warpgroup version of
+//! and [`mma8`] (s8 or FP8 MMA, activations quantized in the kernel) and the Hopper warpgroup version of
 //! the latter, [`wgmma8`], tested on the CPU with an emulated warp or warpgroup, and the activation
 //! fake quantization of [`fquant`]. Whole models take the MLIR route of the compiler's
 //! `cmd/cuda.rs`.

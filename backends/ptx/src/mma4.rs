@@ -183,6 +183,59 @@ impl<'c> Mma<'c> {
 }
 
 impl<'c> Mma<'c> {
+    /// `d = a * b + acc` for an integer MMA (i32 accumulators, e.g. m16n8k32 s8). On the host the
+    /// emulator gets and returns the i32 bits in its f32 arguments.
+    pub(crate) fn issue_i32(
+        &self,
+        c: &Cx<'c>,
+        a: &[IntValue<'c>; 4],
+        b: &[IntValue<'c>; 2],
+        acc: &[IntValue<'c>; 4],
+    ) -> Result<[IntValue<'c>; 4], Error> {
+        let (i32t, f32t) = (c.ctx.i32_type(), c.ctx.f32_type());
+        let mut args: Vec<BasicMetadataValueEnum<'c>> = Vec::with_capacity(13);
+        let mut d = [i32t.const_zero(); 4];
+        match self {
+            Mma::Ptx(f) => {
+                args.extend(a.iter().map(|v| BasicMetadataValueEnum::from(*v)));
+                args.extend(b.iter().map(|v| BasicMetadataValueEnum::from(*v)));
+                args.extend(acc.iter().map(|v| BasicMetadataValueEnum::from(*v)));
+                let r =
+                    c.b.build_call(*f, &args, "")?
+                        .try_as_basic_value()
+                        .basic()
+                        .ok_or(Error::MissingIntrinsic("llvm.nvvm.mma"))?
+                        .into_struct_value();
+                for (i, slot) in d.iter_mut().enumerate() {
+                    *slot = c.b.build_extract_value(r, i as u32, "")?.into_int_value();
+                }
+            }
+            Mma::Host {
+                emu,
+                warp,
+                lane,
+                out,
+            } => {
+                args.push((*warp).into());
+                args.push((*lane).into());
+                args.extend(a.iter().map(|v| BasicMetadataValueEnum::from(*v)));
+                args.extend(b.iter().map(|v| BasicMetadataValueEnum::from(*v)));
+                for v in acc {
+                    args.push(c.b.build_bit_cast(*v, f32t, "")?.into());
+                }
+                args.push((*out).into());
+                c.b.build_call(*emu, &args, "")?;
+                for (i, slot) in d.iter_mut().enumerate() {
+                    let f = c.load_f32(*out, c.i64(i as u64))?;
+                    *slot = c.b.build_bit_cast(f, i32t, "")?.into_int_value();
+                }
+            }
+        }
+        Ok(d)
+    }
+}
+
+impl<'c> Mma<'c> {
     /// `d = a * b + acc` for one tile.
     pub(crate) fn issue(
         &self,

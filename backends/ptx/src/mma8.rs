@@ -1,9 +1,13 @@
-//! FP8 tensor-core GEMM on NVIDIA GPUs (sm_89 and later): `y[M, N] = dequant(quant(x)) W^T` where
-//! the kernel quantizes the f32 activations `x[M, K]` itself to FP8 per tensor (e4m3 or e5m2, the
-//! `--aformat` of a calibrated model) and reads the weights `W[N, K]` straight from their
-//! `qc_quant::blob` bytes: FP8 codes (e4m3 or e5m2, one f32 scale per tensor or per row), or 4-bit
-//! codes in the formats of [`Gemv4`] whose scale groups are at least 32 long (int4 per group or row,
-//! mxfp4), decoded in registers to e4m3, which holds every 4-bit code value exactly.
+//! 8-bit tensor-core GEMM on NVIDIA GPUs: `y[M, N] = dequant(quant(x)) W^T` where the kernel
+//! quantizes the f32 activations `x[M, K]` itself per tensor (the `--aformat` of a calibrated
+//! model) and reads the weights `W[N, K]` straight from their `qc_quant::blob` bytes:
+//! - FP8 activations (e4m3 or e5m2; sm_89 and later): FP8 weights (e4m3 or e5m2, one f32 scale per
+//!   tensor or per row), or 4-bit codes in the formats of [`Gemv4`] whose scale groups are at least
+//!   32 long (int4 per group or row, mxfp4), decoded in registers to e4m3, which holds every 4-bit
+//!   code value exactly;
+//! - int8 activations (every target): int8 weights (f32 scales per tensor, row or group of a
+//!   multiple of 32) or int4 (groups of 32 or more, or per row) decoded to int8, multiplied by
+//!   `mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32` with exact i32 sums.
 //!
 //! # Arithmetic
 //! - Activations: `q = round(x / sa)` with the bit-exact rounding of the fake-quant kernel
@@ -11,7 +15,8 @@
 //! - Each k-step of 32 is one `mma.sync.aligned.m16n8k32.row.col.f32.{a}.{b}.f32` on a zeroed
 //!   accumulator: 32 products of FP8 values, each exact in f32. Its result is added to the f32 sum
 //!   (times the weight's group scale for grouped formats: scales applied around the MMA), so the
-//!   tensor core never accumulates across steps.
+//!   tensor core never accumulates across steps. With int8 the step's i32 sums are exact: added to
+//!   an i32 sum (converted once at the end), or for grouped weights converted and scaled per step.
 //! - At the end `y = sum * sa * (per-tensor or per-row weight scale) * post` (`post`: the NVFP4-style
 //!   tensor scale of [`Gemv4::post`], else 1).
 //!
@@ -62,8 +67,17 @@ pub enum Weights8 {
         /// One scale per row (else one per tensor).
         per_row: bool,
     },
-    /// 4-bit codes as [`Gemv4`] reads them, decoded to e4m3 (groups of at least 32, or per row).
+    /// 4-bit codes as [`Gemv4`] reads them, decoded to e4m3 (groups of at least 32, or per row);
+    /// with int8 activations only two's-complement int4, decoded to int8.
     Nibble(Gemv4),
+    /// int8 codes with f32 scales per tensor, per row or per group (of a multiple of 32) along K
+    /// (with int8 activations).
+    Int8 {
+        /// One scale per row (else one per tensor), when not grouped.
+        per_row: bool,
+        /// Elements per scale along K.
+        group: Option<usize>,
+    },
 }
 
 /// What the kernel computes: the weights and the activation format.
@@ -84,9 +98,45 @@ impl Mma8 {
     /// The kernel description for weight format `w` and activation format `a`, or why the kernel
     /// does not compute that product.
     pub fn classify(w: &QuantType, a: &QuantType) -> Result<Mma8, String> {
-        let act = FakeQuantPt::classify(a)
-            .filter(|s| s.man.is_some())
-            .ok_or_else(|| format!("{a}: not FP8 per tensor"))?;
+        let act =
+            FakeQuantPt::classify(a).ok_or_else(|| format!("{a}: not int8 or FP8 per tensor"))?;
+        let plain = || {
+            if w.scale != ScaleType::F32
+                || w.zero_point.is_some()
+                || w.tensor_scale != TensorScale::None
+                || w.pack != Packing::None
+                || w.convention != qc_ir::quant::Convention::Spec
+            {
+                return Err(format!("{w}: not plain codes with f32 scales"));
+            }
+            Ok(())
+        };
+        let int8 = Encoding::Int {
+            bits: 8,
+            signed: true,
+        };
+        if act.man.is_none() {
+            // int8 activations: integer weights only (the s8 MMA).
+            let weights = if w.elem == int8 {
+                plain()?;
+                let (per_row, group) = match w.scheme {
+                    Scheme::PerTensor => (false, None),
+                    Scheme::PerChannel { axis: 0 } => (true, None),
+                    Scheme::Group { size, axis } if (axis == -1 || axis == 1) && size % 32 == 0 => {
+                        (false, Some(size as usize))
+                    }
+                    _ => return Err(format!("{w}: int8 weights per tensor, row or 32k-group")),
+                };
+                Weights8::Int8 { per_row, group }
+            } else {
+                let g = Gemv4::classify(w)?;
+                if !g.signed_int || g.group.is_some_and(|s| s < 32) {
+                    return Err(format!("{w}: not int4 with groups of 32 or more"));
+                }
+                Weights8::Nibble(g)
+            };
+            return Ok(Mma8 { weights, act });
+        }
         let fp8 = w.elem == Encoding::E4M3FN || w.elem == Encoding::E5M2;
         let weights = if fp8 {
             let per_row = match w.scheme {
@@ -118,10 +168,7 @@ impl Mma8 {
 
     /// Whether the kernel reads `K = k`.
     pub fn supports(&self, k: u64) -> Result<(), String> {
-        let g = match &self.weights {
-            Weights8::Nibble(s) => s.group.unwrap_or(32) as u64,
-            Weights8::Fp8 { .. } => 32,
-        };
+        let g = self.group().unwrap_or(32) as u64;
         if !k.is_multiple_of(32) || !k.is_multiple_of(g) {
             return Err(format!("K = {k} is not a multiple of 32 and of the group"));
         }
@@ -131,7 +178,7 @@ impl Mma8 {
     /// Byte offset of the scales in the blob of `W[n, k]`.
     pub fn scales_offset(&self, n: usize, k: usize) -> usize {
         match &self.weights {
-            Weights8::Fp8 { .. } => align16(n * k),
+            Weights8::Fp8 { .. } | Weights8::Int8 { .. } => align16(n * k),
             Weights8::Nibble(s) => s.sections(n, k).scales,
         }
     }
@@ -142,14 +189,36 @@ impl Mma8 {
             Weights8::Fp8 { per_row, .. } => {
                 align16(align16(n * k) + 4 * if *per_row { n } else { 1 })
             }
+            Weights8::Int8 { per_row, group } => {
+                let count = match group {
+                    Some(g) => n * (k / g),
+                    None if *per_row => n,
+                    None => 1,
+                };
+                align16(align16(n * k) + 4 * count)
+            }
             Weights8::Nibble(s) => s.sections(n, k).len,
         }
+    }
+
+    /// Elements per weight scale along K, for grouped weights.
+    pub fn group(&self) -> Option<usize> {
+        match &self.weights {
+            Weights8::Nibble(s) => s.group,
+            Weights8::Int8 { group, .. } => *group,
+            Weights8::Fp8 { .. } => None,
+        }
+    }
+
+    /// Whether activations and weights are int8 (the s8 MMA with exact i32 sums).
+    pub fn is_int8(&self) -> bool {
+        self.act.man.is_none()
     }
 
     /// The `tables` argument (f32 values; 16 + 256 for 4-bit weights, a placeholder for FP8).
     pub fn tables(&self) -> Result<Vec<f32>, String> {
         match &self.weights {
-            Weights8::Fp8 { .. } => Ok(vec![0.0; 4]),
+            Weights8::Fp8 { .. } | Weights8::Int8 { .. } => Ok(vec![0.0; 4]),
             Weights8::Nibble(s) => s.tables(),
         }
     }
@@ -157,7 +226,7 @@ impl Mma8 {
     /// The `post` argument for a blob.
     pub fn post(&self, blob: &[u8], n: usize, k: usize) -> Result<f32, String> {
         match &self.weights {
-            Weights8::Fp8 { .. } => Ok(1.0),
+            Weights8::Fp8 { .. } | Weights8::Int8 { .. } => Ok(1.0),
             Weights8::Nibble(s) => s.post(blob, n, k),
         }
     }
@@ -173,6 +242,9 @@ impl Mma8 {
     }
 
     pub(crate) fn intrinsic(&self) -> &'static str {
+        if self.is_int8() {
+            return "llvm.nvvm.mma.m16n8k32.row.col.s8";
+        }
         match (self.act_e5m2(), self.weight_e5m2()) {
             (false, false) => "llvm.nvvm.mma.m16n8k32.row.col.f32.e4m3.e4m3.f32",
             (false, true) => "llvm.nvvm.mma.m16n8k32.row.col.f32.e4m3.e5m2.f32",
@@ -225,6 +297,19 @@ pub(crate) fn fp8_bits<'c>(
     Ok(c.b.build_select(nan, i(0x7f), code, "")?.into_int_value())
 }
 
+/// The activation byte of a quantized value `r` (a value of the format): the FP8 code, or the
+/// two's-complement int8 code.
+fn act_byte<'c>(c: &Cx<'c>, r: FloatValue<'c>, act: &FakeQuantPt) -> Result<IntValue<'c>, Error> {
+    match act.man {
+        Some(man) => fp8_bits(c, r, man, act.emin),
+        None => {
+            let i32t = c.ctx.i32_type();
+            let v = c.b.build_float_to_signed_int(r, i32t, "")?;
+            Ok(c.b.build_and(v, i32t.const_int(0xff, false), "")?)
+        }
+    }
+}
+
 /// `b0 | b1 << 8 | b2 << 16 | b3 << 24` of four bytes in the low bits of i32s.
 pub(crate) fn pack4<'c>(c: &Cx<'c>, b: &[IntValue<'c>]) -> Result<IntValue<'c>, Error> {
     let i32t = c.ctx.i32_type();
@@ -257,11 +342,6 @@ pub fn build<'c>(
     let i32t = ctx.i32_type();
     let f32t = ctx.f32_type();
     let void = ctx.void_type();
-    let act_man = spec
-        .act
-        .man
-        .ok_or(Error::Codegen("int8 activations".into()))?;
-
     // body(codes, scales, tables, x, y, k, n, m, post, sa, warp, t)
     let params: Vec<inkwell::types::BasicMetadataTypeEnum> = vec![
         ptr.into(),
@@ -330,12 +410,18 @@ pub fn build<'c>(
     let q2 = c.b.build_int_mul(q, c.i64(2), "")?;
     let nib = match &spec.weights {
         Weights8::Nibble(s) => Some(s),
-        Weights8::Fp8 { .. } => None,
+        Weights8::Fp8 { .. } | Weights8::Int8 { .. } => None,
     };
-    let groups_per_row = nib
-        .and_then(|s| s.group)
+    let int8 = spec.is_int8();
+    let groups_per_row = spec
+        .group()
         .map(|gs| c.b.build_int_unsigned_div(k, c.i64(gs as u64), ""))
         .transpose()?;
+    // Exact i32 sums for int8 without groups (grouped sums go to f32 step by step).
+    let acc_i = c.b.build_alloca(i32t.array_type(slots), "acc_i")?;
+    for s in 0..slots as u64 {
+        c.b.build_store(c.gep(i32t.into(), acc_i, c.i64(s))?, i32t.const_zero())?;
+    }
     let half_k = c.b.build_int_unsigned_div(k, c.i64(2), "")?;
     let steps = c.b.build_int_unsigned_div(k, c.i64(32), "steps")?;
     let v4 = f32t.vec_type(4);
@@ -370,7 +456,7 @@ pub fn build<'c>(
                                 .into_float_value();
                         let s = c.b.build_float_div(xe, sa, "")?;
                         let r = round_elem(c.ctx, &c.b, module, &spec.act, s)?;
-                        bytes.push(fp8_bits(c, r, act_man, spec.act.emin)?);
+                        bytes.push(act_byte(c, r, &spec.act)?);
                     }
                     regs[(h + 2 * half) as usize] = pack4(c, &bytes)?;
                 }
@@ -419,6 +505,13 @@ pub fn build<'c>(
                             let sh =
                                 c.b.build_right_shift(w, i32t.const_int(4 * e, false), false, "")?;
                             let code = c.b.build_and(sh, i32t.const_int(15, false), "")?;
+                            if int8 {
+                                // int4 to int8: (c ^ 8) - 8, two's complement in the byte.
+                                let x8 = c.b.build_xor(code, i32t.const_int(8, false), "")?;
+                                let sv = c.b.build_int_sub(x8, i32t.const_int(8, false), "")?;
+                                bytes.push(c.b.build_and(sv, i32t.const_int(0xff, false), "")?);
+                                continue;
+                            }
                             let v = if s.signed_int {
                                 let x8 = c.b.build_xor(code, i32t.const_int(8, false), "")?;
                                 let sv = c.b.build_int_sub(x8, i32t.const_int(8, false), "")?;
@@ -439,23 +532,42 @@ pub fn build<'c>(
             }
             bfr.push(regs);
         }
-        // Group scales of the step's columns (grouped 4-bit weights): col = n0 + 8j + 2q + e.
+        // Group scales of the step's columns (grouped weights): col = n0 + 8j + 2q + e.
         let mut gscale = Vec::new();
-        if let (Some(s), Some(gpr)) = (nib, groups_per_row) {
-            let gi_in_row =
-                c.b.build_int_unsigned_div(k0, c.i64(s.group.unwrap() as u64), "")?;
+        if let (Some(g), Some(gpr)) = (spec.group(), groups_per_row) {
+            let gi_in_row = c.b.build_int_unsigned_div(k0, c.i64(g as u64), "")?;
             for j in 0..TN as u64 {
                 for e in 0..2u64 {
                     let col = c.b.build_int_add(n0, c.i64(8 * j + e), "")?;
                     let col = umin(c, c.b.build_int_add(col, q2, "")?, n_last)?;
                     let gi =
                         c.b.build_int_add(c.b.build_int_mul(col, gpr, "")?, gi_in_row, "")?;
-                    gscale.push(scale_at(c, s, scales, tables, gi)?);
+                    gscale.push(match nib {
+                        Some(s) => scale_at(c, s, scales, tables, gi)?,
+                        None => c.load_f32(scales, gi)?,
+                    });
                 }
             }
         }
         for (i, ai) in afr.iter().enumerate() {
             for (j, bj) in bfr.iter().enumerate() {
+                let at = ((i * TN + j) * 4) as u64;
+                if int8 {
+                    let d = mma.issue_i32(c, ai, bj, &[i32t.const_zero(); 4])?;
+                    for (e, dv) in d.iter().enumerate() {
+                        if gscale.is_empty() {
+                            let p = c.gep(i32t.into(), acc_i, c.i64(at + e as u64))?;
+                            let cur = c.b.build_load(i32t, p, "")?.into_int_value();
+                            c.b.build_store(p, c.b.build_int_add(cur, *dv, "")?)?;
+                        } else {
+                            let p = c.gep(f32t.into(), acc, c.i64(at + e as u64))?;
+                            let cur = c.b.build_load(f32t, p, "")?.into_float_value();
+                            let df = c.b.build_signed_int_to_float(*dv, f32t, "")?;
+                            c.b.build_store(p, c.fma(gscale[j * 2 + e % 2], df, cur)?)?;
+                        }
+                    }
+                    continue;
+                }
                 let d = mma.issue(c, ai, bj, &[zero; 4])?;
                 let at = ((i * TN + j) * 4) as u64;
                 for (e, dv) in d.iter().enumerate() {
@@ -487,10 +599,25 @@ pub fn build<'c>(
                 let next = ctx.append_basic_block(body, "next");
                 c.b.build_conditional_branch(c.b.build_and(r_in, c_in, "")?, store, next)?;
                 c.b.position_at_end(store);
-                let mut v = c.load_f32(acc, c.i64(at))?;
+                let mut v = if int8 && spec.group().is_none() {
+                    let iv =
+                        c.b.build_load(i32t, c.gep(i32t.into(), acc_i, c.i64(at))?, "")?;
+                    c.b.build_signed_int_to_float(iv.into_int_value(), f32t, "")?
+                } else {
+                    c.load_f32(acc, c.i64(at))?
+                };
                 v = c.b.build_float_mul(v, sa, "")?;
                 let ws = match &spec.weights {
-                    Weights8::Fp8 { per_row: true, .. } => Some(c.load_f32(scales, col)?),
+                    Weights8::Fp8 { per_row: true, .. }
+                    | Weights8::Int8 {
+                        per_row: true,
+                        group: None,
+                    } => Some(c.load_f32(scales, col)?),
+                    Weights8::Int8 {
+                        per_row: false,
+                        group: None,
+                    } => Some(c.load_f32(scales, c.i64(0))?),
+                    Weights8::Int8 { .. } => None,
                     Weights8::Fp8 { per_row: false, .. } => Some(c.load_f32(scales, c.i64(0))?),
                     Weights8::Nibble(s) if s.group.is_none() => {
                         Some(scale_at(&c, s, scales, tables, col)?)
@@ -564,13 +691,16 @@ pub fn build<'c>(
     Ok(())
 }
 
-/// The PTX of [`ENTRY`] for `spec` and `target` (sm_89 or later: FP8 MMA needs it).
+/// The PTX of [`ENTRY`] for `spec` and `target` (FP8: sm_89 or later, which FP8 MMA needs; int8:
+/// every target).
 pub fn emit_ptx(target: GpuTarget, spec: &Mma8) -> Result<String, Error> {
-    if target == GpuTarget::Sm80 {
+    if target == GpuTarget::Sm80 && !spec.is_int8() {
         return Err(Error::Codegen("sm_80 has no FP8 tensor cores".into()));
     }
-    // FP8 mma.sync needs PTX ISA 8.4; newer chips need their own newer ISA anyway.
+    // FP8 mma.sync needs PTX ISA 8.4; newer chips need their own newer ISA anyway; the s8 MMA
+    // any (LLVM's lowest for the chip).
     let isa = match target {
+        _ if spec.is_int8() => "",
         GpuTarget::Sm100a => "+ptx86",
         GpuTarget::Sm120a => "+ptx87",
         _ => "+ptx84",

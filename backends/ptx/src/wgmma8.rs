@@ -254,6 +254,9 @@ pub fn build<'c>(
     let nib = match &spec.weights {
         Weights8::Nibble(s) => Some(s),
         Weights8::Fp8 { .. } => None,
+        Weights8::Int8 { .. } => {
+            return Err(Error::Codegen("the warpgroup GEMM is FP8 only".into()))
+        }
     };
     let groups_per_row = nib
         .and_then(|s| s.group)
@@ -451,7 +454,7 @@ pub fn build<'c>(
             Weights8::Fp8 { per_row: true, .. } => Some(c.load_f32(scales, col)?),
             Weights8::Fp8 { per_row: false, .. } => Some(c.load_f32(scales, c.i64(0))?),
             Weights8::Nibble(s) if s.group.is_none() => Some(scale_at(&c, s, scales, tables, col)?),
-            Weights8::Nibble(_) => None,
+            Weights8::Nibble(_) | Weights8::Int8 { .. } => None,
         };
         if let Some(ws) = ws {
             val = c.b.build_float_mul(val, ws, "")?;

@@ -1,8 +1,9 @@
-//! The FP8 tensor-core GEMM of `qc_backend_ptx::mma8`: its PTX assembles with ptxas for every target
-//! from sm_89 and issues `mma.sync` m16n8k32 with FP8 operands; and its body, compiled for this CPU
-//! with each MMA a call of the emulator of tests/mma_emu, run warp by warp, matches the product of
-//! qc_quant's quantized-and-dequantized activations with its dequantized weights, for FP8 and 4-bit
-//! weights and both FP8 activation formats.
+//! The 8-bit tensor-core GEMM of `qc_backend_ptx::mma8`: its PTX assembles with ptxas (FP8 for every
+//! target from sm_89, int8 for all) and issues `mma.sync` m16n8k32 with FP8 or s8 operands; and its
+//! body, compiled for this CPU with each MMA a call of the emulator of tests/mma_emu, run warp by
+//! warp, matches the product of qc_quant's quantized-and-dequantized activations with its
+//! dequantized weights, for FP8 and 4-bit weights with both FP8 activation formats, and int8 and
+//! int4 weights with int8 activations.
 
 use std::sync::OnceLock;
 
@@ -94,9 +95,13 @@ fn run_on_cpu(
             Encoding::E4M3FN
         }
     };
-    let shape = Shape::Fp8 {
-        a: table(enc(spec.act_e5m2())),
-        b: table(enc(spec.weight_e5m2())),
+    let shape = if spec.is_int8() {
+        Shape::S8
+    } else {
+        Shape::Fp8 {
+            a: table(enc(spec.act_e5m2())),
+            b: table(enc(spec.weight_e5m2())),
+        }
     };
     let y_addr = y.as_mut_ptr() as usize;
     run_warps(shape, threads, |warp, t| unsafe {
@@ -120,6 +125,7 @@ fn run_on_cpu(
 
 #[test]
 fn the_kernel_matches_quantized_activations_times_dequantized_weights() {
+    // FP8 activations with FP8 or 4-bit weights; int8 activations with int8 or int4 weights.
     let weights = [
         "fp8_e4m3",
         "fp8_e5m2",
@@ -129,10 +135,23 @@ fn the_kernel_matches_quantized_activations_times_dequantized_weights() {
         "int4_channel",
         "mxfp4",
     ];
+    let int_weights = [
+        "int8",
+        "int8_channel",
+        "int8_g128",
+        "int4_g32",
+        "int4_g128",
+        "int4_channel",
+    ];
     for (m, n, k) in [(40, 24, 256), (16, 40, 128)] {
-        for act in ["fp8_e4m3", "fp8_e5m2"] {
-            for wname in weights {
-                if wname == "int4_g128" && k % 128 != 0 {
+        for act in ["fp8_e4m3", "fp8_e5m2", "int8"] {
+            let list: &[&str] = if act == "int8" {
+                &int_weights
+            } else {
+                &weights
+            };
+            for &wname in list {
+                if wname.ends_with("g128") && k % 128 != 0 {
                     continue;
                 }
                 let (wf, af) = (fmt(wname), fmt(act));
@@ -191,7 +210,13 @@ fn formats_the_kernel_cannot_read_are_refused() {
     for w in ["nvfp4", "nvint4", "mxfp8", "int8_channel"] {
         assert!(Mma8::classify(&fmt(w), &a).is_err(), "{w}");
     }
-    assert!(Mma8::classify(&fmt("fp8_e4m3"), &fmt("int8")).is_err());
+    let i8a = fmt("int8");
+    for w in ["fp8_e4m3", "mxfp4", "nvint4"] {
+        assert!(Mma8::classify(&fmt(w), &i8a).is_err(), "{w} x int8");
+    }
+    assert!(Mma8::classify(&fmt("int8_channel"), &i8a)
+        .unwrap()
+        .is_int8());
     let s = Mma8::classify(&fmt("int4_g128"), &a).unwrap();
     assert!(s.supports(192).is_err());
     assert!(s.supports(256).is_ok());
@@ -208,6 +233,17 @@ fn ptxas_accepts_the_kernel_for_every_fp8_target() {
         }
         Err(e) => panic!("{e}\n(set QC_ALLOW_NO_PTXAS=1 to skip the ptxas checks)"),
     };
+    // The s8 MMA on every target, sm_80 included.
+    let s8 = Mma8::classify(&fmt("int4_g32"), &fmt("int8")).unwrap();
+    for t in GpuTarget::ALL {
+        let ptx = mma8::emit_ptx(t, &s8).unwrap();
+        assert!(
+            ptx.contains("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32"),
+            "{t}"
+        );
+        assert!(!ptx.contains(".local"), "{t}: local memory");
+        assemble(&ptxas, &ptx, t).unwrap_or_else(|e| panic!("int8 {t}: {e}"));
+    }
     for (w, a, mma) in [
         ("fp8_e4m3", "fp8_e4m3", "e4m3.e4m3"),
         ("fp8_e5m2", "fp8_e4m3", "e4m3.e5m2"),

@@ -32,10 +32,11 @@
 //! MLIR: the export leaves them as calls (`ExportOptions::kernel_calls`, `quantize_calls`) that the
 //! plan resolves to launches of qc's kernels (`kernel_calls` below): a product with at least
 //! `mma4::MIN_ROWS` (16) activation rows runs the tensor-core GEMM of `qc_backend_ptx::mma4`, one
-//! with fewer the GEMV of `qc_backend_ptx::gemv4`, reading the weight's blob as it is. From sm_89,
-//! a product whose activations are quantized to FP8 per tensor runs the FP8 tensor-core GEMM of
-//! `qc_backend_ptx::mma8`, which quantizes them itself (`ExportOptions::act_quant_calls`): for FP8
-//! weights (otherwise decoded by MLIR) and for 4-bit weights with scale groups of 32 or more; on
+//! with fewer the GEMV of `qc_backend_ptx::gemv4`, reading the weight's blob as it is. A product
+//! whose activations are quantized per tensor to int8, or from sm_89 to FP8, runs the 8-bit
+//! tensor-core GEMM of `qc_backend_ptx::mma8`, which quantizes them itself
+//! (`ExportOptions::act_quant_calls`): for int8 / FP8 weights (otherwise decoded by MLIR) and for
+//! 4-bit weights with scale groups of 32 or more (int4 only with int8); on
 //! sm_90a, products of 64 rows and more run the same product with Hopper's warpgroup MMA
 //! (`qc_backend_ptx::wgmma8`).
 //!
@@ -388,9 +389,16 @@ fn module_of<S: PartialEq + Clone>(
     Ok(name)
 }
 
+/// Whether the 8-bit tensor-core GEMM of `spec` runs on `gpu`: int8 on every target, FP8 from
+/// sm_89.
+fn mma8_runs_on(spec: &Mma8, gpu: GpuTarget) -> bool {
+    spec.is_int8() || gpu != GpuTarget::Sm80
+}
+
 /// The launch-plan descriptions of the export's kernel calls, their kernels' PTX pushed to `ptx`:
 /// - quantized products ([`GpuCall`]): with activations the kernel quantizes to FP8 itself
-///   (`act_quant`), on sm_89 and later, the FP8 tensor-core GEMM of `qc_backend_ptx::mma8` (for
+///   (`act_quant`) to int8, or to FP8 on sm_89 and later, the 8-bit tensor-core GEMM of
+///   `qc_backend_ptx::mma8` (for
 ///   4-bit weights only from `mma4::MIN_ROWS` rows; on sm_90a from `wgmma8::TILE` rows the
 ///   warpgroup GEMM of `wgmma8`); otherwise, for 4-bit weights, the tensor-core
 ///   GEMM of `mma4` from `MIN_ROWS` rows or the GEMV of `gemv4` below, after the fake-quant kernel
@@ -461,8 +469,8 @@ fn kernel_calls<'m>(
         let (n, k) = (c.n as usize, c.k as usize);
         let gemv = Gemv4::for_k(format, k);
         let fp8 = act_quant
-            .filter(|_| gpu != GpuTarget::Sm80)
             .and_then(|aq| Mma8::classify(format, &aq.format).ok().map(|s| (aq, s)))
+            .filter(|(_, s)| mma8_runs_on(s, gpu))
             .filter(|(_, s)| s.supports(c.k).is_ok())
             .filter(|_| gemv.is_err() || c.m >= mma4::MIN_ROWS);
         let len_check = |want: usize| {
@@ -479,7 +487,7 @@ fn kernel_calls<'m>(
         if let Some((aq, spec)) = fp8 {
             len_check(spec.blob_len(n, k))?;
             // Hopper: the warpgroup MMA for products of a 64-row tile and more.
-            let wgmma = gpu == GpuTarget::Sm90a && c.m >= wgmma8::TILE;
+            let wgmma = gpu == GpuTarget::Sm90a && c.m >= wgmma8::TILE && !spec.is_int8();
             let module = if wgmma {
                 module_of(&mut mods.wgmma8, "wgmma8", &spec, ptx, || {
                     wgmma8::emit_ptx(&spec)
@@ -590,14 +598,16 @@ pub fn write_artifact(
     let accept: &dyn Fn(&qc_ir::QuantType) -> bool = &|f| Gemv4::classify(f).is_ok();
     // Activation quantizations (--aformat) to int8 / fp8 per tensor run qc's fake-quant kernel.
     let fquant: &dyn Fn(&qc_ir::QuantType) -> bool = &|f| FakeQuantPt::classify(f).is_some();
-    // From sm_89, products of FP8-quantized activations run the FP8 tensor-core GEMM, which
-    // quantizes them itself (also for FP8 weights, which have no kernel otherwise).
-    let fp8_gemm: &dyn Fn(&qc_ir::QuantType, &qc_ir::QuantType) -> bool =
-        &|w, a| Mma8::classify(w, a).is_ok();
+    // Products of int8- or (from sm_89) FP8-quantized activations run the 8-bit tensor-core GEMM,
+    // which quantizes them itself (also for 8-bit weights, which have no kernel otherwise).
+    let gemm8_on = move |w: &qc_ir::QuantType, a: &qc_ir::QuantType| {
+        Mma8::classify(w, a).is_ok_and(|s| mma8_runs_on(&s, gpu))
+    };
+    let gemm8: &dyn Fn(&qc_ir::QuantType, &qc_ir::QuantType) -> bool = &gemm8_on;
     let opts = qc_backend_hlo::upstream::ExportOptions {
         kernel_calls: Some(accept),
         quantize_calls: Some(fquant),
-        act_quant_calls: (gpu != GpuTarget::Sm80).then_some(fp8_gemm),
+        act_quant_calls: Some(gemm8),
         constant_args: true,
         decode_tables: true,
         ..Default::default()

@@ -19,6 +19,8 @@ pub enum Shape {
         a: &'static [f32],
         b: &'static [f32],
     },
+    /// m16n8k32, s8 A and B (bytes as i8), i32 accumulators (their bits in the f32 arguments).
+    S8,
 }
 
 /// One lane's operands.
@@ -57,6 +59,10 @@ impl Warp {
                 let reg = f[(r % 8) * 4 + (k % 16) / 4].a[r / 8 + 2 * (k / 16)];
                 a[((reg >> (8 * (k % 4))) & 0xff) as usize] as f64
             }
+            Shape::S8 => {
+                let reg = f[(r % 8) * 4 + (k % 16) / 4].a[r / 8 + 2 * (k / 16)];
+                ((reg >> (8 * (k % 4))) & 0xff) as u8 as i8 as f64
+            }
         }
     }
 
@@ -73,13 +79,17 @@ impl Warp {
                 let reg = f[n * 4 + (k % 16) / 4].b[k / 16];
                 b[((reg >> (8 * (k % 4))) & 0xff) as usize] as f64
             }
+            Shape::S8 => {
+                let reg = f[n * 4 + (k % 16) / 4].b[k / 16];
+                ((reg >> (8 * (k % 4))) & 0xff) as u8 as i8 as f64
+            }
         }
     }
 
     fn depth(&self) -> usize {
         match self.shape {
             Shape::Bf16 => 16,
-            Shape::Fp8 { .. } => 32,
+            Shape::Fp8 { .. } | Shape::S8 => 32,
         }
     }
 }
@@ -117,7 +127,11 @@ pub extern "C" fn emulate(
         let s: f64 = (0..warp.depth())
             .map(|k| warp.a(&f, r, k) * warp.b(&f, k, n))
             .sum();
-        *out = (s + c as f64) as f32;
+        *out = match warp.shape {
+            // Exact: the sum of 32 products of int8 values fits f64 and i32.
+            Shape::S8 => f32::from_bits((s as i32).wrapping_add(c.to_bits() as i32) as u32),
+            _ => (s + c as f64) as f32,
+        };
     }
     // Nobody overwrites the fragments before every lane has read them.
     warp.barrier.wait();
