@@ -190,12 +190,8 @@ fn check_blocks(qca: &Path, what: &str) {
     );
 }
 
-/// [`check_all_targets`] for the tiny BERT at batch 2 and `seq`.
-fn bert_check(passes: &[&str], tag: &str, seq: usize) {
-    let Some(ptxas) = ptxas() else { return };
-    require_python();
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+/// The tiny BERT (scripts/models/make_bert.py, seed 0, weights embedded) written to `d/bert.onnx`.
+fn tiny_bert(d: &Path) -> PathBuf {
     let model = d.join("bert.onnx");
     ok(
         Command::new("python3")
@@ -211,6 +207,16 @@ fn bert_check(passes: &[&str], tag: &str, seq: usize) {
             ]),
         "make_bert.py",
     );
+    model
+}
+
+/// [`check_all_targets`] for the tiny BERT at batch 2 and `seq`.
+fn bert_check(passes: &[&str], tag: &str, seq: usize) {
+    let Some(ptxas) = ptxas() else { return };
+    require_python();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = tiny_bert(d);
     check_all_targets(
         &ptxas,
         d,
@@ -1031,21 +1037,7 @@ fn gpu_tiling_keeps_the_results_of_the_bert() {
     require_python();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let model = d.join("bert.onnx");
-    ok(
-        Command::new("python3")
-            .arg(repo().join("scripts/models/make_bert.py"))
-            .args([
-                "--config",
-                "tiny",
-                "--seed",
-                "0",
-                "--out",
-                p(&model),
-                "--embedded",
-            ]),
-        "make_bert.py",
-    );
+    let model = tiny_bert(d);
     let module = gpu_export(
         d,
         &model,

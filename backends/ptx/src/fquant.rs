@@ -16,8 +16,6 @@
 use inkwell::builder::Builder;
 use inkwell::context::Context;
 use inkwell::module::{Linkage, Module};
-use inkwell::passes::PassBuilderOptions;
-use inkwell::targets::FileType;
 use inkwell::values::{FloatValue, FunctionValue, IntValue};
 use inkwell::{FloatPredicate, IntPredicate};
 use qc_ir::quant::{
@@ -25,7 +23,9 @@ use qc_ir::quant::{
 };
 
 use crate::gemv4::Entries;
-use crate::{special_register, target_machine, Error, GpuTarget, PTX_KERNEL_CALL_CONV};
+use crate::{
+    compile_ptx, global_thread_index, target_machine, Error, GpuTarget, PTX_KERNEL_CALL_CONV,
+};
 
 /// The kernel's entry.
 pub const ENTRY: &str = "qc_fquant_pt";
@@ -284,11 +284,7 @@ pub fn build<'c>(
         f.get_params()[4].into_int_value()
     } else {
         f.set_call_conventions(PTX_KERNEL_CALL_CONV);
-        let tid = special_register(module, &b, ctx, "llvm.nvvm.read.ptx.sreg.tid.x")?;
-        let ctaid = special_register(module, &b, ctx, "llvm.nvvm.read.ptx.sreg.ctaid.x")?;
-        let ntid = special_register(module, &b, ctx, "llvm.nvvm.read.ptx.sreg.ntid.x")?;
-        let start = b.build_int_nuw_mul(ctaid, ntid, "")?;
-        b.build_int_nuw_add(start, tid, "t")?
+        global_thread_index(module, &b, ctx)?
     };
     let p = f.get_params();
     let n = p[2].into_int_value();
@@ -309,19 +305,10 @@ pub fn build<'c>(
 
 /// The PTX of the kernel for `spec` and `target`.
 pub fn emit_ptx(target: GpuTarget, spec: &FakeQuantPt) -> Result<String, Error> {
-    let machine = target_machine(target)?;
-    let context = Context::create();
-    let module = context.create_module("qc_fquant");
-    module.set_triple(&machine.get_triple());
-    module.set_data_layout(&machine.get_target_data().get_data_layout());
-    build(&context, &module, spec, Entries::Ptx)?;
-    module.verify().map_err(|e| Error::Verify(e.to_string()))?;
-    module
-        .run_passes("default<O3>", &machine, PassBuilderOptions::create())
-        .map_err(|e| Error::Passes(e.to_string()))?;
-    let buffer = machine
-        .write_to_memory_buffer(&module, FileType::Assembly)
-        .map_err(|e| Error::Codegen(e.to_string()))?;
-    String::from_utf8(buffer.as_slice().to_vec())
-        .map_err(|e| Error::Codegen(format!("PTX is not UTF-8: {e}")))
+    compile_ptx(
+        &target_machine(target)?,
+        "qc_fquant",
+        "default<O3>",
+        |c, m| build(c, m, spec, Entries::Ptx),
+    )
 }

@@ -35,15 +35,15 @@
 use inkwell::builder::Builder;
 use inkwell::context::Context;
 use inkwell::module::{Linkage, Module};
-use inkwell::passes::PassBuilderOptions;
-use inkwell::targets::FileType;
 use inkwell::types::BasicTypeEnum;
 use inkwell::values::{BasicValue, FloatValue, FunctionValue, IntValue, PointerValue};
 use inkwell::{AddressSpace, IntPredicate};
 use qc_ir::quant::{Encoding, Packing, QuantType, ScaleType, Scheme, TensorScale};
 use qc_quant::Codec;
 
-use crate::{special_register, target_machine, Error, GpuTarget, PTX_KERNEL_CALL_CONV};
+use crate::{
+    compile_ptx, global_thread_index, target_machine, Error, GpuTarget, PTX_KERNEL_CALL_CONV,
+};
 
 /// The longest slice of a row one thread takes (elements); [`Gemv4::for_k`] picks shorter ones (64, 32)
 /// when K needs them.
@@ -544,11 +544,7 @@ pub fn build<'c>(
             Entries::Host => f.get_params()[nparams].into_int_value(),
             Entries::Ptx => {
                 f.set_call_conventions(PTX_KERNEL_CALL_CONV);
-                let tid = special_register(module, &c.b, ctx, "llvm.nvvm.read.ptx.sreg.tid.x")?;
-                let ctaid = special_register(module, &c.b, ctx, "llvm.nvvm.read.ptx.sreg.ctaid.x")?;
-                let ntid = special_register(module, &c.b, ctx, "llvm.nvvm.read.ptx.sreg.ntid.x")?;
-                let start = c.b.build_int_nuw_mul(ctaid, ntid, "")?;
-                c.b.build_int_nuw_add(start, tid, "t")?
+                global_thread_index(module, &c.b, ctx)?
             }
         };
         // Range: partial N * K / L threads, reduce M * N.
@@ -581,19 +577,10 @@ pub fn build<'c>(
 
 /// The PTX of the two kernels for `spec` and `target` (`.entry` [`PARTIAL`] and [`REDUCE`]).
 pub fn emit_ptx(target: GpuTarget, spec: &Gemv4) -> Result<String, Error> {
-    let machine = target_machine(target)?;
-    let context = Context::create();
-    let module = context.create_module("qc_gemv4");
-    module.set_triple(&machine.get_triple());
-    module.set_data_layout(&machine.get_target_data().get_data_layout());
-    build(&context, &module, spec, Entries::Ptx)?;
-    module.verify().map_err(|e| Error::Verify(e.to_string()))?;
-    module
-        .run_passes("default<O3>", &machine, PassBuilderOptions::create())
-        .map_err(|e| Error::Passes(e.to_string()))?;
-    let buffer = machine
-        .write_to_memory_buffer(&module, FileType::Assembly)
-        .map_err(|e| Error::Codegen(e.to_string()))?;
-    String::from_utf8(buffer.as_slice().to_vec())
-        .map_err(|e| Error::Codegen(format!("PTX is not UTF-8: {e}")))
+    compile_ptx(
+        &target_machine(target)?,
+        "qc_gemv4",
+        "default<O3>",
+        |c, m| build(c, m, spec, Entries::Ptx),
+    )
 }

@@ -221,6 +221,45 @@ fn special_register<'ctx>(
     Ok(builder.build_int_z_extend(value, context.i64_type(), "")?)
 }
 
+/// The global thread index `ctaid.x * ntid.x + tid.x` (64-bit), built at the builder's position.
+fn global_thread_index<'ctx>(
+    module: &Module<'ctx>,
+    builder: &inkwell::builder::Builder<'ctx>,
+    context: &'ctx Context,
+) -> Result<inkwell::values::IntValue<'ctx>, Error> {
+    let tid = special_register(module, builder, context, "llvm.nvvm.read.ptx.sreg.tid.x")?;
+    let ctaid = special_register(module, builder, context, "llvm.nvvm.read.ptx.sreg.ctaid.x")?;
+    let ntid = special_register(module, builder, context, "llvm.nvvm.read.ptx.sreg.ntid.x")?;
+    // 64-bit index: grids of more than 2^31 threads stay correct.
+    let block_start = builder.build_int_nuw_mul(ctaid, ntid, "block_start")?;
+    Ok(builder.build_int_nuw_add(block_start, tid, "t")?)
+}
+
+/// The PTX of a module named `name` that `build` fills, for `machine`: verified, optimized with
+/// `passes` (e.g. `default<O3>`), and printed by LLVM's NVPTX back end. Each call has its own LLVM
+/// context, so it is thread safe.
+fn compile_ptx(
+    machine: &TargetMachine,
+    name: &str,
+    passes: &str,
+    build: impl for<'c> FnOnce(&'c Context, &Module<'c>) -> Result<(), Error>,
+) -> Result<String, Error> {
+    let context = Context::create();
+    let module = context.create_module(name);
+    module.set_triple(&machine.get_triple());
+    module.set_data_layout(&machine.get_target_data().get_data_layout());
+    build(&context, &module)?;
+    module.verify().map_err(|e| Error::Verify(e.to_string()))?;
+    module
+        .run_passes(passes, machine, PassBuilderOptions::create())
+        .map_err(|e| Error::Passes(e.to_string()))?;
+    let buffer = machine
+        .write_to_memory_buffer(&module, FileType::Assembly)
+        .map_err(|e| Error::Codegen(e.to_string()))?;
+    String::from_utf8(buffer.as_slice().to_vec())
+        .map_err(|e| Error::Codegen(format!("PTX is not UTF-8: {e}")))
+}
+
 /// Builds the unoptimized [`ADD_F32_KERNEL`] into `module`.
 fn build_add_f32<'ctx>(context: &'ctx Context, module: &Module<'ctx>) -> Result<(), Error> {
     let f32_type = context.f32_type();
@@ -251,12 +290,7 @@ fn build_add_f32<'ctx>(context: &'ctx Context, module: &Module<'ctx>) -> Result<
     let builder = context.create_builder();
 
     builder.position_at_end(entry);
-    let tid = special_register(module, &builder, context, "llvm.nvvm.read.ptx.sreg.tid.x")?;
-    let ctaid = special_register(module, &builder, context, "llvm.nvvm.read.ptx.sreg.ctaid.x")?;
-    let ntid = special_register(module, &builder, context, "llvm.nvvm.read.ptx.sreg.ntid.x")?;
-    // 64-bit index: grids of more than 2^31 threads stay correct.
-    let block_start = builder.build_int_nuw_mul(ctaid, ntid, "block_start")?;
-    let i = builder.build_int_nuw_add(block_start, tid, "i")?;
+    let i = global_thread_index(module, &builder, context)?;
     let in_range = builder.build_int_compare(IntPredicate::SLT, i, n, "in_range")?;
     builder.build_conditional_branch(in_range, body, exit)?;
 
@@ -287,19 +321,7 @@ fn build_add_f32<'ctx>(context: &'ctx Context, module: &Module<'ctx>) -> Result<
 /// (the test suite checks this for every target) and to be loaded with `cuModuleLoadData`.
 /// The function is thread safe; each call uses its own LLVM context.
 pub fn emit_ptx(target: GpuTarget) -> Result<String, Error> {
-    let machine = target_machine(target)?;
-    let context = Context::create();
-    let module = context.create_module("qc_ptx");
-    module.set_triple(&machine.get_triple());
-    module.set_data_layout(&machine.get_target_data().get_data_layout());
-    build_add_f32(&context, &module)?;
-    module.verify().map_err(|e| Error::Verify(e.to_string()))?;
-    module
-        .run_passes("default<O2>", &machine, PassBuilderOptions::create())
-        .map_err(|e| Error::Passes(e.to_string()))?;
-    let buffer = machine
-        .write_to_memory_buffer(&module, FileType::Assembly)
-        .map_err(|e| Error::Codegen(e.to_string()))?;
-    String::from_utf8(buffer.as_slice().to_vec())
-        .map_err(|e| Error::Codegen(format!("PTX is not UTF-8: {e}")))
+    compile_ptx(&target_machine(target)?, "qc_ptx", "default<O2>", |c, m| {
+        build_add_f32(c, m)
+    })
 }

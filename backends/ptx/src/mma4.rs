@@ -36,15 +36,15 @@
 use inkwell::context::Context;
 use inkwell::intrinsics::Intrinsic;
 use inkwell::module::{Linkage, Module};
-use inkwell::passes::PassBuilderOptions;
-use inkwell::targets::FileType;
 use inkwell::values::{
     BasicMetadataValueEnum, BasicValue, FloatValue, FunctionValue, IntValue, PointerValue,
 };
 use inkwell::{AddressSpace, IntPredicate};
 
 use crate::gemv4::{for_loop, scale_at, Cx, Gemv4};
-use crate::{special_register, target_machine, Error, GpuTarget, PTX_KERNEL_CALL_CONV};
+use crate::{
+    compile_ptx, global_thread_index, target_machine, Error, GpuTarget, PTX_KERNEL_CALL_CONV,
+};
 
 /// The kernel's entry.
 pub const ENTRY: &str = "qc_mma4";
@@ -121,6 +121,100 @@ pub(crate) fn umin<'c>(
 ) -> Result<IntValue<'c>, Error> {
     let lt = c.b.build_int_compare(IntPredicate::ULT, a, b, "")?;
     Ok(c.b.build_select(lt, a, b, "")?.into_int_value())
+}
+
+/// `x[row][col .. col + 4]` as one aligned 16-byte load (f32 x 4), or zeros when `row >= m` (the
+/// load then reads row `min(row, m - 1)`, which exists).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn load_x4<'c>(
+    c: &Cx<'c>,
+    x: PointerValue<'c>,
+    row: IntValue<'c>,
+    m: IntValue<'c>,
+    k: IntValue<'c>,
+    col: IntValue<'c>,
+) -> Result<inkwell::values::VectorValue<'c>, Error> {
+    let v4 = c.ctx.f32_type().vec_type(4);
+    let m_last = c.b.build_int_sub(m, c.i64(1), "")?;
+    let rc = umin(c, row, m_last)?;
+    let off = c.b.build_int_add(c.b.build_int_mul(rc, k, "")?, col, "")?;
+    let ld =
+        c.b.build_load(v4, c.gep(c.ctx.f32_type().into(), x, off)?, "")?;
+    ld.as_instruction_value()
+        .unwrap()
+        .set_alignment(16)
+        .map_err(|e| Error::Codegen(e.to_string()))?;
+    let inside = c.b.build_int_compare(IntPredicate::ULT, row, m, "")?;
+    Ok(c.b
+        .build_select(inside, ld.into_vector_value(), v4.const_zero(), "")?
+        .into_vector_value())
+}
+
+/// Builds the entry of a warp-tile GEMM whose `body` takes the entry's `nparams` parameters (n
+/// and m the 7th and 8th), then the emulator pointer and the thread index: the PTX kernel `name`
+/// (thread index from the special registers), or the host function `<name>_at(params..., warp,
+/// t)`. Only warps with a tile (`ceil(M / 32) * ceil(N / 32)` of them) run the body, whole warps
+/// at a time (the MMA needs all 32 lanes).
+pub(crate) fn warp_tile_entry<'c>(
+    c: &Cx<'c>,
+    module: &Module<'c>,
+    body: FunctionValue<'c>,
+    name: &str,
+    nparams: usize,
+    entries: Entries,
+) -> Result<(), Error> {
+    let ctx = c.ctx;
+    let ptr = ctx.ptr_type(AddressSpace::default());
+    let mut eparams: Vec<inkwell::types::BasicMetadataTypeEnum> =
+        body.get_type().get_param_types()[..nparams].to_vec();
+    let fname = match entries {
+        Entries::Ptx => name.to_string(),
+        Entries::Host => {
+            eparams.push(ptr.into());
+            eparams.push(ctx.i64_type().into());
+            format!("{name}_at")
+        }
+    };
+    let f = module.add_function(
+        &fname,
+        ctx.void_type().fn_type(&eparams, false),
+        Some(Linkage::External),
+    );
+    c.b.position_at_end(ctx.append_basic_block(f, "entry"));
+    let fp = f.get_params();
+    let (t, warp_ptr) = match entries {
+        Entries::Host => (
+            fp[nparams + 1].into_int_value(),
+            fp[nparams].into_pointer_value(),
+        ),
+        Entries::Ptx => {
+            f.set_call_conventions(PTX_KERNEL_CALL_CONV);
+            (global_thread_index(module, &c.b, ctx)?, ptr.const_null())
+        }
+    };
+    let tiles = |d: IntValue<'c>| -> Result<IntValue<'c>, Error> {
+        let r = c.b.build_int_add(d, c.i64(WARP_TILE - 1), "")?;
+        Ok(c.b.build_int_unsigned_div(r, c.i64(WARP_TILE), "")?)
+    };
+    let warps = c.b.build_int_mul(
+        tiles(fp[7].into_int_value())?,
+        tiles(fp[6].into_int_value())?,
+        "",
+    )?;
+    let warp = c.b.build_right_shift(t, c.i64(5), false, "")?;
+    let run = ctx.append_basic_block(f, "run");
+    let done = ctx.append_basic_block(f, "done");
+    let inside = c.b.build_int_compare(IntPredicate::ULT, warp, warps, "")?;
+    c.b.build_conditional_branch(inside, run, done)?;
+    c.b.position_at_end(run);
+    let mut args: Vec<BasicMetadataValueEnum> = fp[..nparams].iter().map(|p| (*p).into()).collect();
+    args.push(warp_ptr.into());
+    args.push(t.into());
+    c.b.build_call(body, &args, "")?;
+    c.b.build_unconditional_branch(done)?;
+    c.b.position_at_end(done);
+    c.b.build_return(None)?;
+    Ok(())
 }
 
 /// How a body issues one warp-level MMA with four A registers, two B registers and four f32
@@ -375,7 +469,6 @@ pub fn build<'c>(
     let q = c.b.build_and(lane, c.i64(3), "q")?;
     let m0 = c.b.build_int_mul(tm, c.i64(WARP_TILE), "m0")?;
     let n0 = c.b.build_int_mul(tn, c.i64(WARP_TILE), "n0")?;
-    let m_last = c.b.build_int_sub(m, c.i64(1), "")?;
     let n_last = c.b.build_int_sub(n, c.i64(1), "")?;
     // Activation rows of the A fragments: row[i][h] = m0 + 16i + 8h + g.
     let mut rows = Vec::new();
@@ -398,7 +491,6 @@ pub fn build<'c>(
         .group
         .map(|gs| c.b.build_int_unsigned_div(k, c.i64(gs as u64), ""))
         .transpose()?;
-    let v4 = f32t.vec_type(4);
     for_loop(&c, body, chunks, |c, ci| {
         let cur = if f32_groups.is_some() {
             for s in 0..slots {
@@ -421,20 +513,7 @@ pub fn build<'c>(
                 let mut his = Vec::new();
                 let mut los = Vec::new();
                 for h in 0..2 {
-                    let row = rows[2 * i + h];
-                    let rc = umin(c, row, m_last)?;
-                    let off = c.b.build_int_mul(rc, k, "")?;
-                    let off = c.b.build_int_add(off, k4, "")?;
-                    let p = c.gep(f32t.into(), x, off)?;
-                    let ld = c.b.build_load(v4, p, "")?;
-                    ld.as_instruction_value()
-                        .unwrap()
-                        .set_alignment(16)
-                        .map_err(|e| Error::Codegen(e.to_string()))?;
-                    let inside = c.b.build_int_compare(IntPredicate::ULT, row, m, "")?;
-                    let v =
-                        c.b.build_select(inside, ld.into_vector_value(), v4.const_zero(), "")?
-                            .into_vector_value();
+                    let v = load_x4(c, x, rows[2 * i + h], m, k, k4)?;
                     let mut hi = Vec::new();
                     let mut lo = Vec::new();
                     for e in 0..4u64 {
@@ -585,72 +664,15 @@ pub fn build<'c>(
     }
     c.b.build_return(None)?;
 
-    // The entry: the body for the warps that have a tile.
-    let nparams = 9;
-    let mut eparams: Vec<_> = params[..nparams].to_vec();
-    let fname = match entries {
-        Entries::Ptx => ENTRY.to_string(),
-        Entries::Host => {
-            eparams.push(ptr.into());
-            eparams.push(i64t.into());
-            format!("{ENTRY}_at")
-        }
-    };
-    let f = module.add_function(
-        &fname,
-        void.fn_type(&eparams, false),
-        Some(Linkage::External),
-    );
-    c.b.position_at_end(ctx.append_basic_block(f, "entry"));
-    let fp = f.get_params();
-    let (t, warp_ptr) = match entries {
-        Entries::Host => (fp[10].into_int_value(), fp[9].into_pointer_value()),
-        Entries::Ptx => {
-            f.set_call_conventions(PTX_KERNEL_CALL_CONV);
-            let tid = special_register(module, &c.b, ctx, "llvm.nvvm.read.ptx.sreg.tid.x")?;
-            let ctaid = special_register(module, &c.b, ctx, "llvm.nvvm.read.ptx.sreg.ctaid.x")?;
-            let ntid = special_register(module, &c.b, ctx, "llvm.nvvm.read.ptx.sreg.ntid.x")?;
-            let start = c.b.build_int_nuw_mul(ctaid, ntid, "")?;
-            (c.b.build_int_nuw_add(start, tid, "t")?, ptr.const_null())
-        }
-    };
-    let (fn_, fm) = (fp[6].into_int_value(), fp[7].into_int_value());
-    let tiles = |d: IntValue<'c>| -> Result<IntValue<'c>, Error> {
-        let r = c.b.build_int_add(d, c.i64(WARP_TILE - 1), "")?;
-        Ok(c.b.build_int_unsigned_div(r, c.i64(WARP_TILE), "")?)
-    };
-    let warps = c.b.build_int_mul(tiles(fm)?, tiles(fn_)?, "")?;
-    let warp = c.b.build_right_shift(t, c.i64(5), false, "")?;
-    let run = ctx.append_basic_block(f, "run");
-    let done = ctx.append_basic_block(f, "done");
-    let inside = c.b.build_int_compare(IntPredicate::ULT, warp, warps, "")?;
-    c.b.build_conditional_branch(inside, run, done)?;
-    c.b.position_at_end(run);
-    let mut args: Vec<BasicMetadataValueEnum> = fp[..nparams].iter().map(|p| (*p).into()).collect();
-    args.push(warp_ptr.into());
-    args.push(t.into());
-    c.b.build_call(body, &args, "")?;
-    c.b.build_unconditional_branch(done)?;
-    c.b.position_at_end(done);
-    c.b.build_return(None)?;
-    Ok(())
+    warp_tile_entry(&c, module, body, ENTRY, 9, entries)
 }
 
 /// The PTX of [`ENTRY`] for `spec` and `target`.
 pub fn emit_ptx(target: GpuTarget, spec: &Gemv4) -> Result<String, Error> {
-    let machine = target_machine(target)?;
-    let context = Context::create();
-    let module = context.create_module("qc_mma4");
-    module.set_triple(&machine.get_triple());
-    module.set_data_layout(&machine.get_target_data().get_data_layout());
-    build(&context, &module, spec, Entries::Ptx)?;
-    module.verify().map_err(|e| Error::Verify(e.to_string()))?;
-    module
-        .run_passes("default<O3>", &machine, PassBuilderOptions::create())
-        .map_err(|e| Error::Passes(e.to_string()))?;
-    let buffer = machine
-        .write_to_memory_buffer(&module, FileType::Assembly)
-        .map_err(|e| Error::Codegen(e.to_string()))?;
-    String::from_utf8(buffer.as_slice().to_vec())
-        .map_err(|e| Error::Codegen(format!("PTX is not UTF-8: {e}")))
+    compile_ptx(
+        &target_machine(target)?,
+        "qc_mma4",
+        "default<O3>",
+        |c, m| build(c, m, spec, Entries::Ptx),
+    )
 }

@@ -34,16 +34,14 @@
 use inkwell::context::Context;
 use inkwell::intrinsics::Intrinsic;
 use inkwell::module::{Linkage, Module};
-use inkwell::passes::PassBuilderOptions;
-use inkwell::targets::FileType;
-use inkwell::values::{BasicMetadataValueEnum, BasicValue, FloatValue, IntValue, PointerValue};
+use inkwell::values::{BasicValue, FloatValue, IntValue, PointerValue};
 use inkwell::{AddressSpace, FloatPredicate, IntPredicate};
 use qc_ir::quant::{Encoding, Packing, QuantType, ScaleType, Scheme, TensorScale};
 
 use crate::fquant::{round_elem, FakeQuantPt};
 use crate::gemv4::{for_loop, scale_at, Cx, Gemv4};
-use crate::mma4::{umin, Entries, Mma, WARP_TILE};
-use crate::{special_register, target_machine_with, Error, GpuTarget, PTX_KERNEL_CALL_CONV};
+use crate::mma4::{load_x4, umin, warp_tile_entry, Entries, Mma, WARP_TILE};
+use crate::{compile_ptx, target_machine_with, Error, GpuTarget};
 
 /// The kernel's entry.
 pub const ENTRY: &str = "qc_mma8";
@@ -310,6 +308,94 @@ fn act_byte<'c>(c: &Cx<'c>, r: FloatValue<'c>, act: &FakeQuantPt) -> Result<IntV
     }
 }
 
+/// The four activations of `v` quantized (`round(v / sa)`) and packed as bytes, the first in the
+/// lowest byte.
+pub(crate) fn quantize_act4<'c>(
+    c: &Cx<'c>,
+    module: &Module<'c>,
+    act: &FakeQuantPt,
+    v: inkwell::values::VectorValue<'c>,
+    sa: FloatValue<'c>,
+) -> Result<IntValue<'c>, Error> {
+    let mut bytes = Vec::with_capacity(4);
+    for e in 0..4u64 {
+        let xe =
+            c.b.build_extract_element(v, c.ctx.i32_type().const_int(e, false), "")?
+                .into_float_value();
+        let r = round_elem(c.ctx, &c.b, module, act, c.b.build_float_div(xe, sa, "")?)?;
+        bytes.push(act_byte(c, r, act)?);
+    }
+    pack4(c, &bytes)
+}
+
+/// The scale the end result of column (weight row) `col` is multiplied by: the per-tensor or
+/// per-row weight scale; `None` for grouped weights (scaled step by step).
+pub(crate) fn final_weight_scale<'c>(
+    c: &Cx<'c>,
+    spec: &Mma8,
+    scales: PointerValue<'c>,
+    tables: PointerValue<'c>,
+    col: IntValue<'c>,
+) -> Result<Option<FloatValue<'c>>, Error> {
+    Ok(match &spec.weights {
+        Weights8::Fp8 { per_row: true, .. }
+        | Weights8::Int8 {
+            per_row: true,
+            group: None,
+        } => Some(c.load_f32(scales, col)?),
+        Weights8::Fp8 { per_row: false, .. }
+        | Weights8::Int8 {
+            per_row: false,
+            group: None,
+        } => Some(c.load_f32(scales, c.i64(0))?),
+        Weights8::Nibble(s) if s.group.is_none() => Some(scale_at(c, s, scales, tables, col)?),
+        Weights8::Nibble(_) | Weights8::Int8 { .. } => None,
+    })
+}
+
+/// Where and how the 8-bit GEMMs store their results.
+pub(crate) struct Out<'a, 'c> {
+    pub(crate) spec: &'a Mma8,
+    pub(crate) y: PointerValue<'c>,
+    pub(crate) scales: PointerValue<'c>,
+    pub(crate) tables: PointerValue<'c>,
+    pub(crate) sa: FloatValue<'c>,
+    pub(crate) post: FloatValue<'c>,
+    pub(crate) m: IntValue<'c>,
+    pub(crate) n: IntValue<'c>,
+}
+
+impl<'c> Out<'_, 'c> {
+    /// `y[row][col] = sum * sa * (final weight scale) * post` when `row < m` and `col < n`
+    /// (a branch in `body`; the builder continues after it).
+    pub(crate) fn store(
+        &self,
+        c: &Cx<'c>,
+        body: inkwell::values::FunctionValue<'c>,
+        row: IntValue<'c>,
+        col: IntValue<'c>,
+        sum: FloatValue<'c>,
+    ) -> Result<(), Error> {
+        let r_in = c.b.build_int_compare(IntPredicate::ULT, row, self.m, "")?;
+        let c_in = c.b.build_int_compare(IntPredicate::ULT, col, self.n, "")?;
+        let store = c.ctx.append_basic_block(body, "store");
+        let next = c.ctx.append_basic_block(body, "next");
+        c.b.build_conditional_branch(c.b.build_and(r_in, c_in, "")?, store, next)?;
+        c.b.position_at_end(store);
+        let mut v = c.b.build_float_mul(sum, self.sa, "")?;
+        if let Some(ws) = final_weight_scale(c, self.spec, self.scales, self.tables, col)? {
+            v = c.b.build_float_mul(v, ws, "")?;
+        }
+        let v = c.b.build_float_mul(v, self.post, "")?;
+        let idx =
+            c.b.build_int_add(c.b.build_int_mul(row, self.n, "")?, col, "")?;
+        c.b.build_store(c.gep(c.ctx.f32_type().into(), self.y, idx)?, v)?;
+        c.b.build_unconditional_branch(next)?;
+        c.b.position_at_end(next);
+        Ok(())
+    }
+}
+
 /// `b0 | b1 << 8 | b2 << 16 | b3 << 24` of four bytes in the low bits of i32s.
 pub(crate) fn pack4<'c>(c: &Cx<'c>, b: &[IntValue<'c>]) -> Result<IntValue<'c>, Error> {
     let i32t = c.ctx.i32_type();
@@ -404,7 +490,6 @@ pub fn build<'c>(
     let q = c.b.build_and(lane, c.i64(3), "q")?;
     let m0 = c.b.build_int_mul(tm, c.i64(WARP_TILE), "m0")?;
     let n0 = c.b.build_int_mul(tn, c.i64(WARP_TILE), "n0")?;
-    let m_last = c.b.build_int_sub(m, c.i64(1), "")?;
     let n_last = c.b.build_int_sub(n, c.i64(1), "")?;
     let q4 = c.b.build_int_mul(q, c.i64(4), "")?;
     let q2 = c.b.build_int_mul(q, c.i64(2), "")?;
@@ -424,7 +509,6 @@ pub fn build<'c>(
     }
     let half_k = c.b.build_int_unsigned_div(k, c.i64(2), "")?;
     let steps = c.b.build_int_unsigned_div(k, c.i64(32), "steps")?;
-    let v4 = f32t.vec_type(4);
     for_loop(&c, body, steps, |c, si| {
         let k0 = c.b.build_int_mul(si, c.i64(32), "k0")?;
         // A fragments: [row g first half, row g + 8 first half, row g second half, row g + 8
@@ -435,30 +519,12 @@ pub fn build<'c>(
             for h in 0..2u64 {
                 let row = c.b.build_int_add(m0, c.i64(16 * i + 8 * h), "")?;
                 let row = c.b.build_int_add(row, g, "")?;
-                let rc = umin(c, row, m_last)?;
-                let inside = c.b.build_int_compare(IntPredicate::ULT, row, m, "")?;
                 for half in 0..2u64 {
                     let col = c.b.build_int_add(k0, c.i64(16 * half), "")?;
                     let col = c.b.build_int_add(col, q4, "")?;
-                    let off = c.b.build_int_add(c.b.build_int_mul(rc, k, "")?, col, "")?;
-                    let ld = c.b.build_load(v4, c.gep(f32t.into(), x, off)?, "")?;
-                    ld.as_instruction_value()
-                        .unwrap()
-                        .set_alignment(16)
-                        .map_err(|e| Error::Codegen(e.to_string()))?;
-                    let v =
-                        c.b.build_select(inside, ld.into_vector_value(), v4.const_zero(), "")?
-                            .into_vector_value();
-                    let mut bytes = Vec::new();
-                    for e in 0..4u64 {
-                        let xe =
-                            c.b.build_extract_element(v, i32t.const_int(e, false), "")?
-                                .into_float_value();
-                        let s = c.b.build_float_div(xe, sa, "")?;
-                        let r = round_elem(c.ctx, &c.b, module, &spec.act, s)?;
-                        bytes.push(act_byte(c, r, &spec.act)?);
-                    }
-                    regs[(h + 2 * half) as usize] = pack4(c, &bytes)?;
+                    let v = load_x4(c, x, row, m, k, col)?;
+                    let bytes = quantize_act4(c, module, &spec.act, v, sa)?;
+                    regs[(h + 2 * half) as usize] = bytes;
                 }
             }
             afr.push(regs);
@@ -585,6 +651,16 @@ pub fn build<'c>(
         Ok(())
     })?;
     // y[row][col] = acc * sa * weight scale * post.
+    let out = Out {
+        spec,
+        y,
+        scales,
+        tables,
+        sa,
+        post,
+        m,
+        n,
+    };
     for i in 0..TM as u64 {
         for j in 0..TN as u64 {
             for e in 0..4u64 {
@@ -593,102 +669,20 @@ pub fn build<'c>(
                 let row = c.b.build_int_add(row, g, "")?;
                 let col = c.b.build_int_add(n0, c.i64(8 * j + e % 2), "")?;
                 let col = c.b.build_int_add(col, q2, "")?;
-                let r_in = c.b.build_int_compare(IntPredicate::ULT, row, m, "")?;
-                let c_in = c.b.build_int_compare(IntPredicate::ULT, col, n, "")?;
-                let store = ctx.append_basic_block(body, "store");
-                let next = ctx.append_basic_block(body, "next");
-                c.b.build_conditional_branch(c.b.build_and(r_in, c_in, "")?, store, next)?;
-                c.b.position_at_end(store);
-                let mut v = if int8 && spec.group().is_none() {
+                let sum = if int8 && spec.group().is_none() {
                     let iv =
                         c.b.build_load(i32t, c.gep(i32t.into(), acc_i, c.i64(at))?, "")?;
                     c.b.build_signed_int_to_float(iv.into_int_value(), f32t, "")?
                 } else {
                     c.load_f32(acc, c.i64(at))?
                 };
-                v = c.b.build_float_mul(v, sa, "")?;
-                let ws = match &spec.weights {
-                    Weights8::Fp8 { per_row: true, .. }
-                    | Weights8::Int8 {
-                        per_row: true,
-                        group: None,
-                    } => Some(c.load_f32(scales, col)?),
-                    Weights8::Int8 {
-                        per_row: false,
-                        group: None,
-                    } => Some(c.load_f32(scales, c.i64(0))?),
-                    Weights8::Int8 { .. } => None,
-                    Weights8::Fp8 { per_row: false, .. } => Some(c.load_f32(scales, c.i64(0))?),
-                    Weights8::Nibble(s) if s.group.is_none() => {
-                        Some(scale_at(&c, s, scales, tables, col)?)
-                    }
-                    Weights8::Nibble(_) => None,
-                };
-                if let Some(ws) = ws {
-                    v = c.b.build_float_mul(v, ws, "")?;
-                }
-                let v = c.b.build_float_mul(v, post, "")?;
-                let idx = c.b.build_int_add(c.b.build_int_mul(row, n, "")?, col, "")?;
-                c.b.build_store(c.gep(f32t.into(), y, idx)?, v)?;
-                c.b.build_unconditional_branch(next)?;
-                c.b.position_at_end(next);
+                out.store(&c, body, row, col, sum)?;
             }
         }
     }
     c.b.build_return(None)?;
 
-    // The entry: the body for the warps that have a tile.
-    let nparams = 10;
-    let mut eparams = params[..nparams].to_vec();
-    let fname = match entries {
-        Entries::Ptx => ENTRY.to_string(),
-        Entries::Host => {
-            eparams.push(ptr.into());
-            eparams.push(i64t.into());
-            format!("{ENTRY}_at")
-        }
-    };
-    let f = module.add_function(
-        &fname,
-        void.fn_type(&eparams, false),
-        Some(Linkage::External),
-    );
-    c.b.position_at_end(ctx.append_basic_block(f, "entry"));
-    let fp = f.get_params();
-    let (t, warp_ptr): (IntValue, PointerValue) = match entries {
-        Entries::Host => (fp[11].into_int_value(), fp[10].into_pointer_value()),
-        Entries::Ptx => {
-            f.set_call_conventions(PTX_KERNEL_CALL_CONV);
-            let tid = special_register(module, &c.b, ctx, "llvm.nvvm.read.ptx.sreg.tid.x")?;
-            let ctaid = special_register(module, &c.b, ctx, "llvm.nvvm.read.ptx.sreg.ctaid.x")?;
-            let ntid = special_register(module, &c.b, ctx, "llvm.nvvm.read.ptx.sreg.ntid.x")?;
-            let start = c.b.build_int_nuw_mul(ctaid, ntid, "")?;
-            (c.b.build_int_nuw_add(start, tid, "t")?, ptr.const_null())
-        }
-    };
-    let tiles = |d: IntValue<'c>| -> Result<IntValue<'c>, Error> {
-        let r = c.b.build_int_add(d, c.i64(WARP_TILE - 1), "")?;
-        Ok(c.b.build_int_unsigned_div(r, c.i64(WARP_TILE), "")?)
-    };
-    let warps = c.b.build_int_mul(
-        tiles(fp[7].into_int_value())?,
-        tiles(fp[6].into_int_value())?,
-        "",
-    )?;
-    let warp = c.b.build_right_shift(t, c.i64(5), false, "")?;
-    let run = ctx.append_basic_block(f, "run");
-    let done = ctx.append_basic_block(f, "done");
-    let inside = c.b.build_int_compare(IntPredicate::ULT, warp, warps, "")?;
-    c.b.build_conditional_branch(inside, run, done)?;
-    c.b.position_at_end(run);
-    let mut args: Vec<BasicMetadataValueEnum> = fp[..nparams].iter().map(|p| (*p).into()).collect();
-    args.push(warp_ptr.into());
-    args.push(t.into());
-    c.b.build_call(body, &args, "")?;
-    c.b.build_unconditional_branch(done)?;
-    c.b.position_at_end(done);
-    c.b.build_return(None)?;
-    Ok(())
+    warp_tile_entry(&c, module, body, ENTRY, 10, entries)
 }
 
 /// The PTX of [`ENTRY`] for `spec` and `target` (FP8: sm_89 or later, which FP8 MMA needs; int8:
@@ -705,19 +699,10 @@ pub fn emit_ptx(target: GpuTarget, spec: &Mma8) -> Result<String, Error> {
         GpuTarget::Sm120a => "+ptx87",
         _ => "+ptx84",
     };
-    let machine = target_machine_with(target, isa)?;
-    let context = Context::create();
-    let module = context.create_module("qc_mma8");
-    module.set_triple(&machine.get_triple());
-    module.set_data_layout(&machine.get_target_data().get_data_layout());
-    build(&context, &module, spec, Entries::Ptx)?;
-    module.verify().map_err(|e| Error::Verify(e.to_string()))?;
-    module
-        .run_passes("default<O3>", &machine, PassBuilderOptions::create())
-        .map_err(|e| Error::Passes(e.to_string()))?;
-    let buffer = machine
-        .write_to_memory_buffer(&module, FileType::Assembly)
-        .map_err(|e| Error::Codegen(e.to_string()))?;
-    String::from_utf8(buffer.as_slice().to_vec())
-        .map_err(|e| Error::Codegen(format!("PTX is not UTF-8: {e}")))
+    compile_ptx(
+        &target_machine_with(target, isa)?,
+        "qc_mma8",
+        "default<O3>",
+        |c, m| build(c, m, spec, Entries::Ptx),
+    )
 }

@@ -28,17 +28,16 @@
 use inkwell::context::Context;
 use inkwell::intrinsics::Intrinsic;
 use inkwell::module::{Linkage, Module};
-use inkwell::passes::PassBuilderOptions;
-use inkwell::targets::FileType;
 use inkwell::types::BasicMetadataTypeEnum;
 use inkwell::values::{BasicMetadataValueEnum, BasicValue, FunctionValue, IntValue, PointerValue};
 use inkwell::{AddressSpace, IntPredicate};
 
-use crate::fquant::round_elem;
 use crate::gemv4::{for_loop, scale_at, Cx};
-use crate::mma4::{umin, Entries};
-use crate::mma8::{fp8_bits, pack4, Mma8, Weights8};
-use crate::{special_register, target_machine_with, Error, GpuTarget, PTX_KERNEL_CALL_CONV};
+use crate::mma4::{load_x4, umin, Entries};
+use crate::mma8::{fp8_bits, quantize_act4, Mma8, Out, Weights8};
+use crate::{
+    compile_ptx, special_register, target_machine_with, Error, GpuTarget, PTX_KERNEL_CALL_CONV,
+};
 
 /// The kernel's entry.
 pub const ENTRY: &str = "qc_wgmma8";
@@ -100,10 +99,9 @@ pub fn build<'c>(
         ctx.f32_type(),
         ctx.void_type(),
     );
-    let act_man = spec
-        .act
-        .man
-        .ok_or(Error::Codegen("int8 activations".into()))?;
+    if spec.is_int8() {
+        return Err(Error::Codegen("the warpgroup GEMM is FP8 only".into()));
+    }
     let host = entries == Entries::Host;
 
     // body(codes, scales, tables, x, y, k, n, m, post, sa, emu, smem, block, t, smem_shared):
@@ -225,10 +223,7 @@ pub fn build<'c>(
     let lane = c.b.build_and(t, c.i64(31), "")?;
     let g = c.b.build_right_shift(lane, c.i64(2), false, "g")?;
     let q = c.b.build_and(lane, c.i64(3), "q")?;
-    let (m_last, n_last) = (
-        c.b.build_int_sub(m, c.i64(1), "")?,
-        c.b.build_int_sub(n, c.i64(1), "")?,
-    );
+    let n_last = c.b.build_int_sub(n, c.i64(1), "")?;
     let q4 = c.b.build_int_mul(q, c.i64(4), "")?;
     let q2 = c.b.build_int_mul(q, c.i64(2), "")?;
     // This thread's share of the weight tile: row t / 2, K half t % 2.
@@ -264,7 +259,6 @@ pub fn build<'c>(
         .transpose()?;
     let half_k = c.b.build_int_unsigned_div(k, c.i64(2), "")?;
     let steps = c.b.build_int_unsigned_div(k, c.i64(32), "steps")?;
-    let v4 = f32t.vec_type(4);
     let v16 = i8t.vec_type(16);
     for_loop(&c, body, steps, |c, si| {
         let k0 = c.b.build_int_mul(si, c.i64(32), "k0")?;
@@ -327,35 +321,11 @@ pub fn build<'c>(
                 c.b.build_int_add(m0, c.b.build_int_mul(w, c.i64(16), "")?, "")?;
             let row =
                 c.b.build_int_add(c.b.build_int_add(row, g, "")?, c.i64(8 * h), "")?;
-            let rc = umin(c, row, m_last)?;
-            let inside = c.b.build_int_compare(IntPredicate::ULT, row, m, "")?;
             for half in 0..2u64 {
                 let kc =
                     c.b.build_int_add(c.b.build_int_add(k0, c.i64(16 * half), "")?, q4, "")?;
-                let off = c.b.build_int_add(c.b.build_int_mul(rc, k, "")?, kc, "")?;
-                let ld = c.b.build_load(v4, c.gep(f32t.into(), x, off)?, "")?;
-                ld.as_instruction_value()
-                    .unwrap()
-                    .set_alignment(16)
-                    .map_err(|e| Error::Codegen(e.to_string()))?;
-                let xv =
-                    c.b.build_select(inside, ld.into_vector_value(), v4.const_zero(), "")?
-                        .into_vector_value();
-                let mut bytes = Vec::new();
-                for e in 0..4u64 {
-                    let xe =
-                        c.b.build_extract_element(xv, i32t.const_int(e, false), "")?
-                            .into_float_value();
-                    let r = round_elem(
-                        c.ctx,
-                        &c.b,
-                        module,
-                        &spec.act,
-                        c.b.build_float_div(xe, sa, "")?,
-                    )?;
-                    bytes.push(fp8_bits(c, r, act_man, spec.act.emin)?);
-                }
-                regs[(h + 2 * half) as usize] = pack4(c, &bytes)?;
+                let v = load_x4(c, x, row, m, k, kc)?;
+                regs[(h + 2 * half) as usize] = quantize_act4(c, module, &spec.act, v, sa)?;
             }
         }
         // 3. The warpgroup MMA on a fresh accumulator.
@@ -433,6 +403,16 @@ pub fn build<'c>(
         Ok(())
     })?;
     // y[row][col] = acc * sa * weight scale * post.
+    let out = Out {
+        spec,
+        y,
+        scales,
+        tables,
+        sa,
+        post,
+        m,
+        n,
+    };
     for i in 0..32u64 {
         let row =
             c.b.build_int_add(m0, c.b.build_int_mul(w, c.i64(16), "")?, "")?;
@@ -443,27 +423,7 @@ pub fn build<'c>(
             q2,
             "",
         )?;
-        let r_in = c.b.build_int_compare(IntPredicate::ULT, row, m, "")?;
-        let c_in = c.b.build_int_compare(IntPredicate::ULT, col, n, "")?;
-        let store = ctx.append_basic_block(body, "store");
-        let next = ctx.append_basic_block(body, "next");
-        c.b.build_conditional_branch(c.b.build_and(r_in, c_in, "")?, store, next)?;
-        c.b.position_at_end(store);
-        let mut val = c.b.build_float_mul(c.load_f32(acc, c.i64(i))?, sa, "")?;
-        let ws = match &spec.weights {
-            Weights8::Fp8 { per_row: true, .. } => Some(c.load_f32(scales, col)?),
-            Weights8::Fp8 { per_row: false, .. } => Some(c.load_f32(scales, c.i64(0))?),
-            Weights8::Nibble(s) if s.group.is_none() => Some(scale_at(&c, s, scales, tables, col)?),
-            Weights8::Nibble(_) | Weights8::Int8 { .. } => None,
-        };
-        if let Some(ws) = ws {
-            val = c.b.build_float_mul(val, ws, "")?;
-        }
-        let val = c.b.build_float_mul(val, post, "")?;
-        let idx = c.b.build_int_add(c.b.build_int_mul(row, n, "")?, col, "")?;
-        c.b.build_store(c.gep(f32t.into(), y, idx)?, val)?;
-        c.b.build_unconditional_branch(next)?;
-        c.b.position_at_end(next);
+        out.store(&c, body, row, col, c.load_f32(acc, c.i64(i))?)?;
     }
     c.b.build_return(None)?;
 
@@ -533,19 +493,10 @@ pub fn build<'c>(
 
 /// The PTX of [`ENTRY`] for `spec` (sm_90a only: `wgmma` is Hopper's).
 pub fn emit_ptx(spec: &Mma8) -> Result<String, Error> {
-    let machine = target_machine_with(GpuTarget::Sm90a, "+ptx84")?;
-    let context = Context::create();
-    let module = context.create_module("qc_wgmma8");
-    module.set_triple(&machine.get_triple());
-    module.set_data_layout(&machine.get_target_data().get_data_layout());
-    build(&context, &module, spec, Entries::Ptx)?;
-    module.verify().map_err(|e| Error::Verify(e.to_string()))?;
-    module
-        .run_passes("default<O3>", &machine, PassBuilderOptions::create())
-        .map_err(|e| Error::Passes(e.to_string()))?;
-    let buffer = machine
-        .write_to_memory_buffer(&module, FileType::Assembly)
-        .map_err(|e| Error::Codegen(e.to_string()))?;
-    String::from_utf8(buffer.as_slice().to_vec())
-        .map_err(|e| Error::Codegen(format!("PTX is not UTF-8: {e}")))
+    compile_ptx(
+        &target_machine_with(GpuTarget::Sm90a, "+ptx84")?,
+        "qc_wgmma8",
+        "default<O3>",
+        |c, m| build(c, m, spec, Entries::Ptx),
+    )
 }

@@ -5,36 +5,24 @@
 //! dequantized weights, for FP8 and 4-bit weights with both FP8 activation formats, and int8 and
 //! int4 weights with int8 activations.
 
-use std::sync::OnceLock;
-
 use inkwell::context::Context;
 use inkwell::targets::{InitializationConfig, Target};
 use inkwell::OptimizationLevel;
 use qc_backend_ptx::mma4::Entries;
 use qc_backend_ptx::mma8::{self, Mma8};
-use qc_backend_ptx::ptxas::{assemble, find_ptxas};
+use qc_backend_ptx::ptxas::assemble;
 use qc_backend_ptx::GpuTarget;
-use qc_ir::quant::{named_format, Encoding, QuantType};
-use qc_quant::{quantize, Codec, QuantizeOptions};
+use qc_ir::quant::{named_format, QuantType};
 
 mod common;
 mod mma_emu;
-use common::noise;
-use mma_emu::{emulate, run_warps, Shape, Warp};
+use mma_emu::{emulate, fp8_table, run_warps, Case8, Shape, Warp};
 
 fn fmt(name: &str) -> QuantType {
     named_format(name)
         .unwrap_or_else(|| panic!("no format {name}"))
         .ty
         .clone()
-}
-
-/// The values of the 256 codes of an FP8 format, for the emulator.
-fn table(e: Encoding) -> &'static [f32] {
-    static E4M3: OnceLock<Vec<f32>> = OnceLock::new();
-    static E5M2: OnceLock<Vec<f32>> = OnceLock::new();
-    let cell = if e == Encoding::E4M3FN { &E4M3 } else { &E5M2 };
-    cell.get_or_init(|| Codec::new(e).unwrap().table().to_vec())
 }
 
 type Kernel = unsafe extern "C" fn(
@@ -88,19 +76,12 @@ fn run_on_cpu(
             .unwrap()
             .as_raw()
     };
-    let enc = |e5m2| {
-        if e5m2 {
-            Encoding::E5M2
-        } else {
-            Encoding::E4M3FN
-        }
-    };
     let shape = if spec.is_int8() {
         Shape::S8
     } else {
         Shape::Fp8 {
-            a: table(enc(spec.act_e5m2())),
-            b: table(enc(spec.weight_e5m2())),
+            a: fp8_table(spec.act_e5m2()),
+            b: fp8_table(spec.weight_e5m2()),
         }
     };
     let y_addr = y.as_mut_ptr() as usize;
@@ -157,48 +138,9 @@ fn the_kernel_matches_quantized_activations_times_dequantized_weights() {
                 let (wf, af) = (fmt(wname), fmt(act));
                 let spec = Mma8::classify(&wf, &af).unwrap_or_else(|e| panic!("{wname}: {e}"));
                 spec.supports(k as u64).unwrap();
-                let w: Vec<f32> = noise(n * k, 7)
-                    .iter()
-                    .enumerate()
-                    .map(|(i, v)| v * 0.05 * (1 + (i / k) % 5) as f32)
-                    .collect();
-                let q = quantize(&w, &[n, k], &wf, &QuantizeOptions::default()).unwrap();
-                let blob = qc_quant::blob::to_blob(&q).unwrap();
-                let wd = qc_quant::dequantize(&q).unwrap();
-                // Activations over several magnitudes (some round to FP8 subnormals or zero).
-                let x: Vec<f32> = noise(m * k, 11)
-                    .iter()
-                    .enumerate()
-                    .map(|(i, v)| v * [1.0, 30.0, 0.01][i % 3])
-                    .collect();
-                let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
-                let spec_a = qc_backend_ptx::fquant::FakeQuantPt::classify(&af).unwrap();
-                let sa = spec_a.scale(amax);
-                // The reference: qc_quant's per-tensor quantization with that static maximum.
-                let qa = quantize(
-                    &x,
-                    &[m, k],
-                    &af,
-                    &QuantizeOptions {
-                        tensor_amax: Some(amax),
-                        ..Default::default()
-                    },
-                )
-                .unwrap();
-                let xd = qc_quant::dequantize(&qa).unwrap();
-                let y = run_on_cpu(&spec, &blob, &x, sa, m, n, k);
-                for (i, &got) in y.iter().enumerate() {
-                    let (mm, row) = (i / n, i % n);
-                    let terms = (0..k).map(|j| wd[row * k + j] as f64 * xd[mm * k + j] as f64);
-                    let want: f64 = terms.clone().sum();
-                    let mag: f64 = terms.map(f64::abs).sum();
-                    let err = (got as f64 - want).abs() / mag.max(1e-30);
-                    assert!(
-                        err <= 1e-6,
-                        "{wname} x {act} m={m} n={n} k={k}: y[{mm}][{row}] = {got}, reference \
-                         {want} (err {err:e})"
-                    );
-                }
+                let case = Case8::new(&wf, &af, m, n, k);
+                let y = run_on_cpu(&spec, &case.blob, &case.x, case.sa, m, n, k);
+                case.check(&y, &format!("{wname} x {act} m={m} n={n} k={k}"));
             }
         }
     }
@@ -225,13 +167,8 @@ fn formats_the_kernel_cannot_read_are_refused() {
 
 #[test]
 fn ptxas_accepts_the_kernel_for_every_fp8_target() {
-    let ptxas = match find_ptxas() {
-        Ok(p) => p,
-        Err(e) if std::env::var("QC_ALLOW_NO_PTXAS").as_deref() == Ok("1") => {
-            eprintln!("note: QC_ALLOW_NO_PTXAS=1 and {e}; ptxas checks skipped");
-            return;
-        }
-        Err(e) => panic!("{e}\n(set QC_ALLOW_NO_PTXAS=1 to skip the ptxas checks)"),
+    let Some(ptxas) = common::ptxas_or_skip() else {
+        return;
     };
     // The s8 MMA on every target, sm_80 included.
     let s8 = Mma8::classify(&fmt("int4_g32"), &fmt("int8")).unwrap();

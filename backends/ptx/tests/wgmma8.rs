@@ -4,40 +4,25 @@
 //! buffer read through the kernel's descriptors), run block by block with 128 OS threads, matches
 //! the product of qc_quant's quantized-and-dequantized activations and dequantized weights.
 
-use std::sync::OnceLock;
-
 use inkwell::context::Context;
 use inkwell::targets::{InitializationConfig, Target};
 use inkwell::OptimizationLevel;
 use qc_backend_ptx::mma4::Entries;
 use qc_backend_ptx::mma8::Mma8;
-use qc_backend_ptx::ptxas::{assemble, find_ptxas};
+use qc_backend_ptx::ptxas::assemble;
 use qc_backend_ptx::wgmma8;
 use qc_backend_ptx::GpuTarget;
-use qc_ir::quant::{named_format, Encoding, QuantType};
-use qc_quant::{quantize, Codec, QuantizeOptions};
+use qc_ir::quant::{named_format, QuantType};
 
 mod common;
 mod mma_emu;
-use common::noise;
-use mma_emu::{block_barrier, block_mma, Block};
+use mma_emu::{block_barrier, block_mma, fp8_table, Block, Case8};
 
 fn fmt(name: &str) -> QuantType {
     named_format(name)
         .unwrap_or_else(|| panic!("no format {name}"))
         .ty
         .clone()
-}
-
-fn table(e5m2: bool) -> &'static [f32] {
-    static E4M3: OnceLock<Vec<f32>> = OnceLock::new();
-    static E5M2: OnceLock<Vec<f32>> = OnceLock::new();
-    let (cell, e) = if e5m2 {
-        (&E5M2, Encoding::E5M2)
-    } else {
-        (&E4M3, Encoding::E4M3FN)
-    };
-    cell.get_or_init(|| Codec::new(e).unwrap().table().to_vec())
 }
 
 type Kernel = unsafe extern "C" fn(
@@ -99,8 +84,8 @@ fn run_on_cpu(
     let y_addr = y.as_mut_ptr() as usize;
     for b in 0..blocks {
         let block = Block::new(
-            table(spec.act_e5m2()),
-            table(spec.weight_e5m2()),
+            fp8_table(spec.act_e5m2()),
+            fp8_table(spec.weight_e5m2()),
             wgmma8::SMEM as usize,
         );
         let smem = block.smem() as usize;
@@ -145,52 +130,16 @@ fn the_kernel_matches_quantized_activations_times_dequantized_weights() {
     ] {
         let (wf, af) = (fmt(wname), fmt(act));
         let spec = Mma8::classify(&wf, &af).unwrap();
-        let w: Vec<f32> = noise(n * k, 7)
-            .iter()
-            .enumerate()
-            .map(|(i, v)| v * 0.05 * (1 + (i / k) % 5) as f32)
-            .collect();
-        let q = quantize(&w, &[n, k], &wf, &QuantizeOptions::default()).unwrap();
-        let blob = qc_quant::blob::to_blob(&q).unwrap();
-        let wd = qc_quant::dequantize(&q).unwrap();
-        let x: Vec<f32> = noise(m * k, 11)
-            .iter()
-            .enumerate()
-            .map(|(i, v)| v * [1.0, 30.0, 0.01][i % 3])
-            .collect();
-        let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
-        let sa = qc_backend_ptx::fquant::FakeQuantPt::classify(&af)
-            .unwrap()
-            .scale(amax);
-        let opts = QuantizeOptions {
-            tensor_amax: Some(amax),
-            ..Default::default()
-        };
-        let xd = qc_quant::dequantize(&quantize(&x, &[m, k], &af, &opts).unwrap()).unwrap();
-        let y = run_on_cpu(&spec, &blob, &x, sa, m, n, k);
-        for (i, &got) in y.iter().enumerate() {
-            let (mm, row) = (i / n, i % n);
-            let terms = (0..k).map(|j| wd[row * k + j] as f64 * xd[mm * k + j] as f64);
-            let want: f64 = terms.clone().sum();
-            let mag: f64 = terms.map(f64::abs).sum();
-            let err = (got as f64 - want).abs() / mag.max(1e-30);
-            assert!(
-                err <= 1e-6,
-                "{wname} x {act}: y[{mm}][{row}] = {got}, reference {want} (err {err:e})"
-            );
-        }
+        let case = Case8::new(&wf, &af, m, n, k);
+        let y = run_on_cpu(&spec, &case.blob, &case.x, case.sa, m, n, k);
+        case.check(&y, &format!("{wname} x {act}"));
     }
 }
 
 #[test]
 fn ptxas_accepts_the_kernel_for_sm_90a() {
-    let ptxas = match find_ptxas() {
-        Ok(p) => p,
-        Err(e) if std::env::var("QC_ALLOW_NO_PTXAS").as_deref() == Ok("1") => {
-            eprintln!("note: QC_ALLOW_NO_PTXAS=1 and {e}; ptxas checks skipped");
-            return;
-        }
-        Err(e) => panic!("{e}\n(set QC_ALLOW_NO_PTXAS=1 to skip the ptxas checks)"),
+    let Some(ptxas) = common::ptxas_or_skip() else {
+        return;
     };
     for (w, a, kind) in [
         ("fp8_e4m3", "fp8_e4m3", "e4m3.e4m3"),
