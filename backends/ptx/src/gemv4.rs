@@ -198,12 +198,14 @@ impl Gemv4 {
     }
 }
 
-/// What [`build`] adds besides the two bodies.
+/// What the kernel builders (`build` of this module, `fquant`, `mma4`, `mma8`, `wgmma8`) add
+/// besides their bodies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Entries {
     /// The PTX kernels [`PARTIAL`] and [`REDUCE`] (thread index from the special registers).
     Ptx,
-    /// Host functions `<entry>_at(args..., t)` that run thread `t` (for tests on the CPU).
+    /// Host functions `<entry>_at(args..., t)` that run thread `t` (for tests on the CPU); the
+    /// tensor-core kernels take the state of their MMA emulators before `t`.
     Host,
 }
 

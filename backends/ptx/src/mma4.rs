@@ -63,15 +63,10 @@ pub const MIN_ROWS: u64 = 16;
 const TM: usize = 2;
 const TN: usize = 4;
 
-/// What [`build`] adds besides the body.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Entries {
-    /// The PTX kernel [`ENTRY`] (thread index from the special registers, the MMA instruction).
-    Ptx,
-    /// A host function `qc_mma4_at(args..., warp, t)` that runs thread `t`, with every MMA a call of
-    /// [`EMULATOR`] (passed `warp`).
-    Host,
-}
+/// What [`build`] adds besides the body: the PTX kernel [`ENTRY`] (thread index from the special
+/// registers, the MMA instruction), or a host function `qc_mma4_at(args..., warp, t)` that runs
+/// thread `t` with every MMA a call of [`EMULATOR`] (passed `warp`).
+pub use crate::gemv4::Entries;
 
 /// Whether [`ENTRY`] reads `spec`'s weights for reduction length `k`, or why not.
 pub fn supports(spec: &Gemv4, k: u64) -> Result<(), String> {

@@ -15,8 +15,9 @@ use qc_backend_ptx::GpuTarget;
 use qc_ir::quant::{named_format, QuantType};
 
 mod common;
+use common::Case8;
 mod mma_emu;
-use mma_emu::{emulate, fp8_table, run_warps, Case8, Shape, Warp};
+use mma_emu::{emulate, fp8_table, run_warps, Shape, Warp};
 
 fn fmt(name: &str) -> QuantType {
     named_format(name)

@@ -15,8 +15,9 @@ use qc_backend_ptx::GpuTarget;
 use qc_ir::quant::{named_format, QuantType};
 
 mod common;
+use common::Case8;
 mod mma_emu;
-use mma_emu::{block_barrier, block_mma, fp8_table, Block, Case8};
+use mma_emu::{block_barrier, block_mma, fp8_table, Block};
 
 fn fmt(name: &str) -> QuantType {
     named_format(name)

@@ -27,3 +27,76 @@ pub fn ptxas_or_skip() -> Option<std::path::PathBuf> {
         Err(e) => panic!("{e}\n(set QC_ALLOW_NO_PTXAS=1 to skip the ptxas checks)"),
     }
 }
+
+/// A product case of the 8-bit GEMMs (`mma8`, `wgmma8`): weights of format `w` quantized by
+/// qc_quant, activations over several magnitudes (some round to FP8 subnormals or zero) with their
+/// per-tensor maximum, and the reference operands: qc_quant's dequantized weights and its
+/// quantized-and-dequantized activations (format `a`, that static maximum).
+#[allow(dead_code)] // used by the 8-bit GEMM tests only
+pub struct Case8 {
+    /// The weights' blob.
+    pub blob: Vec<u8>,
+    /// The f32 activations the kernel reads.
+    pub x: Vec<f32>,
+    /// The activation scale (`FakeQuantPt::scale` of the maximum).
+    pub sa: f32,
+    wd: Vec<f32>,
+    xd: Vec<f32>,
+    m: usize,
+    n: usize,
+    k: usize,
+}
+
+#[allow(dead_code)]
+impl Case8 {
+    /// The case `y[m, n]` for weight format `w` and activation format `a`.
+    pub fn new(w: &qc_ir::QuantType, a: &qc_ir::QuantType, m: usize, n: usize, k: usize) -> Case8 {
+        use qc_quant::{quantize, QuantizeOptions};
+        let wv: Vec<f32> = noise(n * k, 7)
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v * 0.05 * (1 + (i / k) % 5) as f32)
+            .collect();
+        let q = quantize(&wv, &[n, k], w, &QuantizeOptions::default()).unwrap();
+        let x: Vec<f32> = noise(m * k, 11)
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v * [1.0, 30.0, 0.01][i % 3])
+            .collect();
+        let amax = x.iter().fold(0f32, |acc, v| acc.max(v.abs()));
+        let opts = QuantizeOptions {
+            tensor_amax: Some(amax),
+            ..Default::default()
+        };
+        let xd = qc_quant::dequantize(&quantize(&x, &[m, k], a, &opts).unwrap()).unwrap();
+        Case8 {
+            blob: qc_quant::blob::to_blob(&q).unwrap(),
+            sa: qc_backend_ptx::fquant::FakeQuantPt::classify(a)
+                .unwrap()
+                .scale(amax),
+            x,
+            wd: qc_quant::dequantize(&q).unwrap(),
+            xd,
+            m,
+            n,
+            k,
+        }
+    }
+
+    /// Checks `y` against the f64 reference: within `1e-6` of the sum of the products' magnitudes.
+    pub fn check(&self, y: &[f32], what: &str) {
+        let (n, k) = (self.n, self.k);
+        assert_eq!(y.len(), self.m * n);
+        for (i, &got) in y.iter().enumerate() {
+            let (mm, row) = (i / n, i % n);
+            let terms = (0..k).map(|j| self.wd[row * k + j] as f64 * self.xd[mm * k + j] as f64);
+            let want: f64 = terms.clone().sum();
+            let mag: f64 = terms.map(f64::abs).sum();
+            let err = (got as f64 - want).abs() / mag.max(1e-30);
+            assert!(
+                err <= 1e-6,
+                "{what}: y[{mm}][{row}] = {got}, reference {want} (err {err:e})"
+            );
+        }
+    }
+}

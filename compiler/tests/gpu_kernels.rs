@@ -1,0 +1,524 @@
+//! qc's own NVIDIA kernels inside compiled artifacts, end to end without a GPU: a one-product model
+//! (`y = x W`, W a constant) compiled for a GPU target gives a launch plan of copies and launches of
+//! qc's kernels only; the CUDA executor (`qc_runtime::cuda::Prepared`) runs that plan on a device
+//! whose memory is host memory and whose kernels are the same LLVM IR bodies compiled for this CPU
+//! (the warp-level MMAs and the warpgroup MMA through the emulators of
+//! backends/ptx/tests/mma_emu). The results must match the reference interpreter on the same
+//! compiled model. This checks what the ptxas and kernel tests cannot: the plan's buffers,
+//! offsets, parameters and grids, the export's folding of activation quantization into the product,
+//! and the choice of kernel per format, target and row count.
+//!
+//! Needs the cargo feature `cpu`, LLVM 22's MLIR tools, python3 with numpy and onnx, and ptxas (as
+//! compiler/tests/ptx.rs).
+#![cfg(feature = "cpu")]
+
+use std::alloc::Layout;
+use std::path::Path;
+use std::process::Command;
+
+use inkwell::context::Context;
+use inkwell::execution_engine::ExecutionEngine;
+use inkwell::targets::{InitializationConfig, Target};
+use inkwell::OptimizationLevel;
+use qc_backend_ptx::fquant::FakeQuantPt;
+use qc_backend_ptx::gemv4::Gemv4;
+use qc_backend_ptx::mma4::Entries;
+use qc_backend_ptx::mma8::Mma8;
+use qc_ir::quant::named_format;
+use qc_runtime::npy::{NpyArray, NpyData};
+
+mod common;
+use common::{ok, p, qc};
+#[path = "../../backends/ptx/tests/mma_emu/mod.rs"]
+mod mma_emu;
+use mma_emu::{block_barrier, block_mma, emulate, fp8_table, run_warps, Block, Shape};
+
+const K: usize = 128;
+const N: usize = 72;
+
+/// The one-product model: `y[m, N] = x[m, K] W[K, N]`, `m` symbolic.
+fn product_model(path: &Path) {
+    ok(
+        Command::new("python3").args([
+            "-c",
+            &format!(
+                "import numpy as np, onnx\n\
+                 from onnx import helper, TensorProto, numpy_helper\n\
+                 w = (np.random.default_rng(3).standard_normal(({K}, {N})) * 0.1).astype(np.float32)\n\
+                 x = helper.make_tensor_value_info('x', TensorProto.FLOAT, ['m', {K}])\n\
+                 y = helper.make_tensor_value_info('y', TensorProto.FLOAT, ['m', {N}])\n\
+                 g = helper.make_graph([helper.make_node('MatMul', ['x', 'W'], ['y'])], 'mm', [x], [y],\n\
+                 \x20   [numpy_helper.from_array(w, 'W')])\n\
+                 onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid('', 17)]), '{}')\n",
+                path.display()
+            ),
+        ]),
+        "the product model",
+    );
+}
+
+/// Activations over a few magnitudes (deterministic).
+fn activations(m: usize) -> Vec<f32> {
+    (0..m * K)
+        .map(|i| {
+            let v = ((i * 7919) % 1000) as f32 / 500.0 - 1.0;
+            v * [1.0, 3.0, 0.05][i % 3]
+        })
+        .collect()
+}
+
+/// The kernels that the plan's launches name, compiled for this CPU, by entry.
+struct HostKernels {
+    engines: Vec<ExecutionEngine<'static>>,
+    mma8: Option<Mma8>,
+}
+
+impl HostKernels {
+    /// The host versions of every kernel the compiled products may launch: the GEMV and bf16 GEMM
+    /// for `w` (when 4-bit), the fake-quant kernel and 8-bit GEMMs for activations quantized to
+    /// `a`.
+    fn new(w: &str, a: Option<&str>) -> HostKernels {
+        Target::initialize_native(&InitializationConfig::default()).unwrap();
+        // The engines outlive the test's device; the contexts are leaked for their lifetime.
+        let ctx: &'static Context = Box::leak(Box::new(Context::create()));
+        let wf = named_format(w).unwrap().ty.clone();
+        let mut engines = Vec::new();
+        let mut jit = |name: &str,
+                       build: &dyn Fn(&inkwell::module::Module<'static>),
+                       emulators: &[(&str, usize)]| {
+            let module = ctx.create_module(name);
+            build(&module);
+            module.verify().unwrap();
+            let ee = module
+                .create_jit_execution_engine(OptimizationLevel::Default)
+                .unwrap();
+            for (sym, f) in emulators {
+                ee.add_global_mapping(&module.get_function(sym).unwrap(), *f);
+            }
+            engines.push(ee);
+        };
+        if let Ok(g) = Gemv4::for_k(&wf, K) {
+            jit(
+                "gemv4",
+                &|m| qc_backend_ptx::gemv4::build(ctx, m, &g, Entries::Host).unwrap(),
+                &[],
+            );
+            jit(
+                "mma4",
+                &|m| qc_backend_ptx::mma4::build(ctx, m, &g, Entries::Host).unwrap(),
+                &[(
+                    qc_backend_ptx::mma4::EMULATOR,
+                    emulate as *const () as usize,
+                )],
+            );
+        }
+        let mut mma8 = None;
+        if let Some(a) = a {
+            let af = named_format(a).unwrap().ty.clone();
+            let fq = FakeQuantPt::classify(&af).unwrap();
+            jit(
+                "fquant",
+                &|m| qc_backend_ptx::fquant::build(ctx, m, &fq, Entries::Host).unwrap(),
+                &[],
+            );
+            if let Ok(s) = Mma8::classify(&wf, &af) {
+                jit(
+                    "mma8",
+                    &|m| qc_backend_ptx::mma8::build(ctx, m, &s, Entries::Host).unwrap(),
+                    &[(
+                        qc_backend_ptx::mma8::EMULATOR,
+                        emulate as *const () as usize,
+                    )],
+                );
+                if !s.is_int8() {
+                    jit(
+                        "wgmma8",
+                        &|m| qc_backend_ptx::wgmma8::build(ctx, m, &s, Entries::Host).unwrap(),
+                        &[
+                            (
+                                qc_backend_ptx::wgmma8::BAR_EMULATOR,
+                                block_barrier as *const () as usize,
+                            ),
+                            (
+                                qc_backend_ptx::wgmma8::MMA_EMULATOR,
+                                block_mma as *const () as usize,
+                            ),
+                        ],
+                    );
+                }
+                mma8 = Some(s);
+            }
+        }
+        HostKernels { engines, mma8 }
+    }
+
+    /// The address of the host entry `<entry>_at`.
+    fn entry(&self, entry: &str) -> usize {
+        let name = format!("{entry}_at");
+        self.engines
+            .iter()
+            .find_map(|e| e.get_function_address(&name).ok())
+            .unwrap_or_else(|| panic!("no host kernel {name}"))
+    }
+}
+
+/// A device whose memory is host memory (buffer addresses are pointers) and whose kernels are
+/// [`HostKernels`].
+struct HostGpu {
+    kernels: HostKernels,
+    buffers: Vec<(*mut u8, Layout)>,
+    entries: Vec<String>,
+    /// The entries launched, in order.
+    launched: Vec<String>,
+}
+
+impl Drop for HostGpu {
+    fn drop(&mut self) {
+        for (ptr, layout) in self.buffers.drain(..) {
+            // SAFETY: allocated by `alloc` below with this layout.
+            unsafe { std::alloc::dealloc(ptr, layout) };
+        }
+    }
+}
+
+type P = *mut u8;
+
+impl qc_runtime::cuda::Device for HostGpu {
+    fn alloc(&mut self, bytes: u64) -> Result<u64, String> {
+        let layout = Layout::from_size_align(bytes.max(1) as usize, 256).unwrap();
+        // SAFETY: a non-zero size. Filled with a pattern: nothing may read memory nobody wrote.
+        let ptr = unsafe { std::alloc::alloc(layout) };
+        unsafe { std::ptr::write_bytes(ptr, 0xEE, layout.size()) };
+        self.buffers.push((ptr, layout));
+        Ok(ptr as u64)
+    }
+    fn upload(&mut self, dst: u64, data: &[u8]) -> Result<(), String> {
+        // SAFETY: the executor stays inside its buffers.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), dst as P, data.len()) };
+        Ok(())
+    }
+    fn download(&mut self, src: u64, out: &mut [u8]) -> Result<(), String> {
+        unsafe { std::ptr::copy_nonoverlapping(src as P, out.as_mut_ptr(), out.len()) };
+        Ok(())
+    }
+    fn copy(&mut self, dst: u64, src: u64, bytes: u64) -> Result<(), String> {
+        unsafe { std::ptr::copy(src as P, dst as P, bytes as usize) };
+        Ok(())
+    }
+    fn kernel(&mut self, ptx: &[u8], entry: &str) -> Result<usize, String> {
+        let text = String::from_utf8_lossy(ptx);
+        assert!(text.contains(&format!(".entry {entry}(")), "{entry}");
+        self.entries.push(entry.to_string());
+        Ok(self.entries.len() - 1)
+    }
+    fn launch(
+        &mut self,
+        kernel: usize,
+        grid: [u32; 3],
+        block: [u32; 3],
+        params: &[Vec<u8>],
+    ) -> Result<(), String> {
+        let entry = self.entries[kernel].clone();
+        self.launched.push(entry.clone());
+        assert_eq!((grid[1], grid[2], block[1], block[2]), (1, 1, 1, 1));
+        let threads = grid[0] as usize * block[0] as usize;
+        let u = |i: usize| u64::from_le_bytes(params[i].as_slice().try_into().unwrap());
+        let f = |i: usize| f32::from_le_bytes(params[i].as_slice().try_into().unwrap());
+        let ptr = |i: usize| u(i) as usize;
+        let addr = self.kernels.entry(&entry);
+        // SAFETY (every call below): the host entries' signatures as their modules' builders
+        // give them; the parameters come from the plan, whose buffers this device allocated.
+        match entry.as_str() {
+            "qc_fquant_pt" => {
+                type F = unsafe extern "C" fn(P, P, u64, f32, u64);
+                let k: F = unsafe { std::mem::transmute::<usize, F>(addr) };
+                for t in 0..threads as u64 {
+                    unsafe { k(ptr(0) as P, ptr(1) as P, u(2), f(3), t) };
+                }
+            }
+            "qc_gemv4_partial" => {
+                type F = unsafe extern "C" fn(P, P, P, P, P, u64, u64, u64, u64);
+                let k: F = unsafe { std::mem::transmute::<usize, F>(addr) };
+                for t in 0..threads as u64 {
+                    unsafe {
+                        k(
+                            ptr(0) as P,
+                            ptr(1) as P,
+                            ptr(2) as P,
+                            ptr(3) as P,
+                            ptr(4) as P,
+                            u(5),
+                            u(6),
+                            u(7),
+                            t,
+                        )
+                    };
+                }
+            }
+            "qc_gemv4_reduce" => {
+                type F = unsafe extern "C" fn(P, P, P, P, u64, u64, u64, f32, u64);
+                let k: F = unsafe { std::mem::transmute::<usize, F>(addr) };
+                for t in 0..threads as u64 {
+                    unsafe {
+                        k(
+                            ptr(0) as P,
+                            ptr(1) as P,
+                            ptr(2) as P,
+                            ptr(3) as P,
+                            u(4),
+                            u(5),
+                            u(6),
+                            f(7),
+                            t,
+                        )
+                    };
+                }
+            }
+            "qc_mma4" | "qc_mma8" => {
+                let int8 = self.kernels.mma8.as_ref().is_some_and(|s| s.is_int8());
+                let shape = match (entry.as_str(), &self.kernels.mma8) {
+                    ("qc_mma4", _) => Shape::Bf16,
+                    (_, Some(s)) if int8 => {
+                        let _ = s;
+                        Shape::S8
+                    }
+                    (_, Some(s)) => Shape::Fp8 {
+                        a: fp8_table(s.act_e5m2()),
+                        b: fp8_table(s.weight_e5m2()),
+                    },
+                    _ => panic!("no 8-bit GEMM description"),
+                };
+                let sa = (entry == "qc_mma8").then(|| f(9));
+                let (a, b, c, x, y) = (ptr(0), ptr(1), ptr(2), ptr(3), ptr(4));
+                let (k, n, m, post) = (u(5), u(6), u(7), f(8));
+                run_warps(shape, threads, |warp, t| unsafe {
+                    match sa {
+                        None => {
+                            type F = unsafe extern "C" fn(
+                                P,
+                                P,
+                                P,
+                                P,
+                                P,
+                                u64,
+                                u64,
+                                u64,
+                                f32,
+                                *const mma_emu::Warp,
+                                u64,
+                            );
+                            let kf: F = std::mem::transmute::<usize, F>(addr);
+                            kf(
+                                a as P, b as P, c as P, x as P, y as P, k, n, m, post, warp,
+                                t as u64,
+                            )
+                        }
+                        Some(sa) => {
+                            type F = unsafe extern "C" fn(
+                                P,
+                                P,
+                                P,
+                                P,
+                                P,
+                                u64,
+                                u64,
+                                u64,
+                                f32,
+                                f32,
+                                *const mma_emu::Warp,
+                                u64,
+                            );
+                            let kf: F = std::mem::transmute::<usize, F>(addr);
+                            kf(
+                                a as P, b as P, c as P, x as P, y as P, k, n, m, post, sa, warp,
+                                t as u64,
+                            )
+                        }
+                    }
+                });
+            }
+            "qc_wgmma8" => {
+                let s = self.kernels.mma8.as_ref().expect("an FP8 GEMM description");
+                type F = unsafe extern "C" fn(
+                    P,
+                    P,
+                    P,
+                    P,
+                    P,
+                    u64,
+                    u64,
+                    u64,
+                    f32,
+                    f32,
+                    *const Block,
+                    P,
+                    u64,
+                    u64,
+                );
+                let kf: F = unsafe { std::mem::transmute::<usize, F>(addr) };
+                let (a, b, c, x, y) = (ptr(0), ptr(1), ptr(2), ptr(3), ptr(4));
+                let (k, n, m, post, sa) = (u(5), u(6), u(7), f(8), f(9));
+                for blk in 0..grid[0] as u64 {
+                    let emu = Block::new(
+                        fp8_table(s.act_e5m2()),
+                        fp8_table(s.weight_e5m2()),
+                        qc_backend_ptx::wgmma8::SMEM as usize,
+                    );
+                    let smem = emu.smem() as usize;
+                    std::thread::scope(|sc| {
+                        for t in 0..block[0] as u64 {
+                            let emu = &emu;
+                            sc.spawn(move || unsafe {
+                                kf(
+                                    a as P, b as P, c as P, x as P, y as P, k, n, m, post, sa, emu,
+                                    smem as P, blk, t,
+                                )
+                            });
+                        }
+                    });
+                }
+            }
+            other => panic!("the host device runs no kernel {other}"),
+        }
+        Ok(())
+    }
+    fn synchronize(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Compiles the product model with `flags` for `target` at `m` rows, runs its plan on the host
+/// device, and compares with the reference interpreter; the entries launched.
+fn run_case(d: &Path, w: &str, a: Option<&str>, target: &str, m: usize) -> Vec<String> {
+    let model = d.join("mm.onnx");
+    if !model.exists() {
+        product_model(&model);
+    }
+    let tag = format!("{w}_{}_{target}_{m}", a.unwrap_or("f32"));
+    let x = activations(m);
+    let xa = NpyArray {
+        shape: vec![m, K],
+        data: NpyData::F32(x.clone()),
+    };
+    let xin = d.join(format!("{tag}.x.npy"));
+    std::fs::write(&xin, qc_runtime::npy::to_npy_bytes(&xa)).unwrap();
+    let calib = d.join(format!("{tag}.calib.npz"));
+    std::fs::write(&calib, qc_runtime::npy::to_npz_bytes(&[("x", xa)]).unwrap()).unwrap();
+    let mut flags = vec!["--wformat", w];
+    if let Some(a) = a {
+        flags.extend(["--aformat", a, "--calib", p(&calib)]);
+    }
+    // The reference: the compiled model in the interpreter.
+    let qir = d.join(format!("{tag}.qir"));
+    let mut args = vec!["compile", p(&model)];
+    args.extend(&flags);
+    args.extend(["--emit", "qir", "-o", p(&qir)]);
+    qc(&args);
+    let refdir = d.join(format!("{tag}.ref"));
+    let input = format!("x={}", xin.display());
+    qc(&["run", p(&qir), "--input", &input, "-o", p(&refdir)]);
+    let want = match qc_runtime::npy::read_npy(&refdir.join("y.npy"))
+        .unwrap()
+        .data
+    {
+        NpyData::F32(v) => v,
+        _ => panic!("f32 reference"),
+    };
+    // The artifact through the executor.
+    let qca = d.join(format!("{tag}.qca"));
+    let shape = format!("m={m}");
+    let mut args = vec!["compile", p(&model)];
+    args.extend(&flags);
+    args.extend(["--target", target, "--shape", &shape, "-o", p(&qca)]);
+    qc(&args);
+    let art = qc_runtime::artifact::read(&qca).unwrap();
+    let weights = art.part("weights.bin").unwrap();
+    let plan = qc_runtime::cuda::Plan::parse(
+        art.part("launch_plan.json").unwrap(),
+        1,
+        weights.len() as u64,
+    )
+    .unwrap();
+    let mut gpu = HostGpu {
+        kernels: HostKernels::new(w, a),
+        buffers: Vec::new(),
+        entries: Vec::new(),
+        launched: Vec::new(),
+    };
+    let prepared =
+        qc_runtime::cuda::Prepared::new(&mut gpu, &plan, |n| art.part(n), weights).unwrap();
+    let xb: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let out = prepared.run(&mut gpu, &[&xb]).unwrap();
+    let got: Vec<f32> = out[0]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(got.len(), want.len(), "{tag}");
+    let scale = want.iter().fold(0f32, |s, v| s.max(v.abs()));
+    let worst = got
+        .iter()
+        .zip(&want)
+        .fold(0f32, |s, (g, w)| s.max((g - w).abs()));
+    assert!(
+        worst <= 1e-5 * scale,
+        "{tag}: max |y - interpreter| = {worst} (max |y| = {scale}), launches {:?}",
+        gpu.launched
+    );
+    std::mem::take(&mut gpu.launched)
+}
+
+fn ptxas_present() -> bool {
+    match qc_backend_ptx::ptxas::find_ptxas() {
+        Ok(_) => true,
+        Err(e) if std::env::var("QC_ALLOW_NO_PTXAS").as_deref() == Ok("1") => {
+            eprintln!("note: QC_ALLOW_NO_PTXAS=1 and {e}; skipped");
+            false
+        }
+        Err(e) => panic!("{e}\n(set QC_ALLOW_NO_PTXAS=1 to skip)"),
+    }
+}
+
+#[test]
+fn compiled_products_run_qc_kernels_and_match_the_interpreter() {
+    if !ptxas_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let launched = |w, a, t, m| run_case(d, w, a, t, m);
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    // 4-bit weights, f32 activations: the GEMV for few rows, the bf16 tensor-core GEMM from 16.
+    assert_eq!(
+        launched("nvfp4", None, "sm_90a", 3),
+        s(&["qc_gemv4_partial", "qc_gemv4_reduce"])
+    );
+    assert_eq!(launched("int4_g32", None, "sm_80", 40), s(&["qc_mma4"]));
+    // FP8 activations: the FP8 GEMM quantizes them itself (FP8 weights at any row count; 4-bit
+    // weights from 16 rows, below that the fake-quant kernel and the GEMV); on sm_90a from 64 rows
+    // the warpgroup GEMM.
+    assert_eq!(
+        launched("fp8_e4m3", Some("fp8_e4m3"), "sm_89", 5),
+        s(&["qc_mma8"])
+    );
+    assert_eq!(
+        launched("mxfp4", Some("fp8_e5m2"), "sm_100a", 40),
+        s(&["qc_mma8"])
+    );
+    assert_eq!(
+        launched("mxfp4", Some("fp8_e4m3"), "sm_90a", 8),
+        s(&["qc_fquant_pt", "qc_gemv4_partial", "qc_gemv4_reduce"])
+    );
+    assert_eq!(
+        launched("fp8_e4m3_channel", Some("fp8_e4m3"), "sm_90a", 70),
+        s(&["qc_wgmma8"])
+    );
+    // int8 activations: the s8 GEMM on every target, sm_80 included.
+    assert_eq!(
+        launched("int8_channel", Some("int8"), "sm_80", 24),
+        s(&["qc_mma8"])
+    );
+    assert_eq!(
+        launched("int4_g32", Some("int8"), "sm_90a", 33),
+        s(&["qc_mma8"])
+    );
+}
