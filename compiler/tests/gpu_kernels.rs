@@ -20,7 +20,7 @@ use inkwell::context::Context;
 use inkwell::execution_engine::ExecutionEngine;
 use inkwell::targets::{InitializationConfig, Target};
 use inkwell::OptimizationLevel;
-use qc_backend_ptx::fquant::FakeQuantPt;
+use qc_backend_ptx::fquant::{FakeQuantBlock, FakeQuantPt};
 use qc_backend_ptx::gemv4::Gemv4;
 use qc_backend_ptx::mma4::Entries;
 use qc_backend_ptx::mma8::Mma8;
@@ -115,12 +115,20 @@ impl HostKernels {
         let mut mma8 = None;
         if let Some(a) = a {
             let af = named_format(a).unwrap().ty.clone();
-            let fq = FakeQuantPt::classify(&af).unwrap();
-            jit(
-                "fquant",
-                &|m| qc_backend_ptx::fquant::build(ctx, m, &fq, Entries::Host).unwrap(),
-                &[],
-            );
+            if let Some(fq) = FakeQuantPt::classify(&af) {
+                jit(
+                    "fquant",
+                    &|m| qc_backend_ptx::fquant::build(ctx, m, &fq, Entries::Host).unwrap(),
+                    &[],
+                );
+            }
+            if let Some(fq) = FakeQuantBlock::classify(&af) {
+                jit(
+                    "fquant_block",
+                    &|m| qc_backend_ptx::fquant::build_block(ctx, m, &fq, Entries::Host).unwrap(),
+                    &[],
+                );
+            }
             if let Ok(s) = Mma8::classify(&wf, &af) {
                 jit(
                     "mma8",
@@ -229,7 +237,7 @@ impl qc_runtime::cuda::Device for HostGpu {
         // SAFETY (every call below): the host entries' signatures as their modules' builders
         // give them; the parameters come from the plan, whose buffers this device allocated.
         match entry.as_str() {
-            "qc_fquant_pt" => {
+            "qc_fquant_pt" | "qc_fquant_block" => {
                 type F = unsafe extern "C" fn(P, P, u64, f32, u64);
                 let k: F = unsafe { std::mem::transmute::<usize, F>(addr) };
                 for t in 0..threads as u64 {
@@ -511,6 +519,15 @@ fn compiled_products_run_qc_kernels_and_match_the_interpreter() {
     assert_eq!(
         launched("fp8_e4m3_channel", Some("fp8_e4m3"), "sm_90a", 70),
         s(&["qc_wgmma8"])
+    );
+    // MX and NVFP4 activations: the block fake-quant kernel, then the 4-bit kernels.
+    assert_eq!(
+        launched("nvfp4", Some("nvfp4"), "sm_120a", 8),
+        s(&["qc_fquant_block", "qc_gemv4_partial", "qc_gemv4_reduce"])
+    );
+    assert_eq!(
+        launched("mxfp4", Some("mxfp8"), "sm_80", 40),
+        s(&["qc_fquant_block", "qc_mma4"])
     );
     // int8 activations: the s8 GEMM on every target, sm_80 included.
     assert_eq!(

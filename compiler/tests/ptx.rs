@@ -135,6 +135,8 @@ fn check_all_targets(
                 ".entry qc_wgmma8("
             } else if name.starts_with("fquant_") {
                 ".entry qc_fquant_pt("
+            } else if name.starts_with("fqblock_") {
+                ".entry qc_fquant_block("
             } else {
                 ".entry main_kernel("
             };
@@ -472,6 +474,36 @@ fn quantized_activations_run_the_8bit_tensor_core_gemm() {
         "fp8a",
         &["--shape", "batch=2", "--shape", "seq=8"],
     );
+}
+
+/// Block-scaled activations (NVFP4, calibrated; MXFP8) run qc's block fake-quant kernel
+/// (`fqblock_*.ptx`) on every target.
+#[test]
+fn bert_block_scaled_activations_ptx_for_every_target() {
+    let calib = repo().join("examples/bert-tiny-calib.npz");
+    let calib = calib.to_str().unwrap();
+    let Some(ptxas) = ptxas() else { return };
+    require_python();
+    let dir = tempfile::tempdir().unwrap();
+    let model = repo().join("examples/bert-tiny.onnx");
+    for (w, a) in [("nvfp4", "nvfp4"), ("mxfp4", "mxfp8")] {
+        let tag = format!("{w}_{a}");
+        check_all_targets(
+            &ptxas,
+            dir.path(),
+            &model,
+            &["--wformat", w, "--aformat", a, "--calib", calib],
+            &tag,
+            &["--shape", "batch=1", "--shape", "seq=8"],
+        );
+        let plan =
+            std::fs::read_to_string(dir.path().join(format!("{tag}.sm_90a.x/launch_plan.json")))
+                .unwrap();
+        assert!(
+            plan.contains("\"entry\": \"qc_fquant_block\""),
+            "{tag}: {plan}"
+        );
+    }
 }
 
 #[test]

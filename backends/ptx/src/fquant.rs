@@ -270,27 +270,52 @@ pub fn build<'c>(
         b.build_store(py, out)?;
         b.build_return(None)?;
     }
+    fq_entry(ctx, module, &b, body, ENTRY, 1, entries)
+}
+
+/// The entry `name` (PTX kernel, or host `<name>_at(x, y, n, v, t)`) of a fake-quant `body(x, y, n,
+/// v, t)`: thread `t < n / per_thread` runs it.
+fn fq_entry<'c>(
+    ctx: &'c Context,
+    module: &Module<'c>,
+    b: &Builder<'c>,
+    body: FunctionValue<'c>,
+    name: &str,
+    per_thread: u64,
+    entries: Entries,
+) -> Result<(), Error> {
+    let ptr = ctx.ptr_type(inkwell::AddressSpace::default());
+    let (i64t, f32t, void) = (ctx.i64_type(), ctx.f32_type(), ctx.void_type());
     let mut params: Vec<_> = vec![ptr.into(), ptr.into(), i64t.into(), f32t.into()];
-    let (name, host) = match entries {
-        Entries::Ptx => (ENTRY.to_string(), false),
+    let (fname, host) = match entries {
+        Entries::Ptx => (name.to_string(), false),
         Entries::Host => {
             params.push(i64t.into());
-            (format!("{ENTRY}_at"), true)
+            (format!("{name}_at"), true)
         }
     };
-    let f = module.add_function(&name, void.fn_type(&params, false), Some(Linkage::External));
+    let f = module.add_function(
+        &fname,
+        void.fn_type(&params, false),
+        Some(Linkage::External),
+    );
     b.position_at_end(ctx.append_basic_block(f, "entry"));
     let t: IntValue = if host {
         f.get_params()[4].into_int_value()
     } else {
         f.set_call_conventions(PTX_KERNEL_CALL_CONV);
-        global_thread_index(module, &b, ctx)?
+        global_thread_index(module, b, ctx)?
     };
     let p = f.get_params();
-    let n = p[2].into_int_value();
+    let limit =
+        b.build_int_unsigned_div(p[2].into_int_value(), i64t.const_int(per_thread, false), "")?;
     let run = ctx.append_basic_block(f, "run");
     let done = ctx.append_basic_block(f, "done");
-    b.build_conditional_branch(b.build_int_compare(IntPredicate::ULT, t, n, "")?, run, done)?;
+    b.build_conditional_branch(
+        b.build_int_compare(IntPredicate::ULT, t, limit, "")?,
+        run,
+        done,
+    )?;
     b.position_at_end(run);
     b.build_call(
         body,
@@ -310,5 +335,244 @@ pub fn emit_ptx(target: GpuTarget, spec: &FakeQuantPt) -> Result<String, Error> 
         "qc_fquant",
         "default<O3>",
         |c, m| build(c, m, spec, Entries::Ptx),
+    )
+}
+
+/// The block kernel's entry.
+pub const BLOCK_ENTRY: &str = "qc_fquant_block";
+
+/// A block-scaled activation format the block kernel quantizes (blocks of `block` consecutive
+/// elements along the last axis), as the CPU target's `qc_fquant` does it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum FakeQuantBlock {
+    /// MX: e8m0 scales by the FLOOR rule, `2^(floor(log2(block amax)) - emax)` (at least 2^-127);
+    /// elements `round(x * 2^-E) * 2^E` (mxfp8, mxfp8_e5m2, mxfp4).
+    Mx {
+        /// The element (minifloat).
+        elem: FakeQuantPt,
+        /// Elements per block.
+        block: usize,
+        /// The element's largest exponent.
+        emax: i32,
+    },
+    /// NVFP4 in ModelOpt's arithmetic with the static maximum `t` as the tensor maximum: global
+    /// scale `g = t / (6 * 448)`; block scale `ue4m3(max(min(a, t) / (6 g), 2^-9))` (1 for a zero
+    /// block), total `s = scale * g`; elements `round(x / s) * s`, a zero quotient +0.
+    Nvfp4 {
+        /// Elements per block.
+        block: usize,
+    },
+}
+
+impl FakeQuantBlock {
+    /// The kernel description of an activation format, or `None`.
+    pub fn classify(fmt: &QuantType) -> Option<FakeQuantBlock> {
+        if fmt.round != Rounding::Rne
+            || fmt.sat != Saturation::SatFinite
+            || fmt.zero_point.is_some()
+        {
+            return None;
+        }
+        let Scheme::Group { size, axis: -1 } = fmt.scheme else {
+            return None;
+        };
+        let block = size as usize;
+        let float = |e: Encoding| -> Option<FakeQuantPt> {
+            let Encoding::Float(m) = e else { return None };
+            if m.policy == qc_ir::quant::InfNan::Fnuz {
+                return None;
+            }
+            Some(FakeQuantPt {
+                man: Some(m.man_bits as u32),
+                emin: 1 - m.bias,
+                max: e.max_finite() as f32,
+            })
+        };
+        match (fmt.scale, fmt.tensor_scale, fmt.convention) {
+            (ScaleType::E8M0, TensorScale::None, _)
+                if fmt.rule == qc_ir::quant::ScaleRule::Floor
+                    && [Encoding::E4M3FN, Encoding::E5M2, Encoding::E2M1].contains(&fmt.elem) =>
+            {
+                Some(FakeQuantBlock::Mx {
+                    elem: float(fmt.elem)?,
+                    block,
+                    emax: qc_quant::scale::emax_elem(&fmt.elem),
+                })
+            }
+            (ScaleType::UE4M3, TensorScale::Divisor, Convention::ModelOpt)
+                if fmt.elem == Encoding::E2M1 =>
+            {
+                Some(FakeQuantBlock::Nvfp4 { block })
+            }
+            _ => None,
+        }
+    }
+
+    /// Elements per block (one thread each).
+    pub fn block(&self) -> usize {
+        match self {
+            FakeQuantBlock::Mx { block, .. } | FakeQuantBlock::Nvfp4 { block } => *block,
+        }
+    }
+}
+
+/// `2^e` as f32 for `e` in [-149, 127] (normal or subnormal; qc_quant's `pow2_f32`).
+fn pow2<'c>(b: &Builder<'c>, ctx: &'c Context, e: IntValue<'c>) -> Result<FloatValue<'c>, Error> {
+    let i32t = ctx.i32_type();
+    let i = |x: i64| i32t.const_int(x as u64, true);
+    let normal = b.build_int_compare(IntPredicate::SGE, e, i(-126), "")?;
+    let pn = b.build_left_shift(b.build_int_add(e, i(127), "")?, i(23), "")?;
+    let ps = b.build_left_shift(i(1), b.build_int_add(e, i(149), "")?, "")?;
+    let bits = b.build_select(normal, pn, ps, "")?.into_int_value();
+    Ok(b.build_bit_cast(bits, ctx.f32_type(), "")?
+        .into_float_value())
+}
+
+/// Builds the block kernel: body `qc_fquant_block_body(x, y, n, t_amax, t)` (thread `t` quantizes
+/// block `t`, `t_amax` the static tensor maximum, used by NVFP4) and its entry ([`BLOCK_ENTRY`], or
+/// `qc_fquant_block_at` for the host).
+pub fn build_block<'c>(
+    ctx: &'c Context,
+    module: &Module<'c>,
+    spec: &FakeQuantBlock,
+    entries: Entries,
+) -> Result<(), Error> {
+    let b = ctx.create_builder();
+    let ptr = ctx.ptr_type(inkwell::AddressSpace::default());
+    let (i64t, i32t, f32t, void) = (
+        ctx.i64_type(),
+        ctx.i32_type(),
+        ctx.f32_type(),
+        ctx.void_type(),
+    );
+    let body = module.add_function(
+        "qc_fquant_block_body",
+        void.fn_type(
+            &[
+                ptr.into(),
+                ptr.into(),
+                i64t.into(),
+                f32t.into(),
+                i64t.into(),
+            ],
+            false,
+        ),
+        Some(Linkage::Internal),
+    );
+    let a = body.get_params();
+    let (x, y, tamax, t) = (
+        a[0].into_pointer_value(),
+        a[1].into_pointer_value(),
+        a[3].into_float_value(),
+        a[4].into_int_value(),
+    );
+    b.position_at_end(ctx.append_basic_block(body, "entry"));
+    let fabs = inkwell::intrinsics::Intrinsic::find("llvm.fabs")
+        .and_then(|i| i.get_declaration(module, &[f32t.into()]))
+        .ok_or(Error::MissingIntrinsic("llvm.fabs"))?;
+    let bs = spec.block();
+    let base = b.build_int_mul(t, i64t.const_int(bs as u64, false), "")?;
+    let mut xs = Vec::with_capacity(bs);
+    let mut amax = f32c(ctx, 0.0);
+    for e in 0..bs as u64 {
+        let idx = b.build_int_add(base, i64t.const_int(e, false), "")?;
+        // SAFETY: block t lies inside the n elements (the entry checks t < n / bs).
+        let px = unsafe { b.build_in_bounds_gep(f32t, x, &[idx], "")? };
+        let v = b.build_load(f32t, px, "")?.into_float_value();
+        let av = b
+            .build_call(fabs, &[v.into()], "")?
+            .try_as_basic_value()
+            .basic()
+            .ok_or(Error::MissingIntrinsic("llvm.fabs"))?
+            .into_float_value();
+        // m = a > m ? a : m, in element order (the C twin's comparison).
+        let gt = b.build_float_compare(FloatPredicate::OGT, av, amax, "")?;
+        amax = b.build_select(gt, av, amax, "")?.into_float_value();
+        xs.push(v);
+    }
+    let i = |v: i64| i32t.const_int(v as u64, true);
+    let outs: Vec<FloatValue> = match spec {
+        FakeQuantBlock::Mx { elem, emax, .. } => {
+            // E = floor(log2(a)) - emax (a zero block as the smallest normal), at least -127.
+            let zero = b.build_float_compare(FloatPredicate::OEQ, amax, f32c(ctx, 0.0), "")?;
+            let a = b
+                .build_select(zero, f32c(ctx, f32::MIN_POSITIVE), amax, "")?
+                .into_float_value();
+            let bits = b.build_bit_cast(a, i32t, "")?.into_int_value();
+            let e = b.build_int_sub(
+                b.build_right_shift(bits, i(23), false, "")?,
+                i(127 + *emax as i64),
+                "",
+            )?;
+            let lt = b.build_int_compare(IntPredicate::SLT, e, i(-127), "")?;
+            let e = b.build_select(lt, i(-127), e, "")?.into_int_value();
+            let m = pow2(&b, ctx, b.build_int_neg(e, "")?)?;
+            let inv = pow2(&b, ctx, e)?;
+            xs.iter()
+                .map(|v| {
+                    let q = round_elem(ctx, &b, module, elem, b.build_float_mul(*v, m, "")?)?;
+                    Ok(b.build_float_mul(q, inv, "")?)
+                })
+                .collect::<Result<_, Error>>()?
+        }
+        FakeQuantBlock::Nvfp4 { .. } => {
+            let e2m1 = FakeQuantPt {
+                man: Some(1),
+                emin: 0,
+                max: 6.0,
+            };
+            let e4m3 = FakeQuantPt {
+                man: Some(3),
+                emin: -6,
+                max: 448.0,
+            };
+            // g = t / (6 * 448), or 1 for a zero maximum.
+            let tz = b.build_float_compare(FloatPredicate::OEQ, tamax, f32c(ctx, 0.0), "")?;
+            let g = b.build_float_div(tamax, f32c(ctx, 6.0 * 448.0), "")?;
+            let g = b
+                .build_select(tz, f32c(ctx, 1.0), g, "")?
+                .into_float_value();
+            let over = b.build_float_compare(FloatPredicate::OGT, amax, tamax, "")?;
+            let a = b.build_select(over, tamax, amax, "")?.into_float_value();
+            let sc = b.build_float_div(a, b.build_float_mul(f32c(ctx, 6.0), g, "")?, "")?;
+            let sz = b.build_float_compare(FloatPredicate::OEQ, sc, f32c(ctx, 0.0), "")?;
+            let sc = b
+                .build_select(sz, f32c(ctx, 1.0), sc, "")?
+                .into_float_value();
+            let tiny = f32c(ctx, 2f32.powi(-9));
+            let small = b.build_float_compare(FloatPredicate::OLT, sc, tiny, "")?;
+            let sc = b.build_select(small, tiny, sc, "")?.into_float_value();
+            // Below 448 (a <= t): rounding to e4m3 never overflows, so saturating is exact.
+            let total = b.build_float_mul(round_elem(ctx, &b, module, &e4m3, sc)?, g, "")?;
+            xs.iter()
+                .map(|v| {
+                    let qv = b.build_float_div(*v, total, "")?;
+                    // A zero quotient (of either sign) gets the +0 code.
+                    let z = b.build_float_compare(FloatPredicate::OEQ, qv, f32c(ctx, 0.0), "")?;
+                    let qv = b
+                        .build_select(z, f32c(ctx, 0.0), qv, "")?
+                        .into_float_value();
+                    let r = round_elem(ctx, &b, module, &e2m1, qv)?;
+                    Ok(b.build_float_mul(r, total, "")?)
+                })
+                .collect::<Result<_, Error>>()?
+        }
+    };
+    for (e, o) in outs.iter().enumerate() {
+        let idx = b.build_int_add(base, i64t.const_int(e as u64, false), "")?;
+        let py = unsafe { b.build_in_bounds_gep(f32t, y, &[idx], "")? };
+        b.build_store(py, *o)?;
+    }
+    b.build_return(None)?;
+    fq_entry(ctx, module, &b, body, BLOCK_ENTRY, bs as u64, entries)
+}
+
+/// The PTX of the block kernel for `spec` and `target`.
+pub fn emit_block_ptx(target: GpuTarget, spec: &FakeQuantBlock) -> Result<String, Error> {
+    compile_ptx(
+        &target_machine(target)?,
+        "qc_fquant_block",
+        "default<O3>",
+        |c, m| build_block(c, m, spec, Entries::Ptx),
     )
 }

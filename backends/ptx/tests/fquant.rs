@@ -1,12 +1,13 @@
-//! The per-tensor fake-quantization kernel of `qc_backend_ptx::fquant`: its body, compiled for this
-//! CPU and run element by element, is bit-identical to qc_quant's quantize-then-dequantize for int8,
-//! fp8 e4m3 and fp8 e5m2 (ties, saturation, subnormals, signed zeros, random values); its PTX
-//! assembles with ptxas for every target.
+//! The fake-quantization kernels of `qc_backend_ptx::fquant`: their bodies, compiled for this CPU and
+//! run thread by thread, are bit-identical to qc_quant's quantize-then-dequantize: the per-tensor
+//! kernel for int8, fp8 e4m3 and fp8 e5m2 (ties, saturation, subnormals, signed zeros, random
+//! values), the block kernel for mxfp8 (e4m3, e5m2), mxfp4 and nvfp4 (blocks of every magnitude,
+//! zero blocks, a static maximum below a block's); their PTX assembles with ptxas for every target.
 
 use inkwell::context::Context;
 use inkwell::targets::{InitializationConfig, Target};
 use inkwell::OptimizationLevel;
-use qc_backend_ptx::fquant::{self, FakeQuantPt};
+use qc_backend_ptx::fquant::{self, FakeQuantBlock, FakeQuantPt};
 use qc_backend_ptx::gemv4::Entries;
 use qc_backend_ptx::ptxas::assemble;
 use qc_backend_ptx::GpuTarget;
@@ -81,7 +82,66 @@ fn matches_qc_quant_bit_for_bit() {
 }
 
 #[test]
+fn the_block_kernel_matches_qc_quant_bit_for_bit() {
+    Target::initialize_native(&InitializationConfig::default()).unwrap();
+    for name in ["mxfp8", "mxfp8_e5m2", "mxfp4", "nvfp4"] {
+        let fmt = named_format(name).unwrap().ty.clone();
+        let spec = FakeQuantBlock::classify(&fmt).unwrap_or_else(|| panic!("{name}"));
+        let bs = spec.block();
+        // Blocks of magnitudes from 2^-140 to 2^20, a zero block, a block with signed zeros.
+        let mut x: Vec<f32> = Vec::new();
+        for (j, e) in (-140..=20).step_by(5).enumerate() {
+            let v = noise(bs, 10 + j as u64);
+            x.extend(v.iter().map(|u| u * 2f32.powi(e)));
+        }
+        x.extend(vec![0.0; bs]);
+        x.extend((0..bs).map(|i| if i % 2 == 0 { -0.0 } else { 0.25 }));
+        x.extend(noise(40 * bs, 5).iter().map(|v| v * 3.0));
+        let data_amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
+        // The static maximum: the data's, and one below it (NVFP4 blocks beyond it saturate).
+        for amax in [data_amax, 2.0] {
+            let opts = QuantizeOptions {
+                tensor_amax: Some(amax),
+                ..Default::default()
+            };
+            let q = qc_quant::quantize(&x, &[x.len() / bs, bs], &fmt, &opts).unwrap();
+            let want = qc_quant::dequantize(&q).unwrap();
+            let ctx = Context::create();
+            let module = ctx.create_module("fqb_host");
+            fquant::build_block(&ctx, &module, &spec, Entries::Host).unwrap();
+            module.verify().unwrap();
+            let ee = module
+                .create_jit_execution_engine(OptimizationLevel::Default)
+                .unwrap();
+            let mut y = vec![f32::NAN; x.len()];
+            // SAFETY: the signature build_block gives the host entry; x and y hold n elements.
+            unsafe {
+                let f = ee.get_function::<At>("qc_fquant_block_at").unwrap();
+                // One thread per block; one more checks the guard.
+                for t in 0..=x.len() / bs {
+                    f.call(x.as_ptr(), y.as_mut_ptr(), x.len() as i64, amax, t as i64);
+                }
+            }
+            for (i, (a, b)) in y.iter().zip(&want).enumerate() {
+                assert_eq!(
+                    a.to_bits(),
+                    b.to_bits(),
+                    "{name} (amax {amax}): x[{i}] = {:e}: {a:e} vs qc_quant {b:e}",
+                    x[i]
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn other_formats_are_refused() {
+    for name in ["nvfp4_torchao", "int8", "mxfp4_rceil", "mxint8", "int4_g32"] {
+        assert!(
+            FakeQuantBlock::classify(&named_format(name).unwrap().ty).is_none(),
+            "{name}"
+        );
+    }
     for name in ["nvfp4", "mxfp8", "int8_channel", "int4_g32"] {
         assert!(
             FakeQuantPt::classify(&named_format(name).unwrap().ty).is_none(),
@@ -107,6 +167,18 @@ fn ptxas_accepts_the_kernel_for_every_target() {
                 !ptx.contains(".extern"),
                 "{name} {t}: calls a library:\n{ptx}"
             );
+            assemble(&ptxas, &ptx, t).unwrap_or_else(|e| panic!("{name} {t}: {e}"));
+        }
+    }
+    for name in ["mxfp4", "nvfp4"] {
+        let spec = FakeQuantBlock::classify(&named_format(name).unwrap().ty).unwrap();
+        for t in GpuTarget::ALL {
+            let ptx = fquant::emit_block_ptx(t, &spec).unwrap();
+            assert!(
+                ptx.contains(&format!(".entry {}(", fquant::BLOCK_ENTRY)),
+                "{name} {t}"
+            );
+            assert!(!ptx.contains(".extern"), "{name} {t}: calls a library");
             assemble(&ptxas, &ptx, t).unwrap_or_else(|e| panic!("{name} {t}: {e}"));
         }
     }

@@ -61,14 +61,15 @@
 //! reductions are sequential loops in the thread; no shared memory or tensor cores). Blocks are
 //! one-dimensional, so a loop nest whose innermost parallel extent is small gets small blocks (the
 //! tiny BERT's 7 and 8 threads). An op that [`tiling_script`] leaves untiled (a reduction dimension
-//! before a parallel one, or a rank above [`MAX_TILED_RANK`]) runs one thread per block. Formats
-//! whose element types MLIR cannot lower (FP8 weights, which NVFP4's block scales are) are rejected
-//! with MLIR's diagnostic (exit code 2).
+//! before a parallel one, or a rank above [`MAX_TILED_RANK`]) runs one thread per block. FP8 and
+//! FP6 codes and ue4m3 scales that MLIR's kernels read are exported as integer codes decoded
+//! through value tables (`ExportOptions::decode_tables`): LLVM 22's NVPTX lowering cannot convert
+//! MLIR's FP8 types.
 
 use std::path::{Path, PathBuf};
 
 use qc_backend_hlo::upstream::KernelOp;
-use qc_backend_ptx::fquant::FakeQuantPt;
+use qc_backend_ptx::fquant::{FakeQuantBlock, FakeQuantPt};
 use qc_backend_ptx::gemv4::{self, Gemv4};
 use qc_backend_ptx::mma4;
 use qc_backend_ptx::mma8::{self, Mma8};
@@ -369,6 +370,7 @@ struct Modules {
     mma8: Vec<(Mma8, String)>,
     wgmma8: Vec<(Mma8, String)>,
     fquant: Vec<(FakeQuantPt, String)>,
+    fquant_block: Vec<(FakeQuantBlock, String)>,
 }
 
 /// The module of `spec` in `list`, made with `emit` (and its PTX pushed to `ptx`) on first use.
@@ -403,7 +405,8 @@ fn mma8_runs_on(spec: &Mma8, gpu: GpuTarget) -> bool {
 ///   warpgroup GEMM of `wgmma8`); otherwise, for 4-bit weights, the tensor-core
 ///   GEMM of `mma4` from `MIN_ROWS` rows or the GEMV of `gemv4` below, after the fake-quant kernel
 ///   when the activations are quantized (`act_pre`);
-/// - activation quantizations ([`FquantCall`]): the fake-quant kernel of `fquant`.
+/// - activation quantizations ([`FquantCall`]): the fake-quant kernels of `fquant` (per tensor, or
+///   per block for MX and NVFP4).
 fn kernel_calls<'m>(
     m: &'m Module,
     calls: &[qc_backend_hlo::upstream::KernelCall],
@@ -416,33 +419,61 @@ fn kernel_calls<'m>(
     for c in calls {
         let at =
             |msg: String| Failure::Input(qc_ir::Diagnostic::error(c.loc.clone(), msg).render(None));
-        // The fake-quant kernel of an activation format, and its scale for `amax`.
+        // The fake-quant kernel of an activation format and its f32 parameter for `amax`.
         let mut fquant = |format: &qc_ir::QuantType,
                           amax: Option<f32>,
                           n: u64,
                           ptx: &mut Vec<(String, String)>|
          -> Result<FquantCall, Failure> {
-            let spec = FakeQuantPt::classify(format).ok_or_else(|| {
+            let need_amax = || {
+                amax.ok_or_else(|| {
+                    at(format!(
+                        "activation quantization to {format} on {} needs a calibrated maximum \
+                         (the op's amax; compile with --calib)",
+                        gpu.name()
+                    ))
+                })
+            };
+            if let Some(spec) = FakeQuantPt::classify(format) {
+                let amax = need_amax()?;
+                let module = module_of(&mut mods.fquant, "fquant", &spec, ptx, || {
+                    qc_backend_ptx::fquant::emit_ptx(gpu, &spec)
+                })?;
+                return Ok(FquantCall {
+                    symbol: c.symbol.clone(),
+                    n,
+                    scale: spec.scale(amax),
+                    per_thread: 1,
+                    module,
+                    entry: qc_backend_ptx::fquant::ENTRY.to_string(),
+                });
+            }
+            let spec = FakeQuantBlock::classify(format).ok_or_else(|| {
                 at(format!(
                     "{format}: no GPU kernel quantizes activations to it"
                 ))
             })?;
-            let amax = amax.ok_or_else(|| {
-                at(format!(
-                    "activation quantization to {format} on {} needs a calibrated maximum \
-                     (the op's amax; compile with --calib)",
-                    gpu.name()
-                ))
-            })?;
-            let module = module_of(&mut mods.fquant, "fquant", &spec, ptx, || {
-                qc_backend_ptx::fquant::emit_ptx(gpu, &spec)
+            if !n.is_multiple_of(spec.block() as u64) {
+                return Err(at(format!(
+                    "{format}: {n} elements are not whole blocks of {}",
+                    spec.block()
+                )));
+            }
+            // NVFP4's tensor scale comes from the static maximum; MX blocks need none.
+            let amax = match spec {
+                FakeQuantBlock::Nvfp4 { .. } => need_amax()?,
+                FakeQuantBlock::Mx { .. } => 0.0,
+            };
+            let module = module_of(&mut mods.fquant_block, "fqblock", &spec, ptx, || {
+                qc_backend_ptx::fquant::emit_block_ptx(gpu, &spec)
             })?;
             Ok(FquantCall {
                 symbol: c.symbol.clone(),
                 n,
-                scale: spec.scale(amax),
+                scale: amax,
+                per_thread: spec.block() as u64,
                 module,
-                entry: qc_backend_ptx::fquant::ENTRY.to_string(),
+                entry: qc_backend_ptx::fquant::BLOCK_ENTRY.to_string(),
             })
         };
         let (resource, format, act_quant) = match &c.op {
@@ -596,8 +627,10 @@ pub fn write_artifact(
     let specialized = qc_backend_hlo::specialize(m, func, &b).map_err(render)?;
     // Quantized products whose weights qc's 4-bit GEMV kernels read become calls of them.
     let accept: &dyn Fn(&qc_ir::QuantType) -> bool = &|f| Gemv4::classify(f).is_ok();
-    // Activation quantizations (--aformat) to int8 / fp8 per tensor run qc's fake-quant kernel.
-    let fquant: &dyn Fn(&qc_ir::QuantType) -> bool = &|f| FakeQuantPt::classify(f).is_some();
+    // Activation quantizations (--aformat) to int8 / fp8 per tensor, or to MX / NVFP4 blocks, run
+    // qc's fake-quant kernels.
+    let fquant: &dyn Fn(&qc_ir::QuantType) -> bool =
+        &|f| FakeQuantPt::classify(f).is_some() || FakeQuantBlock::classify(f).is_some();
     // Products of int8- or (from sm_89) FP8-quantized activations run the 8-bit tensor-core GEMM,
     // which quantizes them itself (also for 8-bit weights, which have no kernel otherwise).
     let gemm8_on = move |w: &qc_ir::QuantType, a: &qc_ir::QuantType| {

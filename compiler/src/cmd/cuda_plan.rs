@@ -21,8 +21,9 @@
 //!   buffer, then the reduction into `y`, 256-thread blocks) or one launch of the tensor-core GEMM
 //!   of `qc_backend_ptx::mma4` (a warp per 32 x 32 tile of `y`, 128-thread blocks), reading the
 //!   weight's blob and the decoding tables from the weights part;
-//! - `call @qc_fquant_<i>(x, y)` (an activation quantization, [`FquantCall`]): one launch of the
-//!   per-tensor fake-quantization kernel of `qc_backend_ptx::fquant` (one thread per element);
+//! - `call @qc_fquant_<i>(x, y)` (an activation quantization, [`FquantCall`]): one launch of a
+//!   fake-quantization kernel of `qc_backend_ptx::fquant` (per tensor: one thread per element;
+//!   block-scaled formats: one thread per block);
 //! - `return` of contiguous views: the outputs.
 //!
 //! Anything else is an error naming the op (the model cannot be compiled for the GPU yet).
@@ -401,8 +402,11 @@ pub struct FquantCall {
     pub symbol: String,
     /// Elements.
     pub n: u64,
-    /// The f32 scale.
+    /// The kernel's f32 parameter: the scale (`fquant::ENTRY`) or the static tensor maximum
+    /// (`fquant::BLOCK_ENTRY`).
     pub scale: f32,
+    /// Elements per thread: 1, or the block of a block-scaled format.
+    pub per_thread: u64,
     /// The PTX module of the kernel (part `<module>.ptx`).
     pub module: String,
     /// Its entry.
@@ -963,8 +967,9 @@ pub fn plan(host: &str, x: &PlanInputs) -> Result<(Plan, Vec<u8>), String> {
                     if entry_params(ptx, &fq.entry).map_err(fail)?.len() != params.len() {
                         return Err(fail(format!("{} takes other parameters", fq.entry)));
                     }
-                    let g = u32::try_from(fq.n.div_ceil(GEMV_BLOCK as u64).max(1))
-                        .map_err(|_| fail("too many threads".into()))?;
+                    let g =
+                        u32::try_from((fq.n / fq.per_thread).div_ceil(GEMV_BLOCK as u64).max(1))
+                            .map_err(|_| fail("too many threads".into()))?;
                     steps.push(Step::Launch {
                         ptx: format!("{}.ptx", fq.module),
                         entry: fq.entry.clone(),
@@ -1035,8 +1040,12 @@ pub fn plan(host: &str, x: &PlanInputs) -> Result<(Plan, Vec<u8>), String> {
                     if entry_params(ptx, &pre.entry).map_err(fail)?.len() != p.len() {
                         return Err(fail(format!("{} takes other parameters", pre.entry)));
                     }
-                    let g = u32::try_from((c.m * c.k).div_ceil(GEMV_BLOCK as u64).max(1))
-                        .map_err(|_| fail("too many threads".into()))?;
+                    let g = u32::try_from(
+                        (c.m * c.k / pre.per_thread)
+                            .div_ceil(GEMV_BLOCK as u64)
+                            .max(1),
+                    )
+                    .map_err(|_| fail("too many threads".into()))?;
                     steps.push(Step::Launch {
                         ptx: format!("{}.ptx", pre.module),
                         entry: pre.entry.clone(),
