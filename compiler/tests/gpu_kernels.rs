@@ -38,14 +38,19 @@ const N: usize = 72;
 
 /// The one-product model: `y[m, N] = x[m, K] W[K, N]`, `m` symbolic.
 fn product_model(path: &Path) {
+    product_model_k(path, K)
+}
+
+/// [`product_model`] with reduction length `k`.
+fn product_model_k(path: &Path, k: usize) {
     ok(
         Command::new("python3").args([
             "-c",
             &format!(
                 "import numpy as np, onnx\n\
                  from onnx import helper, TensorProto, numpy_helper\n\
-                 w = (np.random.default_rng(3).standard_normal(({K}, {N})) * 0.1).astype(np.float32)\n\
-                 x = helper.make_tensor_value_info('x', TensorProto.FLOAT, ['m', {K}])\n\
+                 w = (np.random.default_rng(3).standard_normal(({k}, {N})) * 0.1).astype(np.float32)\n\
+                 x = helper.make_tensor_value_info('x', TensorProto.FLOAT, ['m', {k}])\n\
                  y = helper.make_tensor_value_info('y', TensorProto.FLOAT, ['m', {N}])\n\
                  g = helper.make_graph([helper.make_node('MatMul', ['x', 'W'], ['y'])], 'mm', [x], [y],\n\
                  \x20   [numpy_helper.from_array(w, 'W')])\n\
@@ -538,4 +543,44 @@ fn compiled_products_run_qc_kernels_and_match_the_interpreter() {
         launched("int4_g32", Some("int8"), "sm_90a", 33),
         s(&["qc_mma8"])
     );
+}
+
+/// A product whose K the FP8 GEMM cannot read (48, not a multiple of 32) keeps the fake-quant kernel
+/// and MLIR's kernels instead of failing to compile.
+#[test]
+fn fp8_products_the_fp8_gemm_cannot_read_fall_back() {
+    if !ptxas_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = d.join("mm48.onnx");
+    product_model_k(&model, 48);
+    let xa = NpyArray {
+        shape: vec![16, 48],
+        data: NpyData::F32((0..16 * 48).map(|i| (i % 13) as f32 * 0.1 - 0.6).collect()),
+    };
+    let calib = d.join("calib.npz");
+    std::fs::write(&calib, qc_runtime::npy::to_npz_bytes(&[("x", xa)]).unwrap()).unwrap();
+    let qca = d.join("mm48.qca");
+    qc(&[
+        "compile",
+        p(&model),
+        "--wformat",
+        "fp8_e4m3",
+        "--aformat",
+        "fp8_e4m3",
+        "--calib",
+        p(&calib),
+        "--target",
+        "sm_90a",
+        "--shape",
+        "m=16",
+        "-o",
+        p(&qca),
+    ]);
+    let art = qc_runtime::artifact::read(&qca).unwrap();
+    let plan = std::str::from_utf8(art.part("launch_plan.json").unwrap()).unwrap();
+    assert!(plan.contains("\"entry\": \"qc_fquant_pt\""), "{plan}");
+    assert!(!plan.contains("qc_mma8"), "{plan}");
 }

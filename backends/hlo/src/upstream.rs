@@ -245,9 +245,17 @@ pub struct ExportOptions<'a> {
     pub decode_tables: bool,
 }
 
-/// The filter of [`ExportOptions::act_quant_calls`]: (weight format, activation format) -> whether
-/// the kernel quantizes the activations itself.
-pub type ActQuantFilter = dyn Fn(&QuantType, &QuantType) -> bool;
+/// The filter of [`ExportOptions::act_quant_calls`]: (weight format, activation format, reduction
+/// length K) -> whether the kernel quantizes the activations itself.
+pub type ActQuantFilter = dyn Fn(&QuantType, &QuantType, u64) -> bool;
+
+/// The reduction length K of a `[N, K]` weight (0 when not static).
+fn weight_k(w: &qc_ir::TensorType) -> u64 {
+    w.dims
+        .get(1)
+        .and_then(qc_ir::types::Dim::as_static)
+        .unwrap_or(0)
+}
 
 /// The activation quantization that a [`KernelOp::QuantMatmul`] call applies to its `x` itself
 /// ([`ExportOptions::act_quant_calls`]).
@@ -1476,7 +1484,7 @@ fn kernel_call_wanted(u: &U, cx: &Cx) -> bool {
         def.is_some_and(|d| {
             QuantOp::of(d) == Some(QuantOp::Quantize)
                 && d.attr("amax").and_then(QAttr::as_f64).is_some()
-        }) && aq(wf, af)
+        }) && aq(wf, af, weight_k(w))
     };
     x_ok && w.rank() == 2 && (accept(wf) || with_act())
 }
@@ -3180,8 +3188,9 @@ fn act_quant_of<'c, 'b>(u: &U<'c, 'b>, cx: &Cx) -> Option<(V<'c, 'b>, ActQuant)>
     }
     let amax = def.attr("amax").and_then(QAttr::as_f64)? as f32;
     let afmt = cx.f.ty(xv).elem.as_quant()?;
-    let wfmt = cx.f.ty(*cx.op.operands.get(1)?).elem.as_quant()?;
-    if !accept(wfmt, afmt) {
+    let wty = cx.f.ty(*cx.op.operands.get(1)?);
+    let wfmt = wty.elem.as_quant()?;
+    if !accept(wfmt, afmt, weight_k(wty)) {
         return None;
     }
     let x = u
@@ -3228,12 +3237,12 @@ fn only_act_quant_uses(u: &U, cx: &Cx) -> bool {
             && op.operands[1..].iter().all(|&v| v != r)
             && kernel_call_wanted(u, &ucx)
             && weight_def.is_some_and(|d| is_quantized_resource(&Cx { op: d, ..*cx }))
-            && cx
-                .f
-                .ty(op.operands[1])
-                .elem
-                .as_quant()
-                .is_some_and(|w| accept(w, afmt));
+            && {
+                let wty = cx.f.ty(op.operands[1]);
+                wty.elem
+                    .as_quant()
+                    .is_some_and(|w| accept(w, afmt, weight_k(wty)))
+            };
         if !ok {
             return false;
         }
@@ -3515,7 +3524,7 @@ mod tests {
             )
         };
         let yes: &dyn Fn(&QuantType) -> bool = &|_| true;
-        let pair: &dyn Fn(&QuantType, &QuantType) -> bool = &|_, _| true;
+        let pair: &ActQuantFilter = &|_, _, _| true;
         let with = ExportOptions {
             kernel_calls: Some(yes),
             quantize_calls: Some(yes),

@@ -565,8 +565,10 @@ pub fn write_artifact(
     let specialized = qc_backend_hlo::specialize(m, func, &b).map_err(render)?;
     let accept: &dyn Fn(&qc_ir::QuantType) -> bool = &cpu_kernels::has_kernel;
     let fake_quant: &dyn Fn(&qc_ir::QuantType) -> bool = &cpu_kernels::has_fake_quant;
-    let act8: &dyn Fn(&qc_ir::QuantType, &qc_ir::QuantType) -> bool =
-        &cpu_kernels::has_act_quant_kernel;
+    let act8_any_k = |w: &qc_ir::QuantType, a: &qc_ir::QuantType, _k: u64| {
+        cpu_kernels::has_act_quant_kernel(w, a)
+    };
+    let act8: &qc_backend_hlo::upstream::ActQuantFilter = &act8_any_k;
     let opts = qc_backend_hlo::upstream::ExportOptions {
         kernel_calls: Some(accept),
         float_matmul_calls: true,

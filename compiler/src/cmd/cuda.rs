@@ -633,10 +633,10 @@ pub fn write_artifact(
         &|f| FakeQuantPt::classify(f).is_some() || FakeQuantBlock::classify(f).is_some();
     // Products of int8- or (from sm_89) FP8-quantized activations run the 8-bit tensor-core GEMM,
     // which quantizes them itself (also for 8-bit weights, which have no kernel otherwise).
-    let gemm8_on = move |w: &qc_ir::QuantType, a: &qc_ir::QuantType| {
-        Mma8::classify(w, a).is_ok_and(|s| mma8_runs_on(&s, gpu))
+    let gemm8_on = move |w: &qc_ir::QuantType, a: &qc_ir::QuantType, k: u64| {
+        Mma8::classify(w, a).is_ok_and(|s| mma8_runs_on(&s, gpu) && s.supports(k).is_ok())
     };
-    let gemm8: &dyn Fn(&qc_ir::QuantType, &qc_ir::QuantType) -> bool = &gemm8_on;
+    let gemm8: &qc_backend_hlo::upstream::ActQuantFilter = &gemm8_on;
     let opts = qc_backend_hlo::upstream::ExportOptions {
         kernel_calls: Some(accept),
         quantize_calls: Some(fquant),
