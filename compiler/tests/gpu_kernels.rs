@@ -1,6 +1,6 @@
 //! qc's own NVIDIA kernels inside compiled artifacts, end to end without a GPU: a one-product model
-//! (`y = x W`, W a constant) compiled for a GPU target gives a launch plan of copies and launches of
-//! qc's kernels only; the CUDA executor (`qc_runtime::cuda::Prepared`) runs that plan on a device
+//! (`y = x W`, W a constant, f32 or quantized) compiled for a GPU target gives a launch plan of
+//! copies and launches of qc's kernels only; the CUDA executor (`qc_runtime::cuda::Prepared`) runs that plan on a device
 //! whose memory is host memory and whose kernels are the same LLVM IR bodies compiled for this CPU
 //! (the warp-level MMAs and the warpgroup MMA through the emulators of
 //! backends/ptx/tests/mma_emu). The results must match the reference interpreter on the same
@@ -86,7 +86,6 @@ impl HostKernels {
         Target::initialize_native(&InitializationConfig::default()).unwrap();
         // The engines outlive the test's device; the contexts are leaked for their lifetime.
         let ctx: &'static Context = Box::leak(Box::new(Context::create()));
-        let wf = named_format(w).unwrap().ty.clone();
         let mut engines = Vec::new();
         let mut jit = |name: &str,
                        build: &dyn Fn(&inkwell::module::Module<'static>),
@@ -101,6 +100,21 @@ impl HostKernels {
                 ee.add_global_mapping(&module.get_function(sym).unwrap(), *f);
             }
             engines.push(ee);
+        };
+        jit(
+            "sgemm",
+            &|m| qc_backend_ptx::mmaf::build(ctx, m, Entries::Host).unwrap(),
+            &[(
+                qc_backend_ptx::mmaf::EMULATOR,
+                emulate as *const () as usize,
+            )],
+        );
+        // "f32": no weight format (the f32 GEMM only).
+        let Some(wf) = named_format(w).map(|f| f.ty.clone()) else {
+            return HostKernels {
+                engines,
+                mma8: None,
+            };
         };
         if let Ok(g) = Gemv4::for_k(&wf, K) {
             jit(
@@ -350,6 +364,28 @@ impl qc_runtime::cuda::Device for HostGpu {
                     }
                 });
             }
+            "qc_sgemm_mma" => {
+                type F = unsafe extern "C" fn(
+                    P,
+                    P,
+                    P,
+                    u64,
+                    u64,
+                    u64,
+                    u64,
+                    u64,
+                    *const mma_emu::Warp,
+                    u64,
+                );
+                let kf: F = unsafe { std::mem::transmute::<usize, F>(addr) };
+                let (a, b, c) = (ptr(0), ptr(1), ptr(2));
+                let (batch, m, n, k, shared) = (u(3), u(4), u(5), u(6), u(7));
+                run_warps(Shape::Tf32, threads, |warp, t| unsafe {
+                    kf(
+                        a as P, b as P, c as P, batch, m, n, k, shared, warp, t as u64,
+                    )
+                });
+            }
             "qc_wgmma8" => {
                 let s = self.kernels.mma8.as_ref().expect("an FP8 GEMM description");
                 type F = unsafe extern "C" fn(
@@ -417,7 +453,11 @@ fn run_case(d: &Path, w: &str, a: Option<&str>, target: &str, m: usize) -> Vec<S
     std::fs::write(&xin, qc_runtime::npy::to_npy_bytes(&xa)).unwrap();
     let calib = d.join(format!("{tag}.calib.npz"));
     std::fs::write(&calib, qc_runtime::npy::to_npz_bytes(&[("x", xa)]).unwrap()).unwrap();
-    let mut flags = vec!["--wformat", w];
+    let mut flags = if w == "f32" {
+        vec!["--passes", "canonicalize"]
+    } else {
+        vec!["--wformat", w]
+    };
     if let Some(a) = a {
         flags.extend(["--aformat", a, "--calib", p(&calib)]);
     }
@@ -500,6 +540,8 @@ fn compiled_products_run_qc_kernels_and_match_the_interpreter() {
     let d = dir.path();
     let launched = |w, a, t, m| run_case(d, w, a, t, m);
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    // f32 weights: the 3xTF32 tensor-core GEMM.
+    assert_eq!(launched("f32", None, "sm_80", 37), s(&["qc_sgemm_mma"]));
     // 4-bit weights, f32 activations: the GEMV for few rows, the bf16 tensor-core GEMM from 16.
     assert_eq!(
         launched("nvfp4", None, "sm_90a", 3),

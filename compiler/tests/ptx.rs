@@ -137,6 +137,8 @@ fn check_all_targets(
                 ".entry qc_fquant_pt("
             } else if name.starts_with("fqblock_") {
                 ".entry qc_fquant_block("
+            } else if name.starts_with("sgemm_") {
+                ".entry qc_sgemm_mma("
             } else {
                 ".entry main_kernel("
             };
@@ -277,9 +279,12 @@ fn qc_launches(flags: &[&str], target: &str, seq: usize) -> Vec<(String, String,
         .collect()
 }
 
-/// [`qc_launches`] of the product kernels for nvfp4 weights on sm_90a.
+/// [`qc_launches`] of the 4-bit product kernels for nvfp4 weights on sm_90a.
 fn product_launches(seq: usize) -> Vec<(String, String, usize)> {
     qc_launches(&["--wformat", "nvfp4"], "sm_90a", seq)
+        .into_iter()
+        .filter(|l| l.0 == "gemv4" || l.0 == "mma4")
+        .collect()
 }
 
 /// Products by 4-bit weights run qc's kernels, the rest MLIR's: with fewer than 16 activation rows

@@ -4,7 +4,8 @@
 //! The crate emits a fixed kernel, [`ADD_F32_KERNEL`], for every supported [`GpuTarget`] (it proves the
 //! path: kernel calling convention, special registers, target machine, PTX emission, ptxas), the
 //! 4-bit weight GEMV kernels of [`gemv4`] (tested on the CPU through the same IR, benchmarked on a GPU
-//! by `cargo bench --bench gemv4_gpu`), the tensor-core GEMMs of [`mma4`] (4-bit weights, bf16 MMA)
+//! by `cargo bench --bench gemv4_gpu`), the tensor-core GEMMs of [`mmaf`] (f32, 3xTF32), [`mma4`]
+//! (4-bit weights, bf16 MMA)
 //! and [`mma8`] (s8 or FP8 MMA, activations quantized in the kernel) and the Hopper warpgroup version of
 //! the latter, [`wgmma8`], tested on the CPU with an emulated warp or warpgroup, and the activation
 //! fake quantization of [`fquant`]. Whole models take the MLIR route of the compiler's
@@ -15,6 +16,7 @@ pub mod fquant;
 pub mod gemv4;
 pub mod mma4;
 pub mod mma8;
+pub mod mmaf;
 pub mod ptxas;
 pub mod wgmma8;
 

@@ -145,11 +145,16 @@ pub(crate) fn load_x4<'c>(
         .into_vector_value())
 }
 
-/// Builds the entry of a warp-tile GEMM whose `body` takes the entry's `nparams` parameters (n
-/// and m the 7th and 8th), then the emulator pointer and the thread index: the PTX kernel `name`
-/// (thread index from the special registers), or the host function `<name>_at(params..., warp,
-/// t)`. Only warps with a tile (`ceil(M / 32) * ceil(N / 32)` of them) run the body, whole warps
-/// at a time (the MMA needs all 32 lanes).
+/// `ceil(d / 32)`: the warp tiles along a dimension of `d`.
+pub(crate) fn warp_tiles<'c>(c: &Cx<'c>, d: IntValue<'c>) -> Result<IntValue<'c>, Error> {
+    let r = c.b.build_int_add(d, c.i64(WARP_TILE - 1), "")?;
+    Ok(c.b.build_int_unsigned_div(r, c.i64(WARP_TILE), "")?)
+}
+
+/// Builds the entry of a warp-tile GEMM whose `body` takes the entry's `nparams` parameters, then
+/// the emulator pointer and the thread index: the PTX kernel `name` (thread index from the special
+/// registers), or the host function `<name>_at(params..., warp, t)`. Only the first `warps(params)`
+/// warps run the body, whole warps at a time (the MMA needs all 32 lanes).
 pub(crate) fn warp_tile_entry<'c>(
     c: &Cx<'c>,
     module: &Module<'c>,
@@ -157,6 +162,7 @@ pub(crate) fn warp_tile_entry<'c>(
     name: &str,
     nparams: usize,
     entries: Entries,
+    warps: impl Fn(&Cx<'c>, &[inkwell::values::BasicValueEnum<'c>]) -> Result<IntValue<'c>, Error>,
 ) -> Result<(), Error> {
     let ctx = c.ctx;
     let ptr = ctx.ptr_type(AddressSpace::default());
@@ -187,19 +193,11 @@ pub(crate) fn warp_tile_entry<'c>(
             (global_thread_index(module, &c.b, ctx)?, ptr.const_null())
         }
     };
-    let tiles = |d: IntValue<'c>| -> Result<IntValue<'c>, Error> {
-        let r = c.b.build_int_add(d, c.i64(WARP_TILE - 1), "")?;
-        Ok(c.b.build_int_unsigned_div(r, c.i64(WARP_TILE), "")?)
-    };
-    let warps = c.b.build_int_mul(
-        tiles(fp[7].into_int_value())?,
-        tiles(fp[6].into_int_value())?,
-        "",
-    )?;
+    let total = warps(c, &fp)?;
     let warp = c.b.build_right_shift(t, c.i64(5), false, "")?;
     let run = ctx.append_basic_block(f, "run");
     let done = ctx.append_basic_block(f, "done");
-    let inside = c.b.build_int_compare(IntPredicate::ULT, warp, warps, "")?;
+    let inside = c.b.build_int_compare(IntPredicate::ULT, warp, total, "")?;
     c.b.build_conditional_branch(inside, run, done)?;
     c.b.position_at_end(run);
     let mut args: Vec<BasicMetadataValueEnum> = fp[..nparams].iter().map(|p| (*p).into()).collect();
@@ -210,6 +208,15 @@ pub(crate) fn warp_tile_entry<'c>(
     c.b.position_at_end(done);
     c.b.build_return(None)?;
     Ok(())
+}
+
+/// The warps of a GEMM `(codes, scales, tables, x, y, k, n, m, ...)`: `ceil(M / 32) * ceil(N / 32)`.
+pub(crate) fn product_warps<'c>(
+    c: &Cx<'c>,
+    p: &[inkwell::values::BasicValueEnum<'c>],
+) -> Result<IntValue<'c>, Error> {
+    let (n, m) = (p[6].into_int_value(), p[7].into_int_value());
+    Ok(c.b.build_int_mul(warp_tiles(c, m)?, warp_tiles(c, n)?, "")?)
 }
 
 /// How a body issues one warp-level MMA with four A registers, two B registers and four f32
@@ -659,7 +666,7 @@ pub fn build<'c>(
     }
     c.b.build_return(None)?;
 
-    warp_tile_entry(&c, module, body, ENTRY, 9, entries)
+    warp_tile_entry(&c, module, body, ENTRY, 9, entries, product_warps)
 }
 
 /// The PTX of [`ENTRY`] for `spec` and `target`.

@@ -40,7 +40,7 @@ use qc_ir::quant::{Encoding, Packing, QuantType, ScaleType, Scheme, TensorScale}
 
 use crate::fquant::{round_elem, FakeQuantPt};
 use crate::gemv4::{for_loop, scale_at, Cx, Gemv4};
-use crate::mma4::{load_x4, umin, warp_tile_entry, Entries, Mma, WARP_TILE};
+use crate::mma4::{load_x4, product_warps, umin, warp_tile_entry, Entries, Mma, WARP_TILE};
 use crate::{compile_ptx, target_machine_with, Error, GpuTarget};
 
 /// The kernel's entry.
@@ -682,7 +682,7 @@ pub fn build<'c>(
     }
     c.b.build_return(None)?;
 
-    warp_tile_entry(&c, module, body, ENTRY, 10, entries)
+    warp_tile_entry(&c, module, body, ENTRY, 10, entries, product_warps)
 }
 
 /// The PTX of [`ENTRY`] for `spec` and `target` (FP8: sm_89 or later, which FP8 MMA needs; int8:

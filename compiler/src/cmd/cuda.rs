@@ -78,7 +78,7 @@ use qc_backend_ptx::GpuTarget;
 use qc_ir::Module;
 use qc_runtime::artifact::{self, Artifact};
 
-use crate::cmd::cuda_plan::{FquantCall, GpuCall, ProductKernel};
+use crate::cmd::cuda_plan::{FquantCall, GpuCall, ProductKernel, SgemmCall};
 pub use crate::cmd::cuda_plan::{PLAN, WEIGHTS};
 use crate::cmd::target::Target;
 use crate::output::{input_error, Failure};
@@ -371,6 +371,7 @@ struct Modules {
     wgmma8: Vec<(Mma8, String)>,
     fquant: Vec<(FakeQuantPt, String)>,
     fquant_block: Vec<(FakeQuantBlock, String)>,
+    sgemm: Vec<((), String)>,
 }
 
 /// The module of `spec` in `list`, made with `emit` (and its PTX pushed to `ptx`) on first use.
@@ -397,6 +398,13 @@ fn mma8_runs_on(spec: &Mma8, gpu: GpuTarget) -> bool {
     spec.is_int8() || gpu != GpuTarget::Sm80
 }
 
+/// What [`kernel_calls`] resolves the export's calls to, by kind.
+struct KernelCalls<'m> {
+    calls: Vec<GpuCall<'m>>,
+    fquant: Vec<FquantCall>,
+    sgemm: Vec<SgemmCall>,
+}
+
 /// The launch-plan descriptions of the export's kernel calls, their kernels' PTX pushed to `ptx`:
 /// - quantized products ([`GpuCall`]): with activations the kernel quantizes to FP8 itself
 ///   (`act_quant`) to int8, or to FP8 on sm_89 and later, the 8-bit tensor-core GEMM of
@@ -406,16 +414,18 @@ fn mma8_runs_on(spec: &Mma8, gpu: GpuTarget) -> bool {
 ///   GEMM of `mma4` from `MIN_ROWS` rows or the GEMV of `gemv4` below, after the fake-quant kernel
 ///   when the activations are quantized (`act_pre`);
 /// - activation quantizations ([`FquantCall`]): the fake-quant kernels of `fquant` (per tensor, or
-///   per block for MX and NVFP4).
+///   per block for MX and NVFP4);
+/// - f32 products ([`SgemmCall`]): the tensor-core f32 GEMM of `mmaf` (3xTF32).
 fn kernel_calls<'m>(
     m: &'m Module,
     calls: &[qc_backend_hlo::upstream::KernelCall],
     gpu: GpuTarget,
     ptx: &mut Vec<(String, String)>,
-) -> Result<(Vec<GpuCall<'m>>, Vec<FquantCall>), Failure> {
+) -> Result<KernelCalls<'m>, Failure> {
     let mut mods = Modules::default();
     let mut out = Vec::new();
     let mut fq_out = Vec::new();
+    let mut sg_out = Vec::new();
     for c in calls {
         let at =
             |msg: String| Failure::Input(qc_ir::Diagnostic::error(c.loc.clone(), msg).render(None));
@@ -486,10 +496,23 @@ fn kernel_calls<'m>(
                 fq_out.push(fquant(format, *amax, c.m, ptx)?);
                 continue;
             }
-            other => {
-                return Err(Failure::Internal(format!(
-                    "internal error: the NVIDIA targets ask for no {other:?} calls\n"
-                )))
+            KernelOp::Sgemm { batch, shared_b } => {
+                let module = module_of(&mut mods.sgemm, "sgemm", &(), ptx, || {
+                    qc_backend_ptx::mmaf::emit_ptx(gpu)
+                })?;
+                sg_out.push(SgemmCall {
+                    symbol: c.symbol.clone(),
+                    batch: *batch,
+                    shared_b: *shared_b,
+                    m: c.m,
+                    n: c.n,
+                    k: c.k,
+                    module,
+                    entry: qc_backend_ptx::mmaf::ENTRY.to_string(),
+                    tile: mma4::WARP_TILE,
+                    block: qc_backend_ptx::mmaf::BLOCK,
+                });
+                continue;
             }
         };
         let blob = m
@@ -603,7 +626,11 @@ fn kernel_calls<'m>(
             act_pre,
         });
     }
-    Ok((out, fq_out))
+    Ok(KernelCalls {
+        calls: out,
+        fquant: fq_out,
+        sgemm: sg_out,
+    })
 }
 
 /// `qc compile --target sm_*`: lowers function `func` of the compiled module `m` to PTX and writes the
@@ -641,9 +668,11 @@ pub fn write_artifact(
         kernel_calls: Some(accept),
         quantize_calls: Some(fquant),
         act_quant_calls: Some(gemm8),
+        // f32 products (float weights, attention, convolutions after im2col) run qc's tensor-core
+        // f32 GEMM.
+        float_matmul_calls: true,
         constant_args: true,
         decode_tables: true,
-        ..Default::default()
     };
     let exported =
         qc_backend_hlo::upstream::export_module_with(m, func, &b, &opts).map_err(render)?;
@@ -675,7 +704,11 @@ pub fn write_artifact(
     )?;
     let lowered = String::from_utf8(lowered).map_err(|e| internal(e.to_string()))?;
     let mut ptx = binaries(&lowered).map_err(internal)?;
-    let (calls, fquant) = kernel_calls(m, &exported.calls, gpu, &mut ptx)?;
+    let KernelCalls {
+        calls,
+        fquant,
+        sgemm,
+    } = kernel_calls(m, &exported.calls, gpu, &mut ptx)?;
     let constant_args = exported
         .constant_args
         .iter()
@@ -697,6 +730,7 @@ pub fn write_artifact(
             ptx: &by_name,
             calls,
             fquant,
+            sgemm,
         },
     )
     .map_err(|e| input_error(format!("{what}: {e}")))?;

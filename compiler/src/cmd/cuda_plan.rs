@@ -24,6 +24,8 @@
 //! - `call @qc_fquant_<i>(x, y)` (an activation quantization, [`FquantCall`]): one launch of a
 //!   fake-quantization kernel of `qc_backend_ptx::fquant` (per tensor: one thread per element;
 //!   block-scaled formats: one thread per block);
+//! - `call @qc_sgemm_<i>(a, b, c)` (an f32 product, [`SgemmCall`]): one launch of the tensor-core
+//!   f32 GEMM of `qc_backend_ptx::mmaf` (a warp per 32 x 32 tile of each batch element's `c`);
 //! - `return` of contiguous views: the outputs.
 //!
 //! Anything else is an error naming the op (the model cannot be compiled for the GPU yet).
@@ -413,6 +415,31 @@ pub struct FquantCall {
     pub entry: String,
 }
 
+/// An f32 product that the host program calls (`call @symbol(a[B, M, K], b[B', K, N], c[B, M, N])`)
+/// and that runs qc's tensor-core f32 GEMM (`qc_backend_ptx::mmaf`).
+pub struct SgemmCall {
+    /// The called function.
+    pub symbol: String,
+    /// B.
+    pub batch: u64,
+    /// Whether one right-hand matrix serves every batch element (B' = 1).
+    pub shared_b: bool,
+    /// Rows of each left-hand matrix.
+    pub m: u64,
+    /// Columns of each right-hand matrix.
+    pub n: u64,
+    /// The reduction length.
+    pub k: u64,
+    /// The PTX module of the kernel (part `<module>.ptx`).
+    pub module: String,
+    /// Its entry (`mmaf::ENTRY`).
+    pub entry: String,
+    /// Rows and columns of `c` per warp (`mma4::WARP_TILE`).
+    pub tile: u64,
+    /// Threads per block (`mmaf::BLOCK`).
+    pub block: u32,
+}
+
 /// Threads per block of the GEMV launches.
 pub const GEMV_BLOCK: u32 = 256;
 
@@ -432,6 +459,8 @@ pub struct PlanInputs<'a> {
     pub calls: Vec<GpuCall<'a>>,
     /// The activation quantizations left to qc's kernel.
     pub fquant: Vec<FquantCall>,
+    /// The f32 products left to qc's kernel.
+    pub sgemm: Vec<SgemmCall>,
 }
 
 struct Builder {
@@ -925,6 +954,66 @@ pub fn plan(host: &str, x: &PlanInputs) -> Result<(Plan, Vec<u8>), String> {
                     .ok_or_else(|| fail("no callee".into()))?;
                 let args = bracketed(rhs, &format!("@{sym}(")).unwrap_or("");
                 let args = split_top(args);
+                if let Some(sg) = x.sgemm.iter().find(|c| c.symbol == sym) {
+                    let [aa, ba, ca] = args[..] else {
+                        return Err(fail("an f32 product call takes a, b and c".into()));
+                    };
+                    let (av, bv, cv) = (
+                        view(&vals, aa).map_err(fail)?,
+                        view(&vals, ba).map_err(fail)?,
+                        view(&vals, ca).map_err(fail)?,
+                    );
+                    let nb = if sg.shared_b { 1 } else { sg.batch };
+                    if !av.contiguous()
+                        || !bv.contiguous()
+                        || !cv.contiguous()
+                        || av.elements() != sg.batch * sg.m * sg.k
+                        || bv.elements() != nb * sg.k * sg.n
+                        || cv.elements() != sg.batch * sg.m * sg.n
+                    {
+                        return Err(fail(
+                            "a, b and c must be contiguous with the call's shapes".into(),
+                        ));
+                    }
+                    let v8 = |value| Param::Value { bytes: 8, value };
+                    let params = vec![
+                        Param::Address {
+                            buffer: av.buffer,
+                            offset: av.offset * av.elem,
+                        },
+                        Param::Address {
+                            buffer: bv.buffer,
+                            offset: bv.offset * bv.elem,
+                        },
+                        Param::Address {
+                            buffer: cv.buffer,
+                            offset: cv.offset * cv.elem,
+                        },
+                        v8(sg.batch),
+                        v8(sg.m),
+                        v8(sg.n),
+                        v8(sg.k),
+                        v8(sg.shared_b as u64),
+                    ];
+                    let ptx = x
+                        .ptx
+                        .get(&sg.module)
+                        .ok_or_else(|| fail(format!("no PTX for {}", sg.module)))?;
+                    if entry_params(ptx, &sg.entry).map_err(fail)?.len() != params.len() {
+                        return Err(fail(format!("{} takes other parameters", sg.entry)));
+                    }
+                    let warps = sg.batch * sg.m.div_ceil(sg.tile) * sg.n.div_ceil(sg.tile);
+                    let g = u32::try_from((warps * 32).div_ceil(sg.block as u64).max(1))
+                        .map_err(|_| fail("too many threads".into()))?;
+                    steps.push(Step::Launch {
+                        ptx: format!("{}.ptx", sg.module),
+                        entry: sg.entry.clone(),
+                        grid: [g, 1, 1],
+                        block: [sg.block, 1, 1],
+                        params,
+                    });
+                    continue;
+                }
                 if let Some(fq) = x.fquant.iter().find(|c| c.symbol == sym) {
                     let [xa, ya] = args[..] else {
                         return Err(fail("a quantization call takes x and y".into()));
@@ -1206,6 +1295,7 @@ mod tests {
                 ptx: &ptx,
                 calls: Vec::new(),
                 fquant: Vec::new(),
+                sgemm: Vec::new(),
             },
         )
         .unwrap();
@@ -1420,6 +1510,7 @@ mod tests {
             ptx,
             calls: Vec::new(),
             fquant: Vec::new(),
+            sgemm: Vec::new(),
         };
         let h = host().replace("memref.copy %arg0", "memref.dealloc %arg0");
         let e = plan(&h, &inputs(&ptx)).unwrap_err();

@@ -21,6 +21,10 @@ pub enum Shape {
     },
     /// m16n8k32, s8 A and B (bytes as i8), i32 accumulators (their bits in the f32 arguments).
     S8,
+    /// m16n8k8, TF32 A and B (one per register, its f32 bits with the low 13 ignored): A[r][k] in
+    /// register (r / 8) + 2 (k / 4) of lane (r % 8) * 4 + k % 4, B[k][n] in register k / 4 of lane
+    /// n * 4 + k % 4.
+    Tf32,
 }
 
 /// One lane's operands.
@@ -63,6 +67,9 @@ impl Warp {
                 let reg = f[(r % 8) * 4 + (k % 16) / 4].a[r / 8 + 2 * (k / 16)];
                 ((reg >> (8 * (k % 4))) & 0xff) as u8 as i8 as f64
             }
+            Shape::Tf32 => {
+                f32::from_bits(f[(r % 8) * 4 + k % 4].a[r / 8 + 2 * (k / 4)] & 0xffff_e000) as f64
+            }
         }
     }
 
@@ -83,12 +90,14 @@ impl Warp {
                 let reg = f[n * 4 + (k % 16) / 4].b[k / 16];
                 ((reg >> (8 * (k % 4))) & 0xff) as u8 as i8 as f64
             }
+            Shape::Tf32 => f32::from_bits(f[n * 4 + k % 4].b[k / 4] & 0xffff_e000) as f64,
         }
     }
 
     fn depth(&self) -> usize {
         match self.shape {
             Shape::Bf16 => 16,
+            Shape::Tf32 => 8,
             Shape::Fp8 { .. } | Shape::S8 => 32,
         }
     }
