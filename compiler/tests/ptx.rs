@@ -1048,10 +1048,159 @@ fn gpu_export(d: &Path, model: &Path, args: &[&str]) -> String {
     std::fs::read_to_string(dump.join("model.export.mlir")).unwrap()
 }
 
-/// `module` run on the CPU through the tiled loops (`cuda::to_loops`) and through the untiled ones,
-/// on the same arguments: the same printed results (those of the tiled loops), and the number of
-/// `scf.parallel` loops of each.
+/// The shape of `memref<D0x...xf32>` (an f32 memref of static shape, else a failure).
+fn f32_memref_shape(ty: &str) -> Vec<u64> {
+    let dims = ty
+        .trim()
+        .strip_prefix("memref<")
+        .and_then(|t| t.strip_suffix("xf32>"))
+        .unwrap_or_else(|| panic!("{ty}: not an f32 memref"));
+    dims.split('x')
+        .map(|d| d.parse().unwrap_or_else(|_| panic!("{ty}: dimension {d}")))
+        .collect()
+}
+
+/// `module` with a body for each f32 GEMM that the export leaves to an external kernel
+/// (`ExportOptions::float_matmul_calls`: `func.func private @qc_sgemm_<i>(memref<BxMxKxf32>,
+/// memref<B'xKxNxf32>, memref<BxMxNxf32>)`, `c[b] = a[b] x b[b']` with B' = 1 or B' = B), so that it
+/// runs on the CPU: zero `c`, then `linalg.batch_matmul` when B' = B, else `linalg.matmul` of `a` and
+/// `c` as [B M, K] and [B M, N] matrices by the shared [K, N] one. A module without such
+/// declarations is returned unchanged.
+fn with_sgemm_bodies(module: &str) -> String {
+    const DECL: &str = "func.func private @qc_sgemm_";
+    if !module.contains(DECL) {
+        return module.to_string();
+    }
+    let mut out = String::with_capacity(module.len());
+    for line in module.split_inclusive('\n') {
+        let Some(at) = line.find(DECL) else {
+            out += line;
+            continue;
+        };
+        let decl = line.trim_end();
+        let open = decl.find('(').expect("(");
+        let (name, types) = (&decl[at + "func.func private ".len()..open], &decl[open..]);
+        let types = types
+            .strip_prefix('(')
+            .and_then(|t| t.strip_suffix(')'))
+            .unwrap_or_else(|| panic!("{decl}: not a declaration of memref arguments"));
+        let types: Vec<&str> = types.split(", ").collect();
+        assert_eq!(types.len(), 3, "{decl}");
+        let (ta, tb, tc) = (types[0], types[1], types[2]);
+        let (sa, sb, sc) = (
+            f32_memref_shape(ta),
+            f32_memref_shape(tb),
+            f32_memref_shape(tc),
+        );
+        assert!(sa.len() == 3 && sb.len() == 3 && sc.len() == 3, "{decl}");
+        let (batch, m, k) = (sa[0], sa[1], sa[2]);
+        let (shared, k2, n) = (sb[0], sb[1], sb[2]);
+        assert!(k == k2 && sc == [batch, m, n], "{decl}");
+        assert!(shared == 1 || shared == batch, "{decl}");
+        let indent = &line[..at];
+        let mut body = format!(
+            "{indent}func.func private {name}(%a: {ta}, %b: {tb}, %c: {tc}) {{\n\
+             {indent}  %zero = arith.constant 0.0 : f32\n\
+             {indent}  linalg.fill ins(%zero : f32) outs(%c : {tc})\n"
+        );
+        if shared == batch {
+            body += &format!(
+                "{indent}  linalg.batch_matmul ins(%a, %b : {ta}, {tb}) outs(%c : {tc})\n"
+            );
+        } else {
+            let rows = batch * m;
+            let (ma, mb, mc) = (
+                format!("memref<{rows}x{k}xf32>"),
+                format!("memref<{k}x{n}xf32>"),
+                format!("memref<{rows}x{n}xf32>"),
+            );
+            body += &format!(
+                "{indent}  %a2 = memref.collapse_shape %a [[0, 1], [2]] : {ta} into {ma}\n\
+                 {indent}  %b2 = memref.collapse_shape %b [[0, 1], [2]] : {tb} into {mb}\n\
+                 {indent}  %c2 = memref.collapse_shape %c [[0, 1], [2]] : {tc} into {mc}\n\
+                 {indent}  linalg.matmul ins(%a2, %b2 : {ma}, {mb}) outs(%c2 : {mc})\n"
+            );
+        }
+        body += &format!("{indent}  return\n{indent}}}\n");
+        out += &body;
+    }
+    out
+}
+
+/// The bodies of [`with_sgemm_bodies`], run on the CPU through the tiled and the untiled loops,
+/// compute the products: one right-hand matrix shared by the 2 batch elements (B' = 1) and one per
+/// batch element (B' = B), with the arguments of [`arg_value`].
+#[test]
+fn sgemm_bodies_compute_the_products() {
+    let (a, bs, bb, c) = (
+        "memref<2x3x40xf32>",
+        "memref<1x40x5xf32>",
+        "memref<2x40x5xf32>",
+        "memref<2x3x5xf32>",
+    );
+    let t = |m: &str| m.replace("memref", "tensor");
+    let module = format!(
+        "module {{\n  \
+         func.func private @qc_sgemm_0({a}, {bs}, {c})\n  \
+         func.func private @qc_sgemm_1({a}, {bb}, {c})\n  \
+         func.func @main(%arg0: {ta}, %arg1: {tbs}, %arg2: {tbb}) -> ({tc}, {tc}) {{\n    \
+         %0 = bufferization.to_buffer %arg0 read_only : {ta} to {a}\n    \
+         %1 = bufferization.to_buffer %arg1 read_only : {tbs} to {bs}\n    \
+         %2 = bufferization.to_buffer %arg2 read_only : {tbb} to {bb}\n    \
+         %alloc = memref.alloc() {{alignment = 64 : i64}} : {c}\n    \
+         call @qc_sgemm_0(%0, %1, %alloc) : ({a}, {bs}, {c}) -> ()\n    \
+         %3 = bufferization.to_tensor %alloc restrict writable : {c} to {tc}\n    \
+         %alloc_1 = memref.alloc() {{alignment = 64 : i64}} : {c}\n    \
+         call @qc_sgemm_1(%0, %2, %alloc_1) : ({a}, {bb}, {c}) -> ()\n    \
+         %4 = bufferization.to_tensor %alloc_1 restrict writable : {c} to {tc}\n    \
+         return %3, %4 : {tc}, {tc}\n  \
+         }}\n}}\n",
+        ta = t(a),
+        tbs = t(bs),
+        tbb = t(bb),
+        tc = t(c),
+    );
+    let with_bodies = with_sgemm_bodies(&module);
+    assert!(!with_bodies.contains("func.func private @qc_sgemm_0(memref"));
+    // A module without such declarations stays as it is.
+    let plain = module.replace("qc_sgemm", "other");
+    assert_eq!(with_sgemm_bodies(&plain), plain);
+
+    let (tiled, _, _) = tiled_and_untiled(&module);
+    let x = |i: usize| arg_value(0, i) as f64;
+    let (shared, per_batch) = (
+        |i: usize| arg_value(1, i) as f64,
+        |i: usize| arg_value(2, i) as f64,
+    );
+    let product = |b: &dyn Fn(usize) -> f64, stride: usize| -> Vec<f64> {
+        (0..30)
+            .map(|i| {
+                let (batch, m, n) = (i / 15, i / 5 % 3, i % 5);
+                (0..40)
+                    .map(|k| x(batch * 120 + m * 40 + k) * b(batch * stride + k * 5 + n))
+                    .sum()
+            })
+            .collect()
+    };
+    let want = [product(&shared, 0), product(&per_batch, 200)];
+    let got = printed_values(&tiled);
+    assert_eq!(got.len(), 2, "{tiled}");
+    for (j, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(g.len(), w.len());
+        for (k, (a, e)) in g.iter().zip(w).enumerate() {
+            assert!(
+                (a - e).abs() <= 1e-4 * e.abs().max(1.0),
+                "product {j}[{k}]: {a}, expected {e}"
+            );
+        }
+    }
+}
+
+/// `module` (its f32 GEMM calls given bodies by [`with_sgemm_bodies`]) run on the CPU through the
+/// tiled loops (`cuda::to_loops`) and through the untiled ones, on the same arguments: the same
+/// printed results (those of the tiled loops), and the number of `scf.parallel` loops of each.
 fn tiled_and_untiled(module: &str) -> (String, usize, usize) {
+    let module = &with_sgemm_bodies(module);
     let program = with_entry(module);
     let script = qc::cmd::cuda::tiling_script_file().unwrap();
     let tiled_args = qc::cmd::cuda::to_loops(script.path());
