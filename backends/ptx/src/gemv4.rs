@@ -218,6 +218,18 @@ pub(crate) struct Cx<'c> {
 }
 
 impl<'c> Cx<'c> {
+    /// A builder for `module` (declaring `llvm.fma.f32` there).
+    pub(crate) fn new(ctx: &'c Context, module: &Module<'c>) -> Result<Cx<'c>, Error> {
+        let fma = inkwell::intrinsics::Intrinsic::find("llvm.fma")
+            .and_then(|i| i.get_declaration(module, &[ctx.f32_type().into()]))
+            .ok_or(Error::MissingIntrinsic("llvm.fma"))?;
+        Ok(Cx {
+            ctx,
+            b: ctx.create_builder(),
+            fma,
+        })
+    }
+
     pub(crate) fn i64(&self, v: u64) -> IntValue<'c> {
         self.ctx.i64_type().const_int(v, false)
     }
@@ -311,14 +323,7 @@ pub fn build<'c>(
     spec: &Gemv4,
     entries: Entries,
 ) -> Result<(), Error> {
-    let fma = inkwell::intrinsics::Intrinsic::find("llvm.fma")
-        .and_then(|i| i.get_declaration(module, &[ctx.f32_type().into()]))
-        .ok_or(Error::MissingIntrinsic("llvm.fma"))?;
-    let c = Cx {
-        ctx,
-        b: ctx.create_builder(),
-        fma,
-    };
+    let c = Cx::new(ctx, module)?;
     let ptr = ctx.ptr_type(AddressSpace::default());
     let i64t = ctx.i64_type();
     let f32t = ctx.f32_type();

@@ -219,6 +219,76 @@ pub(crate) fn product_warps<'c>(
     Ok(c.b.build_int_mul(warp_tiles(c, m)?, warp_tiles(c, n)?, "")?)
 }
 
+/// The body of a quantized-product kernel and its parameters: `(codes, scales, tables, x, y, k, n,
+/// m, post)`, then the FP8/int8 GEMMs' activation scale `sa`, then `tail` (the emulator state, the
+/// thread index, ...).
+pub(crate) struct ProductBody<'c> {
+    pub(crate) f: FunctionValue<'c>,
+    pub(crate) codes: PointerValue<'c>,
+    pub(crate) scales: PointerValue<'c>,
+    pub(crate) tables: PointerValue<'c>,
+    pub(crate) x: PointerValue<'c>,
+    pub(crate) y: PointerValue<'c>,
+    pub(crate) k: IntValue<'c>,
+    pub(crate) n: IntValue<'c>,
+    pub(crate) m: IntValue<'c>,
+    pub(crate) post: inkwell::values::FloatValue<'c>,
+    /// `sa` when asked for.
+    pub(crate) sa: Option<inkwell::values::FloatValue<'c>>,
+    /// The parameters after these.
+    pub(crate) tail: Vec<inkwell::values::BasicValueEnum<'c>>,
+}
+
+impl<'c> ProductBody<'c> {
+    /// Adds the internal function `name` with these parameters (and `sa` when `with_sa`).
+    pub(crate) fn add(
+        ctx: &'c Context,
+        module: &Module<'c>,
+        name: &str,
+        with_sa: bool,
+        tail: &[inkwell::types::BasicMetadataTypeEnum<'c>],
+    ) -> ProductBody<'c> {
+        let ptr = ctx.ptr_type(AddressSpace::default());
+        let (i64t, f32t) = (ctx.i64_type(), ctx.f32_type());
+        let mut params: Vec<inkwell::types::BasicMetadataTypeEnum> = vec![
+            ptr.into(),
+            ptr.into(),
+            ptr.into(),
+            ptr.into(),
+            ptr.into(),
+            i64t.into(),
+            i64t.into(),
+            i64t.into(),
+            f32t.into(),
+        ];
+        if with_sa {
+            params.push(f32t.into());
+        }
+        let base = params.len();
+        params.extend_from_slice(tail);
+        let f = module.add_function(
+            name,
+            ctx.void_type().fn_type(&params, false),
+            Some(Linkage::Internal),
+        );
+        let a = f.get_params();
+        ProductBody {
+            f,
+            codes: a[0].into_pointer_value(),
+            scales: a[1].into_pointer_value(),
+            tables: a[2].into_pointer_value(),
+            x: a[3].into_pointer_value(),
+            y: a[4].into_pointer_value(),
+            k: a[5].into_int_value(),
+            n: a[6].into_int_value(),
+            m: a[7].into_int_value(),
+            post: a[8].into_float_value(),
+            sa: with_sa.then(|| a[9].into_float_value()),
+            tail: a[base..].to_vec(),
+        }
+    }
+}
+
 /// How a body issues one warp-level MMA with four A registers, two B registers and four f32
 /// accumulators (the shapes m16n8k16 bf16 and m16n8k32 fp8 both have them).
 pub(crate) enum Mma<'c> {
@@ -388,56 +458,26 @@ pub fn build<'c>(
     spec: &Gemv4,
     entries: Entries,
 ) -> Result<(), Error> {
-    let fma = Intrinsic::find("llvm.fma")
-        .and_then(|i| i.get_declaration(module, &[ctx.f32_type().into()]))
-        .ok_or(Error::MissingIntrinsic("llvm.fma"))?;
-    let c = Cx {
-        ctx,
-        b: ctx.create_builder(),
-        fma,
-    };
+    let c = Cx::new(ctx, module)?;
     let ptr = ctx.ptr_type(AddressSpace::default());
     let i64t = ctx.i64_type();
     let i32t = ctx.i32_type();
     let i16t = ctx.i16_type();
     let f32t = ctx.f32_type();
-    let void = ctx.void_type();
 
     // body(codes, scales, tables, x, y, k, n, m, post, warp, t)
-    let params: Vec<_> = vec![
-        ptr.into(),
-        ptr.into(),
-        ptr.into(),
-        ptr.into(),
-        ptr.into(),
-        i64t.into(),
-        i64t.into(),
-        i64t.into(),
-        f32t.into(),
-        ptr.into(),
-        i64t.into(),
-    ];
-    let body = module.add_function(
+    let pb = ProductBody::add(
+        ctx,
+        module,
         "qc_mma4_body",
-        void.fn_type(&params, false),
-        Some(Linkage::Internal),
+        false,
+        &[ptr.into(), i64t.into()],
     );
-    let a = body.get_params();
-    let (codes, scales, tables, x, y) = (
-        a[0].into_pointer_value(),
-        a[1].into_pointer_value(),
-        a[2].into_pointer_value(),
-        a[3].into_pointer_value(),
-        a[4].into_pointer_value(),
-    );
-    let (k, n, m) = (
-        a[5].into_int_value(),
-        a[6].into_int_value(),
-        a[7].into_int_value(),
-    );
-    let post = a[8].into_float_value();
-    let warp_arg = a[9].into_pointer_value();
-    let t = a[10].into_int_value();
+    let body = pb.f;
+    let (codes, scales, tables, x, y) = (pb.codes, pb.scales, pb.tables, pb.x, pb.y);
+    let (k, n, m, post) = (pb.k, pb.n, pb.m, pb.post);
+    let warp_arg = pb.tail[0].into_pointer_value();
+    let t = pb.tail[1].into_int_value();
     c.b.position_at_end(ctx.append_basic_block(body, "entry"));
 
     let lane = c.b.build_and(t, c.i64(31), "lane")?;

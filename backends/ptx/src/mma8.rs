@@ -32,15 +32,16 @@
 //! emulator, as for [`crate::mma4`].
 
 use inkwell::context::Context;
-use inkwell::intrinsics::Intrinsic;
-use inkwell::module::{Linkage, Module};
+use inkwell::module::Module;
 use inkwell::values::{BasicValue, FloatValue, IntValue, PointerValue};
 use inkwell::{AddressSpace, FloatPredicate, IntPredicate};
 use qc_ir::quant::{Encoding, Packing, QuantType, ScaleType, Scheme, TensorScale};
 
 use crate::fquant::{round_elem, FakeQuantPt};
 use crate::gemv4::{for_loop, scale_at, Cx, Gemv4};
-use crate::mma4::{load_x4, product_warps, umin, warp_tile_entry, Entries, Mma, WARP_TILE};
+use crate::mma4::{
+    load_x4, product_warps, umin, warp_tile_entry, Entries, Mma, ProductBody, WARP_TILE,
+};
 use crate::{compile_ptx, target_machine_with, Error, GpuTarget};
 
 /// The kernel's entry.
@@ -415,55 +416,25 @@ pub fn build<'c>(
     spec: &Mma8,
     entries: Entries,
 ) -> Result<(), Error> {
-    let fma = Intrinsic::find("llvm.fma")
-        .and_then(|i| i.get_declaration(module, &[ctx.f32_type().into()]))
-        .ok_or(Error::MissingIntrinsic("llvm.fma"))?;
-    let c = Cx {
-        ctx,
-        b: ctx.create_builder(),
-        fma,
-    };
+    let c = Cx::new(ctx, module)?;
     let ptr = ctx.ptr_type(AddressSpace::default());
     let i64t = ctx.i64_type();
     let i32t = ctx.i32_type();
     let f32t = ctx.f32_type();
-    let void = ctx.void_type();
     // body(codes, scales, tables, x, y, k, n, m, post, sa, warp, t)
-    let params: Vec<inkwell::types::BasicMetadataTypeEnum> = vec![
-        ptr.into(),
-        ptr.into(),
-        ptr.into(),
-        ptr.into(),
-        ptr.into(),
-        i64t.into(),
-        i64t.into(),
-        i64t.into(),
-        f32t.into(),
-        f32t.into(),
-        ptr.into(),
-        i64t.into(),
-    ];
-    let body = module.add_function(
+    let pb = ProductBody::add(
+        ctx,
+        module,
         "qc_mma8_body",
-        void.fn_type(&params, false),
-        Some(Linkage::Internal),
+        true,
+        &[ptr.into(), i64t.into()],
     );
-    let a = body.get_params();
-    let (codes, scales, tables, x, y) = (
-        a[0].into_pointer_value(),
-        a[1].into_pointer_value(),
-        a[2].into_pointer_value(),
-        a[3].into_pointer_value(),
-        a[4].into_pointer_value(),
-    );
-    let (k, n, m) = (
-        a[5].into_int_value(),
-        a[6].into_int_value(),
-        a[7].into_int_value(),
-    );
-    let (post, sa) = (a[8].into_float_value(), a[9].into_float_value());
-    let warp_arg = a[10].into_pointer_value();
-    let t = a[11].into_int_value();
+    let body = pb.f;
+    let (codes, scales, tables, x, y) = (pb.codes, pb.scales, pb.tables, pb.x, pb.y);
+    let (k, n, m, post) = (pb.k, pb.n, pb.m, pb.post);
+    let sa = pb.sa.expect("the body takes sa");
+    let warp_arg = pb.tail[0].into_pointer_value();
+    let t = pb.tail[1].into_int_value();
     c.b.position_at_end(ctx.append_basic_block(body, "entry"));
     let lane = c.b.build_and(t, c.i64(31), "lane")?;
     let mma = Mma::declare(

@@ -21,7 +21,6 @@
 //! the MMA emulator, as for `mma4`.
 
 use inkwell::context::Context;
-use inkwell::intrinsics::Intrinsic;
 use inkwell::module::{Linkage, Module};
 use inkwell::values::{FloatValue, IntValue, PointerValue};
 use inkwell::{AddressSpace, IntPredicate};
@@ -91,14 +90,7 @@ fn load_or_zero<'c>(
 /// `qc_sgemm_mma_at(a, b, c, batch, m, n, k, shared_b, warp, t)` with every MMA a call of
 /// [`EMULATOR`]) into `module`.
 pub fn build<'c>(ctx: &'c Context, module: &Module<'c>, entries: Entries) -> Result<(), Error> {
-    let fma = Intrinsic::find("llvm.fma")
-        .and_then(|i| i.get_declaration(module, &[ctx.f32_type().into()]))
-        .ok_or(Error::MissingIntrinsic("llvm.fma"))?;
-    let c = Cx {
-        ctx,
-        b: ctx.create_builder(),
-        fma,
-    };
+    let c = Cx::new(ctx, module)?;
     let ptr = ctx.ptr_type(AddressSpace::default());
     let (i64t, f32t, void) = (ctx.i64_type(), ctx.f32_type(), ctx.void_type());
     // body(a, b, c, batch, m, n, k, shared_b, warp, t)

@@ -33,7 +33,7 @@ use inkwell::values::{BasicMetadataValueEnum, BasicValue, FunctionValue, IntValu
 use inkwell::{AddressSpace, IntPredicate};
 
 use crate::gemv4::{for_loop, scale_at, Cx};
-use crate::mma4::{load_x4, umin, Entries};
+use crate::mma4::{load_x4, umin, Entries, ProductBody};
 use crate::mma8::{fp8_bits, quantize_act4, Mma8, Out, Weights8};
 use crate::{
     compile_ptx, special_register, target_machine_with, Error, GpuTarget, PTX_KERNEL_CALL_CONV,
@@ -83,14 +83,7 @@ pub fn build<'c>(
     spec: &Mma8,
     entries: Entries,
 ) -> Result<(), Error> {
-    let fma = Intrinsic::find("llvm.fma")
-        .and_then(|i| i.get_declaration(module, &[ctx.f32_type().into()]))
-        .ok_or(Error::MissingIntrinsic("llvm.fma"))?;
-    let c = Cx {
-        ctx,
-        b: ctx.create_builder(),
-        fma,
-    };
+    let c = Cx::new(ctx, module)?;
     let ptr = ctx.ptr_type(AddressSpace::default());
     let (i64t, i32t, i8t, f32t, void) = (
         ctx.i64_type(),
@@ -107,35 +100,26 @@ pub fn build<'c>(
     // body(codes, scales, tables, x, y, k, n, m, post, sa, emu, smem, block, t, smem_shared):
     // `smem` the shared memory as a generic pointer, `smem_shared` its shared-window address (what
     // descriptors hold; 0 on the host, where they hold offsets).
-    let params: Vec<BasicMetadataTypeEnum> = vec![
-        ptr.into(),
-        ptr.into(),
-        ptr.into(),
-        ptr.into(),
-        ptr.into(),
-        i64t.into(),
-        i64t.into(),
-        i64t.into(),
-        f32t.into(),
-        f32t.into(),
-        ptr.into(),
-        ptr.into(),
-        i64t.into(),
-        i64t.into(),
-        i64t.into(),
-    ];
-    let body = module.add_function(
+    let pb = ProductBody::add(
+        ctx,
+        module,
         "qc_wgmma8_body",
-        void.fn_type(&params, false),
-        Some(Linkage::Internal),
+        true,
+        &[
+            ptr.into(),
+            ptr.into(),
+            i64t.into(),
+            i64t.into(),
+            i64t.into(),
+        ],
     );
-    let a = body.get_params();
-    let p = |i: usize| a[i].into_pointer_value();
-    let v = |i: usize| a[i].into_int_value();
-    let (codes, scales, tables, x, y) = (p(0), p(1), p(2), p(3), p(4));
-    let (k, n, m) = (v(5), v(6), v(7));
-    let (post, sa) = (a[8].into_float_value(), a[9].into_float_value());
-    let (emu, smem, block, t, smem_shared) = (p(10), p(11), v(12), v(13), v(14));
+    let body = pb.f;
+    let (codes, scales, tables, x, y) = (pb.codes, pb.scales, pb.tables, pb.x, pb.y);
+    let (k, n, m, post) = (pb.k, pb.n, pb.m, pb.post);
+    let sa = pb.sa.expect("the body takes sa");
+    let tp = |i: usize| pb.tail[i].into_pointer_value();
+    let ti = |i: usize| pb.tail[i].into_int_value();
+    let (emu, smem, block, t, smem_shared) = (tp(0), tp(1), ti(2), ti(3), ti(4));
     c.b.position_at_end(ctx.append_basic_block(body, "entry"));
 
     // Barrier, fence / commit / wait, and the MMA: intrinsics and inline PTX, or emulator calls.
@@ -430,7 +414,7 @@ pub fn build<'c>(
     // The entry. Every thread of a block runs the body (the barriers and the warpgroup MMA need
     // all 128); the grid has exactly one block per tile.
     let nparams = 10;
-    let mut eparams = params[..nparams].to_vec();
+    let mut eparams = body.get_type().get_param_types()[..nparams].to_vec();
     let fname = if host {
         eparams.extend::<[BasicMetadataTypeEnum; 4]>([
             ptr.into(),
