@@ -15,6 +15,10 @@ timed with CUDA events (median of --reps runs), as TFLOP/s next to PyTorch's `to
 e4m3 operands already quantized, per-tensor scales, f32 output: cuBLAS) and, for the same work as
 qc's kernel, `_scaled_mm` after quantizing the f32 activations. One JSON line each; exit code 1 if the
 check fails.
+
+Then the 3xTF32 f32 GEMM (backends/ptx/src/mmaf.rs, `sgemm.TARGET.ptx`, every target): a 300 x 200 x
+150 check against numpy's f64 product (within 1e-5 of max |c|), and M = N = K = each size next to
+PyTorch's f32 matmul with and without TF32.
 """
 
 import argparse
@@ -52,12 +56,15 @@ def main():
     ap.add_argument("--reps", type=int, default=20)
     a = ap.parse_args()
     dev = cp.cuda.Device()
-    target = target_of(int(dev.compute_capability))
+    cc = int(dev.compute_capability)
+    target = target_of(cc)
+    target_any = target or ("sm_80" if cc >= 80 else None)
     name = cp.cuda.runtime.getDeviceProperties(dev.id)["name"].decode()
+    meta = json.load(open(os.path.join(a.kit, "fp8_gemm.json")))
     if target is None:
         print(json.dumps({"device": name, "fp8_gemm": "skipped: no FP8 tensor cores"}))
-        return
-    meta = json.load(open(os.path.join(a.kit, "fp8_gemm.json")))
+        ok = target_any is None or sgemm(a, meta, target_any, name)
+        sys.exit(0 if ok else 1)
     mod = cp.RawModule(path=os.path.join(a.kit, f"fp8_gemm.{target}.ptx"))
     kern = mod.get_function(meta["entry"])
     tables = cp.zeros(4, dtype=cp.float32)
@@ -135,7 +142,63 @@ def main():
                         "torch_quantize_and_scaled_mm_tflops": round(flops / mq / 1e9, 1)})
         print(json.dumps(row), flush=True)
         del codes, x, y
+    ok &= sgemm(a, meta, target_any, name)
     sys.exit(0 if ok else 1)
+
+
+def sgemm(a, meta, target, name):
+    """Checks and times the f32 GEMM; whether the check passed."""
+    sg = meta["sgemm"]
+    mod = cp.RawModule(path=os.path.join(a.kit, f"sgemm.{target}.ptx"))
+    f = mod.get_function(sg["entry"])
+
+    def run(x, w, c, b, m, n, k, shared):
+        tiles = b * ((m + sg["tile"] - 1) // sg["tile"]) * ((n + sg["tile"] - 1) // sg["tile"])
+        f(((tiles * 32 + sg["block"] - 1) // sg["block"],), (sg["block"],),
+          (x, w, c, np.uint64(b), np.uint64(m), np.uint64(n), np.uint64(k), np.uint64(shared)))
+
+    rng = np.random.default_rng(2)
+    m, n, k = 300, 200, 150
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    c = cp.zeros(m * n, dtype=cp.float32)
+    run(cp.asarray(x), cp.asarray(w), c, 1, m, n, k, 1)
+    want = x.astype(np.float64) @ w.astype(np.float64)
+    err = float(np.abs(cp.asnumpy(c).reshape(m, n) - want).max() / np.abs(want).max())
+    ok = err <= 1e-5
+    print(json.dumps({"device": name, "kernel": "qc_sgemm_mma", "check_rel_err": err, "check_ok": ok}),
+          flush=True)
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    for size in [int(s) for s in a.sizes.split(",")]:
+        xs = cp.asarray(rng.standard_normal(size * size).astype(np.float32))
+        ws = cp.asarray(rng.standard_normal(size * size).astype(np.float32))
+        cs = cp.empty(size * size, dtype=cp.float32)
+        ms = median_ms(lambda: run(xs, ws, cs, 1, size, size, size, 1), a.reps)
+        flops = 2.0 * size ** 3
+        row = {"kernel": "qc_sgemm_mma", "m": size, "n": size, "k": size, "median_ms": round(ms, 3),
+               "tflops": round(flops / ms / 1e9, 1)}
+        if torch is not None:
+            xt = torch.as_tensor(xs, device="cuda").view(size, size)
+            wt = torch.as_tensor(ws, device="cuda").view(size, size)
+            for tf32 in (False, True):
+                torch.backends.cuda.matmul.allow_tf32 = tf32
+                start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                xt @ wt
+                torch.cuda.synchronize()
+                ts = []
+                for _ in range(a.reps):
+                    start.record()
+                    xt @ wt
+                    stop.record()
+                    stop.synchronize()
+                    ts.append(start.elapsed_time(stop))
+                ts.sort()
+                row["torch_tf32_tflops" if tf32 else "torch_f32_tflops"] = round(flops / ts[len(ts) // 2] / 1e9, 1)
+        print(json.dumps(row), flush=True)
+    return ok
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@
 # for the FP8-activation ones, `*_f8*`, whose tensor-core FP8 sums have the hardware's order), its
 # latency with `qc bench`, then the 4-bit GEMV and tensor-core GEMM kernels' checks and timings
 # (scripts/gpu/gemv4_bench.py, CuPy, with PyTorch's bf16 matmul as the GEMM's peer), and the FP8
-# GEMM's check and timing next to torch._scaled_mm (scripts/gpu/fp8_gemm_bench.py). Writes everything to stdout and to $OUT/gpu.log when OUT is set. Exit code 1 if a check failed.
+# GEMMs' and the f32 GEMM's checks and timings next to torch._scaled_mm and torch's f32 matmul
+# (scripts/gpu/fp8_gemm_bench.py). Writes everything to stdout and to $OUT/gpu.log when OUT is set. Exit code 1 if a check failed.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 KIT=gpu-kit

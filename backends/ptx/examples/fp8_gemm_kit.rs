@@ -4,6 +4,8 @@
 //! CuPy, next to PyTorch's `torch._scaled_mm`). It writes:
 //! - `fp8_gemm.TARGET.ptx` for sm_89, sm_90a, sm_100a and sm_120a, and `fp8_gemm.wgmma.sm_90a.ptx`
 //!   (the warpgroup kernel of `qc_backend_ptx::wgmma8`, same parameters);
+//! - `sgemm.TARGET.ptx` for every target: the 3xTF32 f32 GEMM of `qc_backend_ptx::mmaf` (entry,
+//!   block and tile in the JSON's `sgemm` field);
 //! - `fp8_gemm.json`: the entry, block and tile (of both kernels), and a check case: `m`, `n`, `k`, the blob's
 //!   `scales_offset`, the activation scale `sa`;
 //! - `fp8_gemm.check.blob` (a 256 x 1024 weight quantized with qc_quant), `fp8_gemm.check.x`
@@ -34,6 +36,10 @@ fn main() {
     }
     let ptx = qc_backend_ptx::wgmma8::emit_ptx(&spec).unwrap();
     std::fs::write(dir.join("fp8_gemm.wgmma.sm_90a.ptx"), ptx).unwrap();
+    for t in GpuTarget::ALL {
+        let ptx = qc_backend_ptx::mmaf::emit_ptx(t).unwrap();
+        std::fs::write(dir.join(format!("sgemm.{}.ptx", t.name())), ptx).unwrap();
+    }
     let (m, n, k) = (40usize, 256usize, 1024usize);
     let w: Vec<f32> = noise(n * k, 3).iter().map(|v| v * 0.05).collect();
     let q = qc_quant::quantize(&w, &[n, k], &fmt, &Default::default()).unwrap();
@@ -63,13 +69,15 @@ fn main() {
     let json = format!(
         "{{\"entry\": {:?}, \"block\": {}, \"tile\": {WARP_TILE}, \"check\": {{\"m\": {m}, \"n\": {n}, \
          \"k\": {k}, \"scales_offset\": {}, \"sa\": {sa:?}}}, \"wgmma\": {{\"entry\": {:?}, \"block\": {}, \
-         \"tile\": {}}}}}\n",
+         \"tile\": {}}}, \"sgemm\": {{\"entry\": {:?}, \"block\": {}, \"tile\": {WARP_TILE}}}}}\n",
         mma8::ENTRY,
         mma8::BLOCK,
         spec.scales_offset(n, k),
         qc_backend_ptx::wgmma8::ENTRY,
         qc_backend_ptx::wgmma8::BLOCK,
         qc_backend_ptx::wgmma8::TILE,
+        qc_backend_ptx::mmaf::ENTRY,
+        qc_backend_ptx::mmaf::BLOCK,
     );
     std::fs::write(dir.join("fp8_gemm.json"), json).unwrap();
     println!("wrote {}", dir.display());
