@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash .ci/install-toolchain.sh   # LLVM/MLIR 22 for the xla feature (seconds when present)
 cargo build --quiet --release --locked -p qc --features xla
-qc=target/release/qc
+qc=${CARGO_TARGET_DIR:-target}/release/qc
 mkdir -p target/demo
 "$qc" compile examples/bert-tiny.onnx --wformat nvfp4 --method gptq --calib examples/bert-tiny-calib.npz \
     --emit qir -o target/demo/bert-tiny-nvfp4.qir "$@"
