@@ -214,6 +214,16 @@ fn tiny_bert(d: &Path) -> PathBuf {
     model
 }
 
+/// The models of compiler/tests/cpu_ops.py (window.onnx, hadamard.qir, ...) written to `d`.
+fn cpu_ops_models(d: &Path) {
+    ok(
+        Command::new("python3")
+            .arg(repo().join("compiler/tests/cpu_ops.py"))
+            .arg(d),
+        "compiler/tests/cpu_ops.py",
+    );
+}
+
 /// [`check_all_targets`] for the tiny BERT at batch 2 and `seq`.
 fn bert_check(passes: &[&str], tag: &str, seq: usize) {
     let Some(ptxas) = ptxas() else { return };
@@ -326,12 +336,7 @@ fn window_ops_and_hadamard_ptx_for_sm_80() {
     require_python();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    ok(
-        Command::new("python3")
-            .arg(repo().join("compiler/tests/cpu_ops.py"))
-            .arg(d),
-        "compiler/tests/cpu_ops.py",
-    );
+    cpu_ops_models(d);
     for model in ["window.onnx", "hadamard.qir"] {
         let qca = d.join(format!("{model}.qca"));
         qc(&[
@@ -1256,12 +1261,7 @@ fn gpu_tiling_keeps_the_results_of_the_window_ops() {
     require_python();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    ok(
-        Command::new("python3")
-            .arg(repo().join("compiler/tests/cpu_ops.py"))
-            .arg(d),
-        "compiler/tests/cpu_ops.py",
-    );
+    cpu_ops_models(d);
     let module = gpu_export(d, &d.join("window.onnx"), &["--passes", "canonicalize"]);
     let (tiled, n_tiled, n_untiled) = tiled_and_untiled(&module);
     assert!(

@@ -9,11 +9,11 @@ use inkwell::OptimizationLevel;
 use qc_backend_ptx::gemv4::{self, Entries, Gemv4};
 use qc_backend_ptx::ptxas::assemble;
 use qc_backend_ptx::GpuTarget;
-use qc_ir::quant::{named_format, QuantType};
 use qc_quant::{quantize, QuantizeOptions};
 
 /// The formats the kernels read, by name.
 mod common;
+use common::fmt;
 use common::noise;
 
 const FORMATS: [&str; 8] = [
@@ -26,13 +26,6 @@ const FORMATS: [&str; 8] = [
     "nvfp4_ct",
     "nvint4",
 ];
-
-fn fmt(name: &str) -> QuantType {
-    named_format(name)
-        .unwrap_or_else(|| panic!("no format {name}"))
-        .ty
-        .clone()
-}
 
 type Partial = unsafe extern "C" fn(
     *const u8,

@@ -7,11 +7,9 @@
 use qc_backend_ptx::fquant::{self, FakeQuantPt};
 use qc_backend_ptx::gemv4::{self, Gemv4};
 use qc_backend_ptx::GpuTarget;
-use qc_ir::quant::named_format;
 
-fn fmt(name: &str) -> qc_ir::QuantType {
-    named_format(name).unwrap().ty.clone()
-}
+mod common;
+use common::fmt;
 
 #[test]
 fn fquant_int8_sm_80() {

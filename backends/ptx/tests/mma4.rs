@@ -10,10 +10,10 @@ use qc_backend_ptx::gemv4::Gemv4;
 use qc_backend_ptx::mma4::{self, Entries};
 use qc_backend_ptx::ptxas::assemble;
 use qc_backend_ptx::GpuTarget;
-use qc_ir::quant::{named_format, QuantType};
 use qc_quant::{quantize, QuantizeOptions};
 
 mod common;
+use common::fmt;
 mod mma_emu;
 use common::noise;
 use mma_emu::{emulate, run_warps, Shape, Warp};
@@ -28,13 +28,6 @@ const FORMATS: [&str; 8] = [
     "nvfp4_ct",
     "nvint4",
 ];
-
-fn fmt(name: &str) -> QuantType {
-    named_format(name)
-        .unwrap_or_else(|| panic!("no format {name}"))
-        .ty
-        .clone()
-}
 
 type Kernel = unsafe extern "C" fn(
     *const u8,

@@ -12,19 +12,12 @@ use qc_backend_ptx::mma4::Entries;
 use qc_backend_ptx::mma8::{self, Mma8};
 use qc_backend_ptx::ptxas::assemble;
 use qc_backend_ptx::GpuTarget;
-use qc_ir::quant::{named_format, QuantType};
 
 mod common;
+use common::fmt;
 use common::Case8;
 mod mma_emu;
 use mma_emu::{emulate, fp8_table, run_warps, Shape, Warp};
-
-fn fmt(name: &str) -> QuantType {
-    named_format(name)
-        .unwrap_or_else(|| panic!("no format {name}"))
-        .ty
-        .clone()
-}
 
 type Kernel = unsafe extern "C" fn(
     *const u8,

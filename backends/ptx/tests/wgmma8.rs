@@ -12,19 +12,12 @@ use qc_backend_ptx::mma8::Mma8;
 use qc_backend_ptx::ptxas::assemble;
 use qc_backend_ptx::wgmma8;
 use qc_backend_ptx::GpuTarget;
-use qc_ir::quant::{named_format, QuantType};
 
 mod common;
+use common::fmt;
 use common::Case8;
 mod mma_emu;
 use mma_emu::{block_barrier, block_mma, fp8_table, Block};
-
-fn fmt(name: &str) -> QuantType {
-    named_format(name)
-        .unwrap_or_else(|| panic!("no format {name}"))
-        .ty
-        .clone()
-}
 
 type Kernel = unsafe extern "C" fn(
     *const u8,

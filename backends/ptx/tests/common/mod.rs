@@ -1,6 +1,15 @@
 //! Shared by the kernel tests, the gemv4 GPU bench and the kit examples (the last ones include this
 //! file by path).
 
+/// The named format `name` (panics naming it when there is none).
+#[allow(dead_code)] // not every includer names formats
+pub fn fmt(name: &str) -> qc_ir::QuantType {
+    qc_ir::quant::named_format(name)
+        .unwrap_or_else(|| panic!("no format {name}"))
+        .ty
+        .clone()
+}
+
 /// `n` deterministic pseudo-random numbers in [-1, 1) (xorshift64 from `seed`).
 pub fn noise(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
