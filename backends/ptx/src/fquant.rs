@@ -428,70 +428,46 @@ fn pow2<'c>(b: &Builder<'c>, ctx: &'c Context, e: IntValue<'c>) -> Result<FloatV
         .into_float_value())
 }
 
-/// Builds the block kernel: body `qc_fquant_block_body(x, y, n, t_amax, t)` (thread `t` quantizes
-/// block `t`, `t_amax` the static tensor maximum, used by NVFP4) and its entry ([`BLOCK_ENTRY`], or
-/// `qc_fquant_block_at` for the host).
-pub fn build_block<'c>(
+/// One block quantized by [`quantize_block`].
+pub(crate) struct QuantBlock<'c> {
+    /// The elements rounded to the element format (values of it, before the scale).
+    pub(crate) q: Vec<FloatValue<'c>>,
+    /// What they are multiplied by to dequantize: `2^E` (MX) or the block scale times the global
+    /// scale (NVFP4).
+    pub(crate) scale: FloatValue<'c>,
+    /// The block scale's byte (in the low 8 bits of an i32): `E + 127` (e8m0) or the ue4m3 bits of
+    /// the rounded block scale, without the NVFP4 global scale.
+    pub(crate) scale_byte: IntValue<'c>,
+}
+
+/// Quantizes one block `xs` of `spec` as the module documentation says (the arithmetic of the
+/// CPU target's `qc_fquant`); `tamax` is the static tensor maximum (NVFP4 only). The maximum is
+/// taken in element order, `a > m ? a : m`.
+pub(crate) fn quantize_block<'c>(
     ctx: &'c Context,
+    b: &Builder<'c>,
     module: &Module<'c>,
     spec: &FakeQuantBlock,
-    entries: Entries,
-) -> Result<(), Error> {
-    let b = ctx.create_builder();
-    let ptr = ctx.ptr_type(inkwell::AddressSpace::default());
-    let (i64t, i32t, f32t, void) = (
-        ctx.i64_type(),
-        ctx.i32_type(),
-        ctx.f32_type(),
-        ctx.void_type(),
-    );
-    let body = module.add_function(
-        "qc_fquant_block_body",
-        void.fn_type(
-            &[
-                ptr.into(),
-                ptr.into(),
-                i64t.into(),
-                f32t.into(),
-                i64t.into(),
-            ],
-            false,
-        ),
-        Some(Linkage::Internal),
-    );
-    let a = body.get_params();
-    let (x, y, tamax, t) = (
-        a[0].into_pointer_value(),
-        a[1].into_pointer_value(),
-        a[3].into_float_value(),
-        a[4].into_int_value(),
-    );
-    b.position_at_end(ctx.append_basic_block(body, "entry"));
+    xs: &[FloatValue<'c>],
+    tamax: FloatValue<'c>,
+) -> Result<QuantBlock<'c>, Error> {
+    let (f32t, i32t) = (ctx.f32_type(), ctx.i32_type());
     let fabs = inkwell::intrinsics::Intrinsic::find("llvm.fabs")
         .and_then(|i| i.get_declaration(module, &[f32t.into()]))
         .ok_or(Error::MissingIntrinsic("llvm.fabs"))?;
-    let bs = spec.block();
-    let base = b.build_int_mul(t, i64t.const_int(bs as u64, false), "")?;
-    let mut xs = Vec::with_capacity(bs);
     let mut amax = f32c(ctx, 0.0);
-    for e in 0..bs as u64 {
-        let idx = b.build_int_add(base, i64t.const_int(e, false), "")?;
-        // SAFETY: block t lies inside the n elements (the entry checks t < n / bs).
-        let px = unsafe { b.build_in_bounds_gep(f32t, x, &[idx], "")? };
-        let v = b.build_load(f32t, px, "")?.into_float_value();
+    for v in xs {
         let av = b
-            .build_call(fabs, &[v.into()], "")?
+            .build_call(fabs, &[(*v).into()], "")?
             .try_as_basic_value()
             .basic()
             .ok_or(Error::MissingIntrinsic("llvm.fabs"))?
             .into_float_value();
-        // m = a > m ? a : m, in element order (the C twin's comparison).
         let gt = b.build_float_compare(FloatPredicate::OGT, av, amax, "")?;
         amax = b.build_select(gt, av, amax, "")?.into_float_value();
-        xs.push(v);
     }
     let i = |v: i64| i32t.const_int(v as u64, true);
-    let outs: Vec<FloatValue> = match spec {
+    match spec {
         FakeQuantBlock::Mx { elem, emax, .. } => {
             // E = floor(log2(a)) - emax (a zero block as the smallest normal), at least -127.
             let zero = b.build_float_compare(FloatPredicate::OEQ, amax, f32c(ctx, 0.0), "")?;
@@ -506,14 +482,16 @@ pub fn build_block<'c>(
             )?;
             let lt = b.build_int_compare(IntPredicate::SLT, e, i(-127), "")?;
             let e = b.build_select(lt, i(-127), e, "")?.into_int_value();
-            let m = pow2(&b, ctx, b.build_int_neg(e, "")?)?;
-            let inv = pow2(&b, ctx, e)?;
-            xs.iter()
-                .map(|v| {
-                    let q = round_elem(ctx, &b, module, elem, b.build_float_mul(*v, m, "")?)?;
-                    Ok(b.build_float_mul(q, inv, "")?)
-                })
-                .collect::<Result<_, Error>>()?
+            let m = pow2(b, ctx, b.build_int_neg(e, "")?)?;
+            let q = xs
+                .iter()
+                .map(|v| round_elem(ctx, b, module, elem, b.build_float_mul(*v, m, "")?))
+                .collect::<Result<_, Error>>()?;
+            Ok(QuantBlock {
+                q,
+                scale: pow2(b, ctx, e)?,
+                scale_byte: b.build_int_add(e, i(127), "")?,
+            })
         }
         FakeQuantBlock::Nvfp4 { .. } => {
             let e2m1 = FakeQuantPt {
@@ -543,8 +521,10 @@ pub fn build_block<'c>(
             let small = b.build_float_compare(FloatPredicate::OLT, sc, tiny, "")?;
             let sc = b.build_select(small, tiny, sc, "")?.into_float_value();
             // Below 448 (a <= t): rounding to e4m3 never overflows, so saturating is exact.
-            let total = b.build_float_mul(round_elem(ctx, &b, module, &e4m3, sc)?, g, "")?;
-            xs.iter()
+            let rsc = round_elem(ctx, b, module, &e4m3, sc)?;
+            let total = b.build_float_mul(rsc, g, "")?;
+            let q = xs
+                .iter()
                 .map(|v| {
                     let qv = b.build_float_div(*v, total, "")?;
                     // A zero quotient (of either sign) gets the +0 code.
@@ -552,12 +532,125 @@ pub fn build_block<'c>(
                     let qv = b
                         .build_select(z, f32c(ctx, 0.0), qv, "")?
                         .into_float_value();
-                    let r = round_elem(ctx, &b, module, &e2m1, qv)?;
-                    Ok(b.build_float_mul(r, total, "")?)
+                    round_elem(ctx, b, module, &e2m1, qv)
                 })
-                .collect::<Result<_, Error>>()?
+                .collect::<Result<_, Error>>()?;
+            Ok(QuantBlock {
+                q,
+                scale: total,
+                scale_byte: minifloat_bits(ctx, b, rsc, 3, -6)?,
+            })
         }
-    };
+    }
+}
+
+/// The byte (in the low 8 bits of an i32, the sign in bit 7) of `v`, which must be a value of the
+/// minifloat with `man` mantissa bits and smallest normal exponent `emin`: zero, a normal or a
+/// subnormal of it, or NaN (0x7f).
+pub(crate) fn minifloat_bits<'c>(
+    ctx: &'c Context,
+    b: &Builder<'c>,
+    v: FloatValue<'c>,
+    man: u32,
+    emin: i32,
+) -> Result<IntValue<'c>, Error> {
+    let i32t = ctx.i32_type();
+    let f32t = ctx.f32_type();
+    let i = |x: i64| i32t.const_int(x as u64, true);
+    let bits = b.build_bit_cast(v, i32t, "")?.into_int_value();
+    let sign = b.build_right_shift(bits, i(24), false, "")?;
+    let sign = b.build_and(sign, i(0x80), "")?;
+    let a = b.build_and(bits, i(0x7fff_ffff), "")?;
+    // Normal: biased exponent e - emin + 1, the top `man` mantissa bits.
+    let e = b.build_right_shift(a, i(23), false, "")?;
+    let be = b.build_int_sub(e, i(127 + emin as i64 - 1), "")?;
+    let normal = b.build_or(
+        b.build_left_shift(be, i(man as i64), "")?,
+        b.build_and(
+            b.build_right_shift(a, i(23 - man as i64), false, "")?,
+            i((1 << man) - 1),
+            "",
+        )?,
+        "",
+    )?;
+    // Subnormal (and zero): |v| / 2^(emin - man), an integer below 2^man.
+    let av = b.build_bit_cast(a, f32t, "")?.into_float_value();
+    let unit = f32t.const_float(2f64.powi(man as i32 - emin));
+    let sub = b.build_float_mul(av, unit, "")?;
+    let sub = b.build_float_to_unsigned_int(sub, i32t, "")?;
+    let is_normal =
+        b.build_int_compare(IntPredicate::UGE, a, i(((127 + emin) as i64) << 23), "")?;
+    let mag = b.build_select(is_normal, normal, sub, "")?.into_int_value();
+    let code = b.build_or(mag, sign, "")?;
+    let nan = b.build_float_compare(FloatPredicate::UNO, v, v, "")?;
+    Ok(b.build_select(nan, i(0x7f), code, "")?.into_int_value())
+}
+
+/// The 4-bit e2m1 code (sign in bit 3, in the low bits of an i32) of `q`, a value of e2m1.
+pub(crate) fn e2m1_code<'c>(
+    ctx: &'c Context,
+    b: &Builder<'c>,
+    q: FloatValue<'c>,
+) -> Result<IntValue<'c>, Error> {
+    let i32t = ctx.i32_type();
+    let bits = minifloat_bits(ctx, b, q, 1, 0)?;
+    let mag = b.build_and(bits, i32t.const_int(7, false), "")?;
+    let sign = b.build_and(
+        b.build_right_shift(bits, i32t.const_int(4, false), false, "")?,
+        i32t.const_int(8, false),
+        "",
+    )?;
+    Ok(b.build_or(mag, sign, "")?)
+}
+
+/// Builds the block kernel: body `qc_fquant_block_body(x, y, n, t_amax, t)` (thread `t` quantizes
+/// block `t`, `t_amax` the static tensor maximum, used by NVFP4) and its entry ([`BLOCK_ENTRY`], or
+/// `qc_fquant_block_at` for the host).
+pub fn build_block<'c>(
+    ctx: &'c Context,
+    module: &Module<'c>,
+    spec: &FakeQuantBlock,
+    entries: Entries,
+) -> Result<(), Error> {
+    let b = ctx.create_builder();
+    let ptr = ctx.ptr_type(inkwell::AddressSpace::default());
+    let (i64t, f32t, void) = (ctx.i64_type(), ctx.f32_type(), ctx.void_type());
+    let body = module.add_function(
+        "qc_fquant_block_body",
+        void.fn_type(
+            &[
+                ptr.into(),
+                ptr.into(),
+                i64t.into(),
+                f32t.into(),
+                i64t.into(),
+            ],
+            false,
+        ),
+        Some(Linkage::Internal),
+    );
+    let a = body.get_params();
+    let (x, y, tamax, t) = (
+        a[0].into_pointer_value(),
+        a[1].into_pointer_value(),
+        a[3].into_float_value(),
+        a[4].into_int_value(),
+    );
+    b.position_at_end(ctx.append_basic_block(body, "entry"));
+    let bs = spec.block();
+    let base = b.build_int_mul(t, i64t.const_int(bs as u64, false), "")?;
+    let mut xs = Vec::with_capacity(bs);
+    for e in 0..bs as u64 {
+        let idx = b.build_int_add(base, i64t.const_int(e, false), "")?;
+        // SAFETY: block t lies inside the n elements (the entry checks t < n / bs).
+        let px = unsafe { b.build_in_bounds_gep(f32t, x, &[idx], "")? };
+        xs.push(b.build_load(f32t, px, "")?.into_float_value());
+    }
+    let qb = quantize_block(ctx, &b, module, spec, &xs, tamax)?;
+    let outs: Vec<FloatValue> =
+        qb.q.iter()
+            .map(|q| b.build_float_mul(*q, qb.scale, ""))
+            .collect::<Result<_, _>>()?;
     for (e, o) in outs.iter().enumerate() {
         let idx = b.build_int_add(base, i64t.const_int(e as u64, false), "")?;
         let py = unsafe { b.build_in_bounds_gep(f32t, y, &[idx], "")? };

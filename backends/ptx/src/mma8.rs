@@ -34,7 +34,7 @@
 use inkwell::context::Context;
 use inkwell::module::Module;
 use inkwell::values::{BasicValue, FloatValue, IntValue, PointerValue};
-use inkwell::{AddressSpace, FloatPredicate, IntPredicate};
+use inkwell::{AddressSpace, IntPredicate};
 use qc_ir::quant::{Encoding, Packing, QuantType, ScaleType, Scheme, TensorScale};
 
 use crate::fquant::{round_elem, FakeQuantPt};
@@ -262,38 +262,7 @@ pub(crate) fn fp8_bits<'c>(
     man: u32,
     emin: i32,
 ) -> Result<IntValue<'c>, Error> {
-    let i32t = c.ctx.i32_type();
-    let f32t = c.ctx.f32_type();
-    let i = |x: i64| i32t.const_int(x as u64, true);
-    let bits = c.b.build_bit_cast(v, i32t, "")?.into_int_value();
-    let sign = c.b.build_right_shift(bits, i(24), false, "")?;
-    let sign = c.b.build_and(sign, i(0x80), "")?;
-    let a = c.b.build_and(bits, i(0x7fff_ffff), "")?;
-    // Normal: biased exponent e - emin + 1, the top `man` mantissa bits.
-    let e = c.b.build_right_shift(a, i(23), false, "")?;
-    let be = c.b.build_int_sub(e, i(127 + emin as i64 - 1), "")?;
-    let normal = c.b.build_or(
-        c.b.build_left_shift(be, i(man as i64), "")?,
-        c.b.build_and(
-            c.b.build_right_shift(a, i(23 - man as i64), false, "")?,
-            i((1 << man) - 1),
-            "",
-        )?,
-        "",
-    )?;
-    // Subnormal (and zero): |v| / 2^(emin - man), an integer below 2^man.
-    let av = c.b.build_bit_cast(a, f32t, "")?.into_float_value();
-    let unit = f32t.const_float(2f64.powi(man as i32 - emin));
-    let sub = c.b.build_float_mul(av, unit, "")?;
-    let sub = c.b.build_float_to_unsigned_int(sub, i32t, "")?;
-    let is_normal =
-        c.b.build_int_compare(IntPredicate::UGE, a, i(((127 + emin) as i64) << 23), "")?;
-    let mag =
-        c.b.build_select(is_normal, normal, sub, "")?
-            .into_int_value();
-    let code = c.b.build_or(mag, sign, "")?;
-    let nan = c.b.build_float_compare(FloatPredicate::UNO, v, v, "")?;
-    Ok(c.b.build_select(nan, i(0x7f), code, "")?.into_int_value())
+    crate::fquant::minifloat_bits(c.ctx, &c.b, v, man, emin)
 }
 
 /// The activation byte of a quantized value `r` (a value of the format): the FP8 code, or the
