@@ -12,6 +12,7 @@
 //! `cmd/cuda.rs`.
 #![deny(missing_docs)]
 
+pub mod fp4;
 pub mod fquant;
 pub mod gemv4;
 pub mod mma4;
