@@ -47,7 +47,8 @@ pub struct Case8 {
     pub blob: Vec<u8>,
     /// The f32 activations the kernel reads.
     pub x: Vec<f32>,
-    /// The activation scale (`FakeQuantPt::scale` of the maximum).
+    /// The activation scale (`FakeQuantPt::scale` of the maximum) for per-tensor formats; the
+    /// maximum itself for block formats (the FP4 kernels' static tensor maximum).
     pub sa: f32,
     wd: Vec<f32>,
     xd: Vec<f32>,
@@ -80,9 +81,7 @@ impl Case8 {
         let xd = qc_quant::dequantize(&quantize(&x, &[m, k], a, &opts).unwrap()).unwrap();
         Case8 {
             blob: qc_quant::blob::to_blob(&q).unwrap(),
-            sa: qc_backend_ptx::fquant::FakeQuantPt::classify(a)
-                .unwrap()
-                .scale(amax),
+            sa: qc_backend_ptx::fquant::FakeQuantPt::classify(a).map_or(amax, |s| s.scale(amax)),
             x,
             wd: qc_quant::dequantize(&q).unwrap(),
             xd,
