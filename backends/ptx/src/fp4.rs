@@ -55,11 +55,14 @@ impl Fp4 {
             {
                 Fp4Kind::Nvfp4
             }
-            (FakeQuantBlock::Mx { elem, block: 32, .. }, ScaleType::E8M0, Some(32), TensorScale::None)
-                if elem.man == Some(1) && elem.max == 6.0 =>
-            {
-                Fp4Kind::Mxfp4
-            }
+            (
+                FakeQuantBlock::Mx {
+                    elem, block: 32, ..
+                },
+                ScaleType::E8M0,
+                Some(32),
+                TensorScale::None,
+            ) if elem.man == Some(1) && elem.max == 6.0 => Fp4Kind::Mxfp4,
             _ => return Err(format!("{w} x {a}: not NVFP4 x NVFP4 or MXFP4 x MXFP4")),
         };
         Ok(Fp4 { kind, weights, act })

@@ -263,3 +263,201 @@ pub fn fp8_table(e5m2: bool) -> &'static [f32] {
     };
     cell.get_or_init(|| qc_quant::Codec::new(e).unwrap().table().to_vec())
 }
+
+/// Tensor-memory columns of the emulated tensor memory (lanes: 128).
+const TMEM_COLS: usize = 512;
+
+/// What the 128 threads of a block share while emulating the Blackwell kernel of `tcgen05`:
+/// `bar.sync`, shared memory (a host buffer; descriptors hold offsets into it), tensor memory (128
+/// lanes x 512 32-bit columns) and the block-scaled `tcgen05.mma` of the FP4 kinds, as the PTX ISA
+/// describes them:
+/// - the instruction descriptor ("Instruction descriptor format for .kind::mxf8f6f4, .kind::mxf4
+///   and .kind::mxf4nvf4"): bits 0-2 dense, 4-5 B's scale-factor ID, 7-9 and 10-12 the A and B types
+///   (1: e2m1), 13-14 negation, 15-16 transposition (0: K-major), 17-22 N / 8, 23 the scale type (0
+///   ue4m3, 1 ue8m0), 24-28 M / 16, 29-30 A's scale-factor ID;
+/// - the shared-memory descriptor: start, LBO and SBO in 16-byte units (bits 0-13, 16-29, 32-45),
+///   version 1 (bits 46-47), no base offset, no swizzling; K-major core matrices of 8 rows x 16
+///   bytes: row `r`, byte `kb` at `start + (r / 8) * SBO + (kb / 16) * LBO + (r % 8) * 16 + kb % 16`,
+///   two e2m1 codes a byte, the even k in the low nibble;
+/// - the scale factors (M = 128, "duplicated to all 32 lane partitions"): A's of row `r` in column
+///   `sfa + r / 32` of lane `r % 32` of each of the four lane quarters (which must agree), B's of
+///   column `n` likewise from `sfb`; the scale of the `j`-th block along K (16 elements for ue4m3,
+///   32 for ue8m0) in byte `id + j` of the 32-bit cell (the layout CUTLASS's `SfKMajorAtom` and
+///   DeepGEMM give; the ISA draws it in figures only);
+/// - D (f32, M = 128): row `r` in lane `r`, column `n` in column `d + n`.
+///
+/// The sums are exact (f64) and rounded to f32 once per MMA.
+pub struct Tc {
+    barrier: Barrier,
+    smem: Vec<std::cell::UnsafeCell<u8>>,
+    tmem: Mutex<Vec<u32>>,
+    mmas: std::sync::atomic::AtomicUsize,
+}
+
+// SAFETY: as for Block: shared memory is written and read between barriers.
+unsafe impl Sync for Tc {}
+
+impl Tc {
+    /// A block with `smem` bytes of shared memory.
+    pub fn new(smem: usize) -> Tc {
+        Tc {
+            barrier: Barrier::new(128),
+            smem: (0..smem).map(|_| std::cell::UnsafeCell::new(0)).collect(),
+            tmem: Mutex::new(vec![0xdead_beef; 128 * TMEM_COLS]),
+            mmas: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// The shared memory's address.
+    pub fn smem(&self) -> *mut u8 {
+        self.smem[0].get()
+    }
+
+    /// How many MMAs were issued.
+    pub fn mmas(&self) -> usize {
+        self.mmas.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn byte(&self, at: usize) -> u8 {
+        // SAFETY: read between barriers; the index is checked.
+        unsafe { *self.smem[at].get() }
+    }
+}
+
+/// The lane and column of thread `t`'s cell of a `.32x32b` access at `taddr`: warp `w` reaches
+/// lanes `32 (w % 4) ..`, which the address's lane field must name.
+fn tc_cell(t: i64, taddr: u32) -> (usize, usize) {
+    let (lane0, col) = ((taddr >> 16) as usize, (taddr & 0xffff) as usize);
+    let w = t as usize / 32;
+    assert_eq!(lane0, 32 * (w % 4), "warp {w} addresses lanes from {lane0}");
+    (lane0 + t as usize % 32, col)
+}
+
+/// `bar.sync 0` (and the mbarrier wait) of the host kernel.
+pub extern "C" fn tc_bar(tc: *const Tc) {
+    // SAFETY: the test passes a live Tc.
+    unsafe { &*tc }.barrier.wait();
+}
+
+/// `tcgen05.alloc`: the columns must be a power of two in [32, 512]; the address (lane 0,
+/// column 0) goes to `slot`.
+pub extern "C" fn tc_alloc(_tc: *const Tc, slot: *mut u32, columns: u32) {
+    assert!(columns.is_power_of_two() && (32..=512).contains(&columns));
+    // SAFETY: the kernel passes its shared-memory slot.
+    unsafe { slot.write_unaligned(0) };
+}
+
+/// `tcgen05.st.32x32b.x4`: 4 consecutive columns of this thread's lane.
+pub extern "C" fn tc_st(tc: *const Tc, t: i64, taddr: u32, v0: u32, v1: u32, v2: u32, v3: u32) {
+    let (lane, col) = tc_cell(t, taddr);
+    // SAFETY: a live Tc.
+    let mut tm = unsafe { &*tc }.tmem.lock().unwrap();
+    for (j, v) in [v0, v1, v2, v3].into_iter().enumerate() {
+        tm[lane * TMEM_COLS + col + j] = v;
+    }
+}
+
+/// `tcgen05.ld.32x32b.x32`: 32 consecutive columns of this thread's lane.
+pub extern "C" fn tc_ld(tc: *const Tc, t: i64, taddr: u32, out: *mut f32) {
+    let (lane, col) = tc_cell(t, taddr);
+    // SAFETY: a live Tc and a 32-float buffer.
+    let (tc, out) = unsafe { (&*tc, std::slice::from_raw_parts_mut(out, 32)) };
+    let tm = tc.tmem.lock().unwrap();
+    for (j, o) in out.iter_mut().enumerate() {
+        *o = f32::from_bits(tm[lane * TMEM_COLS + col + j]);
+    }
+}
+
+/// The block-scaled `tcgen05.mma` (one thread issues it; complete on return).
+#[allow(clippy::too_many_arguments)]
+pub extern "C" fn tc_mma(
+    tc: *const Tc,
+    d: u32,
+    a_desc: u64,
+    b_desc: u64,
+    idesc: u32,
+    enable_input_d: u32,
+    sfa: u32,
+    sfb: u32,
+) {
+    // SAFETY: a live Tc.
+    let tc = unsafe { &*tc };
+    tc.mmas.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let bits = |lo: u32, n: u32| (idesc >> lo) & ((1 << n) - 1);
+    assert_eq!(bits(0, 3), 0, "dense");
+    assert_eq!((bits(7, 3), bits(10, 3)), (1, 1), "A and B e2m1");
+    assert_eq!((bits(13, 2), bits(15, 2)), (0, 0), "no negation, K-major");
+    let (n, m) = ((bits(17, 6) << 3) as usize, (bits(24, 5) << 4) as usize);
+    assert_eq!(m, 128, "M = 128: row r in lane r");
+    assert!(n.is_multiple_of(8) && (8..=256).contains(&n));
+    let (block, ue8m0) = if bits(23, 1) == 1 {
+        (32, true)
+    } else {
+        (16, false)
+    };
+    let (a_id, b_id) = (bits(29, 2) as usize, bits(4, 2) as usize);
+    let scale = |byte: u32| -> f64 {
+        if ue8m0 {
+            2f64.powi(byte as i32 - 127)
+        } else {
+            fp8_table(false)[byte as usize] as f64
+        }
+    };
+    let tile = |desc: u64| {
+        let field = |shift: u32| (((desc >> shift) & 0x3fff) << 4) as usize;
+        assert_eq!((desc >> 46) & 0b111, 0b001, "version 1, no base offset");
+        assert_eq!(desc >> 52, 0, "no LBO mode, no swizzling");
+        (field(0), field(16), field(32))
+    };
+    let e2m1 = |code: u8| -> f64 {
+        let mag = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0][(code & 7) as usize];
+        if code & 8 != 0 {
+            -mag
+        } else {
+            mag
+        }
+    };
+    let elem = |(start, lbo, sbo): (usize, usize, usize), r: usize, k: usize| -> f64 {
+        let kb = k / 2;
+        let byte = tc.byte(start + (r / 8) * sbo + (kb / 16) * lbo + (r % 8) * 16 + kb % 16);
+        e2m1(if k.is_multiple_of(2) { byte & 15 } else { byte >> 4 })
+    };
+    let (ta, tb) = (tile(a_desc), tile(b_desc));
+    let mut tm = tc.tmem.lock().unwrap();
+    // The scale word of row (column) `r`: lane r % 32 of every quarter, column `taddr + r / 32`.
+    let cell = |tm: &Vec<u32>, taddr: u32, r: usize| {
+        assert_eq!(taddr >> 16, 0, "scale factors from lane 0");
+        let col = (taddr & 0xffff) as usize + r / 32;
+        let w = tm[(r % 32) * TMEM_COLS + col];
+        for q in 1..4 {
+            assert_eq!(
+                tm[(r % 32 + 32 * q) * TMEM_COLS + col],
+                w,
+                "scale word of row {r} not duplicated in lane quarter {q}"
+            );
+        }
+        w
+    };
+    let sf = |word: u32, id: usize, j: usize| scale((word >> (8 * (id + j))) & 0xff);
+    let dcol = (d & 0xffff) as usize;
+    assert_eq!(d >> 16, 0);
+    for r in 0..m {
+        let wa = cell(&tm, sfa, r);
+        for col in 0..n {
+            let wb = cell(&tm, sfb, col);
+            let s: f64 = (0..64)
+                .map(|k| {
+                    let j = k / block;
+                    elem(ta, r, k) * sf(wa, a_id, j) * elem(tb, col, k) * sf(wb, b_id, j)
+                })
+                .sum();
+            let at = r * TMEM_COLS + dcol + col;
+            let acc = if enable_input_d != 0 {
+                f32::from_bits(tm[at]) as f64
+            } else {
+                0.0
+            };
+            tm[at] = ((acc + s) as f32).to_bits();
+        }
+    }
+}
