@@ -2,8 +2,8 @@
 //! (`y = x W`, W a constant, f32 or quantized) compiled for a GPU target gives a launch plan of
 //! copies and launches of qc's kernels only; the CUDA executor (`qc_runtime::cuda::Prepared`) runs that plan on a device
 //! whose memory is host memory and whose kernels are the same LLVM IR bodies compiled for this CPU
-//! (the warp-level MMAs and the warpgroup MMA through the emulators of
-//! backends/ptx/tests/mma_emu). The results must match the reference interpreter on the same
+//! (the warp-level MMAs, the warpgroup MMA and Blackwell's tensor memory and block-scaled MMA
+//! through the emulators of backends/ptx/tests/mma_emu). The results must match the reference interpreter on the same
 //! compiled model. This checks what the ptxas and kernel tests cannot: the plan's buffers,
 //! offsets, parameters and grids, the export's folding of activation quantization into the product,
 //! and the choice of kernel per format, target and row count.
@@ -31,7 +31,10 @@ mod common;
 use common::{ok, p, qc};
 #[path = "../../backends/ptx/tests/mma_emu/mod.rs"]
 mod mma_emu;
-use mma_emu::{block_barrier, block_mma, emulate, fp8_table, run_warps, Block, Shape};
+use mma_emu::{
+    block_barrier, block_mma, emulate, fp8_table, run_warps, tc_alloc, tc_bar, tc_ld, tc_mma,
+    tc_st, Block, Shape, Tc,
+};
 
 const K: usize = 128;
 const N: usize = 72;
@@ -174,6 +177,20 @@ impl HostKernels {
                     );
                 }
                 mma8 = Some(s);
+            }
+            if let Ok(s) = qc_backend_ptx::fp4::Fp4::classify(&wf, &af) {
+                use qc_backend_ptx::tcgen05;
+                jit(
+                    "tcgen05",
+                    &|m| tcgen05::build(ctx, m, &s, Entries::Host).unwrap(),
+                    &[
+                        (tcgen05::BAR_EMULATOR, tc_bar as *const () as usize),
+                        (tcgen05::ALLOC_EMULATOR, tc_alloc as *const () as usize),
+                        (tcgen05::ST_EMULATOR, tc_st as *const () as usize),
+                        (tcgen05::LD_EMULATOR, tc_ld as *const () as usize),
+                        (tcgen05::MMA_EMULATOR, tc_mma as *const () as usize),
+                    ],
+                );
             }
         }
         HostKernels { engines, mma8 }
@@ -427,6 +444,42 @@ impl qc_runtime::cuda::Device for HostGpu {
                     });
                 }
             }
+            "qc_tcgen05_fp4" => {
+                type F = unsafe extern "C" fn(
+                    P,
+                    P,
+                    P,
+                    P,
+                    P,
+                    u64,
+                    u64,
+                    u64,
+                    f32,
+                    f32,
+                    *const Tc,
+                    P,
+                    u64,
+                    u64,
+                );
+                let kf: F = unsafe { std::mem::transmute::<usize, F>(addr) };
+                let (a, b, c, x, y) = (ptr(0), ptr(1), ptr(2), ptr(3), ptr(4));
+                let (k, n, m, post, tamax) = (u(5), u(6), u(7), f(8), f(9));
+                for blk in 0..grid[0] as u64 {
+                    let emu = Tc::new(qc_backend_ptx::tcgen05::SMEM as usize);
+                    let smem = emu.smem() as usize;
+                    std::thread::scope(|sc| {
+                        for t in 0..block[0] as u64 {
+                            let emu = &emu;
+                            sc.spawn(move || unsafe {
+                                kf(
+                                    a as P, b as P, c as P, x as P, y as P, k, n, m, post, tamax,
+                                    emu, smem as P, blk, t,
+                                )
+                            });
+                        }
+                    });
+                }
+            }
             other => panic!("the host device runs no kernel {other}"),
         }
         Ok(())
@@ -575,6 +628,21 @@ fn compiled_products_run_qc_kernels_and_match_the_interpreter() {
     assert_eq!(
         launched("mxfp4", Some("mxfp8"), "sm_80", 40),
         s(&["qc_fquant_block", "qc_mma4"])
+    );
+    // W4A4 NVFP4 and MXFP4 on sm_100a: the block-scaled FP4 GEMM on tensor memory quantizes the
+    // activations itself, from 64 rows (below that, as on other targets, the fake-quant kernel and
+    // the 4-bit kernels).
+    assert_eq!(
+        launched("nvfp4", Some("nvfp4"), "sm_100a", 70),
+        s(&["qc_tcgen05_fp4"])
+    );
+    assert_eq!(
+        launched("mxfp4", Some("mxfp4"), "sm_100a", 130),
+        s(&["qc_tcgen05_fp4"])
+    );
+    assert_eq!(
+        launched("nvfp4", Some("nvfp4"), "sm_100a", 8),
+        s(&["qc_fquant_block", "qc_gemv4_partial", "qc_gemv4_reduce"])
     );
     // int8 activations: the s8 GEMM on every target, sm_80 included.
     assert_eq!(

@@ -3175,8 +3175,21 @@ fn fake_quant_format(u: &U, cx: &Cx) -> Option<QuantType> {
     (ok && shape.iter().product::<u64>() > 0).then(|| fmt.clone())
 }
 
+/// The static maximum of the `quant.quantize` `q` to `fmt` that a kernel quantizing its activations
+/// needs: the op's `amax`; 0 for formats whose scales come from each block alone (MX: per-block
+/// scales, no tensor scale), which need none; `None` when it is missing.
+fn static_amax(q: &Op, fmt: &QuantType) -> Option<f32> {
+    match q.attr("amax").and_then(QAttr::as_f64) {
+        Some(a) => Some(a as f32),
+        None => (matches!(fmt.scheme, Scheme::Group { .. })
+            && fmt.tensor_scale == TensorScale::None)
+            .then_some(0.0),
+    }
+}
+
 /// For the `quant.matmul` of `cx` (a kernel call): when its activation is a `quant.quantize` exported
-/// as a fake-quant call (or left out by [`only_act_quant_uses`]), with a static `amax`, of a format
+/// as a fake-quant call (or left out by [`only_act_quant_uses`]), with a static `amax` where its
+/// format needs one ([`static_amax`]), of a format
 /// that [`ExportOptions::act_quant_calls`] accepts with the weight's, the quantize's f32 input and the
 /// quantization.
 fn act_quant_of<'c, 'b>(u: &U<'c, 'b>, cx: &Cx) -> Option<(V<'c, 'b>, ActQuant)> {
@@ -3186,8 +3199,8 @@ fn act_quant_of<'c, 'b>(u: &U<'c, 'b>, cx: &Cx) -> Option<(V<'c, 'b>, ActQuant)>
     if QuantOp::of(def) != Some(QuantOp::Quantize) {
         return None;
     }
-    let amax = def.attr("amax").and_then(QAttr::as_f64)? as f32;
     let afmt = cx.f.ty(xv).elem.as_quant()?;
+    let amax = static_amax(def, afmt)?;
     let wty = cx.f.ty(*cx.op.operands.get(1)?);
     let wfmt = wty.elem.as_quant()?;
     if !accept(wfmt, afmt, weight_k(wty)) {
@@ -3219,7 +3232,7 @@ fn only_act_quant_uses(u: &U, cx: &Cx) -> bool {
     let Some(afmt) = cx.result_ty(0).elem.as_quant() else {
         return false;
     };
-    if cx.op.attr("amax").and_then(QAttr::as_f64).is_none() || cx.f.ret.contains(&r) {
+    if static_amax(cx.op, afmt).is_none() || cx.f.ret.contains(&r) {
         return false;
     }
     let mut any = false;

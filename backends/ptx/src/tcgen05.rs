@@ -62,6 +62,9 @@ pub const ENTRY: &str = "qc_tcgen05_fp4";
 pub const BLOCK: u32 = 128;
 /// Rows and columns of `y` per block (the MMA's M and N).
 pub const TILE: u64 = 128;
+/// The fewest rows (M) for which the compiler picks this kernel; fewer rows run the 4-bit GEMV or
+/// `mma4` on fake-quantized activations. Half a tile, as for `wgmma8`; not yet measured.
+pub const MIN_ROWS: u64 = 64;
 /// Bytes of one operand tile per k-step: 128 rows of 64 e2m1 codes.
 const TILE_BYTES: u64 = TILE * 32;
 /// Where the scale words are exchanged between the warps (A's 128, then B's 128).

@@ -69,12 +69,13 @@
 use std::path::{Path, PathBuf};
 
 use qc_backend_hlo::upstream::KernelOp;
+use qc_backend_ptx::fp4::Fp4;
 use qc_backend_ptx::fquant::{FakeQuantBlock, FakeQuantPt};
 use qc_backend_ptx::gemv4::{self, Gemv4};
 use qc_backend_ptx::mma4;
 use qc_backend_ptx::mma8::{self, Mma8};
-use qc_backend_ptx::wgmma8;
 use qc_backend_ptx::GpuTarget;
+use qc_backend_ptx::{tcgen05, wgmma8};
 use qc_ir::Module;
 use qc_runtime::artifact::{self, Artifact};
 
@@ -369,6 +370,7 @@ struct Modules {
     mma4: Vec<(Gemv4, String)>,
     mma8: Vec<(Mma8, String)>,
     wgmma8: Vec<(Mma8, String)>,
+    tcgen05: Vec<(Fp4, String)>,
     fquant: Vec<(FakeQuantPt, String)>,
     fquant_block: Vec<(FakeQuantBlock, String)>,
     sgemm: Vec<((), String)>,
@@ -398,6 +400,14 @@ fn mma8_runs_on(spec: &Mma8, gpu: GpuTarget) -> bool {
     spec.is_int8() || gpu != GpuTarget::Sm80
 }
 
+/// The W4A4 product of weights `w` and activations `a` (length `k`) that the block-scaled FP4
+/// GEMM of `tcgen05` computes on `gpu` (sm_100a only), if any.
+fn fp4_on(w: &qc_ir::QuantType, a: &qc_ir::QuantType, k: u64, gpu: GpuTarget) -> Option<Fp4> {
+    Fp4::classify(w, a)
+        .ok()
+        .filter(|s| gpu == GpuTarget::Sm100a && s.supports(k).is_ok())
+}
+
 /// What [`kernel_calls`] resolves the export's calls to, by kind.
 struct KernelCalls<'m> {
     calls: Vec<GpuCall<'m>>,
@@ -406,7 +416,9 @@ struct KernelCalls<'m> {
 }
 
 /// The launch-plan descriptions of the export's kernel calls, their kernels' PTX pushed to `ptx`:
-/// - quantized products ([`GpuCall`]): with activations the kernel quantizes to FP8 itself
+/// - quantized products ([`GpuCall`]): on sm_100a, NVFP4 x NVFP4 and MXFP4 x MXFP4 products of
+///   `tcgen05::MIN_ROWS` rows and more run the block-scaled FP4 GEMM of `tcgen05` (which quantizes
+///   the activations itself); with activations the kernel quantizes itself
 ///   (`act_quant`) to int8, or to FP8 on sm_89 and later, the 8-bit tensor-core GEMM of
 ///   `qc_backend_ptx::mma8` (for
 ///   4-bit weights only from `mma4::MIN_ROWS` rows; on sm_90a from `wgmma8::TILE` rows the
@@ -521,6 +533,44 @@ fn kernel_calls<'m>(
             .and_then(|r| r.bytes())
             .ok_or_else(|| at(format!("the weight resource '{resource}' has no bytes")))?;
         let (n, k) = (c.n as usize, c.k as usize);
+        let f32_bytes = |v: Vec<f32>| v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let fp4 = act_quant
+            .filter(|_| c.m >= tcgen05::MIN_ROWS)
+            .and_then(|aq| fp4_on(format, &aq.format, c.k, gpu).map(|s| (aq, s)));
+        if let Some((aq, spec)) = fp4 {
+            let want = spec.weights.sections(n, k).len;
+            if blob.len() != want {
+                return Err(at(format!(
+                    "the weight blob has {} bytes; {format} [{n}, {k}] needs {want}",
+                    blob.len()
+                )));
+            }
+            let module = module_of(&mut mods.tcgen05, "tcgen05", &spec, ptx, || {
+                tcgen05::emit_ptx(&spec)
+            })?;
+            out.push(GpuCall {
+                symbol: c.symbol.clone(),
+                resource: resource.clone(),
+                blob,
+                scales_offset: spec.scales_offset(n, k) as u64,
+                tables: f32_bytes(spec.weights.tables().map_err(&at)?),
+                post: spec.post(blob, n, k).map_err(&at)?,
+                m: c.m,
+                n: c.n,
+                k: c.k,
+                module,
+                kernel: ProductKernel::Mma {
+                    entry: tcgen05::ENTRY.to_string(),
+                    tile: tcgen05::TILE,
+                    tile_threads: tcgen05::BLOCK as u64,
+                    block: tcgen05::BLOCK,
+                    // The kernel's `tamax`: NVFP4's static maximum (MXFP4 ignores it).
+                    act_scale: Some(aq.amax),
+                },
+                act_pre: None,
+            });
+            continue;
+        }
         let gemv = Gemv4::for_k(format, k);
         let fp8 = act_quant
             .and_then(|aq| Mma8::classify(format, &aq.format).ok().map(|s| (aq, s)))
@@ -537,7 +587,6 @@ fn kernel_calls<'m>(
                 )))
             }
         };
-        let f32_bytes = |v: Vec<f32>| v.iter().flat_map(|x| x.to_le_bytes()).collect();
         if let Some((aq, spec)) = fp8 {
             len_check(spec.blob_len(n, k))?;
             // Hopper: the warpgroup MMA for products of a 64-row tile and more.
@@ -660,8 +709,11 @@ pub fn write_artifact(
         &|f| FakeQuantPt::classify(f).is_some() || FakeQuantBlock::classify(f).is_some();
     // Products of int8- or (from sm_89) FP8-quantized activations run the 8-bit tensor-core GEMM,
     // which quantizes them itself (also for 8-bit weights, which have no kernel otherwise).
+    // So do NVFP4 x NVFP4 and MXFP4 x MXFP4 products on sm_100a (the block-scaled FP4 GEMM; products
+    // with too few rows for it quantize first and run the 4-bit kernels, as unfolded ones do).
     let gemm8_on = move |w: &qc_ir::QuantType, a: &qc_ir::QuantType, k: u64| {
         Mma8::classify(w, a).is_ok_and(|s| mma8_runs_on(&s, gpu) && s.supports(k).is_ok())
+            || fp4_on(w, a, k, gpu).is_some()
     };
     let gemm8: &qc_backend_hlo::upstream::ActQuantFilter = &gemm8_on;
     let opts = qc_backend_hlo::upstream::ExportOptions {

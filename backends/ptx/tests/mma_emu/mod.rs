@@ -420,7 +420,11 @@ pub extern "C" fn tc_mma(
     let elem = |(start, lbo, sbo): (usize, usize, usize), r: usize, k: usize| -> f64 {
         let kb = k / 2;
         let byte = tc.byte(start + (r / 8) * sbo + (kb / 16) * lbo + (r % 8) * 16 + kb % 16);
-        e2m1(if k.is_multiple_of(2) { byte & 15 } else { byte >> 4 })
+        e2m1(if k.is_multiple_of(2) {
+            byte & 15
+        } else {
+            byte >> 4
+        })
     };
     let (ta, tb) = (tile(a_desc), tile(b_desc));
     let mut tm = tc.tmem.lock().unwrap();
