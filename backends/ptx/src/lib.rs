@@ -7,9 +7,11 @@
 //! by `cargo bench --bench gemv4_gpu`), the tensor-core GEMMs of [`mmaf`] (f32, 3xTF32), [`mma4`]
 //! (4-bit weights, bf16 MMA)
 //! and [`mma8`] (s8 or FP8 MMA, activations quantized in the kernel) and the Hopper warpgroup version of
-//! the latter, [`wgmma8`], the Blackwell block-scaled FP4 GEMM [`tcgen05`] (W4A4 NVFP4 / MXFP4 products
-//! of [`fp4`], tensor memory), tested on the CPU with an emulated warp, warpgroup or tensor memory,
-//! and the activation fake quantization of [`fquant`]. Whole models take the MLIR route of the compiler's
+//! the latter, [`wgmma8`], the W4A4 FP4 GEMMs of [`fp4`] products (NVFP4 x NVFP4, MXFP4 x MXFP4,
+//! activations quantized in the kernel) on Blackwell's block-scaled tensor cores: [`tcgen05`]
+//! (sm_100a, tensor memory) and [`mmafp4`] (sm_120a, block-scaled `mma.sync`), tested on the CPU
+//! with an emulated warp, warpgroup or tensor memory, and the activation fake quantization of
+//! [`fquant`]. Whole models take the MLIR route of the compiler's
 //! `cmd/cuda.rs`.
 #![deny(missing_docs)]
 
@@ -19,6 +21,7 @@ pub mod gemv4;
 pub mod mma4;
 pub mod mma8;
 pub mod mmaf;
+pub mod mmafp4;
 pub mod ptxas;
 pub mod tcgen05;
 pub mod wgmma8;

@@ -61,18 +61,32 @@ pub struct Case8 {
 impl Case8 {
     /// The case `y[m, n]` for weight format `w` and activation format `a`.
     pub fn new(w: &qc_ir::QuantType, a: &qc_ir::QuantType, m: usize, n: usize, k: usize) -> Case8 {
-        use qc_quant::{quantize, QuantizeOptions};
         let wv: Vec<f32> = noise(n * k, 7)
             .iter()
             .enumerate()
             .map(|(i, v)| v * 0.05 * (1 + (i / k) % 5) as f32)
             .collect();
-        let q = quantize(&wv, &[n, k], w, &QuantizeOptions::default()).unwrap();
         let x: Vec<f32> = noise(m * k, 11)
             .iter()
             .enumerate()
             .map(|(i, v)| v * [1.0, 30.0, 0.01][i % 3])
             .collect();
+        Case8::from_values(w, a, m, n, k, wv, x)
+    }
+
+    /// The case for the weights' values `wv[n, k]` and the activations `x[m, k]`.
+    pub fn from_values(
+        w: &qc_ir::QuantType,
+        a: &qc_ir::QuantType,
+        m: usize,
+        n: usize,
+        k: usize,
+        wv: Vec<f32>,
+        x: Vec<f32>,
+    ) -> Case8 {
+        use qc_quant::{quantize, QuantizeOptions};
+        assert_eq!((wv.len(), x.len()), (n * k, m * k));
+        let q = quantize(&wv, &[n, k], w, &QuantizeOptions::default()).unwrap();
         let amax = x.iter().fold(0f32, |acc, v| acc.max(v.abs()));
         let opts = QuantizeOptions {
             tensor_amax: Some(amax),

@@ -1,12 +1,15 @@
-//! An emulator of warp-level `mma.sync` for the tests of the tensor-core kernels (`mma4`, `mma8`):
-//! the kernels' bodies, compiled for the host with every MMA a call of [`emulate`], run warp by warp
-//! with one OS thread per lane ([`run_warps`]). The fragment layouts follow the PTX ISA ("Matrix
-//! Fragments for mma.m16n8k16 with floating point type" and "... for mma.m16n8k32"); the sums are
-//! exact (f64) and rounded to f32 once.
+//! An emulator of warp-level `mma.sync` for the tests of the tensor-core kernels (`mma4`, `mma8`,
+//! `mmafp4`): the kernels' bodies, compiled for the host with every MMA a call of [`emulate`] (or
+//! [`emulate_fp4`] for the block-scaled FP4 MMA), run warp by warp with one OS thread per lane
+//! ([`run_warps`]). The fragment layouts follow the PTX ISA ("Matrix Fragments for mma.m16n8k16
+//! with floating point type", "... for mma.m16n8k32", "... for mma.m16n8k64" and "Block Scaling
+//! for mma.sync"); the sums are exact (f64) and rounded to f32 once.
 
 #![allow(dead_code)] // each test binary uses a part
 
 use std::sync::{Barrier, Mutex};
+
+use qc_ir::quant::Encoding;
 
 /// The MMA shape and operand types (each test binary uses one).
 #[derive(Clone, Copy)]
@@ -21,6 +24,10 @@ pub enum Shape {
     },
     /// m16n8k32, s8 A and B (bytes as i8), i32 accumulators (their bits in the f32 arguments).
     S8,
+    /// m16n8k64 block-scaled, e2m1 A and B with ue4m3 scales per 16 (`kind::mxf4nvf4`,
+    /// `scale_vec::4X`, NVFP4) or ue8m0 scales per 32 (`kind::mxf4`, `scale_vec::2X`, MXFP4); see
+    /// [`emulate_fp4`].
+    Fp4 { nvfp4: bool },
     /// m16n8k8, TF32 A and B (one per register, its f32 bits with the low 13 ignored): A[r][k] in
     /// register (r / 8) + 2 (k / 4) of lane (r % 8) * 4 + k % 4, B[k][n] in register k / 4 of lane
     /// n * 4 + k % 4.
@@ -32,6 +39,11 @@ pub enum Shape {
 struct Frag {
     a: [u32; 4],
     b: [u32; 2],
+    /// The block-scaled MMA's `scale-a-data`, `scale-b-data` and selectors `byte-id-a`,
+    /// `thread-id-a`, `byte-id-b`, `thread-id-b`.
+    sa: u32,
+    sb: u32,
+    sel: [u32; 4],
 }
 
 /// What the 32 lanes of a warp share while emulating `mma.sync`.
@@ -70,6 +82,7 @@ impl Warp {
             Shape::Tf32 => {
                 f32::from_bits(f[(r % 8) * 4 + k % 4].a[r / 8 + 2 * (k / 4)] & 0xffff_e000) as f64
             }
+            Shape::Fp4 { .. } => unreachable!("emulate_fp4 reads the FP4 fragments"),
         }
     }
 
@@ -91,6 +104,7 @@ impl Warp {
                 ((reg >> (8 * (k % 4))) & 0xff) as u8 as i8 as f64
             }
             Shape::Tf32 => f32::from_bits(f[n * 4 + k % 4].b[k / 4] & 0xffff_e000) as f64,
+            Shape::Fp4 { .. } => unreachable!("emulate_fp4 reads the FP4 fragments"),
         }
     }
 
@@ -99,6 +113,7 @@ impl Warp {
             Shape::Bf16 => 16,
             Shape::Tf32 => 8,
             Shape::Fp8 { .. } | Shape::S8 => 32,
+            Shape::Fp4 { .. } => 64,
         }
     }
 }
@@ -127,6 +142,7 @@ pub extern "C" fn emulate(
     warp.frags.lock().unwrap()[lane] = Frag {
         a: [a0, a1, a2, a3],
         b: [b0, b1],
+        ..Frag::default()
     };
     warp.barrier.wait();
     let f = *warp.frags.lock().unwrap();
@@ -144,6 +160,132 @@ pub extern "C" fn emulate(
     }
     // Nobody overwrites the fragments before every lane has read them.
     warp.barrier.wait();
+}
+
+/// The block-scaled `mma.sync.aligned.m16n8k64.row.col.kind::{mxf4nvf4, mxf4}.block_scale
+/// .scale_vec::{4X, 2X}.f32.e2m1.e2m1.f32.{ue4m3, ue8m0}` of the host bodies: stores this lane's
+/// operands, waits for the warp, and computes its four accumulators `d = (A * scale_A)
+/// (B * scale_B) + c` exactly (f64, rounded to f32 once). Written from the PTX ISA's text, with
+/// `groupID = lane >> 2` and `threadID_in_group = lane % 4`:
+/// - "Matrix Fragments for mma.m16n8k64" (`.e2m1`): A is four `.b32` registers of eight elements
+///   `a0 .. a31`, low to high; `ai` is at row `groupID` for `i < 8 || 16 <= i < 24`, else
+///   `groupID + 8`, and column `threadID_in_group * 8 + (i & 7)`, plus 32 for `i >= 16`. B is two
+///   registers of `b0 .. b15`, row `threadID_in_group * 8 + (i & 7)` (plus 32 for `i >= 8`),
+///   column `groupID`. C/D: `ci` at row `groupID` (plus 8 for `i >= 2`), column
+///   `threadID_in_group * 2 + (i & 1)`.
+/// - "Block Scaling for mma.sync": `scale_A` is `M x V`, `scale_B` `V x N` (`V` = 4 or 2), each
+///   row of A (column of B) split into `V` chunks along K. `thread-id-a` picks the lane pair of
+///   the quad that supplies `SF_A` (0: `lane % 4` in {0, 1}; 1: {2, 3}), `thread-id-b` the one
+///   lane (`lane % 4 == thread-id-b`) that supplies `SF_B`; with `4X` all four bytes are used
+///   (`byte-id` 0), with `2X` the pair at `byte-id` (0 or 2).
+///
+///   Read from the ISA's figures, which the text does not spell out: the quad of `groupID = r % 8`
+///   holds row `r`, the pair's lower lane rows 0-7 and its upper lane rows 8-15; the quad of
+///   `groupID = n` holds column `n`; chunk `c` is byte `byte-id + c`.
+#[allow(clippy::too_many_arguments)]
+pub extern "C" fn emulate_fp4(
+    warp: *const Warp,
+    lane: i64,
+    a0: u32,
+    a1: u32,
+    a2: u32,
+    a3: u32,
+    b0: u32,
+    b1: u32,
+    c0: f32,
+    c1: f32,
+    c2: f32,
+    c3: f32,
+    scale_a: u32,
+    byte_id_a: u32,
+    thread_id_a: u32,
+    scale_b: u32,
+    byte_id_b: u32,
+    thread_id_b: u32,
+    d: *mut f32,
+) {
+    // SAFETY: run_warps passes a live Warp, the kernel a 4-float buffer.
+    let (warp, d) = unsafe { (&*warp, std::slice::from_raw_parts_mut(d, 4)) };
+    let Shape::Fp4 { nvfp4 } = warp.shape else {
+        panic!("emulate_fp4 on a warp of another shape");
+    };
+    let lane = lane as usize;
+    warp.frags.lock().unwrap()[lane] = Frag {
+        a: [a0, a1, a2, a3],
+        b: [b0, b1],
+        sa: scale_a,
+        sb: scale_b,
+        sel: [byte_id_a, thread_id_a, byte_id_b, thread_id_b],
+    };
+    warp.barrier.wait();
+    let f = *warp.frags.lock().unwrap();
+    let sel = f[0].sel;
+    assert!(
+        f.iter().all(|x| x.sel == sel),
+        "the lanes disagree on the selectors"
+    );
+    let v = if nvfp4 { 4 } else { 2 };
+    let [bya, tha, byb, thb] = sel.map(|x| x as usize);
+    if nvfp4 {
+        assert_eq!((bya, byb), (0, 0), "scale_vec::4X takes byte-id 0");
+    } else {
+        assert!(
+            bya % 2 == 0 && byb % 2 == 0 && bya < 4 && byb < 4,
+            "2X byte-id is 0 or 2"
+        );
+    }
+    assert!(
+        tha < 2 && thb < 4,
+        "thread-id-a in [0, 1], thread-id-b in [0, 3]"
+    );
+    let e2m1 = codes(Encoding::E2M1);
+    let stab = codes(if nvfp4 {
+        Encoding::UE4M3
+    } else {
+        Encoding::E8M0
+    });
+    let nib = |reg: u32, i: usize| e2m1[((reg >> (4 * (i % 8))) & 15) as usize] as f64;
+    let byte = |reg: u32, i: usize| stab[((reg >> (8 * i)) & 0xff) as usize] as f64;
+    // The matrices, element by element from each lane's fragment.
+    let mut am = [[f64::NAN; 64]; 16];
+    let mut bm = [[f64::NAN; 8]; 64];
+    for (l, fr) in f.iter().enumerate() {
+        let (group, tig) = (l >> 2, l % 4);
+        for i in 0..32 {
+            let row = if i < 8 || (16..24).contains(&i) {
+                group
+            } else {
+                group + 8
+            };
+            let col = tig * 8 + (i & 7) + if i >= 16 { 32 } else { 0 };
+            am[row][col] = nib(fr.a[i / 8], i);
+        }
+        for i in 0..16 {
+            let row = tig * 8 + (i & 7) + if i >= 8 { 32 } else { 0 };
+            bm[row][group] = nib(fr.b[i / 8], i);
+        }
+    }
+    // scale_A[r][c] from lane 4 (r % 8) + 2 thread-id-a + r / 8; scale_B[c][n] from lane
+    // 4n + thread-id-b.
+    let sfa = |r: usize, c: usize| byte(f[4 * (r % 8) + 2 * tha + r / 8].sa, bya + c);
+    let sfb = |c: usize, n: usize| byte(f[4 * n + thb].sb, byb + c);
+    let chunk = 64 / v;
+    let (group, tig) = (lane >> 2, lane % 4);
+    for (i, (c, out)) in [c0, c1, c2, c3].into_iter().zip(d.iter_mut()).enumerate() {
+        let row = group + if i >= 2 { 8 } else { 0 };
+        let col = tig * 2 + (i & 1);
+        let s: f64 = (0..64)
+            .map(|k| am[row][k] * sfa(row, k / chunk) * bm[k][col] * sfb(k / chunk, col))
+            .sum();
+        *out = (s + c as f64) as f32;
+    }
+    // Nobody overwrites the fragments before every lane has read them.
+    warp.barrier.wait();
+}
+
+/// The values of the 256 (or 16) codes of `e`.
+fn codes(e: Encoding) -> Vec<f32> {
+    qc_quant::Codec::new(e).unwrap().table().to_vec()
 }
 
 /// Runs `lane(warp, t)` for every thread `t < threads` (a multiple of 32), warp by warp, the 32
@@ -252,7 +394,6 @@ pub extern "C" fn block_mma(
 
 /// The values of the 256 codes of FP8 e5m2 or e4m3fn, for the emulators.
 pub fn fp8_table(e5m2: bool) -> &'static [f32] {
-    use qc_ir::quant::Encoding;
     use std::sync::OnceLock;
     static E4M3: OnceLock<Vec<f32>> = OnceLock::new();
     static E5M2: OnceLock<Vec<f32>> = OnceLock::new();
