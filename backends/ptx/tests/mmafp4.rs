@@ -103,24 +103,6 @@ fn the_named_fp4_formats_classify() {
     assert!(nv.supports(192).is_ok() && nv.supports(96).is_err());
 }
 
-/// A case whose magnitudes change from one block of 16 to the next (by powers of two, along K and
-/// across rows), so that every scale byte of a k-step differs from its neighbours' and a scale
-/// read from the wrong block, row or column changes the result.
-fn blockwise_case(f: &qc_ir::QuantType, m: usize, n: usize, k: usize) -> Case8 {
-    let pow2 = |e: usize, span: usize| 2f32.powi((e % span) as i32 - (span as i32) / 2);
-    let wv = common::noise(n * k, 5)
-        .iter()
-        .enumerate()
-        .map(|(i, v)| v * 0.05 * pow2((i / k) * 3 + (i % k) / 16, 7))
-        .collect();
-    let x = common::noise(m * k, 13)
-        .iter()
-        .enumerate()
-        .map(|(i, v)| v * pow2((i / k) * 5 + (i % k) / 16, 9))
-        .collect();
-    Case8::from_values(f, f, m, n, k, wv, x)
-}
-
 #[test]
 fn the_kernel_matches_quantized_activations_times_dequantized_weights() {
     for name in ["nvfp4", "mxfp4"] {
@@ -130,7 +112,7 @@ fn the_kernel_matches_quantized_activations_times_dequantized_weights() {
             spec.supports(k as u64).unwrap();
             for (what, case) in [
                 ("shared case", Case8::new(&f, &f, m, n, k)),
-                ("blockwise", blockwise_case(&f, m, n, k)),
+                ("blockwise", Case8::blockwise(&f, m, n, k)),
             ] {
                 let y = run_on_cpu(&spec, &case.blob, &case.x, case.sa, m, n, k);
                 case.check(&y, &format!("{name} x {name} m={m} n={n} k={k} ({what})"));

@@ -139,11 +139,15 @@ fn the_kernel_matches_quantized_activations_times_dequantized_weights() {
     // Partial tiles in M and N (two tiles each), K of 3 steps.
     let (m, n, k) = (136, 144, 192);
     for name in ["nvfp4", "mxfp4"] {
-        let (wf, af) = (fmt(name), fmt(name));
-        let spec = Fp4::classify(&wf, &af).unwrap();
-        let case = Case8::new(&wf, &af, m, n, k);
-        let (y, mmas) = run_on_cpu(&spec, &case.blob, &case.x, case.sa, m, n, k);
-        assert_eq!(mmas, 4 * 3, "{name}: one MMA per block and k-step");
-        case.check(&y, &format!("{name} x {name}"));
+        let f = fmt(name);
+        let spec = Fp4::classify(&f, &f).unwrap();
+        for (what, case) in [
+            ("shared case", Case8::new(&f, &f, m, n, k)),
+            ("blockwise", Case8::blockwise(&f, m, n, k)),
+        ] {
+            let (y, mmas) = run_on_cpu(&spec, &case.blob, &case.x, case.sa, m, n, k);
+            assert_eq!(mmas, 4 * 3, "{name}: one MMA per block and k-step");
+            case.check(&y, &format!("{name} x {name} ({what})"));
+        }
     }
 }

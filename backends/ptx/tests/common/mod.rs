@@ -74,6 +74,25 @@ impl Case8 {
         Case8::from_values(w, a, m, n, k, wv, x)
     }
 
+    /// A W4A4 case (format `f` for both) whose magnitudes change from one block of 16 to the next
+    /// (by powers of two, along K and across rows), so that every scale byte of a k-step differs
+    /// from its neighbours' and a scale read from the wrong block, row or column changes the
+    /// result.
+    pub fn blockwise(f: &qc_ir::QuantType, m: usize, n: usize, k: usize) -> Case8 {
+        let pow2 = |e: usize, span: usize| 2f32.powi((e % span) as i32 - (span as i32) / 2);
+        let wv = noise(n * k, 5)
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v * 0.05 * pow2((i / k) * 3 + (i % k) / 16, 7))
+            .collect();
+        let x = noise(m * k, 13)
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v * pow2((i / k) * 5 + (i % k) / 16, 9))
+            .collect();
+        Case8::from_values(f, f, m, n, k, wv, x)
+    }
+
     /// The case for the weights' values `wv[n, k]` and the activations `x[m, k]`.
     pub fn from_values(
         w: &qc_ir::QuantType,
