@@ -32,8 +32,8 @@ use common::{ok, p, qc};
 #[path = "../../backends/ptx/tests/mma_emu/mod.rs"]
 mod mma_emu;
 use mma_emu::{
-    block_barrier, block_mma, emulate, fp8_table, run_warps, tc_alloc, tc_bar, tc_ld, tc_mma,
-    tc_st, Block, Shape, Tc,
+    block_barrier, block_mma, emulate, emulate_fp4, fp8_table, run_warps, tc_alloc, tc_bar, tc_ld,
+    tc_mma, tc_st, Block, Shape, Tc,
 };
 
 const K: usize = 128;
@@ -79,6 +79,7 @@ fn activations(m: usize) -> Vec<f32> {
 struct HostKernels {
     engines: Vec<ExecutionEngine<'static>>,
     mma8: Option<Mma8>,
+    fp4: Option<qc_backend_ptx::fp4::Fp4>,
 }
 
 impl HostKernels {
@@ -117,6 +118,7 @@ impl HostKernels {
             return HostKernels {
                 engines,
                 mma8: None,
+                fp4: None,
             };
         };
         if let Ok(g) = Gemv4::for_k(&wf, K) {
@@ -135,6 +137,7 @@ impl HostKernels {
             );
         }
         let mut mma8 = None;
+        let mut fp4 = None;
         if let Some(a) = a {
             let af = named_format(a).unwrap().ty.clone();
             if let Some(fq) = FakeQuantPt::classify(&af) {
@@ -179,7 +182,13 @@ impl HostKernels {
                 mma8 = Some(s);
             }
             if let Ok(s) = qc_backend_ptx::fp4::Fp4::classify(&wf, &af) {
-                use qc_backend_ptx::tcgen05;
+                use qc_backend_ptx::{mmafp4, tcgen05};
+                jit(
+                    "mmafp4",
+                    &|m| mmafp4::build(ctx, m, &s, Entries::Host).unwrap(),
+                    &[(mmafp4::EMULATOR, emulate_fp4 as *const () as usize)],
+                );
+                fp4 = Some(s.clone());
                 jit(
                     "tcgen05",
                     &|m| tcgen05::build(ctx, m, &s, Entries::Host).unwrap(),
@@ -193,7 +202,7 @@ impl HostKernels {
                 );
             }
         }
-        HostKernels { engines, mma8 }
+        HostKernels { engines, mma8, fp4 }
     }
 
     /// The address of the host entry `<entry>_at`.
@@ -318,10 +327,14 @@ impl qc_runtime::cuda::Device for HostGpu {
                     };
                 }
             }
-            "qc_mma4" | "qc_mma8" => {
+            "qc_mma4" | "qc_mma8" | "qc_mma_fp4" => {
                 let int8 = self.kernels.mma8.as_ref().is_some_and(|s| s.is_int8());
                 let shape = match (entry.as_str(), &self.kernels.mma8) {
                     ("qc_mma4", _) => Shape::Bf16,
+                    ("qc_mma_fp4", _) => Shape::Fp4 {
+                        nvfp4: self.kernels.fp4.as_ref().expect("an FP4 product").kind
+                            == qc_backend_ptx::fp4::Fp4Kind::Nvfp4,
+                    },
                     (_, Some(s)) if int8 => {
                         let _ = s;
                         Shape::S8
@@ -332,7 +345,7 @@ impl qc_runtime::cuda::Device for HostGpu {
                     },
                     _ => panic!("no 8-bit GEMM description"),
                 };
-                let sa = (entry == "qc_mma8").then(|| f(9));
+                let sa = (entry != "qc_mma4").then(|| f(9));
                 let (a, b, c, x, y) = (ptr(0), ptr(1), ptr(2), ptr(3), ptr(4));
                 let (k, n, m, post) = (u(5), u(6), u(7), f(8));
                 run_warps(shape, threads, |warp, t| unsafe {
@@ -643,6 +656,15 @@ fn compiled_products_run_qc_kernels_and_match_the_interpreter() {
     assert_eq!(
         launched("nvfp4", Some("nvfp4"), "sm_100a", 8),
         s(&["qc_fquant_block", "qc_gemv4_partial", "qc_gemv4_reduce"])
+    );
+    // On sm_120a the block-scaled FP4 mma.sync, from 16 rows.
+    assert_eq!(
+        launched("nvfp4", Some("nvfp4"), "sm_120a", 40),
+        s(&["qc_mma_fp4"])
+    );
+    assert_eq!(
+        launched("mxfp4", Some("mxfp4"), "sm_120a", 17),
+        s(&["qc_mma_fp4"])
     );
     // int8 activations: the s8 GEMM on every target, sm_80 included.
     assert_eq!(

@@ -75,7 +75,7 @@ use qc_backend_ptx::gemv4::{self, Gemv4};
 use qc_backend_ptx::mma4;
 use qc_backend_ptx::mma8::{self, Mma8};
 use qc_backend_ptx::GpuTarget;
-use qc_backend_ptx::{tcgen05, wgmma8};
+use qc_backend_ptx::{mmafp4, tcgen05, wgmma8};
 use qc_ir::Module;
 use qc_runtime::artifact::{self, Artifact};
 
@@ -371,6 +371,7 @@ struct Modules {
     mma8: Vec<(Mma8, String)>,
     wgmma8: Vec<(Mma8, String)>,
     tcgen05: Vec<(Fp4, String)>,
+    mmafp4: Vec<(Fp4, String)>,
     fquant: Vec<(FakeQuantPt, String)>,
     fquant_block: Vec<(FakeQuantBlock, String)>,
     sgemm: Vec<((), String)>,
@@ -400,12 +401,12 @@ fn mma8_runs_on(spec: &Mma8, gpu: GpuTarget) -> bool {
     spec.is_int8() || gpu != GpuTarget::Sm80
 }
 
-/// The W4A4 product of weights `w` and activations `a` (length `k`) that the block-scaled FP4
-/// GEMM of `tcgen05` computes on `gpu` (sm_100a only), if any.
+/// The W4A4 product of weights `w` and activations `a` (length `k`) that a block-scaled FP4 GEMM
+/// computes on `gpu` (`tcgen05` on sm_100a, `mmafp4` on sm_120a), if any.
 fn fp4_on(w: &qc_ir::QuantType, a: &qc_ir::QuantType, k: u64, gpu: GpuTarget) -> Option<Fp4> {
     Fp4::classify(w, a)
         .ok()
-        .filter(|s| gpu == GpuTarget::Sm100a && s.supports(k).is_ok())
+        .filter(|s| matches!(gpu, GpuTarget::Sm100a | GpuTarget::Sm120a) && s.supports(k).is_ok())
 }
 
 /// What [`kernel_calls`] resolves the export's calls to, by kind.
@@ -416,9 +417,10 @@ struct KernelCalls<'m> {
 }
 
 /// The launch-plan descriptions of the export's kernel calls, their kernels' PTX pushed to `ptx`:
-/// - quantized products ([`GpuCall`]): on sm_100a, NVFP4 x NVFP4 and MXFP4 x MXFP4 products of
-///   `tcgen05::MIN_ROWS` rows and more run the block-scaled FP4 GEMM of `tcgen05` (which quantizes
-///   the activations itself); with activations the kernel quantizes itself
+/// - quantized products ([`GpuCall`]): NVFP4 x NVFP4 and MXFP4 x MXFP4 products run a block-scaled
+///   FP4 GEMM that quantizes the activations itself: on sm_100a from `tcgen05::MIN_ROWS` rows the
+///   one of `tcgen05`, on sm_120a from `mma4::MIN_ROWS` the one of `mmafp4`; with activations the
+///   kernel quantizes itself
 ///   (`act_quant`) to int8, or to FP8 on sm_89 and later, the 8-bit tensor-core GEMM of
 ///   `qc_backend_ptx::mma8` (for
 ///   4-bit weights only from `mma4::MIN_ROWS` rows; on sm_90a from `wgmma8::TILE` rows the
@@ -534,8 +536,15 @@ fn kernel_calls<'m>(
             .ok_or_else(|| at(format!("the weight resource '{resource}' has no bytes")))?;
         let (n, k) = (c.n as usize, c.k as usize);
         let f32_bytes = |v: Vec<f32>| v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let tc = gpu == GpuTarget::Sm100a;
         let fp4 = act_quant
-            .filter(|_| c.m >= tcgen05::MIN_ROWS)
+            .filter(|_| {
+                c.m >= if tc {
+                    tcgen05::MIN_ROWS
+                } else {
+                    mma4::MIN_ROWS
+                }
+            })
             .and_then(|aq| fp4_on(format, &aq.format, c.k, gpu).map(|s| (aq, s)));
         if let Some((aq, spec)) = fp4 {
             let want = spec.weights.sections(n, k).len;
@@ -545,9 +554,15 @@ fn kernel_calls<'m>(
                     blob.len()
                 )));
             }
-            let module = module_of(&mut mods.tcgen05, "tcgen05", &spec, ptx, || {
-                tcgen05::emit_ptx(&spec)
-            })?;
+            let module = if tc {
+                module_of(&mut mods.tcgen05, "tcgen05", &spec, ptx, || {
+                    tcgen05::emit_ptx(&spec)
+                })?
+            } else {
+                module_of(&mut mods.mmafp4, "mmafp4", &spec, ptx, || {
+                    mmafp4::emit_ptx(&spec)
+                })?
+            };
             out.push(GpuCall {
                 symbol: c.symbol.clone(),
                 resource: resource.clone(),
@@ -560,10 +575,10 @@ fn kernel_calls<'m>(
                 k: c.k,
                 module,
                 kernel: ProductKernel::Mma {
-                    entry: tcgen05::ENTRY.to_string(),
-                    tile: tcgen05::TILE,
-                    tile_threads: tcgen05::BLOCK as u64,
-                    block: tcgen05::BLOCK,
+                    entry: if tc { tcgen05::ENTRY } else { mmafp4::ENTRY }.to_string(),
+                    tile: if tc { tcgen05::TILE } else { mma4::WARP_TILE },
+                    tile_threads: if tc { tcgen05::BLOCK as u64 } else { 32 },
+                    block: if tc { tcgen05::BLOCK } else { mmafp4::BLOCK },
                     // The kernel's `tamax`: NVFP4's static maximum (MXFP4 ignores it).
                     act_scale: Some(aq.amax),
                 },
@@ -709,7 +724,7 @@ pub fn write_artifact(
         &|f| FakeQuantPt::classify(f).is_some() || FakeQuantBlock::classify(f).is_some();
     // Products of int8- or (from sm_89) FP8-quantized activations run the 8-bit tensor-core GEMM,
     // which quantizes them itself (also for 8-bit weights, which have no kernel otherwise).
-    // So do NVFP4 x NVFP4 and MXFP4 x MXFP4 products on sm_100a (the block-scaled FP4 GEMM; products
+    // So do NVFP4 x NVFP4 and MXFP4 x MXFP4 products on sm_100a and sm_120a (the block-scaled FP4 GEMMs; products
     // with too few rows for it quantize first and run the 4-bit kernels, as unfolded ones do).
     let gemm8_on = move |w: &qc_ir::QuantType, a: &qc_ir::QuantType, k: u64| {
         Mma8::classify(w, a).is_ok_and(|s| mma8_runs_on(&s, gpu) && s.supports(k).is_ok())
