@@ -80,6 +80,8 @@ struct HostKernels {
     engines: Vec<ExecutionEngine<'static>>,
     mma8: Option<Mma8>,
     fp4: Option<qc_backend_ptx::fp4::Fp4>,
+    /// The tcgen05 kernels built (their shared memory sizes differ).
+    tc05: Vec<qc_backend_ptx::tcgen05::Tc05>,
 }
 
 impl HostKernels {
@@ -119,9 +121,41 @@ impl HostKernels {
                 engines,
                 mma8: None,
                 fp4: None,
+                tc05: Vec::new(),
             };
         };
+        let mut tc05 = Vec::new();
+        let tc_emulators = [
+            (
+                qc_backend_ptx::tcgen05::BAR_EMULATOR,
+                tc_bar as *const () as usize,
+            ),
+            (
+                qc_backend_ptx::tcgen05::ALLOC_EMULATOR,
+                tc_alloc as *const () as usize,
+            ),
+            (
+                qc_backend_ptx::tcgen05::ST_EMULATOR,
+                tc_st as *const () as usize,
+            ),
+            (
+                qc_backend_ptx::tcgen05::LD_EMULATOR,
+                tc_ld as *const () as usize,
+            ),
+            (
+                qc_backend_ptx::tcgen05::MMA_EMULATOR,
+                tc_mma as *const () as usize,
+            ),
+        ];
         if let Ok(g) = Gemv4::for_k(&wf, K) {
+            if let Ok(w4) = qc_backend_ptx::tcgen05::Tc05::w4(&g, K as u64) {
+                jit(
+                    "tcgen05_w4",
+                    &|m| qc_backend_ptx::tcgen05::build(ctx, m, &w4, Entries::Host).unwrap(),
+                    &tc_emulators,
+                );
+                tc05.push(w4);
+            }
             jit(
                 "gemv4",
                 &|m| qc_backend_ptx::gemv4::build(ctx, m, &g, Entries::Host).unwrap(),
@@ -189,20 +223,21 @@ impl HostKernels {
                     &[(mmafp4::EMULATOR, emulate_fp4 as *const () as usize)],
                 );
                 fp4 = Some(s.clone());
+                let key = tcgen05::Tc05::Fp4(s.clone());
                 jit(
                     "tcgen05",
-                    &|m| tcgen05::build(ctx, m, &s, Entries::Host).unwrap(),
-                    &[
-                        (tcgen05::BAR_EMULATOR, tc_bar as *const () as usize),
-                        (tcgen05::ALLOC_EMULATOR, tc_alloc as *const () as usize),
-                        (tcgen05::ST_EMULATOR, tc_st as *const () as usize),
-                        (tcgen05::LD_EMULATOR, tc_ld as *const () as usize),
-                        (tcgen05::MMA_EMULATOR, tc_mma as *const () as usize),
-                    ],
+                    &|m| tcgen05::build(ctx, m, &key, Entries::Host).unwrap(),
+                    &tc_emulators,
                 );
+                tc05.push(key);
             }
         }
-        HostKernels { engines, mma8, fp4 }
+        HostKernels {
+            engines,
+            mma8,
+            fp4,
+            tc05,
+        }
     }
 
     /// The address of the host entry `<entry>_at`.
@@ -457,7 +492,14 @@ impl qc_runtime::cuda::Device for HostGpu {
                     });
                 }
             }
-            "qc_tcgen05_fp4" => {
+            "qc_tcgen05_fp4" | "qc_tcgen05_w4" => {
+                let smem = self
+                    .kernels
+                    .tc05
+                    .iter()
+                    .find(|s| s.entry() == entry)
+                    .expect("a tcgen05 kernel description")
+                    .smem();
                 type F = unsafe extern "C" fn(
                     P,
                     P,
@@ -478,7 +520,7 @@ impl qc_runtime::cuda::Device for HostGpu {
                 let (a, b, c, x, y) = (ptr(0), ptr(1), ptr(2), ptr(3), ptr(4));
                 let (k, n, m, post, tamax) = (u(5), u(6), u(7), f(8), f(9));
                 for blk in 0..grid[0] as u64 {
-                    let emu = Tc::new(qc_backend_ptx::tcgen05::SMEM as usize);
+                    let emu = Tc::new(smem as usize);
                     let smem = emu.smem() as usize;
                     std::thread::scope(|sc| {
                         for t in 0..block[0] as u64 {
@@ -657,6 +699,17 @@ fn compiled_products_run_qc_kernels_and_match_the_interpreter() {
         launched("nvfp4", Some("nvfp4"), "sm_100a", 8),
         s(&["qc_fquant_block", "qc_gemv4_partial", "qc_gemv4_reduce"])
     );
+    // 4-bit weights with byte scales, f32 or fake-quantized activations, on sm_100a from 64 rows:
+    // tcgen05's bf16 GEMM (int4 with f32 scales keeps the mma.sync one).
+    assert_eq!(
+        launched("nvfp4", None, "sm_100a", 70),
+        s(&["qc_tcgen05_w4"])
+    );
+    assert_eq!(
+        launched("nvint4", Some("mxfp8"), "sm_100a", 65),
+        s(&["qc_fquant_block", "qc_tcgen05_w4"])
+    );
+    assert_eq!(launched("int4_g32", None, "sm_100a", 70), s(&["qc_mma4"]));
     // On sm_120a the block-scaled FP4 mma.sync, from 16 rows.
     assert_eq!(
         launched("nvfp4", Some("nvfp4"), "sm_120a", 40),

@@ -90,7 +90,7 @@ pub(crate) fn bf16_rn<'c>(c: &Cx<'c>, v: FloatValue<'c>) -> Result<IntValue<'c>,
 }
 
 /// The f32 value of bf16 bits `h` (in the low 16 bits of an i32).
-fn bf16_value<'c>(c: &Cx<'c>, h: IntValue<'c>) -> Result<FloatValue<'c>, Error> {
+pub(crate) fn bf16_value<'c>(c: &Cx<'c>, h: IntValue<'c>) -> Result<FloatValue<'c>, Error> {
     let i32t = c.ctx.i32_type();
     let bits = c.b.build_left_shift(h, i32t.const_int(16, false), "")?;
     Ok(c.b

@@ -1,24 +1,37 @@
-//! W4A4 FP4 GEMM for Blackwell data-center GPUs (sm_100a) on the fifth-generation tensor cores:
-//! `tcgen05.mma` with the block-scaled kinds, accumulators and scale factors in tensor memory. It
-//! computes the products of [`crate::fp4`] (NVFP4 x NVFP4 with `kind::mxf4nvf4.block_scale.
-//! scale_vec::4X`, ue4m3 scales per 16 elements; MXFP4 x MXFP4 with `kind::mxf4.block_scale`, ue8m0
-//! scales per 32), quantizing the f32 activations in the kernel with [`crate::fquant`]'s block
-//! quantizer (bit for bit the interpreter's) and reading the weights' codes and scale bytes from
-//! their blob as they are.
+//! GEMMs for Blackwell data-center GPUs (sm_100a) on the fifth-generation tensor cores:
+//! `tcgen05.mma` with operands in shared memory and the accumulator (and scale factors) in tensor
+//! memory. Two products ([`Tc05`]), both with 4-bit weights read from their blob as they are:
+//! - [`Tc05::Fp4`], the W4A4 products of [`crate::fp4`] (NVFP4 x NVFP4 with
+//!   `kind::mxf4nvf4.block_scale.block16` = `scale_vec::4X`, ue4m3 scales per 16 elements; MXFP4 x
+//!   MXFP4 with `kind::mxf4.block_scale.block32`, ue8m0 scales per 32), the f32 activations
+//!   quantized in the kernel with [`crate::fquant`]'s block quantizer (bit for bit the
+//!   interpreter's); k-steps of 64, one MMA each;
+//! - [`Tc05::W4`], 4-bit weights with byte group scales (NVFP4, MXFP4, NVINT4) times f32
+//!   activations: `kind::f16` with bf16 operands, the weights decoded and scaled in bf16 (exact:
+//!   a 4-bit code times a ue4m3 or e8m0 scale has at most 7 significant bits), the activations split
+//!   into `hi = bf16(x)` and `lo = bf16(x - hi)` as `mma4` does; k-steps of 32, four MMAs each
+//!   (`hi * w` and `lo * w` for each K = 16 half).
 //!
-//! # Kernel [`ENTRY`]`(codes, scales, tables, x, y, k, n, m, post, tamax)`
+//! # Kernels [`ENTRY`] and [`ENTRY_W4`]`(codes, scales, tables, x, y, k, n, m, post, tamax)`
 //! - A block of [`BLOCK`] = 128 threads (a warpgroup) computes the [`TILE`] x [`TILE`] (128 x 128)
 //!   tile `(b / ceil(N / 128), b % ceil(N / 128))` of `y`, `b` the block index: launch
-//!   `ceil(M / 128) * ceil(N / 128)` blocks. `tables` is not read (the parameter list is the other
-//!   product kernels'). K must be a positive multiple of 64 ([`crate::fp4::K_STEP`]).
+//!   `ceil(M / 128) * ceil(N / 128)` blocks. `tables` (the code and scale values of
+//!   [`Gemv4::tables`]) is read by the W4 kernel only; `tamax` (the NVFP4 activations' static
+//!   maximum) by the FP4 kernel only. K must be a positive multiple of the k-step (and, for W4, of
+//!   the group).
 //! - Setup: warp 0 allocates [`TMEM_COLUMNS`] columns of tensor memory (`tcgen05.alloc`, the address
 //!   written to shared memory), thread 0 initializes an mbarrier (count 1); fences and `bar.sync`.
-//! - Each k-step of 64 elements: thread `t` quantizes activation row `m0 + t` (zeros past M) block by
-//!   block and writes its 32 code bytes to the A tile in shared memory, and copies weight row
-//!   `n0 + t`'s 32 code bytes (zeros past N) to the B tile; both tiles are K-major without swizzling
-//!   (core matrices of 8 rows x 16 bytes: row `r`, byte `kb` at `(r / 8) * SBO + (kb / 16) * LBO +
-//!   (r % 8) * 16 + kb % 16`, LBO = 128, SBO = 256), each byte two e2m1 codes, the lower K in the low
-//!   nibble (the blob's order). Each row's scales make one 32-bit word, byte `j` the scale of the
+//! - Tiles in shared memory are K-major without swizzling: core matrices of 8 rows x 16 bytes, row
+//!   `r`, byte `kb` of a tile at `(r / 8) * SBO + (kb / 16) * LBO + (r % 8) * 16 + kb % 16`, LBO =
+//!   128 and SBO = 8 rows (256 bytes for FP4's 32-byte rows, 512 for W4's 64-byte rows).
+//! - W4, each k-step of 32: thread `t` writes the hi and lo bf16 terms of activation row `m0 + t`
+//!   (zeros past M) to two A tiles, and weight row `n0 + t` decoded times its group scales (zeros
+//!   past N) to the B tile; the synchronization and the MMAs as below (the first MMA of the first
+//!   step starts the accumulator).
+//! - FP4, each k-step of 64: thread `t` quantizes activation row `m0 + t` (zeros past M) block by
+//!   block and writes its 32 code bytes to the A tile, and copies weight row `n0 + t`'s 32 code
+//!   bytes (zeros past N) to the B tile, each byte two e2m1 codes, the lower K in the low nibble
+//!   (the blob's order). Each row's scales make one 32-bit word, byte `j` the scale of the
 //!   row's `j`-th block of the step (4 blocks of 16, or 2 of 32 in the low half). The scale factors
 //!   go to tensor memory as the MMA wants them, "duplicated to all 32 lane partitions": the word of
 //!   A's row `r` in column [`SFA_COLUMN`]` + r / 32` of lane `r % 32` of each lane quarter (B's
@@ -28,14 +41,14 @@
 //!   CUTLASS's `SfKMajorAtom` and of DeepGEMM (the ISA draws it only in figures). Then
 //!   `fence.proxy.async.shared::cta` (the MMA reads shared memory through the async proxy),
 //!   `tcgen05.wait::st`, `tcgen05.fence::before_thread_sync`, `bar.sync`,
-//!   `tcgen05.fence::after_thread_sync`; thread 0 issues the MMA (M = N = 128, accumulating from the
-//!   second step on) and `tcgen05.commit`s it to the mbarrier; every thread waits for the mbarrier's
+//!   `tcgen05.fence::after_thread_sync`; thread 0 issues the step's MMAs (M = N = 128,
+//!   accumulating from the second step on) and `tcgen05.commit`s it to the mbarrier; every thread waits for the mbarrier's
 //!   phase `step % 2` before the tiles and scales are overwritten.
 //! - The end: the accumulator is D in tensor memory, row `r` in lane `r`, column `j` in column `j`;
 //!   warp `w` loads its 32 lanes (`tcgen05.ld.32x32b.x32`, four times 32 columns), and thread `t`
 //!   writes `y[m0 + t][n0 + j] = d * g * post` for the rows and columns inside `y`: `g` the NVFP4
-//!   activations' global scale `tamax / (6 * 448)` (1 for a zero `tamax`, 1 for MXFP4), `post` the
-//!   weights' tensor scale. Warp 0 frees the tensor memory.
+//!   activations' global scale `tamax / (6 * 448)` (1 for a zero `tamax`, 1 for MXFP4 and W4),
+//!   `post` the weights' tensor scale. Warp 0 frees the tensor memory.
 //!
 //! The tests run the body on the host: 128 OS threads per block, shared memory a host buffer (the
 //! descriptors then hold offsets into it), tensor memory and the tensor-core operations as calls of
@@ -50,13 +63,13 @@ use inkwell::{AddressSpace, FloatPredicate, IntPredicate};
 
 use crate::fp4::{Fp4, Fp4Kind};
 use crate::fquant::{e2m1_code, quantize_block};
-use crate::gemv4::{for_loop, Cx, Entries};
-use crate::mma4::{load_x4, umin, ProductBody};
+use crate::gemv4::{for_loop, scale_at, Cx, Entries, Gemv4};
+use crate::mma4::{bf16_rn, bf16_value, load_x4, pack, umin, ProductBody};
 use crate::{
     compile_ptx, special_register, target_machine_with, Error, GpuTarget, PTX_KERNEL_CALL_CONV,
 };
 
-/// The kernel's entry.
+/// The W4A4 FP4 kernel's entry.
 pub const ENTRY: &str = "qc_tcgen05_fp4";
 /// Threads per block: one warpgroup.
 pub const BLOCK: u32 = 128;
@@ -65,27 +78,151 @@ pub const TILE: u64 = 128;
 /// The fewest rows (M) for which the compiler picks this kernel; fewer rows run the 4-bit GEMV or
 /// `mma4` on fake-quantized activations. Half a tile, as for `wgmma8`; not yet measured.
 pub const MIN_ROWS: u64 = 64;
-/// Bytes of one operand tile per k-step: 128 rows of 64 e2m1 codes.
-const TILE_BYTES: u64 = TILE * 32;
-/// Where the scale words are exchanged between the warps (A's 128, then B's 128).
-const SF_X_AT: u64 = 2 * TILE_BYTES;
-/// Where the mbarrier (8 bytes) and the tensor-memory address (4 bytes) are in shared memory.
-const MBAR_AT: u64 = SF_X_AT + 2 * 4 * TILE;
-const TMEM_SLOT_AT: u64 = MBAR_AT + 8;
-/// Bytes of shared memory: the A and B tiles, the scale words, the mbarrier and the tensor-memory
-/// address.
-pub const SMEM: u64 = TMEM_SLOT_AT + 8;
 /// Tensor-memory columns allocated (a power of two of at least 32): the accumulator's 128, then
-/// the scale factors.
+/// the FP4 kernel's scale factors.
 pub const TMEM_COLUMNS: u32 = 256;
 /// The first of the four tensor-memory columns of A's scale factors.
 pub const SFA_COLUMN: u32 = 128;
 /// The first of the four tensor-memory columns of B's scale factors.
 pub const SFB_COLUMN: u32 = 132;
-/// The descriptors' LBO and SBO (bytes) of the module documentation's layout.
+/// The descriptors' LBO: bytes between core matrices along K (both kernels).
 pub const LBO: u64 = 128;
-/// See [`LBO`].
-pub const SBO: u64 = 256;
+/// The W4A16 kernel's entry.
+pub const ENTRY_W4: &str = "qc_tcgen05_w4";
+
+/// A product the kernels of this module compute.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Tc05 {
+    /// W4A4 NVFP4 / MXFP4 ([`ENTRY`]): block-scaled `kind::mxf4nvf4` / `kind::mxf4`, k-steps of 64.
+    Fp4(Fp4),
+    /// 4-bit weights with one-byte group scales (NVFP4, MXFP4, NVINT4) times f32 activations
+    /// ([`ENTRY_W4`]): `kind::f16` with bf16 operands, k-steps of 32. The weights are decoded to
+    /// bf16 (a code times its byte scale is exact there; the tensor scale is applied at the end),
+    /// the activations split into `hi = bf16(x)` and `lo = bf16(x - hi)` (as `mma4` does), and
+    /// each k-step is the MMAs `hi * w + lo * w`, K = 16 each.
+    W4(Gemv4),
+}
+
+/// Where a kernel keeps what in shared memory (bytes), and its tiles' SBO.
+struct Layout {
+    /// The A tile (the hi terms for [`Tc05::W4`]).
+    a: u64,
+    /// The lo terms' A tile ([`Tc05::W4`]).
+    a_lo: Option<u64>,
+    b: u64,
+    /// The scale-word exchange ([`Tc05::Fp4`]): A's 128 words, then B's.
+    sf_x: Option<u64>,
+    mbar: u64,
+    slot: u64,
+    size: u64,
+    /// Bytes between 8-row groups of a tile: 8 rows of `row_bytes`.
+    sbo: u64,
+}
+
+impl Tc05 {
+    /// The W4A16 product of weights `spec` for reduction length `k`, or why the kernel does not
+    /// read it: byte scales per group along K (so that code times scale is exact in bf16), K a
+    /// multiple of 32 and of the group.
+    pub fn w4(spec: &Gemv4, k: u64) -> Result<Tc05, String> {
+        let Some(g) = spec.group else {
+            return Err("per-row scales (the kernel scales groups in bf16)".into());
+        };
+        if !spec.byte_scales {
+            return Err("f32 scales are not exact in bf16".into());
+        }
+        if k == 0 || !k.is_multiple_of(32) || !k.is_multiple_of(g as u64) {
+            return Err(format!("K = {k} is not a multiple of 32 and of the group"));
+        }
+        Ok(Tc05::W4(spec.clone()))
+    }
+
+    /// The kernel's entry.
+    pub fn entry(&self) -> &'static str {
+        match self {
+            Tc05::Fp4(_) => ENTRY,
+            Tc05::W4(_) => ENTRY_W4,
+        }
+    }
+
+    /// K elements per k-step.
+    pub fn k_step(&self) -> u64 {
+        match self {
+            Tc05::Fp4(_) => crate::fp4::K_STEP,
+            Tc05::W4(_) => 32,
+        }
+    }
+
+    /// The weights' description.
+    pub fn weights(&self) -> &Gemv4 {
+        match self {
+            Tc05::Fp4(f) => &f.weights,
+            Tc05::W4(g) => g,
+        }
+    }
+
+    fn layout(&self) -> Layout {
+        // One tile row per k-step: 64 e2m1 codes or 32 bf16.
+        let row_bytes = match self {
+            Tc05::Fp4(_) => 32,
+            Tc05::W4(_) => 64,
+        };
+        let tile = TILE * row_bytes;
+        let (a_lo, b, sf_x, mbar) = match self {
+            Tc05::Fp4(_) => (None, tile, Some(2 * tile), 2 * tile + 2 * 4 * TILE),
+            Tc05::W4(_) => (Some(tile), 2 * tile, None, 3 * tile),
+        };
+        Layout {
+            a: 0,
+            a_lo,
+            b,
+            sf_x,
+            mbar,
+            slot: mbar + 8,
+            size: mbar + 16,
+            sbo: 8 * row_bytes,
+        }
+    }
+
+    /// Bytes of shared memory a block uses (the tiles, the mbarrier, the tensor-memory address).
+    pub fn smem(&self) -> u64 {
+        self.layout().size
+    }
+
+    /// The instruction descriptor of the MMAs (PTX ISA, "Instruction descriptor"): dense, no
+    /// negation, both operands K-major (bits 15, 16: 0), N / 8 (bits 17-22), M / 16 (bits 24-28);
+    /// - `Fp4` (the table "for .kind::mxf8f6f4, .kind::mxf4 and .kind::mxf4nvf4"): scale-factor
+    ///   IDs 0 (bits 4-5, 29-30), A and B e2m1 (bits 7-9 and 10-12: 1 for the mxf4 kinds), the
+    ///   scale type (bit 23: 0 ue4m3, 1 ue8m0);
+    /// - `W4` (the table "for .kind::tf32, .kind::f16, .kind::f8f6f4 and .kind::i8"): D f32 (bits
+    ///   4-5: 1), A and B bf16 (bits 7-9 and 10-12: 1).
+    pub fn instruction_descriptor(&self) -> u32 {
+        let (m, n) = (TILE as u32, TILE as u32);
+        let shape = ((n >> 3) << 17) | ((m >> 4) << 24);
+        match self {
+            Tc05::Fp4(f) => {
+                let e2m1 = 1u32;
+                let scale_type = match f.kind {
+                    Fp4Kind::Nvfp4 => 0,
+                    Fp4Kind::Mxfp4 => 1,
+                };
+                (e2m1 << 7) | (e2m1 << 10) | (scale_type << 23) | shape
+            }
+            Tc05::W4(_) => {
+                let (f32d, bf16) = (1u32, 1u32);
+                (f32d << 4) | (bf16 << 7) | (bf16 << 10) | shape
+            }
+        }
+    }
+
+    /// The host MMA emulator's `kind` argument ([`MMA_EMULATOR`]).
+    fn emulator_kind(&self) -> u64 {
+        match self {
+            Tc05::W4(_) => 0,
+            Tc05::Fp4(f) if f.kind == Fp4Kind::Nvfp4 => 1,
+            Tc05::Fp4(_) => 2,
+        }
+    }
+}
 
 /// Host emulator of `bar.sync 0` (and of waiting on the mbarrier): `void (void *block)`.
 pub const BAR_EMULATOR: &str = "qc_tc_bar";
@@ -97,30 +234,17 @@ pub const ST_EMULATOR: &str = "qc_tc_st";
 /// Host emulator of `tcgen05.ld.32x32b.x32`: `void (void *block, int64_t thread, uint32_t taddr,
 /// float *out32)`.
 pub const LD_EMULATOR: &str = "qc_tc_ld";
-/// Host emulator of the block-scaled `tcgen05.mma` (issued by one thread, complete on return):
-/// `void (void *block, uint32_t d_taddr, uint64_t a_desc, uint64_t b_desc, uint32_t idesc,
-/// uint32_t enable_input_d, uint32_t sfa_taddr, uint32_t sfb_taddr)`.
+/// Host emulator of `tcgen05.mma` (issued by one thread, complete on return): `void (void *block,
+/// uint32_t kind, uint32_t d_taddr, uint64_t a_desc, uint64_t b_desc, uint32_t idesc, uint32_t
+/// enable_input_d, uint32_t sfa_taddr, uint32_t sfb_taddr)`, `kind` 0 for `kind::f16`, 1 for
+/// `kind::mxf4nvf4.block_scale.block16`, 2 for `kind::mxf4.block_scale.block32` (the scale
+/// addresses unused for 0).
 pub const MMA_EMULATOR: &str = "qc_tc_mma";
-
-/// The instruction descriptor of the MMA (PTX ISA, "Instruction descriptor format for
-/// .kind::mxf8f6f4, .kind::mxf4 and .kind::mxf4nvf4"): dense; B's and A's scale-factor IDs 0
-/// (bits 4-5, 29-30); A and B e2m1 (bits 7-9 and 10-12: 1 for the mxf4 kinds); no negation; both
-/// K-major (bits 15, 16: 0); N / 8 (bits 17-22); the scale type (bit 23: 0 ue4m3, 1 ue8m0);
-/// M / 16 (bits 24-28).
-pub fn instruction_descriptor(kind: Fp4Kind) -> u32 {
-    let (m, n) = (TILE as u32, TILE as u32);
-    let e2m1 = 1u32;
-    let scale_type = match kind {
-        Fp4Kind::Nvfp4 => 0,
-        Fp4Kind::Mxfp4 => 1,
-    };
-    (e2m1 << 7) | (e2m1 << 10) | ((n >> 3) << 17) | (scale_type << 23) | ((m >> 4) << 24)
-}
 
 /// The shared-memory matrix descriptor (Blackwell format) of a tile at shared address `addr`:
 /// start address `addr >> 4` (bits 0-13), LBO >> 4 (16-29), SBO >> 4 (32-45), the fixed version
 /// bits 46-48 = 0b001, base offset 0, no swizzling (bits 61-63 = 0).
-fn descriptor<'c>(c: &Cx<'c>, addr: IntValue<'c>) -> Result<IntValue<'c>, Error> {
+fn descriptor<'c>(c: &Cx<'c>, addr: IntValue<'c>, sbo: u64) -> Result<IntValue<'c>, Error> {
     let start = c.b.build_and(
         c.b.build_right_shift(addr, c.i64(4), false, "")?,
         c.i64(0x3fff),
@@ -128,7 +252,7 @@ fn descriptor<'c>(c: &Cx<'c>, addr: IntValue<'c>) -> Result<IntValue<'c>, Error>
     )?;
     Ok(c.b.build_or(
         start,
-        c.i64(((LBO >> 4) << 16) | ((SBO >> 4) << 32) | (1 << 46)),
+        c.i64(((LBO >> 4) << 16) | ((sbo >> 4) << 32) | (1 << 46)),
         "",
     )?)
 }
@@ -181,7 +305,7 @@ impl<'c> Ops<'c> {
     fn declare(
         ctx: &'c Context,
         module: &Module<'c>,
-        spec: &Fp4,
+        spec: &Tc05,
         host: bool,
     ) -> Result<Ops<'c>, Error> {
         if host {
@@ -214,6 +338,7 @@ impl<'c> Ops<'c> {
                     &[
                         ptr.into(),
                         i32t.into(),
+                        i32t.into(),
                         i64t.into(),
                         i64t.into(),
                         i32t.into(),
@@ -224,9 +349,12 @@ impl<'c> Ops<'c> {
                 ),
             });
         }
-        let mma = match spec.kind {
-            Fp4Kind::Nvfp4 => "llvm.nvvm.tcgen05.mma.shared.mxf4nvf4.block_scale.block16",
-            Fp4Kind::Mxfp4 => "llvm.nvvm.tcgen05.mma.shared.mxf4.block_scale.block32",
+        let mma = match spec {
+            Tc05::Fp4(f) if f.kind == Fp4Kind::Nvfp4 => {
+                "llvm.nvvm.tcgen05.mma.shared.mxf4nvf4.block_scale.block16"
+            }
+            Tc05::Fp4(_) => "llvm.nvvm.tcgen05.mma.shared.mxf4.block_scale.block32",
+            Tc05::W4(_) => "llvm.nvvm.tcgen05.mma.shared",
         };
         Ok(Ops::Ptx {
             bar: intrinsic(module, "llvm.nvvm.barrier.cta.sync.aligned.all")?,
@@ -255,10 +383,11 @@ impl<'c> Ops<'c> {
 pub fn build<'c>(
     ctx: &'c Context,
     module: &Module<'c>,
-    spec: &Fp4,
+    spec: &Tc05,
     entries: Entries,
 ) -> Result<(), Error> {
     let c = Cx::new(ctx, module)?;
+    let lay = spec.layout();
     let ptr = ctx.ptr_type(AddressSpace::default());
     let smem_ptr = ctx.ptr_type(AddressSpace::from(3u16));
     let tmem_ptr = ctx.ptr_type(AddressSpace::from(6u16));
@@ -278,7 +407,7 @@ pub fn build<'c>(
     let pb = ProductBody::add(
         ctx,
         module,
-        "qc_tcgen05_fp4_body",
+        &format!("{}_body", spec.entry()),
         true,
         &[
             ptr.into(),
@@ -289,7 +418,7 @@ pub fn build<'c>(
         ],
     );
     let body = pb.f;
-    let (codes, scales, x, y) = (pb.codes, pb.scales, pb.x, pb.y);
+    let (codes, scales, tables, x, y) = (pb.codes, pb.scales, pb.tables, pb.x, pb.y);
     let (k, n, m, post) = (pb.k, pb.n, pb.m, pb.post);
     let tamax = pb.sa.expect("the body takes tamax");
     let tp = |i: usize| pb.tail[i].into_pointer_value();
@@ -302,7 +431,7 @@ pub fn build<'c>(
     let w32 = c.b.build_int_truncate(w, i32t, "")?;
     let is_warp0 = c.b.build_int_compare(IntPredicate::EQ, w, c.i64(0), "")?;
     let is_t0 = c.b.build_int_compare(IntPredicate::EQ, t, c.i64(0), "")?;
-    let slot_generic = c.gep(ctx.i8_type().into(), smem, c.i64(TMEM_SLOT_AT))?;
+    let slot_generic = c.gep(ctx.i8_type().into(), smem, c.i64(lay.slot))?;
     // The shared-window pointers of the mbarrier and of the address slot (PTX only).
     let shared_at = |off: u64| -> Result<PointerValue<'c>, Error> {
         let a = c.b.build_int_add(smem_shared, c.i64(off), "")?;
@@ -350,7 +479,7 @@ pub fn build<'c>(
                     c,
                     *alloc,
                     &[
-                        shared_at(TMEM_SLOT_AT)?.into(),
+                        shared_at(lay.slot)?.into(),
                         i32c(TMEM_COLUMNS as u64).into(),
                     ],
                 )?;
@@ -371,7 +500,11 @@ pub fn build<'c>(
     })?;
     if let Ops::Ptx { mbar_init, .. } = &ops {
         when(&c, is_t0, &|c| {
-            call(c, *mbar_init, &[shared_at(MBAR_AT)?.into(), i32c(1).into()])?;
+            call(
+                c,
+                *mbar_init,
+                &[shared_at(lay.mbar)?.into(), i32c(1).into()],
+            )?;
             Ok(())
         })?;
     }
@@ -404,25 +537,29 @@ pub fn build<'c>(
     let brow = c.b.build_int_add(n0, t, "brow")?;
     let b_in = c.b.build_int_compare(IntPredicate::ULT, brow, n, "")?;
     let brow_c = umin(&c, brow, c.b.build_int_sub(n, c.i64(1), "")?)?;
-    // Row t's two 16-byte halves in a tile.
+    // Row t of a tile (its 16-byte pieces along K then LBO apart).
     let slot = c.b.build_int_add(
         c.b.build_int_mul(
             c.b.build_right_shift(t, c.i64(3), false, "")?,
-            c.i64(SBO),
+            c.i64(lay.sbo),
             "",
         )?,
         c.b.build_int_mul(c.b.build_and(t, c.i64(7), "")?, c.i64(16), "")?,
         "slot",
     )?;
-    let a_desc = descriptor(&c, smem_shared)?;
-    let b_desc = descriptor(&c, c.b.build_int_add(smem_shared, c.i64(TILE_BYTES), "")?)?;
-    let idesc = i32c(instruction_descriptor(spec.kind) as u64);
+    // The tiles' descriptors at byte offset `off` along K.
+    let desc_at = |c: &Cx<'c>, tile: u64, off: u64| -> Result<IntValue<'c>, Error> {
+        descriptor(
+            c,
+            c.b.build_int_add(smem_shared, c.i64(tile + off), "")?,
+            lay.sbo,
+        )
+    };
+    let idesc = i32c(spec.instruction_descriptor() as u64);
     let v4i32 = i32t.vec_type(4);
-    let bs = spec.block();
     let half_k = c.b.build_right_shift(k, c.i64(1), false, "")?;
-    let scales_per_row = c.b.build_int_unsigned_div(k, c.i64(bs), "")?;
     let steps =
-        c.b.build_int_unsigned_div(k, c.i64(crate::fp4::K_STEP), "steps")?;
+        c.b.build_int_unsigned_div(k, c.i64(spec.k_step()), "steps")?;
     let store16 =
         |c: &Cx<'c>, off: IntValue<'c>, v: inkwell::values::VectorValue<'c>| -> Result<(), Error> {
             let st =
@@ -483,8 +620,27 @@ pub fn build<'c>(
         Ok(())
     };
 
-    for_loop(&c, body, steps, |c, si| {
-        let k0 = c.b.build_int_mul(si, c.i64(crate::fp4::K_STEP), "k0")?;
+    // Row `t` of the tile at `tile`: `words` (16-byte pieces LBO apart).
+    let store_row = |c: &Cx<'c>, tile: u64, words: &[IntValue<'c>]| -> Result<(), Error> {
+        for (h, piece) in words.chunks(4).enumerate() {
+            let mut v = v4i32.get_undef();
+            for (e, w) in piece.iter().enumerate() {
+                v = c.b.build_insert_element(v, *w, i32c(e as u64), "")?;
+            }
+            store16(
+                c,
+                c.b.build_int_add(slot, c.i64(tile + h as u64 * LBO), "")?,
+                v,
+            )?;
+        }
+        Ok(())
+    };
+
+    // One k-step's tiles and scale factors of the FP4 kernel.
+    let fp4_step = |c: &Cx<'c>, f: &Fp4, k0: IntValue<'c>| -> Result<(), Error> {
+        let bs = f.block();
+        let sf_x = lay.sf_x.expect("the FP4 layout exchanges scales");
+        let scales_per_row = c.b.build_int_unsigned_div(k, c.i64(bs), "")?;
         // 2. Activation row `arow`, quantized: 64 codes into A, the block scales into tensor memory.
         let mut xs = Vec::with_capacity(64);
         for q4 in 0..16u64 {
@@ -500,7 +656,7 @@ pub fn build<'c>(
         let mut words = [i32c(0); 8];
         let mut sf_word = i32c(0);
         for (bi, chunk) in xs.chunks(bs as usize).enumerate() {
-            let qb = quantize_block(ctx, &c.b, module, &spec.act, chunk, tamax)?;
+            let qb = quantize_block(ctx, &c.b, module, &f.act, chunk, tamax)?;
             for (e, q) in qb.q.iter().enumerate() {
                 let kk = bi * bs as usize + e;
                 let code = e2m1_code(ctx, &c.b, *q)?;
@@ -511,15 +667,8 @@ pub fn build<'c>(
                 c.b.build_left_shift(qb.scale_byte, i32c(8 * bi as u64), "")?;
             sf_word = c.b.build_or(sf_word, sh, "")?;
         }
-        for h in 0..2u64 {
-            let mut v = v4i32.get_undef();
-            for e in 0..4u64 {
-                v =
-                    c.b.build_insert_element(v, words[(4 * h + e) as usize], i32c(e), "")?;
-            }
-            store16(c, c.b.build_int_add(slot, c.i64(h * LBO), "")?, v)?;
-        }
-        put_word(c, SF_X_AT, sf_word)?;
+        store_row(c, lay.a, &words)?;
+        put_word(c, sf_x, sf_word)?;
         // 3. Weight row `brow`: its 32 code bytes into B, its scale bytes into tensor memory.
         let off = c.b.build_int_add(
             c.b.build_int_mul(brow_c, half_k, "")?,
@@ -540,11 +689,7 @@ pub fn build<'c>(
             let v =
                 c.b.build_select(b_in, ld.into_vector_value(), v4i32.const_zero(), "")?
                     .into_vector_value();
-            store16(
-                c,
-                c.b.build_int_add(slot, c.i64(TILE_BYTES + h * LBO), "")?,
-                v,
-            )?;
+            store16(c, c.b.build_int_add(slot, c.i64(lay.b + h * LBO), "")?, v)?;
         }
         let sidx = c.b.build_int_add(
             c.b.build_int_mul(brow_c, scales_per_row, "")?,
@@ -552,7 +697,7 @@ pub fn build<'c>(
             "",
         )?;
         let sp = c.gep(ctx.i8_type().into(), scales, sidx)?;
-        let word = match spec.kind {
+        let word = match f.kind {
             Fp4Kind::Nvfp4 => {
                 let ld = c.b.build_load(i32t, sp, "")?;
                 ld.as_instruction_value()
@@ -571,68 +716,190 @@ pub fn build<'c>(
             }
         };
         let word = c.b.build_select(b_in, word, i32c(0), "")?.into_int_value();
-        put_word(c, SF_X_AT + 4 * TILE, word)?;
+        put_word(c, sf_x + 4 * TILE, word)?;
         // Every warp writes the whole 128 x 4 scale table into its lane quarter (the MMA wants the
         // scale factors in all four): rows 32 q + lane in column q.
         match &ops {
             Ops::Ptx { bar, .. } => call(c, *bar, &[i32c(0).into()])?,
             Ops::Host { bar, .. } => call(c, *bar, &[emu.into()])?,
         };
-        let a_words = gather(c, SF_X_AT)?;
+        let a_words = gather(c, sf_x)?;
         tst(
             c,
             c.b.build_int_add(my_lanes, i32c(SFA_COLUMN as u64), "")?,
             &a_words,
         )?;
-        let b_words = gather(c, SF_X_AT + 4 * TILE)?;
+        let b_words = gather(c, sf_x + 4 * TILE)?;
         tst(
             c,
             c.b.build_int_add(my_lanes, i32c(SFB_COLUMN as u64), "")?,
             &b_words,
         )?;
+        Ok(())
+    };
+    // One k-step's tiles of the W4A16 kernel: activation row `arow` as hi and lo bf16 terms, weight
+    // row `brow` decoded and scaled in bf16 (exact for byte scales).
+    let w4_step = |c: &Cx<'c>, g: &Gemv4, k0: IntValue<'c>| -> Result<(), Error> {
+        let (mut hi, mut lo) = (Vec::with_capacity(32), Vec::with_capacity(32));
+        for q4 in 0..8u64 {
+            let kc = c.b.build_int_add(k0, c.i64(4 * q4), "")?;
+            let v = load_x4(c, x, arow, m, k, kc)?;
+            for e in 0..4u64 {
+                let xe =
+                    c.b.build_extract_element(v, i32c(e), "")?
+                        .into_float_value();
+                let h = bf16_rn(c, xe)?;
+                let rest = c.b.build_float_sub(xe, bf16_value(c, h)?, "")?;
+                hi.push(h);
+                lo.push(bf16_rn(c, rest)?);
+            }
+        }
+        let pairs = |v: &[IntValue<'c>]| -> Result<Vec<IntValue<'c>>, Error> {
+            v.chunks(2).map(|p| pack(c, p[0], p[1])).collect()
+        };
+        store_row(c, lay.a, &pairs(&hi)?)?;
+        store_row(
+            c,
+            lay.a_lo.expect("the W4 layout has lo terms"),
+            &pairs(&lo)?,
+        )?;
+        let off = c.b.build_int_add(
+            c.b.build_int_mul(brow_c, half_k, "")?,
+            c.b.build_right_shift(k0, c.i64(1), false, "")?,
+            "",
+        )?;
+        let ld =
+            c.b.build_load(v4i32, c.gep(ctx.i8_type().into(), codes, off)?, "")?;
+        ld.as_instruction_value()
+            .unwrap()
+            .set_alignment(16)
+            .map_err(|e| Error::Codegen(e.to_string()))?;
+        let cw = ld.into_vector_value();
+        let group = g.group.expect("W4 weights have groups") as u64;
+        let groups_per_row = c.b.build_int_unsigned_div(k, c.i64(group), "")?;
+        let mut scale = None;
+        let mut wbits = Vec::with_capacity(32);
+        for e in 0..32u64 {
+            if e % group == 0 || scale.is_none() {
+                let gi = c.b.build_int_add(
+                    c.b.build_int_mul(brow_c, groups_per_row, "")?,
+                    c.b.build_int_unsigned_div(
+                        c.b.build_int_add(k0, c.i64(e), "")?,
+                        c.i64(group),
+                        "",
+                    )?,
+                    "",
+                )?;
+                scale = Some(scale_at(c, g, scales, tables, gi)?);
+            }
+            let word =
+                c.b.build_extract_element(cw, i32c(e / 8), "")?
+                    .into_int_value();
+            let code = c.b.build_and(
+                c.b.build_right_shift(word, i32c(4 * (e % 8)), false, "")?,
+                i32c(15),
+                "",
+            )?;
+            let val = if g.signed_int {
+                let sv =
+                    c.b.build_int_sub(c.b.build_xor(code, i32c(8), "")?, i32c(8), "")?;
+                c.b.build_signed_int_to_float(sv, f32t, "")?
+            } else {
+                c.load_f32(tables, c.b.build_int_z_extend(code, i64t, "")?)?
+            };
+            let wv = c.b.build_float_mul(val, scale.unwrap(), "")?;
+            let bits = bf16_rn(c, wv)?;
+            wbits.push(c.b.build_select(b_in, bits, i32c(0), "")?.into_int_value());
+        }
+        store_row(c, lay.b, &pairs(&wbits)?)
+    };
+    for_loop(&c, body, steps, |c, si| {
+        let k0 = c.b.build_int_mul(si, c.i64(spec.k_step()), "k0")?;
+        match spec {
+            Tc05::Fp4(f) => fp4_step(c, f, k0)?,
+            Tc05::W4(g) => w4_step(c, g, k0)?,
+        }
         // 4. Make the tiles and scales visible to the tensor core; one thread issues the MMA.
         if let Ops::Ptx { proxy, wait_st, .. } = &ops {
             call(c, *proxy, &[])?;
             call(c, *wait_st, &[])?;
         }
         sync(c)?;
-        let accumulate = c.b.build_int_compare(IntPredicate::NE, si, c.i64(0), "")?;
+        let later = c.b.build_int_compare(IntPredicate::NE, si, c.i64(0), "")?;
         when(c, is_t0, &|c| {
-            match &ops {
-                Ops::Ptx { mma, commit, .. } => {
-                    call(
-                        c,
-                        *mma,
-                        &[
+            // (A tile, B tile, byte offset along K, the first MMA of the step): FP4 one MMA of
+            // K = 64; W4 hi and lo for each K = 16 half of the step (two core matrices, 2 LBO).
+            let issues: Vec<(u64, u64, u64, bool)> = match spec {
+                Tc05::Fp4(_) => vec![(lay.a, lay.b, 0, true)],
+                Tc05::W4(_) => {
+                    let lo = lay.a_lo.expect("lo terms");
+                    (0..2u64)
+                        .flat_map(|h| {
+                            [
+                                (lay.a, lay.b, 2 * LBO * h, h == 0),
+                                (lo, lay.b, 2 * LBO * h, false),
+                            ]
+                        })
+                        .collect()
+                }
+            };
+            for (at, bt, off, first) in issues {
+                let accumulate = if first {
+                    later
+                } else {
+                    c.ctx.bool_type().const_all_ones()
+                };
+                let (a_desc, b_desc) = (desc_at(c, at, off)?, desc_at(c, bt, off)?);
+                match &ops {
+                    Ops::Ptx { mma, .. } => {
+                        let mut args: Vec<BasicMetadataValueEnum> = vec![
                             tmem_at(tmem)?.into(),
                             a_desc.into(),
                             b_desc.into(),
                             idesc.into(),
                             accumulate.into(),
-                            tmem_at(sfa)?.into(),
-                            tmem_at(sfb)?.into(),
-                            i32c(1).into(),
-                            i32c(0).into(),
-                        ],
-                    )?;
-                    call(c, *commit, &[shared_at(MBAR_AT)?.into()])?;
+                        ];
+                        match spec {
+                            Tc05::Fp4(_) => {
+                                args.extend::<[BasicMetadataValueEnum; 2]>([
+                                    tmem_at(sfa)?.into(),
+                                    tmem_at(sfb)?.into(),
+                                ]);
+                                args.extend::<[BasicMetadataValueEnum; 2]>([
+                                    i32c(1).into(),
+                                    i32c(0).into(),
+                                ]);
+                            }
+                            // kind::f16 (0), cta_group::1, collector::a::discard.
+                            Tc05::W4(_) => args.extend::<[BasicMetadataValueEnum; 3]>([
+                                i32c(0).into(),
+                                i32c(1).into(),
+                                i32c(0).into(),
+                            ]),
+                        }
+                        call(c, *mma, &args)?;
+                    }
+                    Ops::Host { mma, .. } => {
+                        call(
+                            c,
+                            *mma,
+                            &[
+                                emu.into(),
+                                i32c(spec.emulator_kind()).into(),
+                                tmem.into(),
+                                a_desc.into(),
+                                b_desc.into(),
+                                idesc.into(),
+                                c.b.build_int_z_extend(accumulate, i32t, "")?.into(),
+                                sfa.into(),
+                                sfb.into(),
+                            ],
+                        )?;
+                    }
                 }
-                Ops::Host { mma, .. } => {
-                    call(
-                        c,
-                        *mma,
-                        &[
-                            emu.into(),
-                            tmem.into(),
-                            a_desc.into(),
-                            b_desc.into(),
-                            idesc.into(),
-                            c.b.build_int_z_extend(accumulate, i32t, "")?.into(),
-                            sfa.into(),
-                            sfb.into(),
-                        ],
-                    )?;
-                }
+            }
+            if let Ops::Ptx { commit, .. } = &ops {
+                call(c, *commit, &[shared_at(lay.mbar)?.into()])?;
             }
             Ok(())
         })?;
@@ -647,7 +914,7 @@ pub fn build<'c>(
                 let done = ctx.append_basic_block(body, "waited");
                 c.b.build_unconditional_branch(head)?;
                 c.b.position_at_end(head);
-                let ok = call(c, *mbar_wait, &[shared_at(MBAR_AT)?.into(), parity.into()])?
+                let ok = call(c, *mbar_wait, &[shared_at(lay.mbar)?.into(), parity.into()])?
                     .ok_or(Error::Codegen("try_wait returns nothing".into()))?
                     .into_int_value();
                 c.b.build_conditional_branch(ok, done, head)?;
@@ -662,8 +929,8 @@ pub fn build<'c>(
     })?;
 
     // 6. The accumulator out of tensor memory, scaled, into y.
-    let g = match spec.kind {
-        Fp4Kind::Nvfp4 => {
+    let g = match spec {
+        Tc05::Fp4(f) if f.kind == Fp4Kind::Nvfp4 => {
             let tz =
                 c.b.build_float_compare(FloatPredicate::OEQ, tamax, f32t.const_zero(), "")?;
             let g =
@@ -671,7 +938,7 @@ pub fn build<'c>(
             c.b.build_select(tz, f32t.const_float(1.0), g, "")?
                 .into_float_value()
         }
-        Fp4Kind::Mxfp4 => f32t.const_float(1.0),
+        _ => f32t.const_float(1.0),
     };
     let out = c.b.build_alloca(i32t.array_type(32), "d")?;
     let a_in = c.b.build_int_compare(IntPredicate::ULT, arow, m, "")?;
@@ -740,9 +1007,9 @@ pub fn build<'c>(
             i64t.into(),
             i64t.into(),
         ]);
-        format!("{ENTRY}_at")
+        format!("{}_at", spec.entry())
     } else {
-        ENTRY.to_string()
+        spec.entry().to_string()
     };
     let f = module.add_function(
         &fname,
@@ -767,7 +1034,7 @@ pub fn build<'c>(
         )
     } else {
         f.set_call_conventions(PTX_KERNEL_CALL_CONV);
-        let arr = ctx.i8_type().array_type(SMEM as u32);
+        let arr = ctx.i8_type().array_type(lay.size as u32);
         let g = module.add_global(arr, Some(AddressSpace::from(3u16)), "qc_tcgen05_smem");
         g.set_linkage(Linkage::Internal);
         g.set_alignment(128);
@@ -792,8 +1059,8 @@ pub fn build<'c>(
     Ok(())
 }
 
-/// The PTX of [`ENTRY`] for `spec` (sm_100a only: `tcgen05` is Blackwell data center's).
-pub fn emit_ptx(spec: &Fp4) -> Result<String, Error> {
+/// The PTX of `spec`'s kernel (sm_100a only: `tcgen05` is Blackwell data center's).
+pub fn emit_ptx(spec: &Tc05) -> Result<String, Error> {
     compile_ptx(
         &target_machine_with(GpuTarget::Sm100a, "+ptx88")?,
         "qc_tcgen05_fp4",

@@ -1,48 +1,65 @@
-//! The Blackwell FP4 GEMM of `qc_backend_ptx::tcgen05`: its PTX assembles with ptxas for sm_100a
-//! and issues the block-scaled `tcgen05.mma`; and its body, compiled for this CPU with tensor memory
-//! and the tensor-core operations as calls of the emulators of tests/mma_emu (shared memory a host
-//! buffer read through the kernel's descriptors), run block by block with 128 OS threads, matches
-//! the product of qc_quant's quantized-and-dequantized activations and dequantized weights.
+//! The Blackwell GEMMs of `qc_backend_ptx::tcgen05`: their PTX assembles with ptxas for sm_100a and
+//! issues `tcgen05.mma` (block-scaled FP4 kinds, or `kind::f16`); and their bodies, compiled for
+//! this CPU with tensor memory and the tensor-core operations as calls of the emulators of
+//! tests/mma_emu (shared memory a host buffer read through the kernels' descriptors), run block by
+//! block with 128 OS threads, match the product of qc_quant's dequantized weights with the
+//! activations (W4A16) or with their quantized-and-dequantized values (W4A4).
 
 use inkwell::context::Context;
 use inkwell::targets::{InitializationConfig, Target};
 use inkwell::OptimizationLevel;
 use qc_backend_ptx::fp4::Fp4;
+use qc_backend_ptx::gemv4::Gemv4;
 use qc_backend_ptx::mma4::Entries;
 use qc_backend_ptx::ptxas::assemble;
-use qc_backend_ptx::tcgen05;
+use qc_backend_ptx::tcgen05::{self, Tc05};
 use qc_backend_ptx::GpuTarget;
 
 mod common;
-use common::{fmt, Case8};
+use common::{fmt, noise, Case8};
 mod mma_emu;
 use mma_emu::{tc_alloc, tc_bar, tc_ld, tc_mma, tc_st, Tc};
 
 #[test]
-fn ptxas_accepts_the_kernel_for_sm_100a() {
+fn ptxas_accepts_the_kernels_for_sm_100a() {
     let Some(ptxas) = common::ptxas_or_skip() else {
         return;
     };
-    for (w, a, mma) in [
+    let fp4 = |n: &str| Tc05::Fp4(Fp4::classify(&fmt(n), &fmt(n)).unwrap());
+    let w4 = |n: &str| Tc05::w4(&Gemv4::classify(&fmt(n)).unwrap(), 128).unwrap();
+    for (name, spec, mma) in [
         (
-            "nvfp4",
-            "nvfp4",
+            "nvfp4 x nvfp4",
+            fp4("nvfp4"),
             "tcgen05.mma.cta_group::1.kind::mxf4nvf4.block_scale.block16",
         ),
         (
-            "mxfp4",
-            "mxfp4",
+            "mxfp4 x mxfp4",
+            fp4("mxfp4"),
             "tcgen05.mma.cta_group::1.kind::mxf4.block_scale.block32",
         ),
+        ("nvfp4", w4("nvfp4"), "tcgen05.mma.cta_group::1.kind::f16"),
+        ("nvint4", w4("nvint4"), "tcgen05.mma.cta_group::1.kind::f16"),
     ] {
-        let spec = Fp4::classify(&fmt(w), &fmt(a)).unwrap();
         let ptx = tcgen05::emit_ptx(&spec).unwrap();
-        assert!(ptx.contains(&format!(".entry {}(", tcgen05::ENTRY)), "{w}");
-        assert!(ptx.contains(mma), "{w}: no {mma}");
+        assert!(ptx.contains(&format!(".entry {}(", spec.entry())), "{name}");
+        assert!(ptx.contains(mma), "{name}: no {mma}");
         let cubin =
-            assemble(&ptxas, &ptx, GpuTarget::Sm100a).unwrap_or_else(|e| panic!("{w}: {e}"));
+            assemble(&ptxas, &ptx, GpuTarget::Sm100a).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(&cubin[..4], b"\x7fELF");
     }
+}
+
+#[test]
+fn w4_takes_byte_group_scales_only() {
+    let g = |n: &str| Gemv4::classify(&fmt(n)).unwrap();
+    for n in ["nvfp4", "mxfp4", "nvint4", "nvfp4_torchao", "nvfp4_ct"] {
+        assert!(Tc05::w4(&g(n), 128).is_ok(), "{n}");
+    }
+    // f32 scales are not exact in bf16; per-row scales; K not a multiple of 32.
+    assert!(Tc05::w4(&g("int4_g32"), 128).is_err());
+    assert!(Tc05::w4(&g("int4_channel"), 128).is_err());
+    assert!(Tc05::w4(&g("nvfp4"), 80).is_err());
 }
 
 type Kernel = unsafe extern "C" fn(
@@ -63,8 +80,9 @@ type Kernel = unsafe extern "C" fn(
 );
 
 /// Runs the host body block by block (128 OS threads each); returns `y` and the MMAs issued.
+#[allow(clippy::too_many_arguments)]
 fn run_on_cpu(
-    spec: &Fp4,
+    spec: &Tc05,
     blob: &[u8],
     x: &[f32],
     tamax: f32,
@@ -87,33 +105,37 @@ fn run_on_cpu(
         (tcgen05::LD_EMULATOR, tc_ld as *const () as usize),
         (tcgen05::MMA_EMULATOR, tc_mma as *const () as usize),
     ] {
-        ee.add_global_mapping(&module.get_function(name).unwrap(), f);
+        if let Some(func) = module.get_function(name) {
+            ee.add_global_mapping(&func, f);
+        }
     }
-    let post = spec.post(blob, n, k).unwrap();
-    let scales = spec.scales_offset(n, k);
+    let g = spec.weights();
+    let post = g.post(blob, n, k).unwrap();
+    let scales = g.sections(n, k).scales;
+    let tables = g.tables().unwrap();
     let mut y = vec![f32::NAN; m * n];
     let tile = tcgen05::TILE as usize;
     let blocks = m.div_ceil(tile) * n.div_ceil(tile);
     // SAFETY: the signature tcgen05::build gives the host entry; buffers as the contract asks.
     let kernel: Kernel = unsafe {
         std::mem::transmute::<usize, Kernel>(
-            ee.get_function_address(&format!("{}_at", tcgen05::ENTRY))
+            ee.get_function_address(&format!("{}_at", spec.entry()))
                 .unwrap(),
         )
     };
     let y_addr = y.as_mut_ptr() as usize;
     let mut mmas = 0;
     for b in 0..blocks {
-        let tc = Tc::new(tcgen05::SMEM as usize);
+        let tc = Tc::new(spec.smem() as usize);
         let smem = tc.smem() as usize;
         std::thread::scope(|s| {
             for t in 0..tcgen05::BLOCK as usize {
-                let (tc, x, blob) = (&tc, x, blob);
+                let (tc, x, blob, tables) = (&tc, x, blob, &tables);
                 s.spawn(move || unsafe {
                     kernel(
                         blob.as_ptr(),
                         blob[scales..].as_ptr(),
-                        std::ptr::null(),
+                        tables.as_ptr(),
                         x.as_ptr(),
                         y_addr as *mut f32,
                         k as i64,
@@ -135,12 +157,12 @@ fn run_on_cpu(
 }
 
 #[test]
-fn the_kernel_matches_quantized_activations_times_dequantized_weights() {
+fn the_fp4_kernel_matches_quantized_activations_times_dequantized_weights() {
     // Partial tiles in M and N (two tiles each), K of 3 steps.
     let (m, n, k) = (136, 144, 192);
     for name in ["nvfp4", "mxfp4"] {
         let f = fmt(name);
-        let spec = Fp4::classify(&f, &f).unwrap();
+        let spec = Tc05::Fp4(Fp4::classify(&f, &f).unwrap());
         for (what, case) in [
             ("shared case", Case8::new(&f, &f, m, n, k)),
             ("blockwise", Case8::blockwise(&f, m, n, k)),
@@ -149,5 +171,50 @@ fn the_kernel_matches_quantized_activations_times_dequantized_weights() {
             assert_eq!(mmas, 4 * 3, "{name}: one MMA per block and k-step");
             case.check(&y, &format!("{name} x {name} ({what})"));
         }
+    }
+}
+
+#[test]
+fn the_w4_kernel_matches_dequantized_weights_times_activations() {
+    // Partial tiles in M and N, K of 5 steps of 32 (and groups of 16 and 32 across them).
+    let (m, n, k) = (130, 136, 160);
+    for name in ["nvfp4", "mxfp4", "nvint4", "nvfp4_ct"] {
+        let f = fmt(name);
+        let g = Gemv4::classify(&f).unwrap();
+        let spec = Tc05::w4(&g, k as u64).unwrap();
+        // Weights whose scales differ group by group; activations of several magnitudes, so that
+        // the lo term matters.
+        let pow2 = |e: usize, span: usize| 2f32.powi((e % span) as i32 - (span as i32) / 2);
+        let w: Vec<f32> = noise(n * k, 7)
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v * 0.05 * pow2((i / k) * 3 + (i % k) / 16, 7))
+            .collect();
+        let q = qc_quant::quantize(&w, &[n, k], &f, &Default::default()).unwrap();
+        let blob = qc_quant::blob::to_blob(&q).unwrap();
+        let wd = qc_quant::dequantize(&q).unwrap();
+        let x: Vec<f32> = noise(m * k, 11)
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v * [1.0, 300.0, 0.01][i % 3])
+            .collect();
+        let (y, mmas) = run_on_cpu(&spec, &blob, &x, 0.0, m, n, k);
+        assert_eq!(mmas, 4 * 5 * 4, "{name}: four MMAs per block and k-step");
+        let mut worst = 0f64;
+        for (i, &got) in y.iter().enumerate() {
+            let (mm, row) = (i / n, i % n);
+            let terms = (0..k).map(|j| wd[row * k + j] as f64 * x[mm * k + j] as f64);
+            let want: f64 = terms.clone().sum();
+            let mag: f64 = terms.map(f64::abs).sum();
+            let err = (got as f64 - want).abs() / mag.max(1e-30);
+            worst = worst.max(err);
+            // hi + lo carry 16 significant bits: about 2^-17 of each term, plus f32 sums.
+            assert!(
+                err <= 2e-5,
+                "{name}: y[{mm}][{row}] = {got}, reference {want} (err {err:e})"
+            );
+        }
+        // One bf16 term alone would be off by up to 2^-9: the split is what keeps it close.
+        assert!(worst < 1e-4, "{name}: {worst}");
     }
 }

@@ -74,6 +74,7 @@ use qc_backend_ptx::fquant::{FakeQuantBlock, FakeQuantPt};
 use qc_backend_ptx::gemv4::{self, Gemv4};
 use qc_backend_ptx::mma4;
 use qc_backend_ptx::mma8::{self, Mma8};
+use qc_backend_ptx::tcgen05::Tc05;
 use qc_backend_ptx::GpuTarget;
 use qc_backend_ptx::{mmafp4, tcgen05, wgmma8};
 use qc_ir::Module;
@@ -370,7 +371,7 @@ struct Modules {
     mma4: Vec<(Gemv4, String)>,
     mma8: Vec<(Mma8, String)>,
     wgmma8: Vec<(Mma8, String)>,
-    tcgen05: Vec<(Fp4, String)>,
+    tcgen05: Vec<(Tc05, String)>,
     mmafp4: Vec<(Fp4, String)>,
     fquant: Vec<(FakeQuantPt, String)>,
     fquant_block: Vec<(FakeQuantBlock, String)>,
@@ -419,8 +420,10 @@ struct KernelCalls<'m> {
 /// The launch-plan descriptions of the export's kernel calls, their kernels' PTX pushed to `ptx`:
 /// - quantized products ([`GpuCall`]): NVFP4 x NVFP4 and MXFP4 x MXFP4 products run a block-scaled
 ///   FP4 GEMM that quantizes the activations itself: on sm_100a from `tcgen05::MIN_ROWS` rows the
-///   one of `tcgen05`, on sm_120a from `mma4::MIN_ROWS` the one of `mmafp4`; with activations the
-///   kernel quantizes itself
+///   one of `tcgen05`, on sm_120a from `mma4::MIN_ROWS` the one of `mmafp4`; on sm_100a from
+///   `tcgen05::MIN_ROWS` rows, other products by 4-bit weights with byte group scales (NVFP4,
+///   MXFP4, NVINT4) run `tcgen05`'s `kind::f16` GEMM (after the fake-quant kernel when the
+///   activations are quantized); with activations the kernel quantizes itself
 ///   (`act_quant`) to int8, or to FP8 on sm_89 and later, the 8-bit tensor-core GEMM of
 ///   `qc_backend_ptx::mma8` (for
 ///   4-bit weights only from `mma4::MIN_ROWS` rows; on sm_90a from `wgmma8::TILE` rows the
@@ -555,8 +558,9 @@ fn kernel_calls<'m>(
                 )));
             }
             let module = if tc {
-                module_of(&mut mods.tcgen05, "tcgen05", &spec, ptx, || {
-                    tcgen05::emit_ptx(&spec)
+                let key = Tc05::Fp4(spec.clone());
+                module_of(&mut mods.tcgen05, "tcgen05", &key, ptx, || {
+                    tcgen05::emit_ptx(&key)
                 })?
             } else {
                 module_of(&mut mods.mmafp4, "mmafp4", &spec, ptx, || {
@@ -644,9 +648,33 @@ fn kernel_calls<'m>(
         let act_pre = act_quant
             .map(|aq| fquant(&aq.format, Some(aq.amax), c.m * c.k, ptx))
             .transpose()?;
-        // Prefill-sized products run the tensor-core GEMM, single rows the GEMV. The GEMM's module
-        // depends on the format only (not on the GEMV's slice).
-        let kernel = if c.m >= mma4::MIN_ROWS && mma4::supports(&spec, c.k).is_ok() {
+        // Prefill-sized products run a tensor-core GEMM (on sm_100a from 64 rows, for byte-scaled
+        // formats, tcgen05's), single rows the GEMV. The GEMM's module depends on the format only
+        // (not on the GEMV's slice).
+        let w4 = Tc05::w4(&spec, c.k)
+            .ok()
+            .filter(|_| gpu == GpuTarget::Sm100a && c.m >= tcgen05::MIN_ROWS);
+        let kernel = if let Some(w4) = w4 {
+            let Tc05::W4(mut key) = w4 else {
+                unreachable!()
+            };
+            key.slice = gemv4::SLICE;
+            let key = Tc05::W4(key);
+            let module = module_of(&mut mods.tcgen05, "tcgen05", &key, ptx, || {
+                tcgen05::emit_ptx(&key)
+            })?;
+            (
+                module,
+                ProductKernel::Mma {
+                    entry: tcgen05::ENTRY_W4.to_string(),
+                    tile: tcgen05::TILE,
+                    tile_threads: tcgen05::BLOCK as u64,
+                    block: tcgen05::BLOCK,
+                    // The kernel's `tamax` (unused by W4).
+                    act_scale: Some(0.0),
+                },
+            )
+        } else if c.m >= mma4::MIN_ROWS && mma4::supports(&spec, c.k).is_ok() {
             let mut key = spec.clone();
             key.slice = gemv4::SLICE;
             let module = module_of(&mut mods.mma4, "mma4", &key, ptx, || {

@@ -410,16 +410,19 @@ const TMEM_COLS: usize = 512;
 
 /// What the 128 threads of a block share while emulating the Blackwell kernel of `tcgen05`:
 /// `bar.sync`, shared memory (a host buffer; descriptors hold offsets into it), tensor memory (128
-/// lanes x 512 32-bit columns) and the block-scaled `tcgen05.mma` of the FP4 kinds, as the PTX ISA
-/// describes them:
-/// - the instruction descriptor ("Instruction descriptor format for .kind::mxf8f6f4, .kind::mxf4
-///   and .kind::mxf4nvf4"): bits 0-2 dense, 4-5 B's scale-factor ID, 7-9 and 10-12 the A and B types
+/// lanes x 512 32-bit columns) and `tcgen05.mma` of `kind::f16` (bf16 A and B, K = 16) and of the
+/// block-scaled FP4 kinds (K = 64), as the PTX ISA describes them:
+/// - the instruction descriptor of `kind::f16` ("... for .kind::tf32, .kind::f16, .kind::f8f6f4
+///   and .kind::i8"): bits 0-3 dense and no saturation, 4-5 the D type (1: f32), 7-9 and 10-12 the A
+///   and B types (1: bf16), 13-14 negation, 15-16 transposition, 17-22 N / 8, 24-28 M / 16;
+/// - the instruction descriptor of the FP4 kinds ("Instruction descriptor format for
+///   .kind::mxf8f6f4, .kind::mxf4 and .kind::mxf4nvf4"): bits 0-2 dense, 4-5 B's scale-factor ID, 7-9 and 10-12 the A and B types
 ///   (1: e2m1), 13-14 negation, 15-16 transposition (0: K-major), 17-22 N / 8, 23 the scale type (0
 ///   ue4m3, 1 ue8m0), 24-28 M / 16, 29-30 A's scale-factor ID;
 /// - the shared-memory descriptor: start, LBO and SBO in 16-byte units (bits 0-13, 16-29, 32-45),
 ///   version 1 (bits 46-47), no base offset, no swizzling; K-major core matrices of 8 rows x 16
 ///   bytes: row `r`, byte `kb` at `start + (r / 8) * SBO + (kb / 16) * LBO + (r % 8) * 16 + kb % 16`,
-///   two e2m1 codes a byte, the even k in the low nibble;
+///   two e2m1 codes a byte, the even k in the low nibble, or one bf16 in two bytes (little endian);
 /// - the scale factors (M = 128, "duplicated to all 32 lane partitions"): A's of row `r` in column
 ///   `sfa + r / 32` of lane `r % 32` of each of the four lane quarters (which must agree), B's of
 ///   column `n` likewise from `sfb`; the scale of the `j`-th block along K (16 elements for ue4m3,
@@ -509,10 +512,12 @@ pub extern "C" fn tc_ld(tc: *const Tc, t: i64, taddr: u32, out: *mut f32) {
     }
 }
 
-/// The block-scaled `tcgen05.mma` (one thread issues it; complete on return).
+/// `tcgen05.mma` (one thread issues it; complete on return): `kind` 0 for `kind::f16`, 1 for
+/// `kind::mxf4nvf4.block_scale.block16`, 2 for `kind::mxf4.block_scale.block32`.
 #[allow(clippy::too_many_arguments)]
 pub extern "C" fn tc_mma(
     tc: *const Tc,
+    kind: u32,
     d: u32,
     a_desc: u64,
     b_desc: u64,
@@ -526,16 +531,26 @@ pub extern "C" fn tc_mma(
     tc.mmas.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let bits = |lo: u32, n: u32| (idesc >> lo) & ((1 << n) - 1);
     assert_eq!(bits(0, 3), 0, "dense");
-    assert_eq!((bits(7, 3), bits(10, 3)), (1, 1), "A and B e2m1");
+    assert_eq!(
+        (bits(7, 3), bits(10, 3)),
+        (1, 1),
+        "A and B e2m1 (FP4 kinds) or bf16 (f16 kind)"
+    );
     assert_eq!((bits(13, 2), bits(15, 2)), (0, 0), "no negation, K-major");
     let (n, m) = ((bits(17, 6) << 3) as usize, (bits(24, 5) << 4) as usize);
     assert_eq!(m, 128, "M = 128: row r in lane r");
     assert!(n.is_multiple_of(8) && (8..=256).contains(&n));
+    if kind == 0 {
+        assert_eq!((bits(3, 1), bits(4, 2), bits(6, 1)), (0, 1, 0), "f32 D");
+        assert_eq!((bits(23, 1), bits(29, 3)), (0, 0), "reserved");
+        return tc_mma_bf16(tc, d, a_desc, b_desc, n, enable_input_d != 0);
+    }
     let (block, ue8m0) = if bits(23, 1) == 1 {
         (32, true)
     } else {
         (16, false)
     };
+    assert_eq!(ue8m0, kind == 2, "the scale type matches the kind");
     let (a_id, b_id) = (bits(29, 2) as usize, bits(4, 2) as usize);
     let scale = |byte: u32| -> f64 {
         if ue8m0 {
@@ -543,12 +558,6 @@ pub extern "C" fn tc_mma(
         } else {
             fp8_table(false)[byte as usize] as f64
         }
-    };
-    let tile = |desc: u64| {
-        let field = |shift: u32| (((desc >> shift) & 0x3fff) << 4) as usize;
-        assert_eq!((desc >> 46) & 0b111, 0b001, "version 1, no base offset");
-        assert_eq!(desc >> 52, 0, "no LBO mode, no swizzling");
-        (field(0), field(16), field(32))
     };
     let e2m1 = |code: u8| -> f64 {
         let mag = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0][(code & 7) as usize];
@@ -567,7 +576,7 @@ pub extern "C" fn tc_mma(
             byte >> 4
         })
     };
-    let (ta, tb) = (tile(a_desc), tile(b_desc));
+    let (ta, tb) = (tc_tile(a_desc), tc_tile(b_desc));
     let mut tm = tc.tmem.lock().unwrap();
     // The scale word of row (column) `r`: lane r % 32 of every quarter, column `taddr + r / 32`.
     let cell = |tm: &Vec<u32>, taddr: u32, r: usize| {
@@ -598,6 +607,39 @@ pub extern "C" fn tc_mma(
                 .sum();
             let at = r * TMEM_COLS + dcol + col;
             let acc = if enable_input_d != 0 {
+                f32::from_bits(tm[at]) as f64
+            } else {
+                0.0
+            };
+            tm[at] = ((acc + s) as f32).to_bits();
+        }
+    }
+}
+
+/// The shared-memory tile of a descriptor: (start, LBO, SBO) in bytes.
+fn tc_tile(desc: u64) -> (usize, usize, usize) {
+    let field = |shift: u32| (((desc >> shift) & 0x3fff) << 4) as usize;
+    assert_eq!((desc >> 46) & 0b111, 0b001, "version 1, no base offset");
+    assert_eq!(desc >> 52, 0, "no LBO mode, no swizzling");
+    (field(0), field(16), field(32))
+}
+
+/// `kind::f16` with bf16 A and B (K = 16) and an f32 accumulator.
+fn tc_mma_bf16(tc: &Tc, d: u32, a_desc: u64, b_desc: u64, n: usize, accumulate: bool) {
+    let elem = |(start, lbo, sbo): (usize, usize, usize), r: usize, k: usize| -> f64 {
+        let at = start + (r / 8) * sbo + (k / 8) * lbo + (r % 8) * 16 + (k % 8) * 2;
+        let h = u16::from_le_bytes([tc.byte(at), tc.byte(at + 1)]);
+        f32::from_bits((h as u32) << 16) as f64
+    };
+    let (ta, tb) = (tc_tile(a_desc), tc_tile(b_desc));
+    assert_eq!(d >> 16, 0);
+    let dcol = (d & 0xffff) as usize;
+    let mut tm = tc.tmem.lock().unwrap();
+    for r in 0..128 {
+        for col in 0..n {
+            let s: f64 = (0..16).map(|k| elem(ta, r, k) * elem(tb, col, k)).sum();
+            let at = r * TMEM_COLS + dcol + col;
+            let acc = if accumulate {
                 f32::from_bits(tm[at]) as f64
             } else {
                 0.0
