@@ -38,7 +38,12 @@
 //! (`ExportOptions::act_quant_calls`): for int8 / FP8 weights (otherwise decoded by MLIR) and for
 //! 4-bit weights with scale groups of 32 or more (int4 only with int8); on
 //! sm_90a, products of 64 rows and more run the same product with Hopper's warpgroup MMA
-//! (`qc_backend_ptx::wgmma8`).
+//! (`qc_backend_ptx::wgmma8`). W4A4 products (NVFP4 x NVFP4, MXFP4 x MXFP4) run Blackwell's
+//! block-scaled FP4 MMA, quantizing the activations themselves: on sm_100a from 64 rows
+//! `tcgen05.mma` with tensor memory (`qc_backend_ptx::tcgen05`), on sm_120a from 16 rows the
+//! block-scaled `mma.sync` (`qc_backend_ptx::mmafp4`); on sm_100a the other products by 4-bit
+//! weights with byte group scales (NVFP4, MXFP4, NVINT4) of 64 rows and more run `tcgen05`'s bf16
+//! (`kind::f16`) GEMM.
 //!
 //! # Artifact
 //! - `<module>.ptx`, one per kernel module the plan launches (`main_kernel.ptx`, `main_kernel_0.ptx`,
