@@ -43,7 +43,8 @@ use inkwell::{AddressSpace, IntPredicate};
 
 use crate::gemv4::{for_loop, scale_at, Cx, Gemv4};
 use crate::{
-    compile_ptx, global_thread_index, target_machine, Error, GpuTarget, PTX_KERNEL_CALL_CONV,
+    compile_ptx, global_thread_index, special_register, target_machine, Error, GpuTarget,
+    PTX_KERNEL_CALL_CONV,
 };
 
 /// The kernel's entry.
@@ -206,6 +207,82 @@ pub(crate) fn warp_tile_entry<'c>(
     c.b.build_call(body, &args, "")?;
     c.b.build_unconditional_branch(done)?;
     c.b.position_at_end(done);
+    c.b.build_return(None)?;
+    Ok(())
+}
+
+/// Builds the entry of a block GEMM (`wgmma8`, `tcgen05`) whose `body` takes the entry's `nparams`
+/// parameters, then `(emu, smem, block, t, smem_shared)`: the emulator state, the shared memory as
+/// a generic pointer, the block index, the thread index in the block and the shared-window address
+/// of the shared memory (what matrix descriptors hold). For PTX: the kernel `name` with
+/// `smem.0` bytes of static shared memory (the global `smem.1`, 128-byte aligned), the indices from
+/// the special registers, no emulator; for the host: `<name>_at(params..., emu, smem, block, t)`,
+/// `smem_shared` 0 (descriptors then hold offsets into the host buffer).
+pub(crate) fn block_entry<'c>(
+    c: &Cx<'c>,
+    module: &Module<'c>,
+    body: FunctionValue<'c>,
+    name: &str,
+    nparams: usize,
+    smem: (u64, &str),
+    entries: Entries,
+) -> Result<(), Error> {
+    let ctx = c.ctx;
+    let ptr = ctx.ptr_type(AddressSpace::default());
+    let i64t = ctx.i64_type();
+    let mut eparams: Vec<inkwell::types::BasicMetadataTypeEnum> =
+        body.get_type().get_param_types()[..nparams].to_vec();
+    let host = entries == Entries::Host;
+    let fname = if host {
+        eparams.extend::<[inkwell::types::BasicMetadataTypeEnum; 4]>([
+            ptr.into(),
+            ptr.into(),
+            i64t.into(),
+            i64t.into(),
+        ]);
+        format!("{name}_at")
+    } else {
+        name.to_string()
+    };
+    let f = module.add_function(
+        &fname,
+        ctx.void_type().fn_type(&eparams, false),
+        Some(Linkage::External),
+    );
+    c.b.position_at_end(ctx.append_basic_block(f, "entry"));
+    let fp = f.get_params();
+    let tail: [BasicMetadataValueEnum; 5] = if host {
+        [
+            fp[nparams].into(),
+            fp[nparams + 1].into(),
+            fp[nparams + 2].into(),
+            fp[nparams + 3].into(),
+            i64t.const_zero().into(),
+        ]
+    } else {
+        f.set_call_conventions(PTX_KERNEL_CALL_CONV);
+        let arr = ctx.i8_type().array_type(smem.0 as u32);
+        let g = module.add_global(arr, Some(AddressSpace::from(3u16)), smem.1);
+        g.set_linkage(Linkage::Internal);
+        g.set_alignment(128);
+        g.set_initializer(&arr.get_undef());
+        let generic =
+            c.b.build_address_space_cast(g.as_pointer_value(), ptr, "")?;
+        // The shared-window address: of the addrspace(3) pointer itself, not of the generic one.
+        let shared = c.b.build_ptr_to_int(g.as_pointer_value(), i64t, "")?;
+        let tid = special_register(module, &c.b, ctx, "llvm.nvvm.read.ptx.sreg.tid.x")?;
+        let ctaid = special_register(module, &c.b, ctx, "llvm.nvvm.read.ptx.sreg.ctaid.x")?;
+        [
+            ptr.const_null().into(),
+            generic.into(),
+            ctaid.into(),
+            tid.into(),
+            shared.into(),
+        ]
+    };
+    let mut args: Vec<BasicMetadataValueEnum> = fp[..nparams].iter().map(|p| (*p).into()).collect();
+    args.extend(tail);
+    c.b.build_call(body, &args, "")?;
     c.b.build_return(None)?;
     Ok(())
 }

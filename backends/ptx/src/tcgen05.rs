@@ -56,7 +56,7 @@
 
 use inkwell::context::Context;
 use inkwell::intrinsics::Intrinsic;
-use inkwell::module::{Linkage, Module};
+use inkwell::module::Module;
 use inkwell::types::BasicMetadataTypeEnum;
 use inkwell::values::{BasicMetadataValueEnum, BasicValue, FunctionValue, IntValue, PointerValue};
 use inkwell::{AddressSpace, FloatPredicate, IntPredicate};
@@ -64,10 +64,8 @@ use inkwell::{AddressSpace, FloatPredicate, IntPredicate};
 use crate::fp4::{Fp4, Fp4Kind};
 use crate::fquant::{e2m1_code, quantize_block};
 use crate::gemv4::{for_loop, scale_at, Cx, Entries, Gemv4};
-use crate::mma4::{bf16_rn, bf16_value, load_x4, pack, umin, ProductBody};
-use crate::{
-    compile_ptx, special_register, target_machine_with, Error, GpuTarget, PTX_KERNEL_CALL_CONV,
-};
+use crate::mma4::{bf16_rn, bf16_value, block_entry, load_x4, pack, umin, ProductBody};
+use crate::{compile_ptx, target_machine_with, Error, GpuTarget};
 
 /// The W4A4 FP4 kernel's entry.
 pub const ENTRY: &str = "qc_tcgen05_fp4";
@@ -391,12 +389,11 @@ pub fn build<'c>(
     let ptr = ctx.ptr_type(AddressSpace::default());
     let smem_ptr = ctx.ptr_type(AddressSpace::from(3u16));
     let tmem_ptr = ctx.ptr_type(AddressSpace::from(6u16));
-    let (i64t, i32t, i1t, f32t, void) = (
+    let (i64t, i32t, i1t, f32t) = (
         ctx.i64_type(),
         ctx.i32_type(),
         ctx.bool_type(),
         ctx.f32_type(),
-        ctx.void_type(),
     );
     let host = entries == Entries::Host;
     let ops = Ops::declare(ctx, module, spec, host)?;
@@ -997,66 +994,17 @@ pub fn build<'c>(
     }
     c.b.build_return(None)?;
 
-    // The entry. Every thread of a block runs the body; the grid has one block per tile.
-    let nparams = 10;
-    let mut eparams = body.get_type().get_param_types()[..nparams].to_vec();
-    let fname = if host {
-        eparams.extend::<[BasicMetadataTypeEnum; 4]>([
-            ptr.into(),
-            ptr.into(),
-            i64t.into(),
-            i64t.into(),
-        ]);
-        format!("{}_at", spec.entry())
-    } else {
-        spec.entry().to_string()
-    };
-    let f = module.add_function(
-        &fname,
-        void.fn_type(&eparams, false),
-        Some(Linkage::External),
-    );
-    c.b.position_at_end(ctx.append_basic_block(f, "entry"));
-    let fp = f.get_params();
-    let (emu_p, smem_p, block_v, t_v, shared): (
-        PointerValue,
-        PointerValue,
-        IntValue,
-        IntValue,
-        IntValue,
-    ) = if host {
-        (
-            fp[10].into_pointer_value(),
-            fp[11].into_pointer_value(),
-            fp[12].into_int_value(),
-            fp[13].into_int_value(),
-            i64t.const_zero(),
-        )
-    } else {
-        f.set_call_conventions(PTX_KERNEL_CALL_CONV);
-        let arr = ctx.i8_type().array_type(lay.size as u32);
-        let g = module.add_global(arr, Some(AddressSpace::from(3u16)), "qc_tcgen05_smem");
-        g.set_linkage(Linkage::Internal);
-        g.set_alignment(128);
-        g.set_initializer(&arr.get_undef());
-        let generic =
-            c.b.build_address_space_cast(g.as_pointer_value(), ptr, "")?;
-        let shared = c.b.build_ptr_to_int(g.as_pointer_value(), i64t, "")?;
-        let tid = special_register(module, &c.b, ctx, "llvm.nvvm.read.ptx.sreg.tid.x")?;
-        let ctaid = special_register(module, &c.b, ctx, "llvm.nvvm.read.ptx.sreg.ctaid.x")?;
-        (ptr.const_null(), generic, ctaid, tid, shared)
-    };
-    let mut args: Vec<BasicMetadataValueEnum> = fp[..nparams].iter().map(|p| (*p).into()).collect();
-    args.extend::<[BasicMetadataValueEnum; 5]>([
-        emu_p.into(),
-        smem_p.into(),
-        block_v.into(),
-        t_v.into(),
-        shared.into(),
-    ]);
-    c.b.build_call(body, &args, "")?;
-    c.b.build_return(None)?;
-    Ok(())
+    // The entry. Every thread of a block runs the body (the barriers and the MMAs need all of
+    // them); the grid has one block per tile.
+    block_entry(
+        &c,
+        module,
+        body,
+        spec.entry(),
+        10,
+        (lay.size, "qc_tcgen05_smem"),
+        entries,
+    )
 }
 
 /// The PTX of `spec`'s kernel (sm_100a only: `tcgen05` is Blackwell data center's).

@@ -27,17 +27,14 @@
 
 use inkwell::context::Context;
 use inkwell::intrinsics::Intrinsic;
-use inkwell::module::{Linkage, Module};
-use inkwell::types::BasicMetadataTypeEnum;
-use inkwell::values::{BasicMetadataValueEnum, BasicValue, FunctionValue, IntValue, PointerValue};
+use inkwell::module::Module;
+use inkwell::values::{BasicMetadataValueEnum, BasicValue, FunctionValue, IntValue};
 use inkwell::{AddressSpace, IntPredicate};
 
 use crate::gemv4::{for_loop, scale_at, Cx};
-use crate::mma4::{load_x4, umin, Entries, ProductBody};
+use crate::mma4::{block_entry, load_x4, umin, Entries, ProductBody};
 use crate::mma8::{fp8_bits, quantize_act4, Mma8, Out, Weights8};
-use crate::{
-    compile_ptx, special_register, target_machine_with, Error, GpuTarget, PTX_KERNEL_CALL_CONV,
-};
+use crate::{compile_ptx, target_machine_with, Error, GpuTarget};
 
 /// The kernel's entry.
 pub const ENTRY: &str = "qc_wgmma8";
@@ -411,68 +408,17 @@ pub fn build<'c>(
     }
     c.b.build_return(None)?;
 
-    // The entry. Every thread of a block runs the body (the barriers and the warpgroup MMA need
-    // all 128); the grid has exactly one block per tile.
-    let nparams = 10;
-    let mut eparams = body.get_type().get_param_types()[..nparams].to_vec();
-    let fname = if host {
-        eparams.extend::<[BasicMetadataTypeEnum; 4]>([
-            ptr.into(),
-            ptr.into(),
-            i64t.into(),
-            i64t.into(),
-        ]);
-        format!("{ENTRY}_at")
-    } else {
-        ENTRY.to_string()
-    };
-    let f = module.add_function(
-        &fname,
-        void.fn_type(&eparams, false),
-        Some(Linkage::External),
-    );
-    c.b.position_at_end(ctx.append_basic_block(f, "entry"));
-    let fp = f.get_params();
-    let (emu_p, smem_p, block_v, t_v, shared): (
-        PointerValue,
-        PointerValue,
-        IntValue,
-        IntValue,
-        IntValue,
-    ) = if host {
-        (
-            fp[10].into_pointer_value(),
-            fp[11].into_pointer_value(),
-            fp[12].into_int_value(),
-            fp[13].into_int_value(),
-            i64t.const_zero(),
-        )
-    } else {
-        f.set_call_conventions(PTX_KERNEL_CALL_CONV);
-        let arr = i8t.array_type(SMEM as u32);
-        let g = module.add_global(arr, Some(AddressSpace::from(3u16)), "qc_wgmma8_smem");
-        g.set_linkage(Linkage::Internal);
-        g.set_alignment(128);
-        g.set_initializer(&arr.get_undef());
-        let generic =
-            c.b.build_address_space_cast(g.as_pointer_value(), ptr, "")?;
-        // The shared-window address: of the addrspace(3) pointer itself, not of the generic one.
-        let shared = c.b.build_ptr_to_int(g.as_pointer_value(), i64t, "")?;
-        let tid = special_register(module, &c.b, ctx, "llvm.nvvm.read.ptx.sreg.tid.x")?;
-        let ctaid = special_register(module, &c.b, ctx, "llvm.nvvm.read.ptx.sreg.ctaid.x")?;
-        (ptr.const_null(), generic, ctaid, tid, shared)
-    };
-    let mut args: Vec<BasicMetadataValueEnum> = fp[..nparams].iter().map(|p| (*p).into()).collect();
-    args.extend::<[BasicMetadataValueEnum; 5]>([
-        emu_p.into(),
-        smem_p.into(),
-        block_v.into(),
-        t_v.into(),
-        shared.into(),
-    ]);
-    c.b.build_call(body, &args, "")?;
-    c.b.build_return(None)?;
-    Ok(())
+    // The entry. Every thread of a block runs the body (the barriers and the MMAs need all of
+    // them); the grid has one block per tile.
+    block_entry(
+        &c,
+        module,
+        body,
+        ENTRY,
+        10,
+        (SMEM, "qc_wgmma8_smem"),
+        entries,
+    )
 }
 
 /// The PTX of [`ENTRY`] for `spec` (sm_90a only: `wgmma` is Hopper's).
