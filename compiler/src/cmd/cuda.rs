@@ -544,6 +544,39 @@ fn kernel_calls<'m>(
             .ok_or_else(|| at(format!("the weight resource '{resource}' has no bytes")))?;
         let (n, k) = (c.n as usize, c.k as usize);
         let f32_bytes = |v: Vec<f32>| v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let len_check = |want: usize| {
+            if blob.len() == want {
+                Ok(())
+            } else {
+                Err(at(format!(
+                    "the weight blob has {} bytes; {format} [{n}, {k}] needs {want}",
+                    blob.len()
+                )))
+            }
+        };
+        // The call of this product to `module`'s `kernel`.
+        let call = |scales_offset: usize,
+                    tables: Result<Vec<f32>, String>,
+                    post: Result<f32, String>,
+                    module: String,
+                    kernel: ProductKernel,
+                    act_pre: Option<FquantCall>|
+         -> Result<GpuCall<'m>, Failure> {
+            Ok(GpuCall {
+                symbol: c.symbol.clone(),
+                resource: resource.clone(),
+                blob,
+                scales_offset: scales_offset as u64,
+                tables: f32_bytes(tables.map_err(&at)?),
+                post: post.map_err(&at)?,
+                m: c.m,
+                n: c.n,
+                k: c.k,
+                module,
+                kernel,
+                act_pre,
+            })
+        };
         let tc = gpu == GpuTarget::Sm100a;
         let fp4 = act_quant
             .filter(|_| {
@@ -555,13 +588,7 @@ fn kernel_calls<'m>(
             })
             .and_then(|aq| fp4_on(format, &aq.format, c.k, gpu).map(|s| (aq, s)));
         if let Some((aq, spec)) = fp4 {
-            let want = spec.weights.sections(n, k).len;
-            if blob.len() != want {
-                return Err(at(format!(
-                    "the weight blob has {} bytes; {format} [{n}, {k}] needs {want}",
-                    blob.len()
-                )));
-            }
+            len_check(spec.weights.sections(n, k).len)?;
             let module = if tc {
                 let key = Tc05::Fp4(spec.clone());
                 module_of(&mut mods.tcgen05, "tcgen05", &key, ptx, || {
@@ -572,18 +599,12 @@ fn kernel_calls<'m>(
                     mmafp4::emit_ptx(&spec)
                 })?
             };
-            out.push(GpuCall {
-                symbol: c.symbol.clone(),
-                resource: resource.clone(),
-                blob,
-                scales_offset: spec.scales_offset(n, k) as u64,
-                tables: f32_bytes(spec.weights.tables().map_err(&at)?),
-                post: spec.post(blob, n, k).map_err(&at)?,
-                m: c.m,
-                n: c.n,
-                k: c.k,
+            out.push(call(
+                spec.scales_offset(n, k),
+                spec.weights.tables(),
+                spec.post(blob, n, k),
                 module,
-                kernel: ProductKernel::Mma {
+                ProductKernel::Mma {
                     entry: if tc { tcgen05::ENTRY } else { mmafp4::ENTRY }.to_string(),
                     tile: if tc { tcgen05::TILE } else { mma4::WARP_TILE },
                     tile_threads: if tc { tcgen05::BLOCK as u64 } else { 32 },
@@ -591,8 +612,8 @@ fn kernel_calls<'m>(
                     // The kernel's `tamax`: NVFP4's static maximum (MXFP4 ignores it).
                     act_scale: Some(aq.amax),
                 },
-                act_pre: None,
-            });
+                None,
+            )?);
             continue;
         }
         let gemv = Gemv4::for_k(format, k);
@@ -601,16 +622,6 @@ fn kernel_calls<'m>(
             .filter(|(_, s)| mma8_runs_on(s, gpu))
             .filter(|(_, s)| s.supports(c.k).is_ok())
             .filter(|_| gemv.is_err() || c.m >= mma4::MIN_ROWS);
-        let len_check = |want: usize| {
-            if blob.len() == want {
-                Ok(())
-            } else {
-                Err(at(format!(
-                    "the weight blob has {} bytes; {format} [{n}, {k}] needs {want}",
-                    blob.len()
-                )))
-            }
-        };
         if let Some((aq, spec)) = fp8 {
             len_check(spec.blob_len(n, k))?;
             // Hopper: the warpgroup MMA for products of a 64-row tile and more.
@@ -626,26 +637,20 @@ fn kernel_calls<'m>(
             };
             let act = FakeQuantPt::classify(&aq.format)
                 .ok_or_else(|| at(format!("{}: not a per-tensor format", aq.format)))?;
-            out.push(GpuCall {
-                symbol: c.symbol.clone(),
-                resource: resource.clone(),
-                blob,
-                scales_offset: spec.scales_offset(n, k) as u64,
-                tables: f32_bytes(spec.tables().map_err(&at)?),
-                post: spec.post(blob, n, k).map_err(&at)?,
-                m: c.m,
-                n: c.n,
-                k: c.k,
+            out.push(call(
+                spec.scales_offset(n, k),
+                spec.tables(),
+                spec.post(blob, n, k),
                 module,
-                kernel: ProductKernel::Mma {
+                ProductKernel::Mma {
                     entry: if wgmma { wgmma8::ENTRY } else { mma8::ENTRY }.to_string(),
                     tile: if wgmma { wgmma8::TILE } else { mma4::WARP_TILE },
                     tile_threads: if wgmma { wgmma8::BLOCK as u64 } else { 32 },
                     block: if wgmma { wgmma8::BLOCK } else { mma8::BLOCK },
                     act_scale: Some(act.scale(aq.amax)),
                 },
-                act_pre: None,
-            });
+                None,
+            )?);
             continue;
         }
         let spec = gemv.map_err(|e| at(format!("the {} GEMV kernels: {e}", gpu.name())))?;
@@ -708,20 +713,14 @@ fn kernel_calls<'m>(
                 },
             )
         };
-        out.push(GpuCall {
-            symbol: c.symbol.clone(),
-            resource: resource.clone(),
-            blob,
-            scales_offset: spec.sections(n, k).scales as u64,
-            tables: f32_bytes(spec.tables().map_err(&at)?),
-            post: spec.post(blob, n, k).map_err(&at)?,
-            m: c.m,
-            n: c.n,
-            k: c.k,
-            module: kernel.0,
-            kernel: kernel.1,
+        out.push(call(
+            spec.sections(n, k).scales,
+            spec.tables(),
+            spec.post(blob, n, k),
+            kernel.0,
+            kernel.1,
             act_pre,
-        });
+        )?);
     }
     Ok(KernelCalls {
         calls: out,
