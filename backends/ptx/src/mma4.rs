@@ -61,8 +61,8 @@ pub const EMULATOR: &str = "qc_mma4_emu";
 pub const MIN_ROWS: u64 = 16;
 
 /// The MMA tiles of a warp: 2 along M (16 rows each) and 4 along N (8 columns each).
-const TM: usize = 2;
-const TN: usize = 4;
+pub(crate) const TM: usize = 2;
+pub(crate) const TN: usize = 4;
 
 /// What [`build`] adds besides the body: the PTX kernel [`ENTRY`] (thread index from the special
 /// registers, the MMA instruction), or a host function `qc_mma4_at(args..., warp, t)` that runs
@@ -285,6 +285,51 @@ pub(crate) fn block_entry<'c>(
     c.b.build_call(body, &args, "")?;
     c.b.build_return(None)?;
     Ok(())
+}
+
+/// A lane's place in a warp-tile GEMM (`mma4`, `mma8`, `mmafp4`): the warp's `WARP_TILE` x
+/// `WARP_TILE` tile of `y` is `(warp / ceil(N / 32), warp % ceil(N / 32))`.
+pub(crate) struct WarpTile<'c> {
+    /// The `TM * TN * 4` f32 accumulators, zeroed (an alloca SROA turns into registers).
+    pub(crate) acc: PointerValue<'c>,
+    /// `lane / 4` and `lane % 4` (the MMA fragments' group and thread in group).
+    pub(crate) g: IntValue<'c>,
+    pub(crate) q: IntValue<'c>,
+    /// The tile's first row and column.
+    pub(crate) m0: IntValue<'c>,
+    pub(crate) n0: IntValue<'c>,
+    /// `N - 1`, where weight rows are clamped.
+    pub(crate) n_last: IntValue<'c>,
+}
+
+impl<'c> WarpTile<'c> {
+    /// For thread `t` (lane `lane`) of a product with `n` columns, built at the builder's
+    /// position (the function's entry block).
+    pub(crate) fn new(
+        c: &Cx<'c>,
+        t: IntValue<'c>,
+        lane: IntValue<'c>,
+        n: IntValue<'c>,
+    ) -> Result<WarpTile<'c>, Error> {
+        let f32t = c.ctx.f32_type();
+        let slots = (TM * TN * 4) as u32;
+        let acc = c.b.build_alloca(f32t.array_type(slots), "acc")?;
+        for s in 0..slots as u64 {
+            c.b.build_store(c.gep(f32t.into(), acc, c.i64(s))?, f32t.const_zero())?;
+        }
+        let warp = c.b.build_right_shift(t, c.i64(5), false, "warp")?;
+        let tiles_n = warp_tiles(c, n)?;
+        let tm = c.b.build_int_unsigned_div(warp, tiles_n, "tm")?;
+        let tn = c.b.build_int_unsigned_rem(warp, tiles_n, "tn")?;
+        Ok(WarpTile {
+            acc,
+            g: c.b.build_right_shift(lane, c.i64(2), false, "g")?,
+            q: c.b.build_and(lane, c.i64(3), "q")?,
+            m0: c.b.build_int_mul(tm, c.i64(WARP_TILE), "m0")?,
+            n0: c.b.build_int_mul(tn, c.i64(WARP_TILE), "n0")?,
+            n_last: c.b.build_int_sub(n, c.i64(1), "")?,
+        })
+    }
 }
 
 /// The warps of a GEMM `(codes, scales, tables, x, y, k, n, m, ...)`: `ceil(M / 32) * ceil(N / 32)`.
@@ -570,25 +615,17 @@ pub fn build<'c>(
     // Accumulators: acc[i][j][e] (and tmp for one scale group of f32 scales), as allocas that SROA
     // turns into registers.
     let slots = (TM * TN * 4) as u64;
-    let acc = c.b.build_alloca(f32t.array_type(slots as u32), "acc")?;
     let f32_groups = spec.group.filter(|_| !spec.byte_scales);
     let tmp = c.b.build_alloca(f32t.array_type(slots as u32), "tmp")?;
+    let WarpTile {
+        acc,
+        g,
+        q,
+        m0,
+        n0,
+        n_last,
+    } = WarpTile::new(&c, t, lane, n)?;
     let zero = f32t.const_float(0.0);
-    for s in 0..slots {
-        c.b.build_store(c.gep(f32t.into(), acc, c.i64(s))?, zero)?;
-    }
-
-    let warp = c.b.build_right_shift(t, c.i64(5), false, "warp")?;
-    let tiles_n = c.b.build_int_add(n, c.i64(WARP_TILE - 1), "")?;
-    let tiles_n =
-        c.b.build_int_unsigned_div(tiles_n, c.i64(WARP_TILE), "tiles_n")?;
-    let tm = c.b.build_int_unsigned_div(warp, tiles_n, "tm")?;
-    let tn = c.b.build_int_unsigned_rem(warp, tiles_n, "tn")?;
-    let g = c.b.build_right_shift(lane, c.i64(2), false, "g")?;
-    let q = c.b.build_and(lane, c.i64(3), "q")?;
-    let m0 = c.b.build_int_mul(tm, c.i64(WARP_TILE), "m0")?;
-    let n0 = c.b.build_int_mul(tn, c.i64(WARP_TILE), "n0")?;
-    let n_last = c.b.build_int_sub(n, c.i64(1), "")?;
     // Activation rows of the A fragments: row[i][h] = m0 + 16i + 8h + g.
     let mut rows = Vec::new();
     for i in 0..TM as u64 {

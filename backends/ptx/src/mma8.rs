@@ -40,7 +40,7 @@ use qc_ir::quant::{Encoding, Packing, QuantType, ScaleType, Scheme, TensorScale}
 use crate::fquant::{round_elem, FakeQuantPt};
 use crate::gemv4::{for_loop, scale_at, Cx, Gemv4};
 use crate::mma4::{
-    load_x4, product_warps, umin, warp_tile_entry, Entries, Mma, ProductBody, WARP_TILE,
+    load_x4, product_warps, umin, warp_tile_entry, Entries, Mma, ProductBody, WarpTile, TM, TN,
 };
 use crate::{compile_ptx, target_machine_with, Error, GpuTarget};
 
@@ -52,9 +52,6 @@ pub const ENTRY: &str = "qc_mma8";
 pub const EMULATOR: &str = "qc_mma8_emu";
 /// Threads per block the launch plan uses (4 warps).
 pub const BLOCK: u32 = 128;
-
-const TM: usize = 2;
-const TN: usize = 4;
 
 /// The weights the kernel reads.
 #[derive(Clone, Debug, PartialEq)]
@@ -415,22 +412,16 @@ pub fn build<'c>(
         warp_arg,
         lane,
     )?;
-    let slots = (TM * TN * 4) as u32;
-    let acc = c.b.build_alloca(f32t.array_type(slots), "acc")?;
+    let WarpTile {
+        acc,
+        g,
+        q,
+        m0,
+        n0,
+        n_last,
+    } = WarpTile::new(&c, t, lane, n)?;
     let zero = f32t.const_float(0.0);
-    for s in 0..slots as u64 {
-        c.b.build_store(c.gep(f32t.into(), acc, c.i64(s))?, zero)?;
-    }
-    let warp = c.b.build_right_shift(t, c.i64(5), false, "warp")?;
-    let tiles_n = c.b.build_int_add(n, c.i64(WARP_TILE - 1), "")?;
-    let tiles_n = c.b.build_int_unsigned_div(tiles_n, c.i64(WARP_TILE), "")?;
-    let tm = c.b.build_int_unsigned_div(warp, tiles_n, "")?;
-    let tn = c.b.build_int_unsigned_rem(warp, tiles_n, "")?;
-    let g = c.b.build_right_shift(lane, c.i64(2), false, "g")?;
-    let q = c.b.build_and(lane, c.i64(3), "q")?;
-    let m0 = c.b.build_int_mul(tm, c.i64(WARP_TILE), "m0")?;
-    let n0 = c.b.build_int_mul(tn, c.i64(WARP_TILE), "n0")?;
-    let n_last = c.b.build_int_sub(n, c.i64(1), "")?;
+    let slots = (TM * TN * 4) as u32;
     let q4 = c.b.build_int_mul(q, c.i64(4), "")?;
     let q2 = c.b.build_int_mul(q, c.i64(2), "")?;
     let nib = match &spec.weights {

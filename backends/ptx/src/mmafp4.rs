@@ -75,7 +75,9 @@ use inkwell::{AddressSpace, FloatPredicate, IntPredicate};
 use crate::fp4::{Fp4, Fp4Kind, K_STEP};
 use crate::fquant::{e2m1_code, quantize_block};
 use crate::gemv4::{for_loop, Cx};
-use crate::mma4::{load_x4, product_warps, umin, warp_tile_entry, Entries, ProductBody, WARP_TILE};
+use crate::mma4::{
+    load_x4, product_warps, umin, warp_tile_entry, Entries, ProductBody, WarpTile, TM, TN,
+};
 use crate::{compile_ptx, target_machine_with, Error, GpuTarget};
 
 /// The kernel's entry.
@@ -87,9 +89,6 @@ pub const ENTRY: &str = "qc_mma_fp4";
 pub const EMULATOR: &str = "qc_mma_fp4_emu";
 /// Threads per block the launch plan uses (4 warps).
 pub const BLOCK: u32 = 128;
-
-const TM: usize = 2;
-const TN: usize = 4;
 
 impl Fp4 {
     /// The NVVM intrinsic of the k-step's MMA.
@@ -281,22 +280,15 @@ pub fn build<'c>(
     c.b.position_at_end(ctx.append_basic_block(body, "entry"));
     let lane = c.b.build_and(t, c.i64(31), "lane")?;
     let mma = MmaFp4::declare(&c, module, entries, spec, warp_arg, lane)?;
-    let slots = (TM * TN * 4) as u32;
-    let acc = c.b.build_alloca(f32t.array_type(slots), "acc")?;
+    let WarpTile {
+        acc,
+        g,
+        q,
+        m0,
+        n0,
+        n_last,
+    } = WarpTile::new(&c, t, lane, n)?;
     let zero = f32t.const_float(0.0);
-    for s in 0..slots as u64 {
-        c.b.build_store(c.gep(f32t.into(), acc, c.i64(s))?, zero)?;
-    }
-    let warp = c.b.build_right_shift(t, c.i64(5), false, "warp")?;
-    let tiles_n = c.b.build_int_add(n, c.i64(WARP_TILE - 1), "")?;
-    let tiles_n = c.b.build_int_unsigned_div(tiles_n, c.i64(WARP_TILE), "")?;
-    let tm = c.b.build_int_unsigned_div(warp, tiles_n, "")?;
-    let tn = c.b.build_int_unsigned_rem(warp, tiles_n, "")?;
-    let g = c.b.build_right_shift(lane, c.i64(2), false, "g")?;
-    let q = c.b.build_and(lane, c.i64(3), "q")?;
-    let m0 = c.b.build_int_mul(tm, c.i64(WARP_TILE), "m0")?;
-    let n0 = c.b.build_int_mul(tn, c.i64(WARP_TILE), "n0")?;
-    let n_last = c.b.build_int_sub(n, c.i64(1), "")?;
     let q8 = c.b.build_int_mul(q, c.i64(8), "")?;
     // Lanes with q % 2 == 1 supply the scales of row g + 8 (thread-id-a = 0: lanes 4g, 4g + 1).
     let odd = c.b.build_int_compare(
