@@ -411,6 +411,54 @@ impl<'c> ProductBody<'c> {
     }
 }
 
+/// The parameters a block GEMM's body ([`block_entry`]) takes after [`ProductBody`]'s.
+pub(crate) struct BlockTail<'c> {
+    /// The emulator state (host) or null.
+    pub(crate) emu: PointerValue<'c>,
+    /// The shared memory as a generic pointer.
+    pub(crate) smem: PointerValue<'c>,
+    /// The block index and the thread index in the block.
+    pub(crate) block: IntValue<'c>,
+    pub(crate) t: IntValue<'c>,
+    /// The shared-window address of the shared memory (what descriptors hold; 0 on the host,
+    /// where they hold offsets).
+    pub(crate) smem_shared: IntValue<'c>,
+}
+
+impl<'c> ProductBody<'c> {
+    /// [`ProductBody::add`] with `sa` for a block GEMM: `body(codes, scales, tables, x, y, k, n, m,
+    /// post, sa, emu, smem, block, t, smem_shared)`.
+    pub(crate) fn add_block(
+        ctx: &'c Context,
+        module: &Module<'c>,
+        name: &str,
+    ) -> (ProductBody<'c>, BlockTail<'c>) {
+        let ptr = ctx.ptr_type(AddressSpace::default());
+        let i64t = ctx.i64_type();
+        let pb = ProductBody::add(
+            ctx,
+            module,
+            name,
+            true,
+            &[
+                ptr.into(),
+                ptr.into(),
+                i64t.into(),
+                i64t.into(),
+                i64t.into(),
+            ],
+        );
+        let tail = BlockTail {
+            emu: pb.tail[0].into_pointer_value(),
+            smem: pb.tail[1].into_pointer_value(),
+            block: pb.tail[2].into_int_value(),
+            t: pb.tail[3].into_int_value(),
+            smem_shared: pb.tail[4].into_int_value(),
+        };
+        (pb, tail)
+    }
+}
+
 /// How a body issues one warp-level MMA with four A registers, two B registers and four f32
 /// accumulators (the shapes m16n8k16 bf16 and m16n8k32 fp8 both have them).
 pub(crate) enum Mma<'c> {

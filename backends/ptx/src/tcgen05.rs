@@ -386,7 +386,6 @@ pub fn build<'c>(
 ) -> Result<(), Error> {
     let c = Cx::new(ctx, module)?;
     let lay = spec.layout();
-    let ptr = ctx.ptr_type(AddressSpace::default());
     let smem_ptr = ctx.ptr_type(AddressSpace::from(3u16));
     let tmem_ptr = ctx.ptr_type(AddressSpace::from(6u16));
     let (i64t, i32t, i1t, f32t) = (
@@ -398,29 +397,13 @@ pub fn build<'c>(
     let host = entries == Entries::Host;
     let ops = Ops::declare(ctx, module, spec, host)?;
 
-    // body(codes, scales, tables, x, y, k, n, m, post, tamax, emu, smem, block, t, smem_shared):
-    // `smem` the shared memory as a generic pointer, `smem_shared` its shared-window address (what
-    // descriptors hold; 0 on the host, where they hold offsets).
-    let pb = ProductBody::add(
-        ctx,
-        module,
-        &format!("{}_body", spec.entry()),
-        true,
-        &[
-            ptr.into(),
-            ptr.into(),
-            i64t.into(),
-            i64t.into(),
-            i64t.into(),
-        ],
-    );
+    // body(codes, scales, tables, x, y, k, n, m, post, tamax, emu, smem, block, t, smem_shared).
+    let (pb, bt) = ProductBody::add_block(ctx, module, &format!("{}_body", spec.entry()));
     let body = pb.f;
     let (codes, scales, tables, x, y) = (pb.codes, pb.scales, pb.tables, pb.x, pb.y);
     let (k, n, m, post) = (pb.k, pb.n, pb.m, pb.post);
     let tamax = pb.sa.expect("the body takes tamax");
-    let tp = |i: usize| pb.tail[i].into_pointer_value();
-    let ti = |i: usize| pb.tail[i].into_int_value();
-    let (emu, smem, block, t, smem_shared) = (tp(0), tp(1), ti(2), ti(3), ti(4));
+    let (emu, smem, block, t, smem_shared) = (bt.emu, bt.smem, bt.block, bt.t, bt.smem_shared);
     c.b.position_at_end(ctx.append_basic_block(body, "entry"));
 
     let i32c = |v: u64| i32t.const_int(v, false);

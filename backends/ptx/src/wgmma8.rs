@@ -94,29 +94,13 @@ pub fn build<'c>(
     }
     let host = entries == Entries::Host;
 
-    // body(codes, scales, tables, x, y, k, n, m, post, sa, emu, smem, block, t, smem_shared):
-    // `smem` the shared memory as a generic pointer, `smem_shared` its shared-window address (what
-    // descriptors hold; 0 on the host, where they hold offsets).
-    let pb = ProductBody::add(
-        ctx,
-        module,
-        "qc_wgmma8_body",
-        true,
-        &[
-            ptr.into(),
-            ptr.into(),
-            i64t.into(),
-            i64t.into(),
-            i64t.into(),
-        ],
-    );
+    // body(codes, scales, tables, x, y, k, n, m, post, sa, emu, smem, block, t, smem_shared).
+    let (pb, bt) = ProductBody::add_block(ctx, module, "qc_wgmma8_body");
     let body = pb.f;
     let (codes, scales, tables, x, y) = (pb.codes, pb.scales, pb.tables, pb.x, pb.y);
     let (k, n, m, post) = (pb.k, pb.n, pb.m, pb.post);
     let sa = pb.sa.expect("the body takes sa");
-    let tp = |i: usize| pb.tail[i].into_pointer_value();
-    let ti = |i: usize| pb.tail[i].into_int_value();
-    let (emu, smem, block, t, smem_shared) = (tp(0), tp(1), ti(2), ti(3), ti(4));
+    let (emu, smem, block, t, smem_shared) = (bt.emu, bt.smem, bt.block, bt.t, bt.smem_shared);
     c.b.position_at_end(ctx.append_basic_block(body, "entry"));
 
     // Barrier, fence / commit / wait, and the MMA: intrinsics and inline PTX, or emulator calls.
