@@ -222,6 +222,25 @@ pub(crate) fn round_elem<'c>(
     Ok(b.build_select(nan, v, out, "")?.into_float_value())
 }
 
+/// Adds the internal function `name(x, y, n, v, t)` of a fake-quant body (`x`, `y` pointers, `n`
+/// and `t` i64, `v` f32).
+fn fq_body<'c>(ctx: &'c Context, module: &Module<'c>, name: &str) -> FunctionValue<'c> {
+    let ptr = ctx.ptr_type(inkwell::AddressSpace::default());
+    let (i64t, f32t) = (ctx.i64_type(), ctx.f32_type());
+    let params = [
+        ptr.into(),
+        ptr.into(),
+        i64t.into(),
+        f32t.into(),
+        i64t.into(),
+    ];
+    module.add_function(
+        name,
+        ctx.void_type().fn_type(&params, false),
+        Some(Linkage::Internal),
+    )
+}
+
 /// Builds the body `qc_fquant_pt_body(x, y, n, s, t)` and its entry ([`ENTRY`] for PTX, or
 /// `qc_fquant_pt_at(x, y, n, s, t)` for the host).
 pub fn build<'c>(
@@ -231,22 +250,8 @@ pub fn build<'c>(
     entries: Entries,
 ) -> Result<(), Error> {
     let b = ctx.create_builder();
-    let ptr = ctx.ptr_type(inkwell::AddressSpace::default());
-    let (i64t, f32t, void) = (ctx.i64_type(), ctx.f32_type(), ctx.void_type());
-    let body = module.add_function(
-        "qc_fquant_pt_body",
-        void.fn_type(
-            &[
-                ptr.into(),
-                ptr.into(),
-                i64t.into(),
-                f32t.into(),
-                i64t.into(),
-            ],
-            false,
-        ),
-        Some(Linkage::Internal),
-    );
+    let f32t = ctx.f32_type();
+    let body = fq_body(ctx, module, "qc_fquant_pt_body");
     {
         let a = body.get_params();
         let (x, y, s, t) = (
@@ -613,22 +618,8 @@ pub fn build_block<'c>(
     entries: Entries,
 ) -> Result<(), Error> {
     let b = ctx.create_builder();
-    let ptr = ctx.ptr_type(inkwell::AddressSpace::default());
-    let (i64t, f32t, void) = (ctx.i64_type(), ctx.f32_type(), ctx.void_type());
-    let body = module.add_function(
-        "qc_fquant_block_body",
-        void.fn_type(
-            &[
-                ptr.into(),
-                ptr.into(),
-                i64t.into(),
-                f32t.into(),
-                i64t.into(),
-            ],
-            false,
-        ),
-        Some(Linkage::Internal),
-    );
+    let (i64t, f32t) = (ctx.i64_type(), ctx.f32_type());
+    let body = fq_body(ctx, module, "qc_fquant_block_body");
     let a = body.get_params();
     let (x, y, tamax, t) = (
         a[0].into_pointer_value(),
