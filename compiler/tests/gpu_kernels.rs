@@ -189,6 +189,14 @@ impl HostKernels {
                 );
             }
             if let Ok(s) = Mma8::classify(&wf, &af) {
+                if let Ok(key) = qc_backend_ptx::tcgen05::Tc05::fp8(&s, K as u64) {
+                    jit(
+                        "tcgen05_fp8",
+                        &|m| qc_backend_ptx::tcgen05::build(ctx, m, &key, Entries::Host).unwrap(),
+                        &tc_emulators,
+                    );
+                    tc05.push(key);
+                }
                 jit(
                     "mma8",
                     &|m| qc_backend_ptx::mma8::build(ctx, m, &s, Entries::Host).unwrap(),
@@ -492,7 +500,7 @@ impl qc_runtime::cuda::Device for HostGpu {
                     });
                 }
             }
-            "qc_tcgen05_fp4" | "qc_tcgen05_w4" => {
+            "qc_tcgen05_fp4" | "qc_tcgen05_w4" | "qc_tcgen05_fp8" => {
                 let smem = self
                     .kernels
                     .tc05
@@ -710,6 +718,11 @@ fn compiled_products_run_qc_kernels_and_match_the_interpreter() {
         s(&["qc_fquant_block", "qc_tcgen05_w4"])
     );
     assert_eq!(launched("int4_g32", None, "sm_100a", 70), s(&["qc_mma4"]));
+    // FP8 weights per tensor or row by FP8 activations on sm_100a from 64 rows: tcgen05's FP8 GEMM.
+    assert_eq!(
+        launched("fp8_e4m3_channel", Some("fp8_e4m3"), "sm_100a", 66),
+        s(&["qc_tcgen05_fp8"])
+    );
     // On sm_120a the block-scaled FP4 mma.sync, from 16 rows.
     assert_eq!(
         launched("nvfp4", Some("nvfp4"), "sm_120a", 40),

@@ -10,24 +10,29 @@
 //!   activations: `kind::f16` with bf16 operands, the weights decoded and scaled in bf16 (exact:
 //!   a 4-bit code times a ue4m3 or e8m0 scale has at most 7 significant bits), the activations split
 //!   into `hi = bf16(x)` and `lo = bf16(x - hi)` as `mma4` does; k-steps of 32, four MMAs each
-//!   (`hi * w` and `lo * w` for each K = 16 half).
+//!   (`hi * w` and `lo * w` for each K = 16 half);
+//! - [`Tc05::Fp8`], FP8 weights (a scale per tensor or per row) by activations the kernel quantizes
+//!   to FP8 per tensor as `mma8` does: `kind::f8f6f4` with e4m3 / e5m2 operands, k-steps of 32, one
+//!   MMA each.
 //!
-//! # Kernels [`ENTRY`] and [`ENTRY_W4`]`(codes, scales, tables, x, y, k, n, m, post, tamax)`
+//! # Kernels [`ENTRY`], [`ENTRY_W4`], [`ENTRY_FP8`]`(codes, scales, tables, x, y, k, n, m, post, tamax)`
 //! - A block of [`BLOCK`] = 128 threads (a warpgroup) computes the [`TILE`] x [`TILE`] (128 x 128)
 //!   tile `(b / ceil(N / 128), b % ceil(N / 128))` of `y`, `b` the block index: launch
 //!   `ceil(M / 128) * ceil(N / 128)` blocks. `tables` (the code and scale values of
-//!   [`Gemv4::tables`]) is read by the W4 kernel only; `tamax` (the NVFP4 activations' static
-//!   maximum) by the FP4 kernel only. K must be a positive multiple of the k-step (and, for W4, of
+//!   [`Gemv4::tables`]) is read by the W4 kernel only; `tamax` is the NVFP4 activations' static
+//!   maximum for the FP4 kernel, the activation scale `sa` for the FP8 one, unused by W4. K must be a positive multiple of the k-step (and, for W4, of
 //!   the group).
 //! - Setup: warp 0 allocates [`TMEM_COLUMNS`] columns of tensor memory (`tcgen05.alloc`, the address
 //!   written to shared memory), thread 0 initializes an mbarrier (count 1); fences and `bar.sync`.
 //! - Tiles in shared memory are K-major without swizzling: core matrices of 8 rows x 16 bytes, row
 //!   `r`, byte `kb` of a tile at `(r / 8) * SBO + (kb / 16) * LBO + (r % 8) * 16 + kb % 16`, LBO =
-//!   128 and SBO = 8 rows (256 bytes for FP4's 32-byte rows, 512 for W4's 64-byte rows).
+//!   128 and SBO = 8 rows (256 bytes for the 32-byte rows of FP4 and FP8, 512 for W4's 64-byte rows).
 //! - W4, each k-step of 32: thread `t` writes the hi and lo bf16 terms of activation row `m0 + t`
 //!   (zeros past M) to two A tiles, and weight row `n0 + t` decoded times its group scales (zeros
 //!   past N) to the B tile; the synchronization and the MMAs as below (the first MMA of the first
 //!   step starts the accumulator).
+//! - FP8, each k-step of 32: thread `t` writes activation row `m0 + t` quantized to FP8 bytes
+//!   (`round(x / sa)`) to the A tile and weight row `n0 + t`'s 32 FP8 bytes to the B tile.
 //! - FP4, each k-step of 64: thread `t` quantizes activation row `m0 + t` (zeros past M) block by
 //!   block and writes its 32 code bytes to the A tile, and copies weight row `n0 + t`'s 32 code
 //!   bytes (zeros past N) to the B tile, each byte two e2m1 codes, the lower K in the low nibble
@@ -48,7 +53,7 @@
 //!   warp `w` loads its 32 lanes (`tcgen05.ld.32x32b.x32`, four times 32 columns), and thread `t`
 //!   writes `y[m0 + t][n0 + j] = d * g * post` for the rows and columns inside `y`: `g` the NVFP4
 //!   activations' global scale `tamax / (6 * 448)` (1 for a zero `tamax`, 1 for MXFP4 and W4),
-//!   `post` the weights' tensor scale. Warp 0 frees the tensor memory.
+//!   `post` the weights' tensor scale (FP8: `y = d * sa * (weight scale) * post`). Warp 0 frees the tensor memory.
 //!
 //! The tests run the body on the host: 128 OS threads per block, shared memory a host buffer (the
 //! descriptors then hold offsets into it), tensor memory and the tensor-core operations as calls of
@@ -65,6 +70,7 @@ use crate::fp4::{Fp4, Fp4Kind};
 use crate::fquant::{e2m1_code, quantize_block};
 use crate::gemv4::{for_loop, scale_at, Cx, Entries, Gemv4};
 use crate::mma4::{bf16_rn, bf16_value, block_entry, load_x4, pack, umin, ProductBody};
+use crate::mma8::{final_weight_scale, quantize_act4, Mma8, Weights8};
 use crate::{compile_ptx, target_machine_with, Error, GpuTarget};
 
 /// The W4A4 FP4 kernel's entry.
@@ -87,6 +93,8 @@ pub const SFB_COLUMN: u32 = 132;
 pub const LBO: u64 = 128;
 /// The W4A16 kernel's entry.
 pub const ENTRY_W4: &str = "qc_tcgen05_w4";
+/// The FP8 kernel's entry.
+pub const ENTRY_FP8: &str = "qc_tcgen05_fp8";
 
 /// A product the kernels of this module compute.
 #[derive(Clone, Debug, PartialEq)]
@@ -99,6 +107,11 @@ pub enum Tc05 {
     /// the activations split into `hi = bf16(x)` and `lo = bf16(x - hi)` (as `mma4` does), and
     /// each k-step is the MMAs `hi * w + lo * w`, K = 16 each.
     W4(Gemv4),
+    /// FP8 weights (per tensor or per row) times activations quantized to FP8 per tensor in the
+    /// kernel, as `mma8` computes it ([`ENTRY_FP8`]): `kind::f8f6f4` with e4m3 / e5m2 operands,
+    /// k-steps of 32, one MMA each; `y = sum * sa * (weight scale) * post`, `sa` the activation
+    /// scale passed in the `tamax` parameter.
+    Fp8(Mma8),
 }
 
 /// Where a kernel keeps what in shared memory (bytes), and its tiles' SBO.
@@ -134,11 +147,25 @@ impl Tc05 {
         Ok(Tc05::W4(spec.clone()))
     }
 
+    /// The FP8 product `spec`, or why the kernel does not compute it: FP8 weights with a scale per
+    /// tensor or per row (grouped weights need scales inside the sum, which the accumulator in
+    /// tensor memory does not allow) and FP8 activations, K a multiple of 32.
+    pub fn fp8(spec: &Mma8, k: u64) -> Result<Tc05, String> {
+        if !matches!(spec.weights, Weights8::Fp8 { .. }) || spec.is_int8() {
+            return Err("FP8 weights and activations only".into());
+        }
+        if k == 0 || !k.is_multiple_of(32) {
+            return Err(format!("K = {k} is not a multiple of 32"));
+        }
+        Ok(Tc05::Fp8(spec.clone()))
+    }
+
     /// The kernel's entry.
     pub fn entry(&self) -> &'static str {
         match self {
             Tc05::Fp4(_) => ENTRY,
             Tc05::W4(_) => ENTRY_W4,
+            Tc05::Fp8(_) => ENTRY_FP8,
         }
     }
 
@@ -146,28 +173,48 @@ impl Tc05 {
     pub fn k_step(&self) -> u64 {
         match self {
             Tc05::Fp4(_) => crate::fp4::K_STEP,
-            Tc05::W4(_) => 32,
+            Tc05::W4(_) | Tc05::Fp8(_) => 32,
         }
     }
 
-    /// The weights' description.
-    pub fn weights(&self) -> &Gemv4 {
+    /// The offset of the scales in the weights' blob of `W[n, k]`.
+    pub fn scales_offset(&self, n: usize, k: usize) -> usize {
         match self {
-            Tc05::Fp4(f) => &f.weights,
-            Tc05::W4(g) => g,
+            Tc05::Fp4(f) => f.scales_offset(n, k),
+            Tc05::W4(g) => g.sections(n, k).scales,
+            Tc05::Fp8(f) => f.scales_offset(n, k),
+        }
+    }
+
+    /// The kernels' `tables` argument (read by W4 only; the others take the same list).
+    pub fn tables(&self) -> Result<Vec<f32>, String> {
+        match self {
+            Tc05::Fp4(f) => f.weights.tables(),
+            Tc05::W4(g) => g.tables(),
+            Tc05::Fp8(f) => f.tables(),
+        }
+    }
+
+    /// The kernels' `post` argument for a blob: the weights' tensor scale, or 1.
+    pub fn post(&self, blob: &[u8], n: usize, k: usize) -> Result<f32, String> {
+        match self {
+            Tc05::Fp4(f) => f.post(blob, n, k),
+            Tc05::W4(g) => g.post(blob, n, k),
+            Tc05::Fp8(f) => f.post(blob, n, k),
         }
     }
 
     fn layout(&self) -> Layout {
-        // One tile row per k-step: 64 e2m1 codes or 32 bf16.
+        // One tile row per k-step: 64 e2m1 codes, 32 bf16 or 32 FP8 bytes.
         let row_bytes = match self {
-            Tc05::Fp4(_) => 32,
+            Tc05::Fp4(_) | Tc05::Fp8(_) => 32,
             Tc05::W4(_) => 64,
         };
         let tile = TILE * row_bytes;
         let (a_lo, b, sf_x, mbar) = match self {
             Tc05::Fp4(_) => (None, tile, Some(2 * tile), 2 * tile + 2 * 4 * TILE),
             Tc05::W4(_) => (Some(tile), 2 * tile, None, 3 * tile),
+            Tc05::Fp8(_) => (None, tile, None, 2 * tile),
         };
         Layout {
             a: 0,
@@ -209,6 +256,14 @@ impl Tc05 {
                 let (f32d, bf16) = (1u32, 1u32);
                 (f32d << 4) | (bf16 << 7) | (bf16 << 10) | shape
             }
+            // kind::f8f6f4: E4M3 = 0, E5M2 = 1.
+            Tc05::Fp8(f) => {
+                let f32d = 1u32;
+                (f32d << 4)
+                    | ((f.act_e5m2() as u32) << 7)
+                    | ((f.weight_e5m2() as u32) << 10)
+                    | shape
+            }
         }
     }
 
@@ -218,6 +273,7 @@ impl Tc05 {
             Tc05::W4(_) => 0,
             Tc05::Fp4(f) if f.kind == Fp4Kind::Nvfp4 => 1,
             Tc05::Fp4(_) => 2,
+            Tc05::Fp8(_) => 3,
         }
     }
 }
@@ -235,8 +291,8 @@ pub const LD_EMULATOR: &str = "qc_tc_ld";
 /// Host emulator of `tcgen05.mma` (issued by one thread, complete on return): `void (void *block,
 /// uint32_t kind, uint32_t d_taddr, uint64_t a_desc, uint64_t b_desc, uint32_t idesc, uint32_t
 /// enable_input_d, uint32_t sfa_taddr, uint32_t sfb_taddr)`, `kind` 0 for `kind::f16`, 1 for
-/// `kind::mxf4nvf4.block_scale.block16`, 2 for `kind::mxf4.block_scale.block32` (the scale
-/// addresses unused for 0).
+/// `kind::mxf4nvf4.block_scale.block16`, 2 for `kind::mxf4.block_scale.block32`, 3 for
+/// `kind::f8f6f4` (the scale addresses unused for 0 and 3).
 pub const MMA_EMULATOR: &str = "qc_tc_mma";
 
 /// The shared-memory matrix descriptor (Blackwell format) of a tile at shared address `addr`:
@@ -352,7 +408,7 @@ impl<'c> Ops<'c> {
                 "llvm.nvvm.tcgen05.mma.shared.mxf4nvf4.block_scale.block16"
             }
             Tc05::Fp4(_) => "llvm.nvvm.tcgen05.mma.shared.mxf4.block_scale.block32",
-            Tc05::W4(_) => "llvm.nvvm.tcgen05.mma.shared",
+            Tc05::W4(_) | Tc05::Fp8(_) => "llvm.nvvm.tcgen05.mma.shared",
         };
         Ok(Ops::Ptx {
             bar: intrinsic(module, "llvm.nvvm.barrier.cta.sync.aligned.all")?,
@@ -793,11 +849,45 @@ pub fn build<'c>(
         }
         store_row(c, lay.b, &pairs(&wbits)?)
     };
+    // One k-step's tiles of the FP8 kernel: activation row `arow` quantized to FP8 bytes (as
+    // `mma8` does), weight row `brow`'s 32 FP8 bytes.
+    let fp8_step = |c: &Cx<'c>, f: &Mma8, k0: IntValue<'c>| -> Result<(), Error> {
+        let mut words = Vec::with_capacity(8);
+        for q4 in 0..8u64 {
+            let kc = c.b.build_int_add(k0, c.i64(4 * q4), "")?;
+            let v = load_x4(c, x, arow, m, k, kc)?;
+            words.push(quantize_act4(c, module, &f.act, v, tamax)?);
+        }
+        store_row(c, lay.a, &words)?;
+        let off =
+            c.b.build_int_add(c.b.build_int_mul(brow_c, k, "")?, k0, "")?;
+        let mut bw = Vec::with_capacity(8);
+        for h in 0..2u64 {
+            let p = c.gep(
+                ctx.i8_type().into(),
+                codes,
+                c.b.build_int_add(off, c.i64(16 * h), "")?,
+            )?;
+            let ld = c.b.build_load(v4i32, p, "")?;
+            ld.as_instruction_value()
+                .unwrap()
+                .set_alignment(16)
+                .map_err(|e| Error::Codegen(e.to_string()))?;
+            let v =
+                c.b.build_select(b_in, ld.into_vector_value(), v4i32.const_zero(), "")?
+                    .into_vector_value();
+            for e in 0..4u64 {
+                bw.push(c.b.build_extract_element(v, i32c(e), "")?.into_int_value());
+            }
+        }
+        store_row(c, lay.b, &bw)
+    };
     for_loop(&c, body, steps, |c, si| {
         let k0 = c.b.build_int_mul(si, c.i64(spec.k_step()), "k0")?;
         match spec {
             Tc05::Fp4(f) => fp4_step(c, f, k0)?,
             Tc05::W4(g) => w4_step(c, g, k0)?,
+            Tc05::Fp8(f) => fp8_step(c, f, k0)?,
         }
         // 4. Make the tiles and scales visible to the tensor core; one thread issues the MMA.
         if let Ops::Ptx { proxy, wait_st, .. } = &ops {
@@ -810,7 +900,7 @@ pub fn build<'c>(
             // (A tile, B tile, byte offset along K, the first MMA of the step): FP4 one MMA of
             // K = 64; W4 hi and lo for each K = 16 half of the step (two core matrices, 2 LBO).
             let issues: Vec<(u64, u64, u64, bool)> = match spec {
-                Tc05::Fp4(_) => vec![(lay.a, lay.b, 0, true)],
+                Tc05::Fp4(_) | Tc05::Fp8(_) => vec![(lay.a, lay.b, 0, true)],
                 Tc05::W4(_) => {
                     let lo = lay.a_lo.expect("lo terms");
                     (0..2u64)
@@ -850,12 +940,16 @@ pub fn build<'c>(
                                     i32c(0).into(),
                                 ]);
                             }
-                            // kind::f16 (0), cta_group::1, collector::a::discard.
-                            Tc05::W4(_) => args.extend::<[BasicMetadataValueEnum; 3]>([
-                                i32c(0).into(),
-                                i32c(1).into(),
-                                i32c(0).into(),
-                            ]),
+                            // kind::f16 (0) or kind::f8f6f4 (2), cta_group::1,
+                            // collector::a::discard.
+                            Tc05::W4(_) | Tc05::Fp8(_) => {
+                                let kind = if matches!(spec, Tc05::W4(_)) { 0 } else { 2 };
+                                args.extend::<[BasicMetadataValueEnum; 3]>([
+                                    i32c(kind).into(),
+                                    i32c(1).into(),
+                                    i32c(0).into(),
+                                ])
+                            }
                         }
                         call(c, *mma, &args)?;
                     }
@@ -947,8 +1041,14 @@ pub fn build<'c>(
                 when(c, inside, &|c| {
                     let d = c.b.build_load(i32t, c.gep(i32t.into(), out, j)?, "")?;
                     let d = c.b.build_bit_cast(d, f32t, "")?.into_float_value();
-                    let v =
-                        c.b.build_float_mul(c.b.build_float_mul(d, g, "")?, post, "")?;
+                    let mut v = c.b.build_float_mul(d, g, "")?;
+                    if let Tc05::Fp8(f) = spec {
+                        let ws = final_weight_scale(c, f, scales, tables, col)?
+                            .ok_or(Error::Codegen("FP8 weights have a final scale".into()))?;
+                        v =
+                            c.b.build_float_mul(c.b.build_float_mul(v, tamax, "")?, ws, "")?;
+                    }
+                    let v = c.b.build_float_mul(v, post, "")?;
                     let idx =
                         c.b.build_int_add(c.b.build_int_mul(arow, n, "")?, col, "")?;
                     c.b.build_store(c.gep(f32t.into(), y, idx)?, v)?;

@@ -11,6 +11,7 @@ use inkwell::OptimizationLevel;
 use qc_backend_ptx::fp4::Fp4;
 use qc_backend_ptx::gemv4::Gemv4;
 use qc_backend_ptx::mma4::Entries;
+use qc_backend_ptx::mma8::Mma8;
 use qc_backend_ptx::ptxas::assemble;
 use qc_backend_ptx::tcgen05::{self, Tc05};
 use qc_backend_ptx::GpuTarget;
@@ -40,6 +41,15 @@ fn ptxas_accepts_the_kernels_for_sm_100a() {
         ),
         ("nvfp4", w4("nvfp4"), "tcgen05.mma.cta_group::1.kind::f16"),
         ("nvint4", w4("nvint4"), "tcgen05.mma.cta_group::1.kind::f16"),
+        (
+            "fp8_e4m3_channel x fp8_e5m2",
+            Tc05::fp8(
+                &Mma8::classify(&fmt("fp8_e4m3_channel"), &fmt("fp8_e5m2")).unwrap(),
+                128,
+            )
+            .unwrap(),
+            "tcgen05.mma.cta_group::1.kind::f8f6f4",
+        ),
     ] {
         let ptx = tcgen05::emit_ptx(&spec).unwrap();
         assert!(ptx.contains(&format!(".entry {}(", spec.entry())), "{name}");
@@ -109,10 +119,9 @@ fn run_on_cpu(
             ee.add_global_mapping(&func, f);
         }
     }
-    let g = spec.weights();
-    let post = g.post(blob, n, k).unwrap();
-    let scales = g.sections(n, k).scales;
-    let tables = g.tables().unwrap();
+    let post = spec.post(blob, n, k).unwrap();
+    let scales = spec.scales_offset(n, k);
+    let tables = spec.tables().unwrap();
     let mut y = vec![f32::NAN; m * n];
     let tile = tcgen05::TILE as usize;
     let blocks = m.div_ceil(tile) * n.div_ceil(tile);
@@ -217,4 +226,24 @@ fn the_w4_kernel_matches_dequantized_weights_times_activations() {
         // One bf16 term alone would be off by up to 2^-9: the split is what keeps it close.
         assert!(worst < 1e-4, "{name}: {worst}");
     }
+}
+
+#[test]
+fn the_fp8_kernel_matches_quantized_activations_times_dequantized_weights() {
+    let (m, n, k) = (136, 144, 96);
+    for (w, a) in [
+        ("fp8_e4m3", "fp8_e4m3"),
+        ("fp8_e5m2", "fp8_e4m3"),
+        ("fp8_e4m3_channel", "fp8_e5m2"),
+    ] {
+        let (wf, af) = (fmt(w), fmt(a));
+        let spec = Tc05::fp8(&Mma8::classify(&wf, &af).unwrap(), k as u64).unwrap();
+        let case = Case8::new(&wf, &af, m, n, k);
+        let (y, mmas) = run_on_cpu(&spec, &case.blob, &case.x, case.sa, m, n, k);
+        assert_eq!(mmas, 4 * 3, "{w} x {a}: one MMA per block and k-step");
+        case.check(&y, &format!("{w} x {a}"));
+    }
+    // Grouped or 4-bit weights and int8 activations take other kernels.
+    let no = |w: &str, a: &str| Tc05::fp8(&Mma8::classify(&fmt(w), &fmt(a)).unwrap(), 128).is_err();
+    assert!(no("mxfp4", "fp8_e4m3") && no("int8_channel", "int8"));
 }

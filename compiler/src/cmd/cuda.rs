@@ -43,7 +43,8 @@
 //! `tcgen05.mma` with tensor memory (`qc_backend_ptx::tcgen05`), on sm_120a from 16 rows the
 //! block-scaled `mma.sync` (`qc_backend_ptx::mmafp4`); on sm_100a the other products by 4-bit
 //! weights with byte group scales (NVFP4, MXFP4, NVINT4) of 64 rows and more run `tcgen05`'s bf16
-//! (`kind::f16`) GEMM.
+//! (`kind::f16`) GEMM, and those of FP8 weights per tensor or row by FP8 activations its
+//! `kind::f8f6f4` GEMM.
 //!
 //! # Artifact
 //! - `<module>.ptx`, one per kernel module the plan launches (`main_kernel.ptx`, `main_kernel_0.ptx`,
@@ -428,7 +429,8 @@ struct KernelCalls<'m> {
 ///   one of `tcgen05`, on sm_120a from `mma4::MIN_ROWS` the one of `mmafp4`; on sm_100a from
 ///   `tcgen05::MIN_ROWS` rows, other products by 4-bit weights with byte group scales (NVFP4,
 ///   MXFP4, NVINT4) run `tcgen05`'s `kind::f16` GEMM (after the fake-quant kernel when the
-///   activations are quantized); with activations the kernel quantizes itself
+///   activations are quantized), and FP8 weights per tensor or row with FP8 activations its
+///   `kind::f8f6f4` GEMM; with activations the kernel quantizes itself
 ///   (`act_quant`) to int8, or to FP8 on sm_89 and later, the 8-bit tensor-core GEMM of
 ///   `qc_backend_ptx::mma8` (for
 ///   4-bit weights only from `mma4::MIN_ROWS` rows; on sm_90a from `wgmma8::TILE` rows the
@@ -624,29 +626,42 @@ fn kernel_calls<'m>(
             .filter(|_| gemv.is_err() || c.m >= mma4::MIN_ROWS);
         if let Some((aq, spec)) = fp8 {
             len_check(spec.blob_len(n, k))?;
-            // Hopper: the warpgroup MMA for products of a 64-row tile and more.
-            let wgmma = gpu == GpuTarget::Sm90a && c.m >= wgmma8::TILE && !spec.is_int8();
-            let module = if wgmma {
-                module_of(&mut mods.wgmma8, "wgmma8", &spec, ptx, || {
-                    wgmma8::emit_ptx(&spec)
-                })?
-            } else {
-                module_of(&mut mods.mma8, "mma8", &spec, ptx, || {
-                    mma8::emit_ptx(gpu, &spec)
-                })?
-            };
             let act = FakeQuantPt::classify(&aq.format)
                 .ok_or_else(|| at(format!("{}: not a per-tensor format", aq.format)))?;
+            // Products of a 64-row tile and more: on Hopper the warpgroup MMA; on sm_100a, for FP8
+            // weights per tensor or row, tcgen05's FP8 GEMM.
+            let wgmma = gpu == GpuTarget::Sm90a && c.m >= wgmma8::TILE && !spec.is_int8();
+            let tc_fp8 = Tc05::fp8(&spec, c.k)
+                .ok()
+                .filter(|_| gpu == GpuTarget::Sm100a && c.m >= tcgen05::MIN_ROWS);
+            let (module, entry, tile, tile_threads, block) = if let Some(key) = tc_fp8 {
+                let module = module_of(&mut mods.tcgen05, "tcgen05", &key, ptx, || {
+                    tcgen05::emit_ptx(&key)
+                })?;
+                let b = tcgen05::BLOCK;
+                (module, tcgen05::ENTRY_FP8, tcgen05::TILE, b as u64, b)
+            } else if wgmma {
+                let module = module_of(&mut mods.wgmma8, "wgmma8", &spec, ptx, || {
+                    wgmma8::emit_ptx(&spec)
+                })?;
+                let b = wgmma8::BLOCK;
+                (module, wgmma8::ENTRY, wgmma8::TILE, b as u64, b)
+            } else {
+                let module = module_of(&mut mods.mma8, "mma8", &spec, ptx, || {
+                    mma8::emit_ptx(gpu, &spec)
+                })?;
+                (module, mma8::ENTRY, mma4::WARP_TILE, 32, mma8::BLOCK)
+            };
             out.push(call(
                 spec.scales_offset(n, k),
                 spec.tables(),
                 spec.post(blob, n, k),
                 module,
                 ProductKernel::Mma {
-                    entry: if wgmma { wgmma8::ENTRY } else { mma8::ENTRY }.to_string(),
-                    tile: if wgmma { wgmma8::TILE } else { mma4::WARP_TILE },
-                    tile_threads: if wgmma { wgmma8::BLOCK as u64 } else { 32 },
-                    block: if wgmma { wgmma8::BLOCK } else { mma8::BLOCK },
+                    entry: entry.to_string(),
+                    tile,
+                    tile_threads,
+                    block,
                     act_scale: Some(act.scale(aq.amax)),
                 },
                 None,

@@ -513,7 +513,8 @@ pub extern "C" fn tc_ld(tc: *const Tc, t: i64, taddr: u32, out: *mut f32) {
 }
 
 /// `tcgen05.mma` (one thread issues it; complete on return): `kind` 0 for `kind::f16`, 1 for
-/// `kind::mxf4nvf4.block_scale.block16`, 2 for `kind::mxf4.block_scale.block32`.
+/// `kind::mxf4nvf4.block_scale.block16`, 2 for `kind::mxf4.block_scale.block32`, 3 for
+/// `kind::f8f6f4`.
 #[allow(clippy::too_many_arguments)]
 pub extern "C" fn tc_mma(
     tc: *const Tc,
@@ -531,19 +532,21 @@ pub extern "C" fn tc_mma(
     tc.mmas.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let bits = |lo: u32, n: u32| (idesc >> lo) & ((1 << n) - 1);
     assert_eq!(bits(0, 3), 0, "dense");
-    assert_eq!(
-        (bits(7, 3), bits(10, 3)),
-        (1, 1),
-        "A and B e2m1 (FP4 kinds) or bf16 (f16 kind)"
-    );
+    if kind != 3 {
+        assert_eq!(
+            (bits(7, 3), bits(10, 3)),
+            (1, 1),
+            "A and B e2m1 (FP4 kinds) or bf16 (f16 kind)"
+        );
+    }
     assert_eq!((bits(13, 2), bits(15, 2)), (0, 0), "no negation, K-major");
     let (n, m) = ((bits(17, 6) << 3) as usize, (bits(24, 5) << 4) as usize);
     assert_eq!(m, 128, "M = 128: row r in lane r");
     assert!(n.is_multiple_of(8) && (8..=256).contains(&n));
-    if kind == 0 {
+    if kind == 0 || kind == 3 {
         assert_eq!((bits(3, 1), bits(4, 2), bits(6, 1)), (0, 1, 0), "f32 D");
         assert_eq!((bits(23, 1), bits(29, 3)), (0, 0), "reserved");
-        return tc_mma_bf16(tc, d, a_desc, b_desc, n, enable_input_d != 0);
+        return tc_mma_dense(tc, kind, idesc, d, a_desc, b_desc, n, enable_input_d != 0);
     }
     let (block, ue8m0) = if bits(23, 1) == 1 {
         (32, true)
@@ -624,12 +627,46 @@ fn tc_tile(desc: u64) -> (usize, usize, usize) {
     (field(0), field(16), field(32))
 }
 
-/// `kind::f16` with bf16 A and B (K = 16) and an f32 accumulator.
-fn tc_mma_bf16(tc: &Tc, d: u32, a_desc: u64, b_desc: u64, n: usize, accumulate: bool) {
-    let elem = |(start, lbo, sbo): (usize, usize, usize), r: usize, k: usize| -> f64 {
-        let at = start + (r / 8) * sbo + (k / 8) * lbo + (r % 8) * 16 + (k % 8) * 2;
-        let h = u16::from_le_bytes([tc.byte(at), tc.byte(at + 1)]);
-        f32::from_bits((h as u32) << 16) as f64
+/// The dense kinds with an f32 accumulator: `kind::f16` (0) with bf16 A and B (types 1), K = 16,
+/// two bytes an element; `kind::f8f6f4` (3) with e4m3 (type 0) or e5m2 (1) A and B, K = 32, a
+/// byte an element.
+#[allow(clippy::too_many_arguments)]
+fn tc_mma_dense(
+    tc: &Tc,
+    kind: u32,
+    idesc: u32,
+    d: u32,
+    a_desc: u64,
+    b_desc: u64,
+    n: usize,
+    accumulate: bool,
+) {
+    let ty = |lo: u32| (idesc >> lo) & 7;
+    let fp8 = |t: u32| {
+        assert!(t <= 1, "e4m3 or e5m2");
+        fp8_table(t == 1)
+    };
+    let (depth, size) = if kind == 0 {
+        assert_eq!((ty(7), ty(10)), (1, 1), "bf16 A and B");
+        (16, 2)
+    } else {
+        (32, 1)
+    };
+    let value = |t: u32, at: usize| -> f64 {
+        if kind == 0 {
+            let h = u16::from_le_bytes([tc.byte(at), tc.byte(at + 1)]);
+            f32::from_bits((h as u32) << 16) as f64
+        } else {
+            fp8(t)[tc.byte(at) as usize] as f64
+        }
+    };
+    // Element (r, k): byte kb = k * size of row r, core matrices of 16 bytes.
+    let elem = |(start, lbo, sbo): (usize, usize, usize), t: u32, r: usize, k: usize| -> f64 {
+        let kb = k * size;
+        value(
+            t,
+            start + (r / 8) * sbo + (kb / 16) * lbo + (r % 8) * 16 + kb % 16,
+        )
     };
     let (ta, tb) = (tc_tile(a_desc), tc_tile(b_desc));
     assert_eq!(d >> 16, 0);
@@ -637,7 +674,9 @@ fn tc_mma_bf16(tc: &Tc, d: u32, a_desc: u64, b_desc: u64, n: usize, accumulate: 
     let mut tm = tc.tmem.lock().unwrap();
     for r in 0..128 {
         for col in 0..n {
-            let s: f64 = (0..16).map(|k| elem(ta, r, k) * elem(tb, col, k)).sum();
+            let s: f64 = (0..depth)
+                .map(|k| elem(ta, ty(7), r, k) * elem(tb, ty(10), col, k))
+                .sum();
             let at = r * TMEM_COLS + dcol + col;
             let acc = if accumulate {
                 f32::from_bits(tm[at]) as f64
