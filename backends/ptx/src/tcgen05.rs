@@ -26,7 +26,8 @@
 //!   written to shared memory), thread 0 initializes an mbarrier (count 1); fences and `bar.sync`.
 //! - Tiles in shared memory are K-major without swizzling: core matrices of 8 rows x 16 bytes, row
 //!   `r`, byte `kb` of a tile at `(r / 8) * SBO + (kb / 16) * LBO + (r % 8) * 16 + kb % 16`, LBO =
-//!   128 and SBO = 8 rows (256 bytes for the 32-byte rows of FP4 and FP8, 512 for W4's 64-byte rows).
+//!   128 and SBO = 8 rows (256 bytes for the 32-byte rows of FP4 and FP8, 512 for W4's 64-byte
+//!   rows).
 //! - W4, each k-step of 32: thread `t` writes the hi and lo bf16 terms of activation row `m0 + t`
 //!   (zeros past M) to two A tiles, and weight row `n0 + t` decoded times its group scales (zeros
 //!   past N) to the B tile; the synchronization and the MMAs as below (the first MMA of the first
