@@ -1,27 +1,28 @@
 //! GEMMs for Blackwell data-center GPUs (sm_100a) on the fifth-generation tensor cores:
 //! `tcgen05.mma` with operands in shared memory and the accumulator (and scale factors) in tensor
-//! memory. Two products ([`Tc05`]), both with 4-bit weights read from their blob as they are:
+//! memory. Three products ([`Tc05`]), the weights read from their blob as they are:
 //! - [`Tc05::Fp4`], the W4A4 products of [`crate::fp4`] (NVFP4 x NVFP4 with
 //!   `kind::mxf4nvf4.block_scale.block16` = `scale_vec::4X`, ue4m3 scales per 16 elements; MXFP4 x
 //!   MXFP4 with `kind::mxf4.block_scale.block32`, ue8m0 scales per 32), the f32 activations
 //!   quantized in the kernel with [`crate::fquant`]'s block quantizer (bit for bit the
 //!   interpreter's); k-steps of 64, one MMA each;
 //! - [`Tc05::W4`], 4-bit weights with byte group scales (NVFP4, MXFP4, NVINT4) times f32
-//!   activations: `kind::f16` with bf16 operands, the weights decoded and scaled in bf16 (exact:
-//!   a 4-bit code times a ue4m3 or e8m0 scale has at most 7 significant bits), the activations split
+//!   activations: `kind::f16` with bf16 operands, the weights decoded and scaled in bf16 (exact: a
+//!   4-bit code times a ue4m3 or e8m0 scale has at most 7 significant bits), the activations split
 //!   into `hi = bf16(x)` and `lo = bf16(x - hi)` as `mma4` does; k-steps of 32, four MMAs each
 //!   (`hi * w` and `lo * w` for each K = 16 half);
 //! - [`Tc05::Fp8`], FP8 weights (a scale per tensor or per row) by activations the kernel quantizes
 //!   to FP8 per tensor as `mma8` does: `kind::f8f6f4` with e4m3 / e5m2 operands, k-steps of 32, one
 //!   MMA each.
 //!
-//! # Kernels [`ENTRY`], [`ENTRY_W4`], [`ENTRY_FP8`]`(codes, scales, tables, x, y, k, n, m, post, tamax)`
+//! # Kernels
+//! [`ENTRY`], [`ENTRY_W4`] and [`ENTRY_FP8`]`(codes, scales, tables, x, y, k, n, m, post, tamax)`:
 //! - A block of [`BLOCK`] = 128 threads (a warpgroup) computes the [`TILE`] x [`TILE`] (128 x 128)
 //!   tile `(b / ceil(N / 128), b % ceil(N / 128))` of `y`, `b` the block index: launch
 //!   `ceil(M / 128) * ceil(N / 128)` blocks. `tables` (the code and scale values of
 //!   [`Gemv4::tables`]) is read by the W4 kernel only; `tamax` is the NVFP4 activations' static
-//!   maximum for the FP4 kernel, the activation scale `sa` for the FP8 one, unused by W4. K must be a positive multiple of the k-step (and, for W4, of
-//!   the group).
+//!   maximum for the FP4 kernel, the activation scale `sa` for the FP8 one, unused by W4. K must be
+//!   a positive multiple of the k-step (and, for W4, of the group).
 //! - Setup: warp 0 allocates [`TMEM_COLUMNS`] columns of tensor memory (`tcgen05.alloc`, the address
 //!   written to shared memory), thread 0 initializes an mbarrier (count 1); fences and `bar.sync`.
 //! - Tiles in shared memory are K-major without swizzling: core matrices of 8 rows x 16 bytes, row
@@ -37,24 +38,25 @@
 //! - FP4, each k-step of 64: thread `t` quantizes activation row `m0 + t` (zeros past M) block by
 //!   block and writes its 32 code bytes to the A tile, and copies weight row `n0 + t`'s 32 code
 //!   bytes (zeros past N) to the B tile, each byte two e2m1 codes, the lower K in the low nibble
-//!   (the blob's order). Each row's scales make one 32-bit word, byte `j` the scale of the
-//!   row's `j`-th block of the step (4 blocks of 16, or 2 of 32 in the low half). The scale factors
-//!   go to tensor memory as the MMA wants them, "duplicated to all 32 lane partitions": the word of
-//!   A's row `r` in column [`SFA_COLUMN`]` + r / 32` of lane `r % 32` of each lane quarter (B's
-//!   rows from [`SFB_COLUMN`] likewise). So the threads put their words in shared memory,
-//!   `bar.sync`, and each warp writes the whole table into its own quarter (`tcgen05.st.32x32b.x4`:
-//!   thread `32 w + l` the words of rows `l`, `32 + l`, `64 + l`, `96 + l`). This is the layout of
-//!   CUTLASS's `SfKMajorAtom` and of DeepGEMM (the ISA draws it only in figures). Then
-//!   `fence.proxy.async.shared::cta` (the MMA reads shared memory through the async proxy),
+//!   (the blob's order). Each row's scales make one 32-bit word, byte `j` the scale of the row's
+//!   `j`-th block of the step (4 blocks of 16, or 2 of 32 in the low half). The scale factors go to
+//!   tensor memory as the MMA wants them, "duplicated to all 32 lane partitions": the word of A's
+//!   row `r` in column [`SFA_COLUMN`]` + r / 32` of lane `r % 32` of each lane quarter (B's rows
+//!   from [`SFB_COLUMN`] likewise). So the threads put their words in shared memory, `bar.sync`,
+//!   and each warp writes the whole table into its own quarter (`tcgen05.st.32x32b.x4`: thread
+//!   `32 w + l` the words of rows `l`, `32 + l`, `64 + l`, `96 + l`). This is the layout of
+//!   CUTLASS's `SfKMajorAtom` and of DeepGEMM (the ISA draws it only in figures).
+//! - Then `fence.proxy.async.shared::cta` (the MMA reads shared memory through the async proxy),
 //!   `tcgen05.wait::st`, `tcgen05.fence::before_thread_sync`, `bar.sync`,
 //!   `tcgen05.fence::after_thread_sync`; thread 0 issues the step's MMAs (M = N = 128,
-//!   accumulating from the second step on) and `tcgen05.commit`s it to the mbarrier; every thread waits for the mbarrier's
-//!   phase `step % 2` before the tiles and scales are overwritten.
+//!   accumulating from the second step on) and `tcgen05.commit`s them to the mbarrier; every
+//!   thread waits for the mbarrier's phase `step % 2` before the tiles and scales are overwritten.
 //! - The end: the accumulator is D in tensor memory, row `r` in lane `r`, column `j` in column `j`;
 //!   warp `w` loads its 32 lanes (`tcgen05.ld.32x32b.x32`, four times 32 columns), and thread `t`
 //!   writes `y[m0 + t][n0 + j] = d * g * post` for the rows and columns inside `y`: `g` the NVFP4
 //!   activations' global scale `tamax / (6 * 448)` (1 for a zero `tamax`, 1 for MXFP4 and W4),
-//!   `post` the weights' tensor scale (FP8: `y = d * sa * (weight scale) * post`). Warp 0 frees the tensor memory.
+//!   `post` the weights' tensor scale (FP8: `y = d * sa * (weight scale) * post`). Warp 0 frees
+//!   the tensor memory.
 //!
 //! The tests run the body on the host: 128 OS threads per block, shared memory a host buffer (the
 //! descriptors then hold offsets into it), tensor memory and the tensor-core operations as calls of
