@@ -683,6 +683,16 @@ fn compiled_products_run_qc_kernels_and_match_the_interpreter() {
         launched("fp8_e4m3_channel", Some("fp8_e4m3"), "sm_90a", 70),
         s(&["qc_wgmma8"])
     );
+    // NVFP4 weights (groups of 16) by FP8 activations: two MMAs per k-step, on sm_89 the FP8
+    // mma.sync GEMM, on sm_90a from 64 rows the warpgroup one.
+    assert_eq!(
+        launched("nvfp4", Some("fp8_e4m3"), "sm_89", 20),
+        s(&["qc_mma8"])
+    );
+    assert_eq!(
+        launched("nvfp4", Some("fp8_e4m3"), "sm_90a", 64),
+        s(&["qc_wgmma8"])
+    );
     // MX and NVFP4 activations: the block fake-quant kernel, then the 4-bit kernels.
     assert_eq!(
         launched("nvfp4", Some("nvfp4"), "sm_120a", 8),

@@ -2,9 +2,8 @@
 //! quantizes the f32 activations `x[M, K]` itself per tensor (the `--aformat` of a calibrated
 //! model) and reads the weights `W[N, K]` straight from their `qc_quant::blob` bytes:
 //! - FP8 activations (e4m3 or e5m2; sm_89 and later): FP8 weights (e4m3 or e5m2, one f32 scale per
-//!   tensor or per row), or 4-bit codes in the formats of [`Gemv4`] whose scale groups are at least
-//!   32 long (int4 per group or row, mxfp4), decoded in registers to e4m3, which holds every 4-bit
-//!   code value exactly;
+//!   tensor or per row), or 4-bit codes in the formats of [`Gemv4`] (int4 per group or row, mxfp4,
+//!   nvfp4, nvint4), decoded in registers to e4m3, which holds every 4-bit code value exactly;
 //! - int8 activations (every target): int8 weights (f32 scales per tensor, row or group of a
 //!   multiple of 32) or int4 (groups of 32 or more, or per row) decoded to int8, multiplied by
 //!   `mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32` with exact i32 sums.
@@ -15,7 +14,8 @@
 //! - Each k-step of 32 is one `mma.sync.aligned.m16n8k32.row.col.f32.{a}.{b}.f32` on a zeroed
 //!   accumulator: 32 products of FP8 values, each exact in f32. Its result is added to the f32 sum
 //!   (times the weight's group scale for grouped formats: scales applied around the MMA), so the
-//!   tensor core never accumulates across steps. With int8 the step's i32 sums are exact: added to
+//!   tensor core never accumulates across steps. Groups of 16 (NVFP4, NVINT4) make each k-step two
+//!   MMAs, one per K half with A's registers of the other half zero, each scaled by its group. With int8 the step's i32 sums are exact: added to
 //!   an i32 sum (converted once at the end), or for grouped weights converted and scaled per step.
 //! - At the end `y = sum * sa * (per-tensor or per-row weight scale) * post` (`post`: the NVFP4-style
 //!   tensor scale of [`Gemv4::post`], else 1).
@@ -63,7 +63,7 @@ pub enum Weights8 {
         /// One scale per row (else one per tensor).
         per_row: bool,
     },
-    /// 4-bit codes as [`Gemv4`] reads them, decoded to e4m3 (groups of at least 32, or per row);
+    /// 4-bit codes as [`Gemv4`] reads them, decoded to e4m3 (groups of at least 16, or per row);
     /// with int8 activations only two's-complement int4, decoded to int8.
     Nibble(Gemv4),
     /// int8 codes with f32 scales per tensor, per row or per group (of a multiple of 32) along K
@@ -154,8 +154,8 @@ impl Mma8 {
             }
         } else {
             let g = Gemv4::classify(w)?;
-            if g.group.is_some_and(|s| s < 32) {
-                return Err(format!("{w}: scale groups shorter than the MMA's 32"));
+            if g.group.is_some_and(|s| s < 16) {
+                return Err(format!("{w}: scale groups shorter than 16"));
             }
             Weights8::Nibble(g)
         };
@@ -440,6 +440,8 @@ pub fn build<'c>(
     }
     let half_k = c.b.build_int_unsigned_div(k, c.i64(2), "")?;
     let steps = c.b.build_int_unsigned_div(k, c.i64(32), "steps")?;
+    // Groups of 16 (NVFP4): each k-step of 32 is two MMAs, one per group, scaled apart.
+    let halves: u64 = if spec.group() == Some(16) { 2 } else { 1 };
     for_loop(&c, body, steps, |c, si| {
         let k0 = c.b.build_int_mul(si, c.i64(32), "k0")?;
         // A fragments: [row g first half, row g + 8 first half, row g second half, row g + 8
@@ -529,23 +531,33 @@ pub fn build<'c>(
             }
             bfr.push(regs);
         }
-        // Group scales of the step's columns (grouped weights): col = n0 + 8j + 2q + e.
-        let mut gscale = Vec::new();
+        // Group scales of the step's columns (grouped weights): col = n0 + 8j + 2q + e, for each
+        // group of the step (two for groups of 16, each K half its own MMA).
+        let mut gscales = Vec::new();
         if let (Some(g), Some(gpr)) = (spec.group(), groups_per_row) {
-            let gi_in_row = c.b.build_int_unsigned_div(k0, c.i64(g as u64), "")?;
-            for j in 0..TN as u64 {
-                for e in 0..2u64 {
-                    let col = c.b.build_int_add(n0, c.i64(8 * j + e), "")?;
-                    let col = umin(c, c.b.build_int_add(col, q2, "")?, n_last)?;
-                    let gi =
-                        c.b.build_int_add(c.b.build_int_mul(col, gpr, "")?, gi_in_row, "")?;
-                    gscale.push(match nib {
-                        Some(s) => scale_at(c, s, scales, tables, gi)?,
-                        None => c.load_f32(scales, gi)?,
-                    });
+            for h in 0..halves {
+                let gi_in_row = c.b.build_int_add(
+                    c.b.build_int_unsigned_div(k0, c.i64(g as u64), "")?,
+                    c.i64(h),
+                    "",
+                )?;
+                let mut gscale = Vec::new();
+                for j in 0..TN as u64 {
+                    for e in 0..2u64 {
+                        let col = c.b.build_int_add(n0, c.i64(8 * j + e), "")?;
+                        let col = umin(c, c.b.build_int_add(col, q2, "")?, n_last)?;
+                        let gi =
+                            c.b.build_int_add(c.b.build_int_mul(col, gpr, "")?, gi_in_row, "")?;
+                        gscale.push(match nib {
+                            Some(s) => scale_at(c, s, scales, tables, gi)?,
+                            None => c.load_f32(scales, gi)?,
+                        });
+                    }
                 }
+                gscales.push(gscale);
             }
         }
+        let gscale = gscales.first().cloned().unwrap_or_default();
         for (i, ai) in afr.iter().enumerate() {
             for (j, bj) in bfr.iter().enumerate() {
                 let at = ((i * TN + j) * 4) as u64;
@@ -565,17 +577,25 @@ pub fn build<'c>(
                     }
                     continue;
                 }
-                let d = mma.issue(c, ai, bj, &[zero; 4])?;
                 let at = ((i * TN + j) * 4) as u64;
-                for (e, dv) in d.iter().enumerate() {
-                    let p = c.gep(f32t.into(), acc, c.i64(at + e as u64))?;
-                    let cur = c.b.build_load(f32t, p, "")?.into_float_value();
-                    let r = if gscale.is_empty() {
-                        c.b.build_float_add(cur, *dv, "")?
-                    } else {
-                        c.fma(gscale[j * 2 + e % 2], *dv, cur)?
-                    };
-                    c.b.build_store(p, r)?;
+                for h in 0..halves as usize {
+                    // Groups of 16: the MMA of K half h alone (A's registers of the other half,
+                    // registers 2 - 2h and 3 - 2h, zero).
+                    let mut a = *ai;
+                    if halves == 2 {
+                        a[2 - 2 * h] = i32t.const_zero();
+                        a[3 - 2 * h] = i32t.const_zero();
+                    }
+                    let d = mma.issue(c, &a, bj, &[zero; 4])?;
+                    for (e, dv) in d.iter().enumerate() {
+                        let p = c.gep(f32t.into(), acc, c.i64(at + e as u64))?;
+                        let cur = c.b.build_load(f32t, p, "")?.into_float_value();
+                        let r = match gscales.get(h) {
+                            None => c.b.build_float_add(cur, *dv, "")?,
+                            Some(gs) => c.fma(gs[j * 2 + e % 2], *dv, cur)?,
+                        };
+                        c.b.build_store(p, r)?;
+                    }
                 }
             }
         }

@@ -18,7 +18,9 @@
 //!   through its shared-memory descriptor, and `scale-d` false (a fresh accumulator), committed and
 //!   waited for; its 32 results per thread (row `16w + g + 8 ((i / 2) % 2)`, column
 //!   `8 (i / 4) + 2q + i % 2` for result `i`, lane `(g, q) = (lane / 4, lane % 4)`) are added to
-//!   the f32 sums, times the group scale for grouped 4-bit weights; `bar.sync` before the next step.
+//!   the f32 sums, times the group scale for grouped 4-bit weights (groups of 16: two MMAs a step,
+//!   one per K half with A's registers of the other half zero, as in `mma8`); `bar.sync` before the
+//!   next step.
 //! - The end as for `mma8`: `y = sum * sa * (weight scale) * post`.
 //!
 //! The tests run the body on the host: 128 OS threads per block, shared memory a host buffer
@@ -224,6 +226,12 @@ pub fn build<'c>(
         .transpose()?;
     let half_k = c.b.build_int_unsigned_div(k, c.i64(2), "")?;
     let steps = c.b.build_int_unsigned_div(k, c.i64(32), "steps")?;
+    // Groups of 16 (NVFP4): each k-step of 32 is two MMAs, one per group, scaled apart.
+    let halves: u64 = if nib.and_then(|s| s.group) == Some(16) {
+        2
+    } else {
+        1
+    };
     let v16 = i8t.vec_type(16);
     for_loop(&c, body, steps, |c, si| {
         let k0 = c.b.build_int_mul(si, c.i64(32), "k0")?;
@@ -293,76 +301,98 @@ pub fn build<'c>(
                 regs[(h + 2 * half) as usize] = quantize_act4(c, module, &spec.act, v, sa)?;
             }
         }
-        // 3. The warpgroup MMA on a fresh accumulator.
-        let mut d = Vec::with_capacity(32);
-        if let Some(emu_fn) = emu_fn {
-            let mut args: Vec<BasicMetadataValueEnum> = vec![emu.into(), t.into()];
-            args.extend(regs.iter().map(|r| BasicMetadataValueEnum::from(*r)));
-            args.push(desc.into());
-            args.push(d_out.into());
-            call0(c, emu_fn, &args)?;
-            for i in 0..32 {
-                d.push(c.load_f32(d_out, c.i64(i))?);
+        let all_regs = regs;
+        for h in 0..halves as usize {
+            // 3. The warpgroup MMA on a fresh accumulator (for groups of 16 one per K half, A's
+            // registers of the other half zero: registers 2 - 2h and 3 - 2h).
+            let mut regs = all_regs;
+            if halves == 2 {
+                regs[2 - 2 * h] = i32t.const_zero();
+                regs[3 - 2 * h] = i32t.const_zero();
             }
-        } else {
-            call0(c, fence.unwrap(), &[])?;
-            let (at, bt) = (
-                if spec.act_e5m2() { "e5m2" } else { "e4m3" },
-                if spec.weight_e5m2() { "e5m2" } else { "e4m3" },
-            );
-            let outs: Vec<String> = (0..32).map(|i| format!("${i}")).collect();
-            let text = format!(
-                "{{\n.reg .pred p;\nsetp.ne.b32 p, $37, 0;\n\
-                 wgmma.mma_async.sync.aligned.m64n64k32.f32.{at}.{bt} {{{}}}, {{$32, $33, $34, $35}}, $36, p, 1, 1;\n}}",
-                outs.join(", ")
-            );
-            let mut cons: Vec<&str> = vec!["=f"; 32];
-            cons.extend(["r", "r", "r", "r", "l", "r"]);
-            let asm =
-                ctx.create_inline_asm(mma_fn_ty, text, cons.join(","), true, false, None, false);
-            let mut args: Vec<BasicMetadataValueEnum> = regs
-                .iter()
-                .map(|r| BasicMetadataValueEnum::from(*r))
-                .collect();
-            args.push(desc.into());
-            args.push(i32t.const_zero().into());
-            let r =
-                c.b.build_indirect_call(mma_fn_ty, asm, &args, "")?
-                    .try_as_basic_value()
-                    .basic()
-                    .ok_or(Error::Codegen("wgmma returns nothing".into()))?
-                    .into_struct_value();
-            call0(c, commit.unwrap(), &[])?;
-            call0(c, wait.unwrap(), &[i64t.const_zero().into()])?;
-            for i in 0..32 {
-                d.push(c.b.build_extract_value(r, i, "")?.into_float_value());
-            }
-        }
-        // 4. Into the f32 sums (times the group scale of the column for grouped weights).
-        let mut gs = Vec::new();
-        if let (Some(s), Some(gpr)) = (nib, groups_per_row) {
-            let gi_in_row =
-                c.b.build_int_unsigned_div(k0, c.i64(s.group.unwrap() as u64), "")?;
-            for j in 0..8u64 {
-                for e in 0..2u64 {
-                    let colw =
-                        c.b.build_int_add(c.b.build_int_add(n0, c.i64(8 * j + e), "")?, q2, "")?;
-                    let colw = umin(c, colw, n_last)?;
-                    let gi =
-                        c.b.build_int_add(c.b.build_int_mul(colw, gpr, "")?, gi_in_row, "")?;
-                    gs.push(scale_at(c, s, scales, tables, gi)?);
+            let mut d = Vec::with_capacity(32);
+            if let Some(emu_fn) = emu_fn {
+                let mut args: Vec<BasicMetadataValueEnum> = vec![emu.into(), t.into()];
+                args.extend(regs.iter().map(|r| BasicMetadataValueEnum::from(*r)));
+                args.push(desc.into());
+                args.push(d_out.into());
+                call0(c, emu_fn, &args)?;
+                for i in 0..32 {
+                    d.push(c.load_f32(d_out, c.i64(i))?);
+                }
+            } else {
+                call0(c, fence.unwrap(), &[])?;
+                let (at, bt) = (
+                    if spec.act_e5m2() { "e5m2" } else { "e4m3" },
+                    if spec.weight_e5m2() { "e5m2" } else { "e4m3" },
+                );
+                let outs: Vec<String> = (0..32).map(|i| format!("${i}")).collect();
+                let text = format!(
+                    "{{\n.reg .pred p;\nsetp.ne.b32 p, $37, 0;\n\
+                     wgmma.mma_async.sync.aligned.m64n64k32.f32.{at}.{bt} {{{}}}, {{$32, $33, $34, $35}}, $36, p, 1, 1;\n}}",
+                    outs.join(", ")
+                );
+                let mut cons: Vec<&str> = vec!["=f"; 32];
+                cons.extend(["r", "r", "r", "r", "l", "r"]);
+                let asm = ctx.create_inline_asm(
+                    mma_fn_ty,
+                    text,
+                    cons.join(","),
+                    true,
+                    false,
+                    None,
+                    false,
+                );
+                let mut args: Vec<BasicMetadataValueEnum> = regs
+                    .iter()
+                    .map(|r| BasicMetadataValueEnum::from(*r))
+                    .collect();
+                args.push(desc.into());
+                args.push(i32t.const_zero().into());
+                let r =
+                    c.b.build_indirect_call(mma_fn_ty, asm, &args, "")?
+                        .try_as_basic_value()
+                        .basic()
+                        .ok_or(Error::Codegen("wgmma returns nothing".into()))?
+                        .into_struct_value();
+                call0(c, commit.unwrap(), &[])?;
+                call0(c, wait.unwrap(), &[i64t.const_zero().into()])?;
+                for i in 0..32 {
+                    d.push(c.b.build_extract_value(r, i, "")?.into_float_value());
                 }
             }
-        }
-        for (i, dv) in d.iter().enumerate() {
-            let p = c.gep(f32t.into(), acc, c.i64(i as u64))?;
-            let cur = c.b.build_load(f32t, p, "")?.into_float_value();
-            let r = if gs.is_empty() {
-                c.b.build_float_add(cur, *dv, "")?
-            } else {
-                c.fma(gs[(i / 4) * 2 + i % 2], *dv, cur)?
-            };
-            c.b.build_store(p, r)?;
+            // 4. Into the f32 sums (times the group scale of the column for grouped weights).
+            let mut gs = Vec::new();
+            if let (Some(s), Some(gpr)) = (nib, groups_per_row) {
+                let gi_in_row = c.b.build_int_add(
+                    c.b.build_int_unsigned_div(k0, c.i64(s.group.unwrap() as u64), "")?,
+                    c.i64(h as u64),
+                    "",
+                )?;
+                for j in 0..8u64 {
+                    for e in 0..2u64 {
+                        let colw = c.b.build_int_add(
+                            c.b.build_int_add(n0, c.i64(8 * j + e), "")?,
+                            q2,
+                            "",
+                        )?;
+                        let colw = umin(c, colw, n_last)?;
+                        let gi =
+                            c.b.build_int_add(c.b.build_int_mul(colw, gpr, "")?, gi_in_row, "")?;
+                        gs.push(scale_at(c, s, scales, tables, gi)?);
+                    }
+                }
+            }
+            for (i, dv) in d.iter().enumerate() {
+                let p = c.gep(f32t.into(), acc, c.i64(i as u64))?;
+                let cur = c.b.build_load(f32t, p, "")?.into_float_value();
+                let r = if gs.is_empty() {
+                    c.b.build_float_add(cur, *dv, "")?
+                } else {
+                    c.fma(gs[(i / 4) * 2 + i % 2], *dv, cur)?
+                };
+                c.b.build_store(p, r)?;
+            }
         }
         bar(c)?;
         Ok(())

@@ -121,6 +121,8 @@ fn the_kernel_matches_quantized_activations_times_dequantized_weights() {
         ("int4_g32", "fp8_e4m3"),
         ("int4_channel", "fp8_e4m3"),
         ("mxfp4", "fp8_e5m2"),
+        ("nvfp4", "fp8_e4m3"),
+        ("nvint4", "fp8_e5m2"),
     ] {
         let (wf, af) = (fmt(wname), fmt(act));
         let spec = Mma8::classify(&wf, &af).unwrap();

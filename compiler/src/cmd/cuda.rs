@@ -36,7 +36,7 @@
 //! whose activations are quantized per tensor to int8, or from sm_89 to FP8, runs the 8-bit
 //! tensor-core GEMM of `qc_backend_ptx::mma8`, which quantizes them itself
 //! (`ExportOptions::act_quant_calls`): for int8 / FP8 weights (otherwise decoded by MLIR) and for
-//! 4-bit weights with scale groups of 32 or more (int4 only with int8); on
+//! 4-bit weights with scale groups of 16 or more (int4 with groups of 32 or more only with int8); on
 //! sm_90a, products of 64 rows and more run the same product with Hopper's warpgroup MMA
 //! (`qc_backend_ptx::wgmma8`). W4A4 products (NVFP4 x NVFP4, MXFP4 x MXFP4) run Blackwell's
 //! block-scaled FP4 MMA, quantizing the activations themselves: on sm_100a from 64 rows
