@@ -28,7 +28,7 @@ for n in input_ids token_type_ids attention_mask; do IN+=(--input "$n=$KIT/model
 INP=()
 for n in input_ids token_type_ids attention_mask; do INP+=(--input "$n=$KIT/models/inputs-prefill/$n.npy"); done
 CAL=examples/bert-tiny-calib.npz
-for f in float int4_g32 nvfp4 mxfp4 fp8_e4m3 mxfp8 int4_g32_a8 int8_a8 fp8_e4m3_f8 mxfp4_f8 nvfp4_a4; do
+for f in float int4_g32 nvfp4 mxfp4 fp8_e4m3 mxfp8 int4_g32_a8 int8_a8 fp8_e4m3_f8 mxfp4_f8 nvfp4_f8 nvfp4_a4; do
   case "$f" in
     float) P=(--passes canonicalize,cse,dce) ;;
     int4_g32_a8) P=(--wformat int4_g32 --aformat int8 --calib $CAL) ;;
@@ -37,6 +37,8 @@ for f in float int4_g32 nvfp4 mxfp4 fp8_e4m3 mxfp8 int4_g32_a8 int8_a8 fp8_e4m3_
     # FP8 activations: the FP8 tensor-core GEMM on sm_90a.
     fp8_e4m3_f8) P=(--wformat fp8_e4m3 --aformat fp8_e4m3 --calib $CAL) ;;
     mxfp4_f8) P=(--wformat mxfp4 --aformat fp8_e4m3 --calib $CAL) ;;
+    # NVFP4 weights (groups of 16) by FP8 activations: two FP8 MMAs per k-step.
+    nvfp4_f8) P=(--wformat nvfp4 --aformat fp8_e4m3 --calib $CAL) ;;
     # NVFP4 activations: the block fake-quant kernel before the products.
     nvfp4_a4) P=(--wformat nvfp4 --aformat nvfp4 --calib $CAL) ;;
     *) P=(--wformat "$f") ;;
@@ -47,7 +49,7 @@ for f in float int4_g32 nvfp4 mxfp4 fp8_e4m3 mxfp8 int4_g32_a8 int8_a8 fp8_e4m3_
     "$QC" compile examples/bert-tiny.onnx "${P[@]}" --shape batch=1 --shape seq=8 --target "$t" -o "$KIT/models/$f.$t.qca"
   done
   case "$f" in
-    int4_g32|nvfp4|mxfp4|mxfp4_f8|fp8_e4m3_f8|int4_g32_a8)
+    int4_g32|nvfp4|mxfp4|mxfp4_f8|nvfp4_f8|fp8_e4m3_f8|int4_g32_a8)
       "$QC" run "$KIT/models/$f.qir" "${INP[@]}" -o "$KIT/models/$f-prefill.ref"
       for t in sm_90a sm_80; do
         "$QC" compile examples/bert-tiny.onnx "${P[@]}" --shape batch=8 --shape seq=8 --target "$t" -o "$KIT/models/$f-prefill.$t.qca"
