@@ -18,8 +18,6 @@ use std::process::Command;
 
 use inkwell::context::Context;
 use inkwell::execution_engine::ExecutionEngine;
-use inkwell::targets::{InitializationConfig, Target};
-use inkwell::OptimizationLevel;
 use qc_backend_ptx::fquant::{FakeQuantBlock, FakeQuantPt};
 use qc_backend_ptx::gemv4::Gemv4;
 use qc_backend_ptx::mma4::Entries;
@@ -32,8 +30,8 @@ use common::{ok, p, qc};
 #[path = "../../backends/ptx/tests/mma_emu/mod.rs"]
 mod mma_emu;
 use mma_emu::{
-    block_barrier, block_mma, emulate, emulate_fp4, fp8_table, run_warps, tc_alloc, tc_bar, tc_ld,
-    tc_mma, tc_st, Block, Shape, Tc,
+    emulate, emulate_fp4, fp8_table, run_block_gemm, run_warp_gemm, run_warps, tcgen05_emulators,
+    wgmma8_emulators, Bf16Gemm, Block, BlockGemm, GemmArgs, ScaledGemm, Sgemm, Shape, Tc, WarpGemm,
 };
 
 const K: usize = 128;
@@ -89,23 +87,13 @@ impl HostKernels {
     /// for `w` (when 4-bit), the fake-quant kernel and 8-bit GEMMs for activations quantized to
     /// `a`.
     fn new(w: &str, a: Option<&str>) -> HostKernels {
-        Target::initialize_native(&InitializationConfig::default()).unwrap();
         // The engines outlive the test's device; the contexts are leaked for their lifetime.
         let ctx: &'static Context = Box::leak(Box::new(Context::create()));
         let mut engines = Vec::new();
         let mut jit = |name: &str,
                        build: &dyn Fn(&inkwell::module::Module<'static>),
                        emulators: &[(&str, usize)]| {
-            let module = ctx.create_module(name);
-            build(&module);
-            module.verify().unwrap();
-            let ee = module
-                .create_jit_execution_engine(OptimizationLevel::Default)
-                .unwrap();
-            for (sym, f) in emulators {
-                ee.add_global_mapping(&module.get_function(sym).unwrap(), *f);
-            }
-            engines.push(ee);
+            engines.push(mma_emu::jit(ctx, name, build, emulators));
         };
         jit(
             "sgemm",
@@ -125,34 +113,12 @@ impl HostKernels {
             };
         };
         let mut tc05 = Vec::new();
-        let tc_emulators = [
-            (
-                qc_backend_ptx::tcgen05::BAR_EMULATOR,
-                tc_bar as *const () as usize,
-            ),
-            (
-                qc_backend_ptx::tcgen05::ALLOC_EMULATOR,
-                tc_alloc as *const () as usize,
-            ),
-            (
-                qc_backend_ptx::tcgen05::ST_EMULATOR,
-                tc_st as *const () as usize,
-            ),
-            (
-                qc_backend_ptx::tcgen05::LD_EMULATOR,
-                tc_ld as *const () as usize,
-            ),
-            (
-                qc_backend_ptx::tcgen05::MMA_EMULATOR,
-                tc_mma as *const () as usize,
-            ),
-        ];
         if let Ok(g) = Gemv4::for_k(&wf, K) {
             if let Ok(w4) = qc_backend_ptx::tcgen05::Tc05::w4(&g, K as u64) {
                 jit(
                     "tcgen05_w4",
                     &|m| qc_backend_ptx::tcgen05::build(ctx, m, &w4, Entries::Host).unwrap(),
-                    &tc_emulators,
+                    &tcgen05_emulators(),
                 );
                 tc05.push(w4);
             }
@@ -193,7 +159,7 @@ impl HostKernels {
                     jit(
                         "tcgen05_fp8",
                         &|m| qc_backend_ptx::tcgen05::build(ctx, m, &key, Entries::Host).unwrap(),
-                        &tc_emulators,
+                        &tcgen05_emulators(),
                     );
                     tc05.push(key);
                 }
@@ -209,16 +175,7 @@ impl HostKernels {
                     jit(
                         "wgmma8",
                         &|m| qc_backend_ptx::wgmma8::build(ctx, m, &s, Entries::Host).unwrap(),
-                        &[
-                            (
-                                qc_backend_ptx::wgmma8::BAR_EMULATOR,
-                                block_barrier as *const () as usize,
-                            ),
-                            (
-                                qc_backend_ptx::wgmma8::MMA_EMULATOR,
-                                block_mma as *const () as usize,
-                            ),
-                        ],
+                        &wgmma8_emulators(),
                     );
                 }
                 mma8 = Some(s);
@@ -235,7 +192,7 @@ impl HostKernels {
                 jit(
                     "tcgen05",
                     &|m| tcgen05::build(ctx, m, &key, Entries::Host).unwrap(),
-                    &tc_emulators,
+                    &tcgen05_emulators(),
                 );
                 tc05.push(key);
             }
@@ -321,6 +278,20 @@ impl qc_runtime::cuda::Device for HostGpu {
         let u = |i: usize| u64::from_le_bytes(params[i].as_slice().try_into().unwrap());
         let f = |i: usize| f32::from_le_bytes(params[i].as_slice().try_into().unwrap());
         let ptr = |i: usize| u(i) as usize;
+        // The GEMMs' parameters, `act` the tenth (none for qc_mma4).
+        let gemm = |act: f32| GemmArgs {
+            codes: ptr(0) as *const u8,
+            scales: ptr(1) as *const u8,
+            tables: ptr(2) as *const f32,
+            x: ptr(3) as *const f32,
+            y: ptr(4) as *mut f32,
+            k: u(5) as i64,
+            n: u(6) as i64,
+            m: u(7) as i64,
+            post: f(8),
+            act,
+        };
+        let blocks = grid[0] as usize;
         let addr = self.kernels.entry(&entry);
         // SAFETY (every call below): the host entries' signatures as their modules' builders
         // give them; the parameters come from the plan, whose buffers this device allocated.
@@ -388,117 +359,35 @@ impl qc_runtime::cuda::Device for HostGpu {
                     },
                     _ => panic!("no 8-bit GEMM description"),
                 };
-                let sa = (entry != "qc_mma4").then(|| f(9));
-                let (a, b, c, x, y) = (ptr(0), ptr(1), ptr(2), ptr(3), ptr(4));
-                let (k, n, m, post) = (u(5), u(6), u(7), f(8));
-                run_warps(shape, threads, |warp, t| unsafe {
-                    match sa {
-                        None => {
-                            type F = unsafe extern "C" fn(
-                                P,
-                                P,
-                                P,
-                                P,
-                                P,
-                                u64,
-                                u64,
-                                u64,
-                                f32,
-                                *const mma_emu::Warp,
-                                u64,
-                            );
-                            let kf: F = std::mem::transmute::<usize, F>(addr);
-                            kf(
-                                a as P, b as P, c as P, x as P, y as P, k, n, m, post, warp,
-                                t as u64,
-                            )
-                        }
-                        Some(sa) => {
-                            type F = unsafe extern "C" fn(
-                                P,
-                                P,
-                                P,
-                                P,
-                                P,
-                                u64,
-                                u64,
-                                u64,
-                                f32,
-                                f32,
-                                *const mma_emu::Warp,
-                                u64,
-                            );
-                            let kf: F = std::mem::transmute::<usize, F>(addr);
-                            kf(
-                                a as P, b as P, c as P, x as P, y as P, k, n, m, post, sa, warp,
-                                t as u64,
-                            )
-                        }
-                    }
-                });
+                let (kernel, args) = if entry == "qc_mma4" {
+                    let kf = unsafe { std::mem::transmute::<usize, Bf16Gemm>(addr) };
+                    (WarpGemm::Bf16(kf), gemm(0.0))
+                } else {
+                    let kf = unsafe { std::mem::transmute::<usize, ScaledGemm>(addr) };
+                    (WarpGemm::Scaled(kf), gemm(f(9)))
+                };
+                unsafe { run_warp_gemm(kernel, shape, threads, args) };
             }
             "qc_sgemm_mma" => {
-                type F = unsafe extern "C" fn(
-                    P,
-                    P,
-                    P,
-                    u64,
-                    u64,
-                    u64,
-                    u64,
-                    u64,
-                    *const mma_emu::Warp,
-                    u64,
-                );
-                let kf: F = unsafe { std::mem::transmute::<usize, F>(addr) };
+                let kf = unsafe { std::mem::transmute::<usize, Sgemm>(addr) };
                 let (a, b, c) = (ptr(0), ptr(1), ptr(2));
                 let (batch, m, n, k, shared) = (u(3), u(4), u(5), u(6), u(7));
                 run_warps(Shape::Tf32, threads, |warp, t| unsafe {
-                    kf(
-                        a as P, b as P, c as P, batch, m, n, k, shared, warp, t as u64,
-                    )
+                    let (a, b, c) = (a as *const f32, b as *const f32, c as *mut f32);
+                    kf(a, b, c, batch, m, n, k, shared, warp, t as u64)
                 });
             }
             "qc_wgmma8" => {
                 let s = self.kernels.mma8.as_ref().expect("an FP8 GEMM description");
-                type F = unsafe extern "C" fn(
-                    P,
-                    P,
-                    P,
-                    P,
-                    P,
-                    u64,
-                    u64,
-                    u64,
-                    f32,
-                    f32,
-                    *const Block,
-                    P,
-                    u64,
-                    u64,
-                );
-                let kf: F = unsafe { std::mem::transmute::<usize, F>(addr) };
-                let (a, b, c, x, y) = (ptr(0), ptr(1), ptr(2), ptr(3), ptr(4));
-                let (k, n, m, post, sa) = (u(5), u(6), u(7), f(8), f(9));
-                for blk in 0..grid[0] as u64 {
-                    let emu = Block::new(
+                let new_block = || {
+                    Block::new(
                         fp8_table(s.act_e5m2()),
                         fp8_table(s.weight_e5m2()),
                         qc_backend_ptx::wgmma8::SMEM as usize,
-                    );
-                    let smem = emu.smem() as usize;
-                    std::thread::scope(|sc| {
-                        for t in 0..block[0] as u64 {
-                            let emu = &emu;
-                            sc.spawn(move || unsafe {
-                                kf(
-                                    a as P, b as P, c as P, x as P, y as P, k, n, m, post, sa, emu,
-                                    smem as P, blk, t,
-                                )
-                            });
-                        }
-                    });
-                }
+                    )
+                };
+                let kf = unsafe { std::mem::transmute::<usize, BlockGemm<Block>>(addr) };
+                unsafe { run_block_gemm(kf, blocks, block[0] as usize, new_block, gemm(f(9))) };
             }
             "qc_tcgen05_fp4" | "qc_tcgen05_w4" | "qc_tcgen05_fp8" => {
                 let smem = self
@@ -508,40 +397,9 @@ impl qc_runtime::cuda::Device for HostGpu {
                     .find(|s| s.entry() == entry)
                     .expect("a tcgen05 kernel description")
                     .smem();
-                type F = unsafe extern "C" fn(
-                    P,
-                    P,
-                    P,
-                    P,
-                    P,
-                    u64,
-                    u64,
-                    u64,
-                    f32,
-                    f32,
-                    *const Tc,
-                    P,
-                    u64,
-                    u64,
-                );
-                let kf: F = unsafe { std::mem::transmute::<usize, F>(addr) };
-                let (a, b, c, x, y) = (ptr(0), ptr(1), ptr(2), ptr(3), ptr(4));
-                let (k, n, m, post, tamax) = (u(5), u(6), u(7), f(8), f(9));
-                for blk in 0..grid[0] as u64 {
-                    let emu = Tc::new(smem as usize);
-                    let smem = emu.smem() as usize;
-                    std::thread::scope(|sc| {
-                        for t in 0..block[0] as u64 {
-                            let emu = &emu;
-                            sc.spawn(move || unsafe {
-                                kf(
-                                    a as P, b as P, c as P, x as P, y as P, k, n, m, post, tamax,
-                                    emu, smem as P, blk, t,
-                                )
-                            });
-                        }
-                    });
-                }
+                let new_block = || Tc::new(smem as usize);
+                let kf = unsafe { std::mem::transmute::<usize, BlockGemm<Tc>>(addr) };
+                unsafe { run_block_gemm(kf, blocks, block[0] as usize, new_block, gemm(f(9))) };
             }
             other => panic!("the host device runs no kernel {other}"),
         }
@@ -647,6 +505,15 @@ fn ptxas_present() -> bool {
     }
 }
 
+/// A case of the product: weights, activations, target, rows, and the entries its plan launches.
+type Launch = (
+    &'static str,
+    Option<&'static str>,
+    &'static str,
+    usize,
+    &'static [&'static str],
+);
+
 #[test]
 fn compiled_products_run_qc_kernels_and_match_the_interpreter() {
     if !ptxas_present() {
@@ -654,103 +521,99 @@ fn compiled_products_run_qc_kernels_and_match_the_interpreter() {
     }
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let launched = |w, a, t, m| run_case(d, w, a, t, m);
-    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-    // f32 weights: the 3xTF32 tensor-core GEMM.
-    assert_eq!(launched("f32", None, "sm_80", 37), s(&["qc_sgemm_mma"]));
-    // 4-bit weights, f32 activations: the GEMV for few rows, the bf16 tensor-core GEMM from 16.
-    assert_eq!(
-        launched("nvfp4", None, "sm_90a", 3),
-        s(&["qc_gemv4_partial", "qc_gemv4_reduce"])
-    );
-    assert_eq!(launched("int4_g32", None, "sm_80", 40), s(&["qc_mma4"]));
-    // FP8 activations: the FP8 GEMM quantizes them itself (FP8 weights at any row count; 4-bit
-    // weights from 16 rows, below that the fake-quant kernel and the GEMV); on sm_90a from 64 rows
-    // the warpgroup GEMM.
-    assert_eq!(
-        launched("fp8_e4m3", Some("fp8_e4m3"), "sm_89", 5),
-        s(&["qc_mma8"])
-    );
-    assert_eq!(
-        launched("mxfp4", Some("fp8_e5m2"), "sm_100a", 40),
-        s(&["qc_mma8"])
-    );
-    assert_eq!(
-        launched("mxfp4", Some("fp8_e4m3"), "sm_90a", 8),
-        s(&["qc_fquant_pt", "qc_gemv4_partial", "qc_gemv4_reduce"])
-    );
-    assert_eq!(
-        launched("fp8_e4m3_channel", Some("fp8_e4m3"), "sm_90a", 70),
-        s(&["qc_wgmma8"])
-    );
-    // NVFP4 weights (groups of 16) by FP8 activations: two MMAs per k-step, on sm_89 the FP8
-    // mma.sync GEMM, on sm_90a from 64 rows the warpgroup one.
-    assert_eq!(
-        launched("nvfp4", Some("fp8_e4m3"), "sm_89", 20),
-        s(&["qc_mma8"])
-    );
-    assert_eq!(
-        launched("nvfp4", Some("fp8_e4m3"), "sm_90a", 64),
-        s(&["qc_wgmma8"])
-    );
-    // MX and NVFP4 activations: the block fake-quant kernel, then the 4-bit kernels.
-    assert_eq!(
-        launched("nvfp4", Some("nvfp4"), "sm_120a", 8),
-        s(&["qc_fquant_block", "qc_gemv4_partial", "qc_gemv4_reduce"])
-    );
-    assert_eq!(
-        launched("mxfp4", Some("mxfp8"), "sm_80", 40),
-        s(&["qc_fquant_block", "qc_mma4"])
-    );
-    // W4A4 NVFP4 and MXFP4 on sm_100a: the block-scaled FP4 GEMM on tensor memory quantizes the
-    // activations itself, from 64 rows (below that, as on other targets, the fake-quant kernel and
-    // the 4-bit kernels).
-    assert_eq!(
-        launched("nvfp4", Some("nvfp4"), "sm_100a", 70),
-        s(&["qc_tcgen05_fp4"])
-    );
-    assert_eq!(
-        launched("mxfp4", Some("mxfp4"), "sm_100a", 130),
-        s(&["qc_tcgen05_fp4"])
-    );
-    assert_eq!(
-        launched("nvfp4", Some("nvfp4"), "sm_100a", 8),
-        s(&["qc_fquant_block", "qc_gemv4_partial", "qc_gemv4_reduce"])
-    );
-    // 4-bit weights with byte scales, f32 or fake-quantized activations, on sm_100a from 64 rows:
-    // tcgen05's bf16 GEMM (int4 with f32 scales keeps the mma.sync one).
-    assert_eq!(
-        launched("nvfp4", None, "sm_100a", 70),
-        s(&["qc_tcgen05_w4"])
-    );
-    assert_eq!(
-        launched("nvint4", Some("mxfp8"), "sm_100a", 65),
-        s(&["qc_fquant_block", "qc_tcgen05_w4"])
-    );
-    assert_eq!(launched("int4_g32", None, "sm_100a", 70), s(&["qc_mma4"]));
-    // FP8 weights per tensor or row by FP8 activations on sm_100a from 64 rows: tcgen05's FP8 GEMM.
-    assert_eq!(
-        launched("fp8_e4m3_channel", Some("fp8_e4m3"), "sm_100a", 66),
-        s(&["qc_tcgen05_fp8"])
-    );
-    // On sm_120a the block-scaled FP4 mma.sync, from 16 rows.
-    assert_eq!(
-        launched("nvfp4", Some("nvfp4"), "sm_120a", 40),
-        s(&["qc_mma_fp4"])
-    );
-    assert_eq!(
-        launched("mxfp4", Some("mxfp4"), "sm_120a", 17),
-        s(&["qc_mma_fp4"])
-    );
-    // int8 activations: the s8 GEMM on every target, sm_80 included.
-    assert_eq!(
-        launched("int8_channel", Some("int8"), "sm_80", 24),
-        s(&["qc_mma8"])
-    );
-    assert_eq!(
-        launched("int4_g32", Some("int8"), "sm_90a", 33),
-        s(&["qc_mma8"])
-    );
+    let cases: [Launch; 22] = [
+        // f32 weights: the 3xTF32 tensor-core GEMM.
+        ("f32", None, "sm_80", 37, &["qc_sgemm_mma"]),
+        // 4-bit weights, f32 activations: the GEMV for few rows, the bf16 tensor-core GEMM from
+        // 16.
+        (
+            "nvfp4",
+            None,
+            "sm_90a",
+            3,
+            &["qc_gemv4_partial", "qc_gemv4_reduce"],
+        ),
+        ("int4_g32", None, "sm_80", 40, &["qc_mma4"]),
+        // FP8 activations: the FP8 GEMM quantizes them itself (FP8 weights at any row count; 4-bit
+        // weights from 16 rows, below that the fake-quant kernel and the GEMV); on sm_90a from 64
+        // rows the warpgroup GEMM.
+        ("fp8_e4m3", Some("fp8_e4m3"), "sm_89", 5, &["qc_mma8"]),
+        ("mxfp4", Some("fp8_e5m2"), "sm_100a", 40, &["qc_mma8"]),
+        (
+            "mxfp4",
+            Some("fp8_e4m3"),
+            "sm_90a",
+            8,
+            &["qc_fquant_pt", "qc_gemv4_partial", "qc_gemv4_reduce"],
+        ),
+        (
+            "fp8_e4m3_channel",
+            Some("fp8_e4m3"),
+            "sm_90a",
+            70,
+            &["qc_wgmma8"],
+        ),
+        // NVFP4 weights (groups of 16) by FP8 activations: two MMAs per k-step, on sm_89 the FP8
+        // mma.sync GEMM, on sm_90a from 64 rows the warpgroup one.
+        ("nvfp4", Some("fp8_e4m3"), "sm_89", 20, &["qc_mma8"]),
+        ("nvfp4", Some("fp8_e4m3"), "sm_90a", 64, &["qc_wgmma8"]),
+        // MX and NVFP4 activations: the block fake-quant kernel, then the 4-bit kernels.
+        (
+            "nvfp4",
+            Some("nvfp4"),
+            "sm_120a",
+            8,
+            &["qc_fquant_block", "qc_gemv4_partial", "qc_gemv4_reduce"],
+        ),
+        (
+            "mxfp4",
+            Some("mxfp8"),
+            "sm_80",
+            40,
+            &["qc_fquant_block", "qc_mma4"],
+        ),
+        // W4A4 NVFP4 and MXFP4 on sm_100a: the block-scaled FP4 GEMM on tensor memory quantizes
+        // the activations itself, from 64 rows (below that, as on other targets, the fake-quant
+        // kernel and the 4-bit kernels).
+        ("nvfp4", Some("nvfp4"), "sm_100a", 70, &["qc_tcgen05_fp4"]),
+        ("mxfp4", Some("mxfp4"), "sm_100a", 130, &["qc_tcgen05_fp4"]),
+        (
+            "nvfp4",
+            Some("nvfp4"),
+            "sm_100a",
+            8,
+            &["qc_fquant_block", "qc_gemv4_partial", "qc_gemv4_reduce"],
+        ),
+        // 4-bit weights with byte scales, f32 or fake-quantized activations, on sm_100a from 64
+        // rows: tcgen05's bf16 GEMM (int4 with f32 scales keeps the mma.sync one).
+        ("nvfp4", None, "sm_100a", 70, &["qc_tcgen05_w4"]),
+        (
+            "nvint4",
+            Some("mxfp8"),
+            "sm_100a",
+            65,
+            &["qc_fquant_block", "qc_tcgen05_w4"],
+        ),
+        ("int4_g32", None, "sm_100a", 70, &["qc_mma4"]),
+        // FP8 weights per tensor or row by FP8 activations on sm_100a from 64 rows: tcgen05's FP8
+        // GEMM.
+        (
+            "fp8_e4m3_channel",
+            Some("fp8_e4m3"),
+            "sm_100a",
+            66,
+            &["qc_tcgen05_fp8"],
+        ),
+        // On sm_120a the block-scaled FP4 mma.sync, from 16 rows.
+        ("nvfp4", Some("nvfp4"), "sm_120a", 40, &["qc_mma_fp4"]),
+        ("mxfp4", Some("mxfp4"), "sm_120a", 17, &["qc_mma_fp4"]),
+        // int8 activations: the s8 GEMM on every target, sm_80 included.
+        ("int8_channel", Some("int8"), "sm_80", 24, &["qc_mma8"]),
+        ("int4_g32", Some("int8"), "sm_90a", 33, &["qc_mma8"]),
+    ];
+    for (w, a, t, m, want) in cases {
+        assert_eq!(run_case(d, w, a, t, m), want, "{w} x {a:?} on {t}, m = {m}");
+    }
 }
 
 /// A product whose K the FP8 GEMM cannot read (48, not a multiple of 32) keeps the fake-quant kernel

@@ -5,8 +5,7 @@
 //! zero blocks, a static maximum below a block's); their PTX assembles with ptxas for every target.
 
 use inkwell::context::Context;
-use inkwell::targets::{InitializationConfig, Target};
-use inkwell::OptimizationLevel;
+use inkwell::module::Module;
 use qc_backend_ptx::fquant::{self, FakeQuantBlock, FakeQuantPt};
 use qc_backend_ptx::gemv4::Entries;
 use qc_backend_ptx::ptxas::assemble;
@@ -16,12 +15,35 @@ use qc_quant::QuantizeOptions;
 
 mod common;
 use common::noise;
+mod mma_emu;
+use mma_emu::{host_entry, jit};
 
 type At = unsafe extern "C" fn(*const f32, *mut f32, i64, f32, i64);
 
+/// Runs the host entry `entry` (an [`At`]) of the module that `build` fills on `x` with the scalar
+/// `s`, threads 0 to `threads` (the last past the range: it checks the guard); the `y` it writes.
+fn run_on_cpu(
+    build: impl for<'c> FnOnce(&'c Context, &Module<'c>),
+    entry: &str,
+    x: &[f32],
+    s: f32,
+    threads: usize,
+) -> Vec<f32> {
+    let ctx = Context::create();
+    let ee = jit(&ctx, entry, |m| build(&ctx, m), &[]);
+    let mut y = vec![f32::NAN; x.len()];
+    // SAFETY: the signature fquant's builders give the host entries; x and y hold n elements.
+    unsafe {
+        let f: At = host_entry(&ee, entry);
+        for t in 0..=threads {
+            f(x.as_ptr(), y.as_mut_ptr(), x.len() as i64, s, t as i64);
+        }
+    }
+    y
+}
+
 #[test]
 fn matches_qc_quant_bit_for_bit() {
-    Target::initialize_native(&InitializationConfig::default()).unwrap();
     for (name, amax) in [("int8", 3.0f32), ("fp8_e4m3", 2.0), ("fp8_e5m2", 5.0)] {
         let fmt = named_format(name).unwrap().ty.clone();
         let spec = FakeQuantPt::classify(&fmt).unwrap_or_else(|| panic!("{name}"));
@@ -55,21 +77,13 @@ fn matches_qc_quant_bit_for_bit() {
         let q = qc_quant::quantize(&x, &[x.len()], &fmt, &opts).unwrap();
         let want = qc_quant::dequantize(&q).unwrap();
 
-        let ctx = Context::create();
-        let module = ctx.create_module("fq_host");
-        fquant::build(&ctx, &module, &spec, Entries::Host).unwrap();
-        module.verify().unwrap();
-        let ee = module
-            .create_jit_execution_engine(OptimizationLevel::Default)
-            .unwrap();
-        let mut y = vec![f32::NAN; x.len()];
-        // SAFETY: the signature fquant::build gives the host entry; x and y hold n elements.
-        unsafe {
-            let f = ee.get_function::<At>("qc_fquant_pt_at").unwrap();
-            for t in 0..=x.len() {
-                f.call(x.as_ptr(), y.as_mut_ptr(), x.len() as i64, s, t as i64);
-            }
-        }
+        let y = run_on_cpu(
+            |c, m| fquant::build(c, m, &spec, Entries::Host).unwrap(),
+            fquant::ENTRY,
+            &x,
+            s,
+            x.len(),
+        );
         for (i, (a, b)) in y.iter().zip(&want).enumerate() {
             assert_eq!(
                 a.to_bits(),
@@ -83,7 +97,6 @@ fn matches_qc_quant_bit_for_bit() {
 
 #[test]
 fn the_block_kernel_matches_qc_quant_bit_for_bit() {
-    Target::initialize_native(&InitializationConfig::default()).unwrap();
     for name in ["mxfp8", "mxfp8_e5m2", "mxfp4", "nvfp4"] {
         let fmt = named_format(name).unwrap().ty.clone();
         let spec = FakeQuantBlock::classify(&fmt).unwrap_or_else(|| panic!("{name}"));
@@ -106,22 +119,14 @@ fn the_block_kernel_matches_qc_quant_bit_for_bit() {
             };
             let q = qc_quant::quantize(&x, &[x.len() / bs, bs], &fmt, &opts).unwrap();
             let want = qc_quant::dequantize(&q).unwrap();
-            let ctx = Context::create();
-            let module = ctx.create_module("fqb_host");
-            fquant::build_block(&ctx, &module, &spec, Entries::Host).unwrap();
-            module.verify().unwrap();
-            let ee = module
-                .create_jit_execution_engine(OptimizationLevel::Default)
-                .unwrap();
-            let mut y = vec![f32::NAN; x.len()];
-            // SAFETY: the signature build_block gives the host entry; x and y hold n elements.
-            unsafe {
-                let f = ee.get_function::<At>("qc_fquant_block_at").unwrap();
-                // One thread per block; one more checks the guard.
-                for t in 0..=x.len() / bs {
-                    f.call(x.as_ptr(), y.as_mut_ptr(), x.len() as i64, amax, t as i64);
-                }
-            }
+            // One thread per block.
+            let y = run_on_cpu(
+                |c, m| fquant::build_block(c, m, &spec, Entries::Host).unwrap(),
+                fquant::BLOCK_ENTRY,
+                &x,
+                amax,
+                x.len() / bs,
+            );
             for (i, (a, b)) in y.iter().zip(&want).enumerate() {
                 assert_eq!(
                     a.to_bits(),

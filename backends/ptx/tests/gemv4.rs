@@ -4,28 +4,14 @@
 //! same IR).
 
 use inkwell::context::Context;
-use inkwell::targets::{InitializationConfig, Target};
-use inkwell::OptimizationLevel;
 use qc_backend_ptx::gemv4::{self, Entries, Gemv4};
 use qc_backend_ptx::ptxas::assemble;
 use qc_backend_ptx::GpuTarget;
-use qc_quant::{quantize, QuantizeOptions};
 
-/// The formats the kernels read, by name.
 mod common;
-use common::fmt;
-use common::noise;
-
-const FORMATS: [&str; 8] = [
-    "int4_g32",
-    "int4_g128",
-    "int4_channel",
-    "mxfp4",
-    "nvfp4",
-    "nvfp4_torchao",
-    "nvfp4_ct",
-    "nvint4",
-];
+use common::{fmt, graded_rows, noise, Case4, W4_FORMATS};
+mod mma_emu;
+use mma_emu::{host_entry, jit};
 
 type Partial = unsafe extern "C" fn(
     *const u8,
@@ -43,14 +29,13 @@ type Reduce =
 
 /// Runs both kernels on the CPU for `y[m, n] = x[m, k] W^T`, one thread index at a time.
 fn run_on_cpu(spec: &Gemv4, blob: &[u8], x: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
-    Target::initialize_native(&InitializationConfig::default()).unwrap();
     let ctx = Context::create();
-    let module = ctx.create_module("gemv4_host");
-    gemv4::build(&ctx, &module, spec, Entries::Host).unwrap();
-    module.verify().unwrap();
-    let ee = module
-        .create_jit_execution_engine(OptimizationLevel::Default)
-        .unwrap();
+    let ee = jit(
+        &ctx,
+        "gemv4_host",
+        |m| gemv4::build(&ctx, m, spec, Entries::Host).unwrap(),
+        &[],
+    );
     let tables = spec.tables().unwrap();
     let sec = spec.sections(n, k);
     assert_eq!(sec.len, blob.len(), "the sections cover the blob");
@@ -61,12 +46,12 @@ fn run_on_cpu(spec: &Gemv4, blob: &[u8], x: &[f32], m: usize, n: usize, k: usize
     // SAFETY: the signatures are those gemv4::build gives the host entries; every buffer has the
     // sizes the kernel contract asks for.
     unsafe {
-        let partial = ee.get_function::<Partial>("qc_gemv4_partial_at").unwrap();
-        let reduce = ee.get_function::<Reduce>("qc_gemv4_reduce_at").unwrap();
+        let partial: Partial = host_entry(&ee, gemv4::PARTIAL);
+        let reduce: Reduce = host_entry(&ee, gemv4::REDUCE);
         let scales = blob[sec.scales..].as_ptr();
         // Threads past the range do nothing (one extra index checks the guard).
         for t in 0..=(n * s) {
-            partial.call(
+            partial(
                 blob.as_ptr(),
                 scales,
                 tables.as_ptr(),
@@ -79,7 +64,7 @@ fn run_on_cpu(spec: &Gemv4, blob: &[u8], x: &[f32], m: usize, n: usize, k: usize
             );
         }
         for t in 0..=(m * n) {
-            reduce.call(
+            reduce(
                 p.as_ptr(),
                 scales,
                 tables.as_ptr(),
@@ -100,7 +85,7 @@ fn kernels_match_the_dequantized_product_on_the_cpu() {
     // K = 256 and 512 take slices of 128, K = 192 of 64, K = 96 of 32 (groups of 128 longer than the
     // slice, groups of 16 shorter).
     for (m, n, k) in [(1, 24, 256), (3, 8, 512), (2, 5, 192), (1, 7, 96)] {
-        for name in FORMATS {
+        for name in W4_FORMATS {
             let f = fmt(name);
             if name == "int4_g128" && k % 128 != 0 {
                 continue;
@@ -110,15 +95,8 @@ fn kernels_match_the_dequantized_product_on_the_cpu() {
                 spec.slice,
                 [128, 64, 32].into_iter().find(|l| k % l == 0).unwrap()
             );
-            let w: Vec<f32> = noise(n * k, 7)
-                .iter()
-                .enumerate()
-                .map(|(i, v)| v * 0.05 * (1 + (i / k) % 5) as f32)
-                .collect();
-            let q = quantize(&w, &[n, k], &f, &QuantizeOptions::default()).unwrap();
-            let blob = qc_quant::blob::to_blob(&q).unwrap();
-            let wd = qc_quant::dequantize(&q).unwrap();
-            let x = noise(m * k, 11);
+            let Case4 { blob, wd, x, .. } =
+                Case4::new(&f, m, n, k, &graded_rows(n, k), noise(m * k, 11));
             let y = run_on_cpu(&spec, &blob, &x, m, n, k);
             let want: Vec<f64> = (0..m * n)
                 .map(|i| {

@@ -4,88 +4,40 @@
 //! dequantized product for every format the kernel reads.
 
 use inkwell::context::Context;
-use inkwell::targets::{InitializationConfig, Target};
-use inkwell::OptimizationLevel;
 use qc_backend_ptx::gemv4::Gemv4;
 use qc_backend_ptx::mma4::{self, Entries};
 use qc_backend_ptx::ptxas::assemble;
 use qc_backend_ptx::GpuTarget;
-use qc_quant::{quantize, QuantizeOptions};
 
 mod common;
-use common::fmt;
+use common::{fmt, graded_rows, three_magnitudes, Case4, W4_FORMATS};
 mod mma_emu;
-use common::noise;
-use mma_emu::{emulate, run_warps, Shape, Warp};
-
-const FORMATS: [&str; 8] = [
-    "int4_g32",
-    "int4_g128",
-    "int4_channel",
-    "mxfp4",
-    "nvfp4",
-    "nvfp4_torchao",
-    "nvfp4_ct",
-    "nvint4",
-];
-
-type Kernel = unsafe extern "C" fn(
-    *const u8,
-    *const u8,
-    *const f32,
-    *const f32,
-    *mut f32,
-    i64,
-    i64,
-    i64,
-    f32,
-    *const Warp,
-    i64,
-);
+use mma_emu::{emulate, host_entry, jit, launch_threads, run_warp_gemm, GemmArgs, Shape, WarpGemm};
 
 /// Runs the kernel on the CPU for `y[m, n] = x[m, k] W^T`: every warp of the launch (blocks of
 /// `mma4::BLOCK` threads), its 32 lanes as threads.
 fn run_on_cpu(spec: &Gemv4, blob: &[u8], x: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
-    Target::initialize_native(&InitializationConfig::default()).unwrap();
     let ctx = Context::create();
-    let module = ctx.create_module("mma4_host");
-    mma4::build(&ctx, &module, spec, Entries::Host).unwrap();
-    module.verify().unwrap();
-    let ee = module
-        .create_jit_execution_engine(OptimizationLevel::Default)
-        .unwrap();
-    let emu = module.get_function(mma4::EMULATOR).unwrap();
-    ee.add_global_mapping(&emu, emulate as *const () as usize);
+    let ee = jit(
+        &ctx,
+        "mma4_host",
+        |m| mma4::build(&ctx, m, spec, Entries::Host).unwrap(),
+        &[(mma4::EMULATOR, emulate as *const () as usize)],
+    );
     let tables = spec.tables().unwrap();
     let sec = spec.sections(n, k);
     assert_eq!(sec.len, blob.len());
     let post = spec.post(blob, n, k).unwrap();
     let mut y = vec![f32::NAN; m * n];
-    let warps = m.div_ceil(32) * n.div_ceil(32);
-    let threads = (warps * 32).div_ceil(mma4::BLOCK as usize) * mma4::BLOCK as usize;
+    let threads = launch_threads(m.div_ceil(32) * n.div_ceil(32), mma4::BLOCK);
+    // mma4 takes no activation scale.
+    let args = GemmArgs::new(blob, sec.scales, &tables, x, &mut y, (m, n, k), post, 0.0);
     // SAFETY: the signature is the one mma4::build gives the host entry; the buffers have the sizes
     // of the kernel contract.
-    let kernel = unsafe {
-        ee.get_function::<Kernel>(&format!("{}_at", mma4::ENTRY))
-            .unwrap()
-            .as_raw()
+    unsafe {
+        let kernel = WarpGemm::Bf16(host_entry(&ee, mma4::ENTRY));
+        run_warp_gemm(kernel, Shape::Bf16, threads, args)
     };
-    let y_addr = y.as_mut_ptr() as usize;
-    run_warps(Shape::Bf16, threads, |warp, t| unsafe {
-        kernel(
-            blob.as_ptr(),
-            blob[sec.scales..].as_ptr(),
-            tables.as_ptr(),
-            x.as_ptr(),
-            y_addr as *mut f32,
-            k as i64,
-            n as i64,
-            m as i64,
-            post,
-            warp,
-            t as i64,
-        )
-    });
     y
 }
 
@@ -93,44 +45,15 @@ fn run_on_cpu(spec: &Gemv4, blob: &[u8], x: &[f32], m: usize, n: usize, k: usize
 fn the_kernel_matches_the_dequantized_product_on_an_emulated_warp() {
     // Tiles cut by M and N (M = 40: a second warp row with 8 rows; N = 24 and 40: partial tiles).
     for (m, n, k) in [(40, 24, 256), (16, 40, 128)] {
-        for name in FORMATS {
+        for name in W4_FORMATS {
             let f = fmt(name);
             let spec = Gemv4::classify(&f).unwrap();
             mma4::supports(&spec, k as u64).unwrap();
-            let w: Vec<f32> = noise(n * k, 7)
-                .iter()
-                .enumerate()
-                .map(|(i, v)| v * 0.05 * (1 + (i / k) % 5) as f32)
-                .collect();
-            let q = quantize(&w, &[n, k], &f, &QuantizeOptions::default()).unwrap();
-            let blob = qc_quant::blob::to_blob(&q).unwrap();
-            let wd = qc_quant::dequantize(&q).unwrap();
             // Activations of several magnitudes, so that the lo term matters.
-            let x: Vec<f32> = noise(m * k, 11)
-                .iter()
-                .enumerate()
-                .map(|(i, v)| v * [1.0, 300.0, 0.01][i % 3])
-                .collect();
-            let y = run_on_cpu(&spec, &blob, &x, m, n, k);
-            let mut worst = 0f64;
-            for (i, &got) in y.iter().enumerate() {
-                let (mm, row) = (i / n, i % n);
-                let want: f64 = (0..k)
-                    .map(|j| wd[row * k + j] as f64 * x[mm * k + j] as f64)
-                    .sum();
-                let mag: f64 = (0..k)
-                    .map(|j| (wd[row * k + j] as f64 * x[mm * k + j] as f64).abs())
-                    .sum();
-                let err = (got as f64 - want).abs() / mag.max(1e-30);
-                worst = worst.max(err);
-                // hi + lo carry 16 significant bits: about 2^-17 of each term, plus f32 sums.
-                assert!(
-                    err <= 2e-5,
-                    "{name} m={m} n={n} k={k}: y[{mm}][{row}] = {got}, reference {want} (err {err:e})"
-                );
-            }
-            // One bf16 term alone would be off by up to 2^-9: the split is what keeps it close.
-            assert!(worst < 1e-4, "{name}: {worst}");
+            let x = three_magnitudes(m * k, 11, 300.0);
+            let case = Case4::new(&f, m, n, k, &graded_rows(n, k), x);
+            let y = run_on_cpu(&spec, &case.blob, &case.x, m, n, k);
+            case.check_hi_lo(&y, &format!("{name} m={m} n={n} k={k}"));
         }
     }
 }

@@ -6,8 +6,6 @@
 //! int4 weights with int8 activations.
 
 use inkwell::context::Context;
-use inkwell::targets::{InitializationConfig, Target};
-use inkwell::OptimizationLevel;
 use qc_backend_ptx::mma4::Entries;
 use qc_backend_ptx::mma8::{self, Mma8};
 use qc_backend_ptx::ptxas::assemble;
@@ -17,22 +15,9 @@ mod common;
 use common::fmt;
 use common::Case8;
 mod mma_emu;
-use mma_emu::{emulate, fp8_table, run_warps, Shape, Warp};
-
-type Kernel = unsafe extern "C" fn(
-    *const u8,
-    *const u8,
-    *const f32,
-    *const f32,
-    *mut f32,
-    i64,
-    i64,
-    i64,
-    f32,
-    f32,
-    *const Warp,
-    i64,
-);
+use mma_emu::{
+    emulate, fp8_table, host_entry, jit, launch_threads, run_warp_gemm, GemmArgs, Shape, WarpGemm,
+};
 
 /// Runs the kernel on the CPU for `y[m, n]`, every warp of the launch.
 #[allow(clippy::too_many_arguments)]
@@ -45,31 +30,19 @@ fn run_on_cpu(
     n: usize,
     k: usize,
 ) -> Vec<f32> {
-    Target::initialize_native(&InitializationConfig::default()).unwrap();
     let ctx = Context::create();
-    let module = ctx.create_module("mma8_host");
-    mma8::build(&ctx, &module, spec, Entries::Host).unwrap();
-    module.verify().unwrap();
-    let ee = module
-        .create_jit_execution_engine(OptimizationLevel::Default)
-        .unwrap();
-    ee.add_global_mapping(
-        &module.get_function(mma8::EMULATOR).unwrap(),
-        emulate as *const () as usize,
+    let ee = jit(
+        &ctx,
+        "mma8_host",
+        |m| mma8::build(&ctx, m, spec, Entries::Host).unwrap(),
+        &[(mma8::EMULATOR, emulate as *const () as usize)],
     );
     assert_eq!(spec.blob_len(n, k), blob.len());
     let tables = spec.tables().unwrap();
     let post = spec.post(blob, n, k).unwrap();
     let scales = spec.scales_offset(n, k);
     let mut y = vec![f32::NAN; m * n];
-    let warps = m.div_ceil(32) * n.div_ceil(32);
-    let threads = (warps * 32).div_ceil(mma8::BLOCK as usize) * mma8::BLOCK as usize;
-    // SAFETY: the signature mma8::build gives the host entry; buffers as the contract asks.
-    let kernel = unsafe {
-        ee.get_function::<Kernel>(&format!("{}_at", mma8::ENTRY))
-            .unwrap()
-            .as_raw()
-    };
+    let threads = launch_threads(m.div_ceil(32) * n.div_ceil(32), mma8::BLOCK);
     let shape = if spec.is_int8() {
         Shape::S8
     } else {
@@ -78,23 +51,12 @@ fn run_on_cpu(
             b: fp8_table(spec.weight_e5m2()),
         }
     };
-    let y_addr = y.as_mut_ptr() as usize;
-    run_warps(shape, threads, |warp, t| unsafe {
-        kernel(
-            blob.as_ptr(),
-            blob[scales..].as_ptr(),
-            tables.as_ptr(),
-            x.as_ptr(),
-            y_addr as *mut f32,
-            k as i64,
-            n as i64,
-            m as i64,
-            post,
-            sa,
-            warp,
-            t as i64,
-        )
-    });
+    let args = GemmArgs::new(blob, scales, &tables, x, &mut y, (m, n, k), post, sa);
+    // SAFETY: the signature mma8::build gives the host entry; buffers as the contract asks.
+    unsafe {
+        let kernel = WarpGemm::Scaled(host_entry(&ee, mma8::ENTRY));
+        run_warp_gemm(kernel, shape, threads, args)
+    };
     y
 }
 

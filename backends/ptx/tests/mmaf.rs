@@ -5,51 +5,27 @@
 //! multiples of the tiles (K = 7, 33, 50).
 
 use inkwell::context::Context;
-use inkwell::targets::{InitializationConfig, Target};
-use inkwell::OptimizationLevel;
 use qc_backend_ptx::gemv4::Entries;
 use qc_backend_ptx::mmaf;
 use qc_backend_ptx::ptxas::assemble;
 use qc_backend_ptx::GpuTarget;
 
 mod common;
-use common::noise;
+use common::{noise, three_magnitudes};
 mod mma_emu;
-use mma_emu::{emulate, run_warps, Shape, Warp};
-
-type Kernel = unsafe extern "C" fn(
-    *const f32,
-    *const f32,
-    *mut f32,
-    u64,
-    u64,
-    u64,
-    u64,
-    u64,
-    *const Warp,
-    u64,
-);
+use mma_emu::{emulate, host_entry, jit, launch_threads, run_warps, Sgemm, Shape};
 
 #[test]
 fn the_kernel_matches_the_f64_product_on_an_emulated_warp() {
-    Target::initialize_native(&InitializationConfig::default()).unwrap();
     let ctx = Context::create();
-    let module = ctx.create_module("mmaf_host");
-    mmaf::build(&ctx, &module, Entries::Host).unwrap();
-    module.verify().unwrap();
-    let ee = module
-        .create_jit_execution_engine(OptimizationLevel::Default)
-        .unwrap();
-    ee.add_global_mapping(
-        &module.get_function(mmaf::EMULATOR).unwrap(),
-        emulate as *const () as usize,
+    let ee = jit(
+        &ctx,
+        "mmaf_host",
+        |m| mmaf::build(&ctx, m, Entries::Host).unwrap(),
+        &[(mmaf::EMULATOR, emulate as *const () as usize)],
     );
     // SAFETY: the signature mmaf::build gives the host entry.
-    let kernel = unsafe {
-        ee.get_function::<Kernel>(&format!("{}_at", mmaf::ENTRY))
-            .unwrap()
-            .as_raw()
-    };
+    let kernel: Sgemm = unsafe { host_entry(&ee, mmaf::ENTRY) };
     for (batch, m, n, k, shared) in [
         (2, 40, 24, 7, false),
         (1, 16, 40, 50, true),
@@ -58,15 +34,10 @@ fn the_kernel_matches_the_f64_product_on_an_emulated_warp() {
     ] {
         let nb = if shared { 1 } else { batch };
         // Values over several magnitudes, so that the lo terms matter.
-        let a: Vec<f32> = noise(batch * m * k, 1)
-            .iter()
-            .enumerate()
-            .map(|(i, v)| v * [1.0, 300.0, 0.01][i % 3])
-            .collect();
+        let a = three_magnitudes(batch * m * k, 1, 300.0);
         let b: Vec<f32> = noise(nb * k * n, 2).iter().map(|v| v * 0.7).collect();
         let mut c = vec![f32::NAN; batch * m * n];
-        let warps = batch * m.div_ceil(32) * n.div_ceil(32);
-        let threads = (warps * 32).div_ceil(mmaf::BLOCK as usize) * mmaf::BLOCK as usize;
+        let threads = launch_threads(batch * m.div_ceil(32) * n.div_ceil(32), mmaf::BLOCK);
         let c_addr = c.as_mut_ptr() as usize;
         run_warps(Shape::Tf32, threads, |warp, t| unsafe {
             kernel(

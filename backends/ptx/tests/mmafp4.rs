@@ -5,8 +5,6 @@
 //! and its PTX assembles with ptxas for sm_120a and issues the block-scaled `mma.sync`.
 
 use inkwell::context::Context;
-use inkwell::targets::{InitializationConfig, Target};
-use inkwell::OptimizationLevel;
 use qc_backend_ptx::fp4::{Fp4, Fp4Kind};
 use qc_backend_ptx::mma4::Entries;
 use qc_backend_ptx::mmafp4;
@@ -17,22 +15,9 @@ mod common;
 use common::fmt;
 use common::Case8;
 mod mma_emu;
-use mma_emu::{emulate_fp4, run_warps, Shape, Warp};
-
-type Kernel = unsafe extern "C" fn(
-    *const u8,
-    *const u8,
-    *const f32,
-    *const f32,
-    *mut f32,
-    i64,
-    i64,
-    i64,
-    f32,
-    f32,
-    *const Warp,
-    i64,
-);
+use mma_emu::{
+    emulate_fp4, host_entry, jit, launch_threads, run_warp_gemm, GemmArgs, Shape, WarpGemm,
+};
 
 /// Runs the kernel on the CPU for `y[m, n]`, every warp of the launch; `tamax` is the activations'
 /// static tensor maximum.
@@ -45,51 +30,28 @@ fn run_on_cpu(
     n: usize,
     k: usize,
 ) -> Vec<f32> {
-    Target::initialize_native(&InitializationConfig::default()).unwrap();
     let ctx = Context::create();
-    let module = ctx.create_module("mmafp4_host");
-    mmafp4::build(&ctx, &module, spec, Entries::Host).unwrap();
-    module.verify().unwrap();
-    let ee = module
-        .create_jit_execution_engine(OptimizationLevel::Default)
-        .unwrap();
-    ee.add_global_mapping(
-        &module.get_function(mmafp4::EMULATOR).unwrap(),
-        emulate_fp4 as *const () as usize,
+    let ee = jit(
+        &ctx,
+        "mmafp4_host",
+        |m| mmafp4::build(&ctx, m, spec, Entries::Host).unwrap(),
+        &[(mmafp4::EMULATOR, emulate_fp4 as *const () as usize)],
     );
     assert_eq!(spec.weights.sections(n, k).len, blob.len());
     let tables = [0f32; 4];
     let post = spec.post(blob, n, k).unwrap();
     let scales = spec.scales_offset(n, k);
     let mut y = vec![f32::NAN; m * n];
-    let warps = m.div_ceil(32) * n.div_ceil(32);
-    let threads = (warps * 32).div_ceil(mmafp4::BLOCK as usize) * mmafp4::BLOCK as usize;
-    // SAFETY: the signature mmafp4::build gives the host entry; buffers as the contract asks.
-    let kernel = unsafe {
-        ee.get_function::<Kernel>(&format!("{}_at", mmafp4::ENTRY))
-            .unwrap()
-            .as_raw()
-    };
+    let threads = launch_threads(m.div_ceil(32) * n.div_ceil(32), mmafp4::BLOCK);
     let shape = Shape::Fp4 {
         nvfp4: spec.kind == Fp4Kind::Nvfp4,
     };
-    let y_addr = y.as_mut_ptr() as usize;
-    run_warps(shape, threads, |warp, t| unsafe {
-        kernel(
-            blob.as_ptr(),
-            blob[scales..].as_ptr(),
-            tables.as_ptr(),
-            x.as_ptr(),
-            y_addr as *mut f32,
-            k as i64,
-            n as i64,
-            m as i64,
-            post,
-            tamax,
-            warp,
-            t as i64,
-        )
-    });
+    let args = GemmArgs::new(blob, scales, &tables, x, &mut y, (m, n, k), post, tamax);
+    // SAFETY: the signature mmafp4::build gives the host entry; buffers as the contract asks.
+    unsafe {
+        let kernel = WarpGemm::Scaled(host_entry(&ee, mmafp4::ENTRY));
+        run_warp_gemm(kernel, shape, threads, args)
+    };
     y
 }
 

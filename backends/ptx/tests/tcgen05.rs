@@ -6,8 +6,6 @@
 //! activations (W4A16) or with their quantized-and-dequantized values (W4A4).
 
 use inkwell::context::Context;
-use inkwell::targets::{InitializationConfig, Target};
-use inkwell::OptimizationLevel;
 use qc_backend_ptx::fp4::Fp4;
 use qc_backend_ptx::gemv4::Gemv4;
 use qc_backend_ptx::mma4::Entries;
@@ -17,9 +15,9 @@ use qc_backend_ptx::tcgen05::{self, Tc05};
 use qc_backend_ptx::GpuTarget;
 
 mod common;
-use common::{fmt, noise, Case8};
+use common::{blockwise_values, fmt, three_magnitudes, Case4, Case8};
 mod mma_emu;
-use mma_emu::{tc_alloc, tc_bar, tc_ld, tc_mma, tc_st, Tc};
+use mma_emu::{host_entry, jit, run_block_gemm, tcgen05_emulators, GemmArgs, Tc};
 
 #[test]
 fn ptxas_accepts_the_kernels_for_sm_100a() {
@@ -72,23 +70,6 @@ fn w4_takes_byte_group_scales_only() {
     assert!(Tc05::w4(&g("nvfp4"), 80).is_err());
 }
 
-type Kernel = unsafe extern "C" fn(
-    *const u8,
-    *const u8,
-    *const f32,
-    *const f32,
-    *mut f32,
-    i64,
-    i64,
-    i64,
-    f32,
-    f32,
-    *const Tc,
-    *mut u8,
-    i64,
-    i64,
-);
-
 /// Runs the host body block by block (128 OS threads each); returns `y` and the MMAs issued.
 #[allow(clippy::too_many_arguments)]
 fn run_on_cpu(
@@ -100,69 +81,27 @@ fn run_on_cpu(
     n: usize,
     k: usize,
 ) -> (Vec<f32>, usize) {
-    Target::initialize_native(&InitializationConfig::default()).unwrap();
     let ctx = Context::create();
-    let module = ctx.create_module("tcgen05_host");
-    tcgen05::build(&ctx, &module, spec, Entries::Host).unwrap();
-    module.verify().unwrap();
-    let ee = module
-        .create_jit_execution_engine(OptimizationLevel::Default)
-        .unwrap();
-    for (name, f) in [
-        (tcgen05::BAR_EMULATOR, tc_bar as *const () as usize),
-        (tcgen05::ALLOC_EMULATOR, tc_alloc as *const () as usize),
-        (tcgen05::ST_EMULATOR, tc_st as *const () as usize),
-        (tcgen05::LD_EMULATOR, tc_ld as *const () as usize),
-        (tcgen05::MMA_EMULATOR, tc_mma as *const () as usize),
-    ] {
-        if let Some(func) = module.get_function(name) {
-            ee.add_global_mapping(&func, f);
-        }
-    }
+    let ee = jit(
+        &ctx,
+        "tcgen05_host",
+        |m| tcgen05::build(&ctx, m, spec, Entries::Host).unwrap(),
+        &tcgen05_emulators(),
+    );
     let post = spec.post(blob, n, k).unwrap();
     let scales = spec.scales_offset(n, k);
     let tables = spec.tables().unwrap();
     let mut y = vec![f32::NAN; m * n];
     let tile = tcgen05::TILE as usize;
     let blocks = m.div_ceil(tile) * n.div_ceil(tile);
+    let args = GemmArgs::new(blob, scales, &tables, x, &mut y, (m, n, k), post, tamax);
+    let new_block = || Tc::new(spec.smem() as usize);
     // SAFETY: the signature tcgen05::build gives the host entry; buffers as the contract asks.
-    let kernel: Kernel = unsafe {
-        std::mem::transmute::<usize, Kernel>(
-            ee.get_function_address(&format!("{}_at", spec.entry()))
-                .unwrap(),
-        )
+    let tcs = unsafe {
+        let kernel = host_entry(&ee, spec.entry());
+        run_block_gemm(kernel, blocks, tcgen05::BLOCK as usize, new_block, args)
     };
-    let y_addr = y.as_mut_ptr() as usize;
-    let mut mmas = 0;
-    for b in 0..blocks {
-        let tc = Tc::new(spec.smem() as usize);
-        let smem = tc.smem() as usize;
-        std::thread::scope(|s| {
-            for t in 0..tcgen05::BLOCK as usize {
-                let (tc, x, blob, tables) = (&tc, x, blob, &tables);
-                s.spawn(move || unsafe {
-                    kernel(
-                        blob.as_ptr(),
-                        blob[scales..].as_ptr(),
-                        tables.as_ptr(),
-                        x.as_ptr(),
-                        y_addr as *mut f32,
-                        k as i64,
-                        n as i64,
-                        m as i64,
-                        post,
-                        tamax,
-                        tc,
-                        smem as *mut u8,
-                        b as i64,
-                        t as i64,
-                    )
-                });
-            }
-        });
-        mmas += tc.mmas();
-    }
-    (y, mmas)
+    (y, tcs.iter().map(Tc::mmas).sum())
 }
 
 #[test]
@@ -193,38 +132,11 @@ fn the_w4_kernel_matches_dequantized_weights_times_activations() {
         let spec = Tc05::w4(&g, k as u64).unwrap();
         // Weights whose scales differ group by group; activations of several magnitudes, so that
         // the lo term matters.
-        let pow2 = |e: usize, span: usize| 2f32.powi((e % span) as i32 - (span as i32) / 2);
-        let w: Vec<f32> = noise(n * k, 7)
-            .iter()
-            .enumerate()
-            .map(|(i, v)| v * 0.05 * pow2((i / k) * 3 + (i % k) / 16, 7))
-            .collect();
-        let q = qc_quant::quantize(&w, &[n, k], &f, &Default::default()).unwrap();
-        let blob = qc_quant::blob::to_blob(&q).unwrap();
-        let wd = qc_quant::dequantize(&q).unwrap();
-        let x: Vec<f32> = noise(m * k, 11)
-            .iter()
-            .enumerate()
-            .map(|(i, v)| v * [1.0, 300.0, 0.01][i % 3])
-            .collect();
-        let (y, mmas) = run_on_cpu(&spec, &blob, &x, 0.0, m, n, k);
+        let w = blockwise_values(n, k, 7, 3, 7, 0.05);
+        let case = Case4::new(&f, m, n, k, &w, three_magnitudes(m * k, 11, 300.0));
+        let (y, mmas) = run_on_cpu(&spec, &case.blob, &case.x, 0.0, m, n, k);
         assert_eq!(mmas, 4 * 5 * 4, "{name}: four MMAs per block and k-step");
-        let mut worst = 0f64;
-        for (i, &got) in y.iter().enumerate() {
-            let (mm, row) = (i / n, i % n);
-            let terms = (0..k).map(|j| wd[row * k + j] as f64 * x[mm * k + j] as f64);
-            let want: f64 = terms.clone().sum();
-            let mag: f64 = terms.map(f64::abs).sum();
-            let err = (got as f64 - want).abs() / mag.max(1e-30);
-            worst = worst.max(err);
-            // hi + lo carry 16 significant bits: about 2^-17 of each term, plus f32 sums.
-            assert!(
-                err <= 2e-5,
-                "{name}: y[{mm}][{row}] = {got}, reference {want} (err {err:e})"
-            );
-        }
-        // One bf16 term alone would be off by up to 2^-9: the split is what keeps it close.
-        assert!(worst < 1e-4, "{name}: {worst}");
+        case.check_hi_lo(&y, name);
     }
 }
 

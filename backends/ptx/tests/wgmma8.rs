@@ -5,8 +5,6 @@
 //! the product of qc_quant's quantized-and-dequantized activations and dequantized weights.
 
 use inkwell::context::Context;
-use inkwell::targets::{InitializationConfig, Target};
-use inkwell::OptimizationLevel;
 use qc_backend_ptx::mma4::Entries;
 use qc_backend_ptx::mma8::Mma8;
 use qc_backend_ptx::ptxas::assemble;
@@ -17,24 +15,7 @@ mod common;
 use common::fmt;
 use common::Case8;
 mod mma_emu;
-use mma_emu::{block_barrier, block_mma, fp8_table, Block};
-
-type Kernel = unsafe extern "C" fn(
-    *const u8,
-    *const u8,
-    *const f32,
-    *const f32,
-    *mut f32,
-    i64,
-    i64,
-    i64,
-    f32,
-    f32,
-    *const Block,
-    *mut u8,
-    i64,
-    i64,
-);
+use mma_emu::{fp8_table, host_entry, jit, run_block_gemm, wgmma8_emulators, Block, GemmArgs};
 
 #[allow(clippy::too_many_arguments)]
 fn run_on_cpu(
@@ -46,20 +27,13 @@ fn run_on_cpu(
     n: usize,
     k: usize,
 ) -> Vec<f32> {
-    Target::initialize_native(&InitializationConfig::default()).unwrap();
     let ctx = Context::create();
-    let module = ctx.create_module("wgmma8_host");
-    wgmma8::build(&ctx, &module, spec, Entries::Host).unwrap();
-    module.verify().unwrap();
-    let ee = module
-        .create_jit_execution_engine(OptimizationLevel::Default)
-        .unwrap();
-    for (name, f) in [
-        (wgmma8::BAR_EMULATOR, block_barrier as *const () as usize),
-        (wgmma8::MMA_EMULATOR, block_mma as *const () as usize),
-    ] {
-        ee.add_global_mapping(&module.get_function(name).unwrap(), f);
-    }
+    let ee = jit(
+        &ctx,
+        "wgmma8_host",
+        |m| wgmma8::build(&ctx, m, spec, Entries::Host).unwrap(),
+        &wgmma8_emulators(),
+    );
     assert_eq!(spec.blob_len(n, k), blob.len());
     let tables = spec.tables().unwrap();
     let post = spec.post(blob, n, k).unwrap();
@@ -67,45 +41,18 @@ fn run_on_cpu(
     let mut y = vec![f32::NAN; m * n];
     let tile = wgmma8::TILE as usize;
     let blocks = m.div_ceil(tile) * n.div_ceil(tile);
-    // SAFETY: the signature wgmma8::build gives the host entry; buffers as the contract asks.
-    // (More parameters than inkwell's typed lookup takes: through the address.)
-    let kernel: Kernel = unsafe {
-        std::mem::transmute::<usize, Kernel>(
-            ee.get_function_address(&format!("{}_at", wgmma8::ENTRY))
-                .unwrap(),
-        )
-    };
-    let y_addr = y.as_mut_ptr() as usize;
-    for b in 0..blocks {
-        let block = Block::new(
+    let args = GemmArgs::new(blob, scales, &tables, x, &mut y, (m, n, k), post, sa);
+    let new_block = || {
+        Block::new(
             fp8_table(spec.act_e5m2()),
             fp8_table(spec.weight_e5m2()),
             wgmma8::SMEM as usize,
-        );
-        let smem = block.smem() as usize;
-        std::thread::scope(|s| {
-            for t in 0..wgmma8::BLOCK as usize {
-                let (block, tables, x, blob) = (&block, &tables, x, blob);
-                s.spawn(move || unsafe {
-                    kernel(
-                        blob.as_ptr(),
-                        blob[scales..].as_ptr(),
-                        tables.as_ptr(),
-                        x.as_ptr(),
-                        y_addr as *mut f32,
-                        k as i64,
-                        n as i64,
-                        m as i64,
-                        post,
-                        sa,
-                        block,
-                        smem as *mut u8,
-                        b as i64,
-                        t as i64,
-                    )
-                });
-            }
-        });
+        )
+    };
+    // SAFETY: the signature wgmma8::build gives the host entry; buffers as the contract asks.
+    unsafe {
+        let kernel = host_entry(&ee, wgmma8::ENTRY);
+        run_block_gemm(kernel, blocks, wgmma8::BLOCK as usize, new_block, args);
     }
     y
 }

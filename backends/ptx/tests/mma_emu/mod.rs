@@ -1,15 +1,193 @@
-//! An emulator of warp-level `mma.sync` for the tests of the tensor-core kernels (`mma4`, `mma8`,
-//! `mmafp4`): the kernels' bodies, compiled for the host with every MMA a call of [`emulate`] (or
-//! [`emulate_fp4`] for the block-scaled FP4 MMA), run warp by warp with one OS thread per lane
-//! ([`run_warps`]). The fragment layouts follow the PTX ISA ("Matrix Fragments for mma.m16n8k16
-//! with floating point type", "... for mma.m16n8k32", "... for mma.m16n8k64" and "Block Scaling
-//! for mma.sync"); the sums are exact (f64) and rounded to f32 once.
+//! The host harness of the kernel tests and its emulators: [`jit`] compiles a kernel's host entries
+//! for this CPU with its emulator symbols bound, [`host_entry`] gives an entry as a typed function.
+//! The warp-level kernels (`mma4`, `mma8`, `mmafp4`, `mmaf`): every `mma.sync` a call of
+//! [`emulate`] (or [`emulate_fp4`] for the block-scaled FP4 MMA), run warp by warp with one OS
+//! thread per lane ([`run_warps`], [`run_warp_gemm`]). The fragment layouts follow the PTX ISA
+//! ("Matrix Fragments for mma.m16n8k16 with floating point type", "... for mma.m16n8k32", "... for
+//! mma.m16n8k64" and "Block Scaling for mma.sync"); the sums are exact (f64) and rounded to f32
+//! once. The block-level kernels (`wgmma8` with [`Block`], `tcgen05` with [`Tc`]): run block by
+//! block with one OS thread per thread of the block ([`run_blocks`], [`run_block_gemm`]).
 
 #![allow(dead_code)] // each test binary uses a part
 
+use std::cell::UnsafeCell;
 use std::sync::{Barrier, Mutex};
 
+use inkwell::context::Context;
+use inkwell::execution_engine::ExecutionEngine;
+use inkwell::module::Module;
+use inkwell::targets::{InitializationConfig, Target};
+use inkwell::OptimizationLevel;
 use qc_ir::quant::Encoding;
+
+/// Compiles for this CPU the module `build` fills (named `name`), each emulator symbol of
+/// `emulators` (symbol, address) bound to its function (the module must declare it).
+pub fn jit<'ctx>(
+    ctx: &'ctx Context,
+    name: &str,
+    build: impl FnOnce(&Module<'ctx>),
+    emulators: &[(&str, usize)],
+) -> ExecutionEngine<'ctx> {
+    Target::initialize_native(&InitializationConfig::default()).unwrap();
+    let module = ctx.create_module(name);
+    build(&module);
+    module.verify().unwrap();
+    let ee = module
+        .create_jit_execution_engine(OptimizationLevel::Default)
+        .unwrap();
+    for (sym, f) in emulators {
+        let func = module
+            .get_function(sym)
+            .unwrap_or_else(|| panic!("{name} declares no {sym}"));
+        ee.add_global_mapping(&func, *f);
+    }
+    ee
+}
+
+/// The host entry `<entry>_at` of `ee` as a function of type `F`.
+///
+/// # Safety
+/// `F` is a function pointer type with the signature the kernel's builder gives the entry.
+pub unsafe fn host_entry<F: Copy>(ee: &ExecutionEngine, entry: &str) -> F {
+    let addr = ee
+        .get_function_address(&format!("{entry}_at"))
+        .unwrap_or_else(|e| panic!("no host entry {entry}_at: {e}"));
+    assert_eq!(std::mem::size_of::<F>(), std::mem::size_of::<usize>());
+    // SAFETY: the caller's contract; an address the size of a function pointer.
+    unsafe { std::mem::transmute_copy::<usize, F>(&addr) }
+}
+
+/// The arguments of the GEMMs' host entries before the emulator's (`mma8`, `mmafp4`, `wgmma8`,
+/// `tcgen05`; `mma4` takes all but `act`): the weights' codes and scales, the tables, `x[m, k]`,
+/// `y[m, n]`, K, N, M, the post scale, and the activations' scale (`mma8`, `wgmma8`) or static
+/// maximum (the FP4 kernels).
+#[derive(Clone, Copy)]
+pub struct GemmArgs {
+    pub codes: *const u8,
+    pub scales: *const u8,
+    pub tables: *const f32,
+    pub x: *const f32,
+    pub y: *mut f32,
+    pub k: i64,
+    pub n: i64,
+    pub m: i64,
+    pub post: f32,
+    pub act: f32,
+}
+
+// SAFETY: the kernels' threads read the inputs and write disjoint elements of `y`, as on the GPU.
+unsafe impl Sync for GemmArgs {}
+
+impl GemmArgs {
+    /// The arguments for the weights' `blob` (its scales from byte `scales`), `tables`, `x[m, k]`
+    /// and `y[m, n]`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        blob: &[u8],
+        scales: usize,
+        tables: &[f32],
+        x: &[f32],
+        y: &mut [f32],
+        (m, n, k): (usize, usize, usize),
+        post: f32,
+        act: f32,
+    ) -> GemmArgs {
+        assert_eq!((x.len(), y.len()), (m * k, m * n));
+        GemmArgs {
+            codes: blob.as_ptr(),
+            scales: blob[scales..].as_ptr(),
+            tables: tables.as_ptr(),
+            x: x.as_ptr(),
+            y: y.as_mut_ptr(),
+            k: k as i64,
+            n: n as i64,
+            m: m as i64,
+            post,
+            act,
+        }
+    }
+}
+
+/// `mma4`'s host entry: the [`GemmArgs`] but `act`, the warp's emulator state and the thread.
+pub type Bf16Gemm = unsafe extern "C" fn(
+    *const u8,
+    *const u8,
+    *const f32,
+    *const f32,
+    *mut f32,
+    i64,
+    i64,
+    i64,
+    f32,
+    *const Warp,
+    i64,
+);
+
+/// The host entry of `mma8` and `mmafp4`: the [`GemmArgs`], the warp's emulator state and the
+/// thread.
+pub type ScaledGemm = unsafe extern "C" fn(
+    *const u8,
+    *const u8,
+    *const f32,
+    *const f32,
+    *mut f32,
+    i64,
+    i64,
+    i64,
+    f32,
+    f32,
+    *const Warp,
+    i64,
+);
+
+/// The host entry of a warp-level GEMM.
+#[derive(Clone, Copy)]
+pub enum WarpGemm {
+    /// `mma4`'s.
+    Bf16(Bf16Gemm),
+    /// `mma8`'s and `mmafp4`'s.
+    Scaled(ScaledGemm),
+}
+
+/// Runs `kernel` with `args` on `threads` threads, warp by warp ([`run_warps`]).
+///
+/// # Safety
+/// `args` holds buffers of the sizes the kernel's contract asks for.
+pub unsafe fn run_warp_gemm(kernel: WarpGemm, shape: Shape, threads: usize, args: GemmArgs) {
+    run_warps(shape, threads, |warp, t| unsafe {
+        // The whole of `args` (Sync), not its fields (pointers, not Sync).
+        let a = args;
+        let t = t as i64;
+        match kernel {
+            WarpGemm::Bf16(f) => f(
+                a.codes, a.scales, a.tables, a.x, a.y, a.k, a.n, a.m, a.post, warp, t,
+            ),
+            WarpGemm::Scaled(f) => f(
+                a.codes, a.scales, a.tables, a.x, a.y, a.k, a.n, a.m, a.post, a.act, warp, t,
+            ),
+        }
+    });
+}
+
+/// The host entry of `mmaf`'s f32 GEMM: A, B, C, the batch, M, N, K, whether B is shared, the
+/// warp's emulator state and the thread.
+pub type Sgemm = unsafe extern "C" fn(
+    *const f32,
+    *const f32,
+    *mut f32,
+    u64,
+    u64,
+    u64,
+    u64,
+    u64,
+    *const Warp,
+    u64,
+);
+
+/// The threads of a launch of `warps` warps in blocks of `block` threads: whole blocks.
+pub fn launch_threads(warps: usize, block: u32) -> usize {
+    (warps * 32).div_ceil(block as usize) * block as usize
+}
 
 /// The MMA shape and operand types (each test binary uses one).
 #[derive(Clone, Copy)]
@@ -108,6 +286,30 @@ impl Warp {
         }
     }
 
+    /// Stores lane `lane`'s operands and waits for the warp: every lane's operands.
+    fn gather(&self, lane: usize, frag: Frag) -> [Frag; 32] {
+        self.frags.lock().unwrap()[lane] = frag;
+        self.barrier.wait();
+        *self.frags.lock().unwrap()
+    }
+
+    /// Writes lane `lane`'s accumulators `d[e] = acc(row, column, c[e])`: D[g][2q], D[g][2q + 1],
+    /// D[g + 8][2q], D[g + 8][2q + 1] (`g = lane / 4`, `q = lane % 4`); then waits for the warp, so
+    /// that nobody overwrites the fragments before every lane has read them.
+    fn scatter(
+        &self,
+        lane: usize,
+        c: [f32; 4],
+        d: &mut [f32],
+        acc: impl Fn(usize, usize, f32) -> f32,
+    ) {
+        let (g, q) = (lane / 4, lane % 4);
+        for (e, (c, out)) in c.into_iter().zip(d.iter_mut()).enumerate() {
+            *out = acc(g + 8 * (e / 2), 2 * q + e % 2, c);
+        }
+        self.barrier.wait();
+    }
+
     fn depth(&self) -> usize {
         match self.shape {
             Shape::Bf16 => 16,
@@ -139,27 +341,22 @@ pub extern "C" fn emulate(
     // SAFETY: run_warps passes a live Warp, the kernel a 4-float buffer.
     let (warp, d) = unsafe { (&*warp, std::slice::from_raw_parts_mut(d, 4)) };
     let lane = lane as usize;
-    warp.frags.lock().unwrap()[lane] = Frag {
+    let frag = Frag {
         a: [a0, a1, a2, a3],
         b: [b0, b1],
         ..Frag::default()
     };
-    warp.barrier.wait();
-    let f = *warp.frags.lock().unwrap();
-    let (g, q) = (lane / 4, lane % 4);
-    for (e, (c, out)) in [c0, c1, c2, c3].into_iter().zip(d.iter_mut()).enumerate() {
-        let (r, n) = (g + 8 * (e / 2), 2 * q + e % 2);
+    let f = warp.gather(lane, frag);
+    warp.scatter(lane, [c0, c1, c2, c3], d, |r, n, c| {
         let s: f64 = (0..warp.depth())
             .map(|k| warp.a(&f, r, k) * warp.b(&f, k, n))
             .sum();
-        *out = match warp.shape {
+        match warp.shape {
             // Exact: the sum of 32 products of int8 values fits f64 and i32.
             Shape::S8 => f32::from_bits((s as i32).wrapping_add(c.to_bits() as i32) as u32),
             _ => (s + c as f64) as f32,
-        };
-    }
-    // Nobody overwrites the fragments before every lane has read them.
-    warp.barrier.wait();
+        }
+    });
 }
 
 /// The block-scaled `mma.sync.aligned.m16n8k64.row.col.kind::{mxf4nvf4, mxf4}.block_scale
@@ -210,15 +407,14 @@ pub extern "C" fn emulate_fp4(
         panic!("emulate_fp4 on a warp of another shape");
     };
     let lane = lane as usize;
-    warp.frags.lock().unwrap()[lane] = Frag {
+    let frag = Frag {
         a: [a0, a1, a2, a3],
         b: [b0, b1],
         sa: scale_a,
         sb: scale_b,
         sel: [byte_id_a, thread_id_a, byte_id_b, thread_id_b],
     };
-    warp.barrier.wait();
-    let f = *warp.frags.lock().unwrap();
+    let f = warp.gather(lane, frag);
     let sel = f[0].sel;
     assert!(
         f.iter().all(|x| x.sel == sel),
@@ -270,17 +466,12 @@ pub extern "C" fn emulate_fp4(
     let sfa = |r: usize, c: usize| byte(f[4 * (r % 8) + 2 * tha + r / 8].sa, bya + c);
     let sfb = |c: usize, n: usize| byte(f[4 * n + thb].sb, byb + c);
     let chunk = 64 / v;
-    let (group, tig) = (lane >> 2, lane % 4);
-    for (i, (c, out)) in [c0, c1, c2, c3].into_iter().zip(d.iter_mut()).enumerate() {
-        let row = group + if i >= 2 { 8 } else { 0 };
-        let col = tig * 2 + (i & 1);
+    warp.scatter(lane, [c0, c1, c2, c3], d, |row, col, c| {
         let s: f64 = (0..64)
             .map(|k| am[row][k] * sfa(row, k / chunk) * bm[k][col] * sfb(k / chunk, col))
             .sum();
-        *out = (s + c as f64) as f32;
-    }
-    // Nobody overwrites the fragments before every lane has read them.
-    warp.barrier.wait();
+        (s + c as f64) as f32
+    });
 }
 
 /// The values of the 256 (or 16) codes of `e`.
@@ -302,6 +493,128 @@ pub fn run_warps(shape: Shape, threads: usize, lane: impl Fn(&Warp, usize) + Syn
     }
 }
 
+/// The threads of an emulated block (`BLOCK` of `wgmma8` and `tcgen05`).
+pub const BLOCK_THREADS: usize = 128;
+
+/// Runs `thread(state, b, t)` for every thread `t < threads` ([`BLOCK_THREADS`]) of every block
+/// `b < blocks`, block by block, the threads of a block on their own OS threads sharing the block's
+/// emulator state from `new_block`; the states, in block order.
+pub fn run_blocks<E: Sync>(
+    blocks: usize,
+    threads: usize,
+    new_block: impl Fn() -> E,
+    thread: impl Fn(&E, usize, usize) + Sync,
+) -> Vec<E> {
+    assert_eq!(threads, BLOCK_THREADS, "the emulated blocks' threads");
+    (0..blocks)
+        .map(|b| {
+            let state = new_block();
+            std::thread::scope(|s| {
+                for t in 0..threads {
+                    let (state, thread) = (&state, &thread);
+                    s.spawn(move || thread(state, b, t));
+                }
+            });
+            state
+        })
+        .collect()
+}
+
+/// The emulator state that the threads of a block share ([`Block`], [`Tc`]).
+pub trait BlockState: Sync {
+    /// The block's shared memory (what the kernels' host entries take).
+    fn smem(&self) -> *mut u8;
+}
+
+/// The host entry of the block-level GEMMs (`wgmma8`, `tcgen05`): the [`GemmArgs`], the block's
+/// emulator state, its shared memory, the block and the thread.
+pub type BlockGemm<E> = unsafe extern "C" fn(
+    *const u8,
+    *const u8,
+    *const f32,
+    *const f32,
+    *mut f32,
+    i64,
+    i64,
+    i64,
+    f32,
+    f32,
+    *const E,
+    *mut u8,
+    i64,
+    i64,
+);
+
+/// Runs `kernel` with `args` on `blocks` blocks of `threads` threads ([`run_blocks`]); the blocks'
+/// states.
+///
+/// # Safety
+/// `args` holds buffers of the sizes the kernel's contract asks for.
+pub unsafe fn run_block_gemm<E: BlockState>(
+    kernel: BlockGemm<E>,
+    blocks: usize,
+    threads: usize,
+    new_block: impl Fn() -> E,
+    args: GemmArgs,
+) -> Vec<E> {
+    run_blocks(blocks, threads, new_block, |state, b, t| unsafe {
+        let a = args;
+        kernel(
+            a.codes,
+            a.scales,
+            a.tables,
+            a.x,
+            a.y,
+            a.k,
+            a.n,
+            a.m,
+            a.post,
+            a.act,
+            state,
+            state.smem(),
+            b as i64,
+            t as i64,
+        )
+    })
+}
+
+/// What every emulated block has: `bar.sync` for its [`BLOCK_THREADS`] threads and shared memory
+/// (a host buffer).
+struct Cta {
+    barrier: Barrier,
+    smem: Vec<UnsafeCell<u8>>,
+}
+
+// SAFETY: the shared memory is written and read by the kernel's threads between barriers, as on
+// the GPU; the emulators read it only between the barriers of an MMA.
+unsafe impl Sync for Cta {}
+
+impl Cta {
+    fn new(smem: usize) -> Cta {
+        Cta {
+            barrier: Barrier::new(BLOCK_THREADS),
+            smem: (0..smem).map(|_| UnsafeCell::new(0)).collect(),
+        }
+    }
+
+    /// The shared memory's address (what the kernels' host entries take).
+    fn smem(&self) -> *mut u8 {
+        self.smem[0].get()
+    }
+
+    fn byte(&self, at: usize) -> u8 {
+        // SAFETY: read between barriers; the index is checked.
+        unsafe { *self.smem[at].get() }
+    }
+}
+
+/// The start address, LBO and SBO of a shared-memory descriptor, in bytes (16-byte units in bits
+/// 0-13, 16-29 and 32-45).
+fn desc_fields(desc: u64) -> (usize, usize, usize) {
+    let field = |shift: u32| (((desc >> shift) & 0x3fff) << 4) as usize;
+    (field(0), field(16), field(32))
+}
+
 /// What the 128 threads of a block share while emulating the warpgroup kernel of `wgmma8`:
 /// `bar.sync` and `wgmma.mma_async.m64n64k32` with FP8 A in registers (per warp the layout of
 /// `mma.m16n8k32`'s A) and FP8 B in the block's shared memory, read through the descriptor (start
@@ -310,14 +623,9 @@ pub fn run_warps(shape: Shape, threads: usize, lane: impl Fn(&Warp, usize) + Syn
 pub struct Block {
     a: &'static [f32],
     b: &'static [f32],
-    barrier: Barrier,
+    cta: Cta,
     frags: Mutex<Vec<([u32; 4], u64)>>,
-    smem: Vec<std::cell::UnsafeCell<u8>>,
 }
-
-// SAFETY: the shared memory is written and read by the kernel's threads between barriers, as on
-// the GPU; the emulator reads it only between the barriers of an MMA.
-unsafe impl Sync for Block {}
 
 impl Block {
     /// A block with `smem` bytes of shared memory and the FP8 code values of A and B.
@@ -325,22 +633,22 @@ impl Block {
         Block {
             a,
             b,
-            barrier: Barrier::new(128),
-            frags: Mutex::new(vec![([0; 4], 0); 128]),
-            smem: (0..smem).map(|_| std::cell::UnsafeCell::new(0)).collect(),
+            cta: Cta::new(smem),
+            frags: Mutex::new(vec![([0; 4], 0); BLOCK_THREADS]),
         }
     }
+}
 
-    /// The shared memory's address (what the kernel's host entry takes).
-    pub fn smem(&self) -> *mut u8 {
-        self.smem[0].get()
+impl BlockState for Block {
+    fn smem(&self) -> *mut u8 {
+        self.cta.smem()
     }
 }
 
 /// `bar.sync 0` of the host kernel.
 pub extern "C" fn block_barrier(block: *const Block) {
     // SAFETY: the test passes a live Block.
-    unsafe { &*block }.barrier.wait();
+    unsafe { &*block }.cta.barrier.wait();
 }
 
 /// The warpgroup MMA of the host kernel: this thread's 32 results.
@@ -359,14 +667,13 @@ pub extern "C" fn block_mma(
     let (blk, d) = unsafe { (&*block, std::slice::from_raw_parts_mut(d, 32)) };
     let t = t as usize;
     blk.frags.lock().unwrap()[t] = ([a0, a1, a2, a3], desc);
-    blk.barrier.wait();
+    blk.cta.barrier.wait();
     let f = blk.frags.lock().unwrap().clone();
     assert!(
         f.iter().all(|x| x.1 == desc),
         "the threads disagree on the descriptor"
     );
-    let field = |shift: u32| (((desc >> shift) & 0x3fff) << 4) as usize;
-    let (start, lbo, sbo) = (field(0), field(16), field(32));
+    let (start, lbo, sbo) = desc_fields(desc);
     assert_eq!(desc >> 46, 0, "no swizzling, no base offset");
     let (w, lane) = (t / 32, t % 32);
     let (g, q) = (lane / 4, lane % 4);
@@ -382,14 +689,22 @@ pub extern "C" fn block_mma(
                     f[32 * (r / 16) + (r % 8) * 4 + (k % 16) / 4].0[(r % 16) / 8 + 2 * (k / 16)];
                 let av = blk.a[((reg >> (8 * (k % 4))) & 0xff) as usize] as f64;
                 let at = start + (n / 8) * sbo + (k / 16) * lbo + (n % 8) * 16 + k % 16;
-                // SAFETY: inside the block's shared memory (checked by the index).
-                let bv = blk.b[unsafe { *blk.smem[at].get() } as usize] as f64;
+                let bv = blk.b[blk.cta.byte(at) as usize] as f64;
                 av * bv
             })
             .sum();
         *out = s as f32;
     }
-    blk.barrier.wait();
+    blk.cta.barrier.wait();
+}
+
+/// The emulators of `wgmma8`'s host kernel, by symbol (for [`jit`]).
+pub fn wgmma8_emulators() -> [(&'static str, usize); 2] {
+    use qc_backend_ptx::wgmma8;
+    [
+        (wgmma8::BAR_EMULATOR, block_barrier as *const () as usize),
+        (wgmma8::MMA_EMULATOR, block_mma as *const () as usize),
+    ]
 }
 
 /// The values of the 256 codes of FP8 e5m2 or e4m3fn, for the emulators.
@@ -432,29 +747,19 @@ const TMEM_COLS: usize = 512;
 ///
 /// The sums are exact (f64) and rounded to f32 once per MMA.
 pub struct Tc {
-    barrier: Barrier,
-    smem: Vec<std::cell::UnsafeCell<u8>>,
+    cta: Cta,
     tmem: Mutex<Vec<u32>>,
     mmas: std::sync::atomic::AtomicUsize,
 }
-
-// SAFETY: as for Block: shared memory is written and read between barriers.
-unsafe impl Sync for Tc {}
 
 impl Tc {
     /// A block with `smem` bytes of shared memory.
     pub fn new(smem: usize) -> Tc {
         Tc {
-            barrier: Barrier::new(128),
-            smem: (0..smem).map(|_| std::cell::UnsafeCell::new(0)).collect(),
+            cta: Cta::new(smem),
             tmem: Mutex::new(vec![0xdead_beef; 128 * TMEM_COLS]),
             mmas: std::sync::atomic::AtomicUsize::new(0),
         }
-    }
-
-    /// The shared memory's address.
-    pub fn smem(&self) -> *mut u8 {
-        self.smem[0].get()
     }
 
     /// How many MMAs were issued.
@@ -463,8 +768,13 @@ impl Tc {
     }
 
     fn byte(&self, at: usize) -> u8 {
-        // SAFETY: read between barriers; the index is checked.
-        unsafe { *self.smem[at].get() }
+        self.cta.byte(at)
+    }
+}
+
+impl BlockState for Tc {
+    fn smem(&self) -> *mut u8 {
+        self.cta.smem()
     }
 }
 
@@ -480,7 +790,7 @@ fn tc_cell(t: i64, taddr: u32) -> (usize, usize) {
 /// `bar.sync 0` (and the mbarrier wait) of the host kernel.
 pub extern "C" fn tc_bar(tc: *const Tc) {
     // SAFETY: the test passes a live Tc.
-    unsafe { &*tc }.barrier.wait();
+    unsafe { &*tc }.cta.barrier.wait();
 }
 
 /// `tcgen05.alloc`: the columns must be a power of two in [32, 512]; the address (lane 0,
@@ -621,10 +931,9 @@ pub extern "C" fn tc_mma(
 
 /// The shared-memory tile of a descriptor: (start, LBO, SBO) in bytes.
 fn tc_tile(desc: u64) -> (usize, usize, usize) {
-    let field = |shift: u32| (((desc >> shift) & 0x3fff) << 4) as usize;
     assert_eq!((desc >> 46) & 0b111, 0b001, "version 1, no base offset");
     assert_eq!(desc >> 52, 0, "no LBO mode, no swizzling");
-    (field(0), field(16), field(32))
+    desc_fields(desc)
 }
 
 /// The dense kinds with an f32 accumulator: `kind::f16` (0) with bf16 A and B (types 1), K = 16,
@@ -686,4 +995,16 @@ fn tc_mma_dense(
             tm[at] = ((acc + s) as f32).to_bits();
         }
     }
+}
+
+/// The emulators of `tcgen05`'s host kernels, by symbol (for [`jit`]).
+pub fn tcgen05_emulators() -> [(&'static str, usize); 5] {
+    use qc_backend_ptx::tcgen05;
+    [
+        (tcgen05::BAR_EMULATOR, tc_bar as *const () as usize),
+        (tcgen05::ALLOC_EMULATOR, tc_alloc as *const () as usize),
+        (tcgen05::ST_EMULATOR, tc_st as *const () as usize),
+        (tcgen05::LD_EMULATOR, tc_ld as *const () as usize),
+        (tcgen05::MMA_EMULATOR, tc_mma as *const () as usize),
+    ]
 }
