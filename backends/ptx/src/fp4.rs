@@ -1,9 +1,9 @@
 //! The W4A4 products that run on block-scaled FP4 tensor cores: NVFP4 weights times NVFP4
 //! activations (`kind::mxf4nvf4`, ue4m3 scales per 16 elements) and MXFP4 weights times MXFP4
 //! activations (`kind::mxf4` / `mxf4nvf4` with ue8m0 scales per 32 elements). The kernels
-//! ([`crate::tcgen05`] on sm_100a) quantize the f32 activations block by block in the kernel, with
-//! the arithmetic of [`crate::fquant`]'s block kernel (bit for bit the interpreter's), and read the
-//! weights' codes and scale bytes straight from their `qc_quant::blob` (the layout of
+//! ([`crate::tcgen05`] on sm_100a, [`crate::mmafp4`] on sm_120a) quantize the f32 activations
+//! block by block in the kernel, with the arithmetic of [`crate::fquant`]'s block kernel (bit for
+//! bit the interpreter's), and read the weights' codes and scale bytes straight from their `qc_quant::blob` (the layout of
 //! [`crate::gemv4`]: codes `[N, K/2]` low nibble first, then one scale byte per block `[N, K/b]`,
 //! then the f32 tensor scale).
 //!
