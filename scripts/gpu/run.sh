@@ -14,7 +14,9 @@ LOG=${OUT:-/tmp}/gpu.log
 exec > >(tee "$LOG") 2>&1
 nvidia-smi -L
 cc=$(python3 -c "import cupy; print(cupy.cuda.Device().compute_capability)")
-case "$cc" in 90) T=sm_90a ;; *) T=sm_80 ;; esac
+# The kit's artifacts for this GPU (prepare.sh builds sm_90a and sm_80 unless QC_KIT_TARGETS says
+# otherwise; Blackwell's sm_100a / sm_120a artifacts run their tcgen05 / block-scaled kernels).
+case "$cc" in 90) T=sm_90a ;; 100) T=sm_100a ;; 120) T=sm_120a ;; *) T=sm_80 ;; esac
 echo "compute capability $cc: artifacts for $T"
 status=0
 for qca in "$KIT"/models/*."$T".qca; do
