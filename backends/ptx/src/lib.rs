@@ -11,7 +11,8 @@
 //! activations quantized in the kernel) on Blackwell's block-scaled tensor cores: [`tcgen05`]
 //! (sm_100a, tensor memory) and [`mmafp4`] (sm_120a, block-scaled `mma.sync`), tested on the CPU
 //! with an emulated warp, warpgroup or tensor memory, and the activation fake quantization of
-//! [`fquant`]. Whole models take the MLIR route of the compiler's
+//! [`fquant`], and the softmax and layer normalization row kernels of [`rows`] (one warp per row,
+//! shuffle reductions). Whole models take the MLIR route of the compiler's
 //! `cmd/cuda.rs`.
 #![deny(missing_docs)]
 
@@ -23,6 +24,7 @@ pub mod mma8;
 pub mod mmaf;
 pub mod mmafp4;
 pub mod ptxas;
+pub mod rows;
 pub mod tcgen05;
 pub mod wgmma8;
 
