@@ -243,6 +243,12 @@ pub struct ExportOptions<'a> {
     /// rather than as builtin floats and `arith.extf`, which LLVM's NVPTX lowering of MLIR 22 cannot
     /// translate. The values are the same (the tables are qc_quant's codecs').
     pub decode_tables: bool,
+    /// When true, f32 softmax and log-softmax over the last axis and f32 layer normalization over
+    /// the last axis alone (axis = rank - 1, scale and bias of `[len]` or broadcast to it from a
+    /// shape of ones, or from `[..., 1, len]`) become kernel calls of kinds [`KernelOp::Softmax`]
+    /// and [`KernelOp::LayerNorm`], on the input viewed as `[rows, len]` rows. Other axes, element
+    /// types, empty tensors and other scale shapes keep the `linalg` ops.
+    pub row_kernel_calls: bool,
 }
 
 /// The filter of [`ExportOptions::act_quant_calls`]: (weight format, activation format, reduction
@@ -316,6 +322,32 @@ pub enum KernelOp {
         /// The op's `amax` attribute (the calibrated static maximum |x|), if any.
         amax: Option<f32>,
     },
+    /// Softmax (or log-softmax) of each row of `x[M, N]` (`nn.softmax` / `nn.log_softmax` over the
+    /// last axis, the leading dimensions collapsed into M):
+    ///
+    /// ```mlir
+    /// func.func private @SYMBOL(memref<MxNxf32>, memref<MxNxf32>)   // x, y
+    /// ```
+    ///
+    /// `y[r] = exp(x[r] - max x[r]) / sum exp(x[r] - max x[r])`, or for `log`, `(x[r] - max x[r]) -
+    /// log(sum ...)`; `y` is a fresh, 64-byte aligned buffer to fill (K = N).
+    Softmax {
+        /// Log-softmax.
+        log: bool,
+    },
+    /// Layer normalization of each row of `x[M, N]` (`nn.layer_norm` over the last axis):
+    ///
+    /// ```mlir
+    /// func.func private @SYMBOL(memref<MxNxf32>, memref<Nxf32>, memref<Nxf32>, memref<MxNxf32>)
+    /// // x, scale, bias, y
+    /// ```
+    ///
+    /// `y[r] = (x[r] - mean) / sqrt(var + epsilon) * scale + bias` with the row's mean and (biased)
+    /// variance; `y` is a fresh, 64-byte aligned buffer to fill (K = N).
+    LayerNorm {
+        /// The op's `epsilon`.
+        epsilon: f32,
+    },
 }
 
 /// A matrix product (or an activation quantization) exported as a call of an external function (see
@@ -324,8 +356,9 @@ pub enum KernelOp {
 /// MLIR's memref descriptors (allocated pointer, aligned pointer, offset, sizes[rank], strides[rank]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct KernelCall {
-    /// The external function's name: `qc_matmul_<i>`, `qc_sgemm_<i>` or `qc_fquant_<i>`, `i` counting
-    /// calls in program order.
+    /// The external function's name: `qc_matmul_<i>`, `qc_sgemm_<i>`, `qc_fquant_<i>`,
+    /// `qc_softmax_<i>`, `qc_log_softmax_<i>` or `qc_layernorm_<i>`, `i` counting calls in program
+    /// order.
     pub symbol: String,
     /// What it computes.
     pub op: KernelOp,
@@ -358,6 +391,16 @@ impl KernelCall {
                 format!("memref<{}x{k}x{n}xf32>", if shared_b { 1 } else { batch }),
                 format!("memref<{batch}x{m}x{n}xf32>"),
             ],
+            KernelOp::Softmax { .. } => vec![
+                format!("memref<{m}x{n}xf32>"),
+                format!("memref<{m}x{n}xf32>"),
+            ],
+            KernelOp::LayerNorm { .. } => vec![
+                format!("memref<{m}x{n}xf32>"),
+                format!("memref<{n}xf32>"),
+                format!("memref<{n}xf32>"),
+                format!("memref<{m}x{n}xf32>"),
+            ],
         }
     }
 }
@@ -389,6 +432,7 @@ pub fn export_module_with(
         u.quantize_calls = opts.quantize_calls;
         u.act_quant_calls = opts.act_quant_calls;
         u.decode_tables = opts.decode_tables;
+        u.row_calls = opts.row_kernel_calls;
         let mut args = Vec::new();
         let mut arg_types = Vec::new();
         for (i, &a) in f.args.iter().enumerate() {
@@ -639,6 +683,8 @@ struct U<'c, 'b> {
     quantize_inputs: RefCell<Vec<(qc_ir::Value, V<'c, 'b>)>>,
     /// [`ExportOptions::decode_tables`].
     decode_tables: bool,
+    /// [`ExportOptions::row_kernel_calls`].
+    row_calls: bool,
     /// The constants made arguments so far, with their MLIR types.
     const_args: RefCell<Vec<(ConstantArg, Type<'c>)>>,
     /// The kernel calls made so far.
@@ -873,6 +919,7 @@ impl<'c, 'b> U<'c, 'b> {
             act_quant_calls: None,
             quantize_inputs: Default::default(),
             decode_tables: false,
+            row_calls: false,
             const_args: Default::default(),
             calls: Default::default(),
         }
@@ -1831,9 +1878,16 @@ fn export_nn<'c, 'b>(u: &U<'c, 'b>, cx: &Cx, nn: NnOp, ins: &[V<'c, 'b>]) -> R<V
         NnOp::Gemm => one(gemm(u, cx, ins, &shape)?),
         NnOp::Softmax | NnOp::LogSoftmax => {
             let axis = norm_axis(cx.int_attr("axis", -1), shape.len())?;
-            one(softmax(u, ins[0], axis, nn == NnOp::LogSoftmax)?)
+            let log = nn == NnOp::LogSoftmax;
+            match softmax_call(u, cx, ins[0], axis, log)? {
+                Some(v) => one(v),
+                None => one(softmax(u, ins[0], axis, log)?),
+            }
         }
-        NnOp::LayerNorm => one(layer_norm(u, cx, ins)?),
+        NnOp::LayerNorm => match layer_norm_call(u, cx, ins)? {
+            Some(v) => one(v),
+            None => one(layer_norm(u, cx, ins)?),
+        },
         NnOp::Reshape | NnOp::Flatten | NnOp::Squeeze | NnOp::Unsqueeze => {
             one(u.reshape(ins[0], &shape)?)
         }
@@ -3457,6 +3511,98 @@ fn sgemm_call<'c, 'b>(
     u.reshape(c, out).map(Some)
 }
 
+/// The `[rows, len]` view of `x` for a row kernel call over its last axis `axis`
+/// ([`ExportOptions::row_kernel_calls`]): `None` when row calls are off, `x` is not f32, `axis` is
+/// not the last or the tensor is empty.
+fn row_view<'c, 'b>(u: &U<'c, 'b>, x: V<'c, 'b>, axis: usize) -> R<Option<(V<'c, 'b>, u64, u64)>> {
+    let s = u.shape(&x);
+    if !u.row_calls || x.e != El::F32 || axis + 1 != s.len() {
+        return Ok(None);
+    }
+    let len = s[axis];
+    let rows: u64 = s[..axis].iter().product();
+    if len == 0 || rows == 0 {
+        return Ok(None);
+    }
+    Ok(Some((u.reshape(x, &[rows, len])?, rows, len)))
+}
+
+/// Softmax or log-softmax of `x` over `axis` as a [`KernelOp::Softmax`] call, when
+/// [`row_view`] allows it.
+fn softmax_call<'c, 'b>(
+    u: &U<'c, 'b>,
+    cx: &Cx,
+    x: V<'c, 'b>,
+    axis: usize,
+    log: bool,
+) -> R<Option<V<'c, 'b>>> {
+    let shape = u.shape(&x);
+    let Some((x2, rows, len)) = row_view(u, x, axis)? else {
+        return Ok(None);
+    };
+    let kind = if log { "log_softmax" } else { "softmax" };
+    let call = KernelCall {
+        symbol: format!("qc_{kind}_{}", u.calls.borrow().len()),
+        op: KernelOp::Softmax { log },
+        m: rows,
+        n: len,
+        k: len,
+        loc: cx.op.loc.clone(),
+    };
+    let y = emit_call(u, call, &[x2], &[rows, len])?;
+    u.reshape(y, &shape).map(Some)
+}
+
+/// Whether a layer normalization's scale or bias `v` can be a row kernel's `[len]` vector: f32,
+/// every dimension but the last 1, the last `len` or 1 (or a scalar).
+fn is_row_vector(u: &U, v: &V, len: u64) -> bool {
+    let s = u.shape(v);
+    let last = s.last().copied().unwrap_or(1);
+    v.e == El::F32 && s.iter().rev().skip(1).all(|&d| d == 1) && (last == len || last == 1)
+}
+
+/// `v` (of a shape [`is_row_vector`] accepts) as an f32 `[len]` vector: reshaped, or broadcast
+/// from its one element.
+fn row_vector<'c, 'b>(u: &U<'c, 'b>, v: V<'c, 'b>, len: u64) -> R<V<'c, 'b>> {
+    if u.shape(&v).last().copied().unwrap_or(1) == len {
+        return u.reshape(v, &[len]);
+    }
+    let v1 = u.reshape(v, &[1])?;
+    u.ew(&[v1], &[len], El::F32, |_| Ok(0))
+}
+
+/// `nn.layer_norm` as a [`KernelOp::LayerNorm`] call, when [`row_view`] allows it (the axis is the
+/// last one alone) and [`is_row_vector`] its scale and bias.
+fn layer_norm_call<'c, 'b>(u: &U<'c, 'b>, cx: &Cx, ins: &[V<'c, 'b>]) -> R<Option<V<'c, 'b>>> {
+    let x = ins[0];
+    let shape = u.shape(&x);
+    if !u.row_calls || shape.is_empty() {
+        return Ok(None);
+    }
+    let axis = norm_axis(cx.int_attr("axis", -1), shape.len())?;
+    let len = shape[shape.len() - 1];
+    // Checked before any op is emitted: a refused call leaves nothing behind.
+    if !is_row_vector(u, &ins[1], len) || !is_row_vector(u, &ins[2], len) {
+        return Ok(None);
+    }
+    let Some((x2, rows, len)) = row_view(u, x, axis)? else {
+        return Ok(None);
+    };
+    let (scale, bias) = (row_vector(u, ins[1], len)?, row_vector(u, ins[2], len)?);
+    let call = KernelCall {
+        symbol: format!("qc_layernorm_{}", u.calls.borrow().len()),
+        op: KernelOp::LayerNorm {
+            epsilon: cx.f_attr("epsilon", 1e-5) as f32,
+        },
+        m: rows,
+        n: len,
+        k: len,
+        loc: cx.op.loc.clone(),
+    };
+    let y = emit_call(u, call, &[x2, scale, bias], &[rows, len])?;
+    u.reshape(y, &shape).map(Some)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -3577,5 +3723,71 @@ mod tests {
                 .any(|c| matches!(c.op, KernelOp::FakeQuant { .. }));
             assert_eq!(has_fquant, fquant, "{also} {folded}: {:?}", out.calls);
         }
+    }
+
+    /// With `row_kernel_calls`, softmax and log-softmax over the last axis and layer normalization
+    /// over the last axis alone become row kernel calls on `[rows, len]` views (scale and bias as
+    /// `[len]` vectors, a scalar bias broadcast); other axes keep the `linalg` ops, and without the
+    /// option nothing changes.
+    #[test]
+    fn row_kernel_calls_take_softmax_and_layer_norm_over_the_last_axis() {
+        let m = parse(
+            "func.func @main(%x: tensor<2x3x8xf32>, %s: tensor<1x8xf32>, %b: tensor<f32>) -> (tensor<2x3x8xf32>, tensor<2x3x8xf32>, tensor<2x3x8xf32>, tensor<2x3x8xf32>, tensor<2x3x8xf32>) {
+  %y0 = nn.softmax %x {axis = -1} : (tensor<2x3x8xf32>) -> tensor<2x3x8xf32>
+  %y1 = nn.log_softmax %x {axis = 2} : (tensor<2x3x8xf32>) -> tensor<2x3x8xf32>
+  %y2 = nn.softmax %x {axis = 1} : (tensor<2x3x8xf32>) -> tensor<2x3x8xf32>
+  %y3 = nn.layer_norm %x, %s, %b {axis = -1, epsilon = 1e-3} : (tensor<2x3x8xf32>, tensor<1x8xf32>, tensor<f32>) -> tensor<2x3x8xf32>
+  %y4 = nn.layer_norm %x, %s, %b {axis = 1, epsilon = 1e-3} : (tensor<2x3x8xf32>, tensor<1x8xf32>, tensor<f32>) -> tensor<2x3x8xf32>
+  return %y0, %y1, %y2, %y3, %y4 : tensor<2x3x8xf32>, tensor<2x3x8xf32>, tensor<2x3x8xf32>, tensor<2x3x8xf32>, tensor<2x3x8xf32>
+}",
+        );
+        let b = ShapeBindings::new();
+        let opts = ExportOptions {
+            row_kernel_calls: true,
+            ..ExportOptions::default()
+        };
+        let out = export_module_with(&m, "main", &b, &opts).unwrap();
+        let calls: Vec<(&str, &KernelOp, u64, u64)> = out
+            .calls
+            .iter()
+            .map(|c| (c.symbol.as_str(), &c.op, c.m, c.n))
+            .collect();
+        assert_eq!(
+            calls,
+            [
+                ("qc_softmax_0", &KernelOp::Softmax { log: false }, 6, 8),
+                ("qc_log_softmax_1", &KernelOp::Softmax { log: true }, 6, 8),
+                (
+                    "qc_layernorm_2",
+                    &KernelOp::LayerNorm { epsilon: 1e-3 },
+                    6,
+                    8
+                ),
+            ]
+        );
+        assert_eq!(
+            out.calls[2].memref_types(),
+            [
+                "memref<6x8xf32>",
+                "memref<8xf32>",
+                "memref<8xf32>",
+                "memref<6x8xf32>"
+            ]
+        );
+        assert!(
+            out.text.contains(
+                "func.func private @qc_layernorm_2(memref<6x8xf32>, memref<8xf32>, memref<8xf32>, memref<6x8xf32>)"
+            ),
+            "{}",
+            out.text
+        );
+        // The other axes: linalg (the softmax over axis 1, the normalization over axes 1 and 2).
+        assert!(out.text.contains("math.exp"), "{}", out.text);
+        assert!(out.text.contains("math.sqrt"), "{}", out.text);
+        // Without the option: no calls, the same text as the plain export.
+        let plain = export_module_with(&m, "main", &b, &ExportOptions::default()).unwrap();
+        assert!(plain.calls.is_empty());
+        assert_eq!(plain.text, export_module(&m, "main", &b).unwrap());
+        assert!(!plain.text.contains("call @"), "{}", plain.text);
     }
 }

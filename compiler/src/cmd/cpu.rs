@@ -576,6 +576,8 @@ pub fn write_artifact(
         quantize_calls: Some(fake_quant),
         act_quant_calls: Some(act8),
         decode_tables: true,
+        // Softmax and layer normalization stay MLIR's loops on the CPU.
+        row_kernel_calls: false,
     };
     let exported =
         qc_backend_hlo::upstream::export_module_with(m, func, &b, &opts).map_err(render)?;

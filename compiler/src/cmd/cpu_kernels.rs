@@ -800,6 +800,12 @@ pub fn plan(m: &Module, exported: &Exported, cpu: CpuTarget) -> Result<Plan, Fai
                 );
                 continue;
             }
+            KernelOp::Softmax { .. } | KernelOp::LayerNorm { .. } => {
+                return Err(Failure::Internal(format!(
+                    "internal error: the CPU export made a row kernel call @{}",
+                    c.symbol
+                )));
+            }
             KernelOp::Sgemm { .. } => {
                 bodies += &format!(
                     "void _mlir_ciface_{}(qc_md3_t *a, qc_md3_t *b, qc_md3_t *c) {{ qc_sgemm(a, b, c); }}\n\n",

@@ -44,7 +44,10 @@
 //! block-scaled `mma.sync` (`qc_backend_ptx::mmafp4`); on sm_100a the other products by 4-bit
 //! weights with byte group scales (NVFP4, MXFP4, NVINT4) of 64 rows and more run `tcgen05`'s bf16
 //! (`kind::f16`) GEMM, and those of FP8 weights per tensor or row by FP8 activations its
-//! `kind::f8f6f4` GEMM.
+//! `kind::f8f6f4` GEMM. f32 products run the 3xTF32 tensor-core GEMM of `qc_backend_ptx::mmaf`
+//! (`ExportOptions::float_matmul_calls`), and f32 softmax, log-softmax and layer normalization over
+//! the last axis the row kernels of `qc_backend_ptx::rows`, a warp per row with shuffle reductions
+//! (`ExportOptions::row_kernel_calls`).
 //!
 //! # Artifact
 //! - `<module>.ptx`, one per kernel module the plan launches (`main_kernel.ptx`, `main_kernel_0.ptx`,
@@ -63,7 +66,7 @@
 //! and [`tiling_script`] to `DIR/tiling.mlir` (for developers; compiler/tests/ptx.rs runs the export
 //! on the CPU through the tiled loops).
 //!
-//! Limitations: the kernels are simple (each thread computes one output element of a loop nest;
+//! Limitations: MLIR's kernels are simple (each thread computes one output element of a loop nest;
 //! reductions are sequential loops in the thread; no shared memory or tensor cores). Blocks are
 //! one-dimensional, so a loop nest whose innermost parallel extent is small gets small blocks (the
 //! tiny BERT's 7 and 8 threads). An op that [`tiling_script`] leaves untiled (a reduction dimension
@@ -80,13 +83,14 @@ use qc_backend_ptx::fquant::{FakeQuantBlock, FakeQuantPt};
 use qc_backend_ptx::gemv4::{self, Gemv4};
 use qc_backend_ptx::mma4;
 use qc_backend_ptx::mma8::{self, Mma8};
+use qc_backend_ptx::rows::{self, RowKernel};
 use qc_backend_ptx::tcgen05::Tc05;
 use qc_backend_ptx::GpuTarget;
 use qc_backend_ptx::{mmafp4, tcgen05, wgmma8};
 use qc_ir::Module;
 use qc_runtime::artifact::{self, Artifact};
 
-use crate::cmd::cuda_plan::{FquantCall, GpuCall, ProductKernel, SgemmCall};
+use crate::cmd::cuda_plan::{FquantCall, GpuCall, ProductKernel, RowCall, SgemmCall};
 pub use crate::cmd::cuda_plan::{PLAN, WEIGHTS};
 use crate::cmd::target::Target;
 use crate::output::{input_error, Failure};
@@ -382,6 +386,7 @@ struct Modules {
     fquant: Vec<(FakeQuantPt, String)>,
     fquant_block: Vec<(FakeQuantBlock, String)>,
     sgemm: Vec<((), String)>,
+    rows: Vec<(RowKernel, String)>,
 }
 
 /// The module of `spec` in `list`, made with `emit` (and its PTX pushed to `ptx`) on first use.
@@ -421,6 +426,7 @@ struct KernelCalls<'m> {
     calls: Vec<GpuCall<'m>>,
     fquant: Vec<FquantCall>,
     sgemm: Vec<SgemmCall>,
+    rows: Vec<RowCall>,
 }
 
 /// The launch-plan descriptions of the export's kernel calls, their kernels' PTX pushed to `ptx`:
@@ -439,7 +445,9 @@ struct KernelCalls<'m> {
 ///   when the activations are quantized (`act_pre`);
 /// - activation quantizations ([`FquantCall`]): the fake-quant kernels of `fquant` (per tensor, or
 ///   per block for MX and NVFP4);
-/// - f32 products ([`SgemmCall`]): the tensor-core f32 GEMM of `mmaf` (3xTF32).
+/// - f32 products ([`SgemmCall`]): the tensor-core f32 GEMM of `mmaf` (3xTF32);
+/// - softmax, log-softmax and layer normalization over the last axis ([`RowCall`]): the row
+///   kernels of `rows` (a warp per row), one module per kernel.
 fn kernel_calls<'m>(
     m: &'m Module,
     calls: &[qc_backend_hlo::upstream::KernelCall],
@@ -450,6 +458,7 @@ fn kernel_calls<'m>(
     let mut out = Vec::new();
     let mut fq_out = Vec::new();
     let mut sg_out = Vec::new();
+    let mut rows_out = Vec::new();
     for c in calls {
         let at =
             |msg: String| Failure::Input(qc_ir::Diagnostic::error(c.loc.clone(), msg).render(None));
@@ -535,6 +544,27 @@ fn kernel_calls<'m>(
                     entry: qc_backend_ptx::mmaf::ENTRY.to_string(),
                     tile: mma4::WARP_TILE,
                     block: qc_backend_ptx::mmaf::BLOCK,
+                });
+                continue;
+            }
+            KernelOp::Softmax { .. } | KernelOp::LayerNorm { .. } => {
+                let (kernel, epsilon) = match c.op {
+                    KernelOp::Softmax { log: false } => (RowKernel::Softmax, None),
+                    KernelOp::Softmax { log: true } => (RowKernel::LogSoftmax, None),
+                    KernelOp::LayerNorm { epsilon } => (RowKernel::LayerNorm, Some(epsilon)),
+                    _ => unreachable!("matched above"),
+                };
+                let module = module_of(&mut mods.rows, "rows", &kernel, ptx, || {
+                    rows::emit_ptx(gpu, kernel)
+                })?;
+                rows_out.push(RowCall {
+                    symbol: c.symbol.clone(),
+                    rows: c.m,
+                    len: c.n,
+                    epsilon,
+                    module,
+                    entry: kernel.entry().to_string(),
+                    block: rows::BLOCK,
                 });
                 continue;
             }
@@ -741,6 +771,7 @@ fn kernel_calls<'m>(
         calls: out,
         fquant: fq_out,
         sgemm: sg_out,
+        rows: rows_out,
     })
 }
 
@@ -787,6 +818,8 @@ pub fn write_artifact(
         float_matmul_calls: true,
         constant_args: true,
         decode_tables: true,
+        // Softmax and layer normalization over the last axis run qc's row kernels.
+        row_kernel_calls: true,
     };
     let exported =
         qc_backend_hlo::upstream::export_module_with(m, func, &b, &opts).map_err(render)?;
@@ -822,6 +855,7 @@ pub fn write_artifact(
         calls,
         fquant,
         sgemm,
+        rows,
     } = kernel_calls(m, &exported.calls, gpu, &mut ptx)?;
     let constant_args = exported
         .constant_args
@@ -845,6 +879,7 @@ pub fn write_artifact(
             calls,
             fquant,
             sgemm,
+            rows,
         },
     )
     .map_err(|e| input_error(format!("{what}: {e}")))?;

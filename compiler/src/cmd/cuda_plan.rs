@@ -26,6 +26,9 @@
 //!   block-scaled formats: one thread per block);
 //! - `call @qc_sgemm_<i>(a, b, c)` (an f32 product, [`SgemmCall`]): one launch of the tensor-core
 //!   f32 GEMM of `qc_backend_ptx::mmaf` (a warp per 32 x 32 tile of each batch element's `c`);
+//! - `call @qc_softmax_<i>(x, y)`, `@qc_log_softmax_<i>(x, y)` and `@qc_layernorm_<i>(x, scale,
+//!   bias, y)` (rows of `x[M, N]`, [`RowCall`]): one launch of a row kernel of
+//!   `qc_backend_ptx::rows` (a warp per row, `M * 32` threads in blocks of `rows::BLOCK`);
 //! - `return` of contiguous views: the outputs.
 //!
 //! Anything else is an error naming the op (the model cannot be compiled for the GPU yet).
@@ -440,6 +443,27 @@ pub struct SgemmCall {
     pub block: u32,
 }
 
+/// A softmax, log-softmax or layer normalization over the last axis that the host program calls
+/// (`call @symbol(x[M, N], y[M, N])`, or `call @symbol(x[M, N], scale[N], bias[N], y[M, N])` for a
+/// layer normalization) and that runs one of qc's row kernels (`qc_backend_ptx::rows`).
+pub struct RowCall {
+    /// The called function.
+    pub symbol: String,
+    /// Rows (M).
+    pub rows: u64,
+    /// Row length (N).
+    pub len: u64,
+    /// The layer normalization's epsilon (the kernel's last parameter); `None` for the softmax
+    /// kernels.
+    pub epsilon: Option<f32>,
+    /// The PTX module of the kernel (part `<module>.ptx`).
+    pub module: String,
+    /// Its entry (`rows::SOFTMAX`, `rows::LOG_SOFTMAX`, `rows::LAYERNORM`).
+    pub entry: String,
+    /// Threads per block (`rows::BLOCK`); a warp per row.
+    pub block: u32,
+}
+
 /// Threads per block of the GEMV launches.
 pub const GEMV_BLOCK: u32 = 256;
 
@@ -461,6 +485,8 @@ pub struct PlanInputs<'a> {
     pub fquant: Vec<FquantCall>,
     /// The f32 products left to qc's kernel.
     pub sgemm: Vec<SgemmCall>,
+    /// The softmax and layer normalizations left to qc's row kernels.
+    pub rows: Vec<RowCall>,
 }
 
 struct Builder {
@@ -1014,6 +1040,72 @@ pub fn plan(host: &str, x: &PlanInputs) -> Result<(Plan, Vec<u8>), String> {
                     });
                     continue;
                 }
+                if let Some(rc) = x.rows.iter().find(|c| c.symbol == sym) {
+                    let norm = rc.epsilon.is_some();
+                    if args.len() != if norm { 4 } else { 2 } {
+                        return Err(fail(if norm {
+                            "a layer normalization call takes x, scale, bias and y".into()
+                        } else {
+                            "a softmax call takes x and y".into()
+                        }));
+                    }
+                    let views = args
+                        .iter()
+                        .map(|a| view(&vals, a).map_err(fail))
+                        .collect::<Result<Vec<View>, String>>()?;
+                    let n = rc.rows * rc.len;
+                    let fits = views.iter().enumerate().all(|(i, v)| {
+                        let want = if norm && (i == 1 || i == 2) {
+                            rc.len
+                        } else {
+                            n
+                        };
+                        v.contiguous() && v.elem == 4 && v.elements() == want
+                    });
+                    if !fits {
+                        return Err(fail(
+                            "the operands must be contiguous f32 with the call's shapes".into(),
+                        ));
+                    }
+                    let mut params: Vec<Param> = views
+                        .iter()
+                        .map(|v| Param::Address {
+                            buffer: v.buffer,
+                            offset: v.offset * v.elem,
+                        })
+                        .collect();
+                    params.push(Param::Value {
+                        bytes: 8,
+                        value: rc.rows,
+                    });
+                    params.push(Param::Value {
+                        bytes: 8,
+                        value: rc.len,
+                    });
+                    if let Some(eps) = rc.epsilon {
+                        params.push(Param::Value {
+                            bytes: 4,
+                            value: eps.to_bits() as u64,
+                        });
+                    }
+                    let ptx = x
+                        .ptx
+                        .get(&rc.module)
+                        .ok_or_else(|| fail(format!("no PTX for {}", rc.module)))?;
+                    if entry_params(ptx, &rc.entry).map_err(fail)?.len() != params.len() {
+                        return Err(fail(format!("{} takes other parameters", rc.entry)));
+                    }
+                    let g = u32::try_from((rc.rows * 32).div_ceil(rc.block as u64).max(1))
+                        .map_err(|_| fail("too many threads".into()))?;
+                    steps.push(Step::Launch {
+                        ptx: format!("{}.ptx", rc.module),
+                        entry: rc.entry.clone(),
+                        grid: [g, 1, 1],
+                        block: [rc.block, 1, 1],
+                        params,
+                    });
+                    continue;
+                }
                 if let Some(fq) = x.fquant.iter().find(|c| c.symbol == sym) {
                     let [xa, ya] = args[..] else {
                         return Err(fail("a quantization call takes x and y".into()));
@@ -1296,6 +1388,7 @@ mod tests {
                 calls: Vec::new(),
                 fquant: Vec::new(),
                 sgemm: Vec::new(),
+                rows: Vec::new(),
             },
         )
         .unwrap();
@@ -1511,6 +1604,7 @@ mod tests {
             calls: Vec::new(),
             fquant: Vec::new(),
             sgemm: Vec::new(),
+            rows: Vec::new(),
         };
         let h = host().replace("memref.copy %arg0", "memref.dealloc %arg0");
         let e = plan(&h, &inputs(&ptx)).unwrap_err();
