@@ -124,8 +124,17 @@ fn check_all_targets(
                 "{tag} {target}: {name} has another .target"
             );
             // MLIR's kernels, or qc's 4-bit GEMV or tensor-core GEMM kernels for the quantized
-            // products, or its activation fake-quant kernel.
-            let entry = if name.starts_with("gemv4_") {
+            // products, its activation fake-quant kernel, its f32 GEMM or its row kernels.
+            let entry = if name.starts_with("rows_") {
+                [
+                    ".entry qc_softmax_rows(",
+                    ".entry qc_log_softmax_rows(",
+                    ".entry qc_layernorm_rows(",
+                ]
+                .into_iter()
+                .find(|e| text.contains(e))
+                .unwrap_or(".entry qc_softmax_rows(")
+            } else if name.starts_with("gemv4_") {
                 ".entry qc_gemv4_partial("
             } else if name.starts_with("mma4_") {
                 ".entry qc_mma4("
@@ -1132,6 +1141,139 @@ fn with_sgemm_bodies(module: &str) -> String {
     out
 }
 
+/// `module` with a body for each row kernel call of the export (`ExportOptions::row_kernel_calls`:
+/// `func.func private @qc_softmax_<i>(memref<MxNxf32>, memref<MxNxf32>)`, `@qc_log_softmax_<i>`
+/// likewise, `@qc_layernorm_<i>(memref<MxNxf32>, memref<Nxf32>, memref<Nxf32>, memref<MxNxf32>)`),
+/// so that it runs on the CPU: `scf.for` loops over the rows computing what the kernels compute
+/// (the layer normalization with epsilon 1e-5: the declaration does not carry the op's; the tests
+/// compare runs through these same bodies). A module without such declarations is returned
+/// unchanged.
+fn with_row_bodies(module: &str) -> String {
+    const KINDS: [&str; 3] = ["softmax", "log_softmax", "layernorm"];
+    let mut out = String::with_capacity(module.len());
+    for line in module.split_inclusive('\n') {
+        let decl = line.trim();
+        let kind = KINDS.iter().find(|k| {
+            decl.strip_prefix(&format!("func.func private @qc_{k}_"))
+                .is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit()))
+        });
+        let Some(&kind) = kind else {
+            out += line;
+            continue;
+        };
+        let indent = &line[..line.find("func.func").unwrap()];
+        let open = decl.find('(').expect("(");
+        let name = &decl["func.func private ".len()..open];
+        let types: Vec<&str> = decl[open + 1..decl.len() - 1].split(", ").collect();
+        let t = types[0];
+        let s = f32_memref_shape(t);
+        assert_eq!(s.len(), 2, "{decl}");
+        let (rows, len) = (s[0], s[1]);
+        let norm = kind == "layernorm";
+        let params = if norm {
+            assert_eq!(types.len(), 4, "{decl}");
+            format!("%x: {t}, %g: {}, %b: {}, %y: {t}", types[1], types[2])
+        } else {
+            assert_eq!(types.len(), 2, "{decl}");
+            format!("%x: {t}, %y: {t}")
+        };
+        let i = format!("{indent}    ");
+        let mut body = format!(
+            "{indent}func.func private {name}({params}) {{\n\
+             {indent}  %c0 = arith.constant 0 : index\n\
+             {indent}  %c1 = arith.constant 1 : index\n\
+             {indent}  %rows = arith.constant {rows} : index\n\
+             {indent}  %len = arith.constant {len} : index\n\
+             {indent}  %zero = arith.constant 0.0 : f32\n\
+             {indent}  %ninf = arith.constant 0xFF800000 : f32\n\
+             {indent}  %n = arith.constant {len}.0 : f32\n\
+             {indent}  %eps = arith.constant 1.0e-05 : f32\n\
+             {indent}  scf.for %r = %c0 to %rows step %c1 {{\n"
+        );
+        // A loop over the row folding `step` (given %a and the element %v) from `init`.
+        let fold = |out: &str, init: &str, step: &str| {
+            format!(
+                "{i}{out} = scf.for %j = %c0 to %len step %c1 iter_args(%a = {init}) -> (f32) {{\n\
+                 {i}  %v = memref.load %x[%r, %j] : {t}\n\
+                 {step}\
+                 {i}  scf.yield %o : f32\n\
+                 {i}}}\n"
+            )
+        };
+        let store = |value: &str| {
+            format!(
+                "{i}scf.for %j = %c0 to %len step %c1 {{\n\
+                 {i}  %v = memref.load %x[%r, %j] : {t}\n\
+                 {value}\
+                 {i}  memref.store %o, %y[%r, %j] : {t}\n\
+                 {i}}}\n"
+            )
+        };
+        if norm {
+            body += &fold(
+                "%s",
+                "%zero",
+                &format!("{i}  %o = arith.addf %a, %v : f32\n"),
+            );
+            body += &format!("{i}%mean = arith.divf %s, %n : f32\n");
+            body += &fold(
+                "%q",
+                "%zero",
+                &format!(
+                    "{i}  %d = arith.subf %v, %mean : f32\n\
+                     {i}  %dd = arith.mulf %d, %d : f32\n\
+                     {i}  %o = arith.addf %a, %dd : f32\n"
+                ),
+            );
+            body += &format!(
+                "{i}%var = arith.divf %q, %n : f32\n\
+                 {i}%ve = arith.addf %var, %eps : f32\n\
+                 {i}%sd = math.sqrt %ve : f32\n"
+            );
+            body += &store(&format!(
+                "{i}  %d = arith.subf %v, %mean : f32\n\
+                 {i}  %u = arith.divf %d, %sd : f32\n\
+                 {i}  %gj = memref.load %g[%j] : {}\n\
+                 {i}  %bj = memref.load %b[%j] : {}\n\
+                 {i}  %w = arith.mulf %u, %gj : f32\n\
+                 {i}  %o = arith.addf %w, %bj : f32\n",
+                types[1], types[2]
+            ));
+        } else {
+            body += &fold(
+                "%m",
+                "%ninf",
+                &format!("{i}  %o = arith.maximumf %a, %v : f32\n"),
+            );
+            body += &fold(
+                "%s",
+                "%zero",
+                &format!(
+                    "{i}  %d = arith.subf %v, %m : f32\n\
+                     {i}  %e = math.exp %d : f32\n\
+                     {i}  %o = arith.addf %a, %e : f32\n"
+                ),
+            );
+            if kind == "log_softmax" {
+                body += &format!("{i}%l = math.log %s : f32\n");
+                body += &store(&format!(
+                    "{i}  %d = arith.subf %v, %m : f32\n\
+                     {i}  %o = arith.subf %d, %l : f32\n"
+                ));
+            } else {
+                body += &store(&format!(
+                    "{i}  %d = arith.subf %v, %m : f32\n\
+                     {i}  %e = math.exp %d : f32\n\
+                     {i}  %o = arith.divf %e, %s : f32\n"
+                ));
+            }
+        }
+        body += &format!("{indent}  }}\n{indent}  return\n{indent}}}\n");
+        out += &body;
+    }
+    out
+}
+
 /// The bodies of [`with_sgemm_bodies`], run on the CPU through the tiled and the untiled loops,
 /// compute the products: one right-hand matrix shared by the 2 batch elements (B' = 1) and one per
 /// batch element (B' = B), with the arguments of [`arg_value`].
@@ -1201,11 +1343,72 @@ fn sgemm_bodies_compute_the_products() {
     }
 }
 
-/// `module` (its f32 GEMM calls given bodies by [`with_sgemm_bodies`]) run on the CPU through the
+/// The bodies of [`with_row_bodies`], run on the CPU through the tiled and the untiled loops,
+/// compute softmax, log-softmax and layer normalization (epsilon 1e-5) of the rows of a [2, 5]
+/// argument.
+#[test]
+fn row_bodies_compute_softmax_and_layer_norm() {
+    let (x, v) = ("memref<2x5xf32>", "memref<5xf32>");
+    let t = |m: &str| m.replace("memref", "tensor");
+    let (tx, tv) = (t(x), t(v));
+    let module = format!(
+        "module {{\n  \
+         func.func private @qc_softmax_0({x}, {x})\n  \
+         func.func private @qc_log_softmax_1({x}, {x})\n  \
+         func.func private @qc_layernorm_2({x}, {v}, {v}, {x})\n  \
+         func.func @main(%arg0: {tx}, %arg1: {tv}, %arg2: {tv}) -> ({tx}, {tx}, {tx}) {{\n    \
+         %0 = bufferization.to_buffer %arg0 read_only : {tx} to {x}\n    \
+         %1 = bufferization.to_buffer %arg1 read_only : {tv} to {v}\n    \
+         %2 = bufferization.to_buffer %arg2 read_only : {tv} to {v}\n    \
+         %a0 = memref.alloc() {{alignment = 64 : i64}} : {x}\n    \
+         call @qc_softmax_0(%0, %a0) : ({x}, {x}) -> ()\n    \
+         %r0 = bufferization.to_tensor %a0 restrict writable : {x} to {tx}\n    \
+         %a1 = memref.alloc() {{alignment = 64 : i64}} : {x}\n    \
+         call @qc_log_softmax_1(%0, %a1) : ({x}, {x}) -> ()\n    \
+         %r1 = bufferization.to_tensor %a1 restrict writable : {x} to {tx}\n    \
+         %a2 = memref.alloc() {{alignment = 64 : i64}} : {x}\n    \
+         call @qc_layernorm_2(%0, %1, %2, %a2) : ({x}, {v}, {v}, {x}) -> ()\n    \
+         %r2 = bufferization.to_tensor %a2 restrict writable : {x} to {tx}\n    \
+         return %r0, %r1, %r2 : {tx}, {tx}, {tx}\n  \
+         }}\n}}\n"
+    );
+    let with_bodies = with_row_bodies(&module);
+    assert!(!with_bodies.contains("func.func private @qc_softmax_0(memref"));
+    let plain = module.replace("@qc_", "@other_");
+    assert_eq!(with_row_bodies(&plain), plain);
+    let (tiled, _, _) = tiled_and_untiled(&module);
+    let got = printed_values(&tiled);
+    assert_eq!(got.iter().map(Vec::len).collect::<Vec<_>>(), [10, 10, 10]);
+    for r in 0..2 {
+        let row: Vec<f64> = (0..5).map(|j| arg_value(0, r * 5 + j) as f64).collect();
+        let m = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let s: f64 = row.iter().map(|v| (v - m).exp()).sum();
+        let mean = row.iter().sum::<f64>() / 5.0;
+        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / 5.0;
+        for j in 0..5 {
+            let want = [
+                (row[j] - m).exp() / s,
+                row[j] - m - s.ln(),
+                (row[j] - mean) / (var + 1e-5).sqrt() * arg_value(1, j) as f64
+                    + arg_value(2, j) as f64,
+            ];
+            for (k, w) in want.iter().enumerate() {
+                let g = got[k][r * 5 + j];
+                assert!(
+                    (g - w).abs() <= 1e-5 * w.abs().max(1.0),
+                    "output {k}[{r}][{j}]: {g}, expected {w}"
+                );
+            }
+        }
+    }
+}
+
+/// `module` (its f32 GEMM and row kernel calls given bodies by [`with_sgemm_bodies`] and
+/// [`with_row_bodies`]) run on the CPU through the
 /// tiled loops (`cuda::to_loops`) and through the untiled ones, on the same arguments: the same
 /// printed results (those of the tiled loops), and the number of `scf.parallel` loops of each.
 fn tiled_and_untiled(module: &str) -> (String, usize, usize) {
-    let module = &with_sgemm_bodies(module);
+    let module = &with_row_bodies(&with_sgemm_bodies(module));
     let program = with_entry(module);
     let script = qc::cmd::cuda::tiling_script_file().unwrap();
     let tiled_args = qc::cmd::cuda::to_loops(script.path());

@@ -421,6 +421,30 @@ fn fp4_on(w: &qc_ir::QuantType, a: &qc_ir::QuantType, k: u64, gpu: GpuTarget) ->
         .filter(|s| matches!(gpu, GpuTarget::Sm100a | GpuTarget::Sm120a) && s.supports(k).is_ok())
 }
 
+/// The launch of `kernel` (of `rows`) for the row kernel call `c`, its module added to `modules`
+/// and `ptx` on first use.
+fn row_call(
+    modules: &mut Vec<(RowKernel, String)>,
+    ptx: &mut Vec<(String, String)>,
+    c: &qc_backend_hlo::upstream::KernelCall,
+    kernel: RowKernel,
+    epsilon: Option<f32>,
+    gpu: GpuTarget,
+) -> Result<RowCall, Failure> {
+    let module = module_of(modules, "rows", &kernel, ptx, || {
+        rows::emit_ptx(gpu, kernel)
+    })?;
+    Ok(RowCall {
+        symbol: c.symbol.clone(),
+        rows: c.m,
+        len: c.n,
+        epsilon,
+        module,
+        entry: kernel.entry().to_string(),
+        block: rows::BLOCK,
+    })
+}
+
 /// What [`kernel_calls`] resolves the export's calls to, by kind.
 struct KernelCalls<'m> {
     calls: Vec<GpuCall<'m>>,
@@ -547,25 +571,24 @@ fn kernel_calls<'m>(
                 });
                 continue;
             }
-            KernelOp::Softmax { .. } | KernelOp::LayerNorm { .. } => {
-                let (kernel, epsilon) = match c.op {
-                    KernelOp::Softmax { log: false } => (RowKernel::Softmax, None),
-                    KernelOp::Softmax { log: true } => (RowKernel::LogSoftmax, None),
-                    KernelOp::LayerNorm { epsilon } => (RowKernel::LayerNorm, Some(epsilon)),
-                    _ => unreachable!("matched above"),
+            KernelOp::Softmax { log } => {
+                let kernel = if *log {
+                    RowKernel::LogSoftmax
+                } else {
+                    RowKernel::Softmax
                 };
-                let module = module_of(&mut mods.rows, "rows", &kernel, ptx, || {
-                    rows::emit_ptx(gpu, kernel)
-                })?;
-                rows_out.push(RowCall {
-                    symbol: c.symbol.clone(),
-                    rows: c.m,
-                    len: c.n,
-                    epsilon,
-                    module,
-                    entry: kernel.entry().to_string(),
-                    block: rows::BLOCK,
-                });
+                rows_out.push(row_call(&mut mods.rows, ptx, c, kernel, None, gpu)?);
+                continue;
+            }
+            KernelOp::LayerNorm { epsilon } => {
+                rows_out.push(row_call(
+                    &mut mods.rows,
+                    ptx,
+                    c,
+                    RowKernel::LayerNorm,
+                    Some(*epsilon),
+                    gpu,
+                )?);
                 continue;
             }
         };
