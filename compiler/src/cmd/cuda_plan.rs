@@ -1619,4 +1619,119 @@ mod tests {
         let e = plan(&h, &inputs(&ptx)).unwrap_err();
         assert!(e.contains("3 values"), "{e}");
     }
+
+    /// A layer normalization and a softmax call of the host program become launches of the row
+    /// kernels (a warp per row, the operands' addresses, rows, len and epsilon); operands of other
+    /// shapes or counts are errors.
+    #[test]
+    fn row_calls_launch_the_row_kernels() {
+        let entry = |name: &str, params: &[&str]| {
+            let list: Vec<String> = params
+                .iter()
+                .enumerate()
+                .map(|(i, t)| format!("\t.param {t} {name}_param_{i}"))
+                .collect();
+            format!(".visible .entry {name}(\n{}\n)\n{{\n}}\n", list.join(",\n"))
+        };
+        let ptx = BTreeMap::from([
+            (
+                "rows_0".to_string(),
+                entry(
+                    "qc_layernorm_rows",
+                    &[".u64", ".u64", ".u64", ".u64", ".u64", ".u64", ".f32"],
+                ),
+            ),
+            (
+                "rows_1".to_string(),
+                entry("qc_softmax_rows", &[".u64", ".u64", ".u64", ".u64"]),
+            ),
+        ]);
+        let host = "module {\n  \
+             func.func @main(%arg0: memref<2x5x40xf32>, %arg1: memref<40xf32>, %arg2: memref<40xf32>) -> memref<10x40xf32> {\n    \
+             %collapse_shape = memref.collapse_shape %arg0 [[0, 1], [2]] : memref<2x5x40xf32> into memref<10x40xf32>\n    \
+             %alloc = memref.alloc() {alignment = 64 : i64} : memref<10x40xf32>\n    \
+             call @qc_layernorm_0(%collapse_shape, %arg1, %arg2, %alloc) : (memref<10x40xf32>, memref<40xf32>, memref<40xf32>, memref<10x40xf32>) -> ()\n    \
+             %alloc_1 = memref.alloc() {alignment = 64 : i64} : memref<10x40xf32>\n    \
+             call @qc_softmax_1(%alloc, %alloc_1) : (memref<10x40xf32>, memref<10x40xf32>) -> ()\n    \
+             return %alloc_1 : memref<10x40xf32>\n  }\n}\n";
+        let c = [0u8; 160];
+        let row = |symbol: &str, epsilon, module: &str, entry: &str, len| RowCall {
+            symbol: symbol.into(),
+            rows: 10,
+            len,
+            epsilon,
+            module: module.into(),
+            entry: entry.into(),
+            block: 256,
+        };
+        let inputs = |len| PlanInputs {
+            target: "sm_80",
+            weights: "weights.bin",
+            inputs: 1,
+            constant_args: vec![&c, &c],
+            ptx: &ptx,
+            calls: Vec::new(),
+            fquant: Vec::new(),
+            sgemm: Vec::new(),
+            rows: vec![
+                row(
+                    "qc_layernorm_0",
+                    Some(1e-5),
+                    "rows_0",
+                    "qc_layernorm_rows",
+                    len,
+                ),
+                row("qc_softmax_1", None, "rows_1", "qc_softmax_rows", 40),
+            ],
+        };
+        let (p, _) = plan(host, &inputs(40)).unwrap();
+        let launches: Vec<_> = p
+            .steps
+            .iter()
+            .map(|s| match s {
+                Step::Launch {
+                    entry,
+                    grid,
+                    block,
+                    params,
+                    ..
+                } => (entry.as_str(), grid[0], block[0], params.clone()),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        let a = |buffer| Param::Address { buffer, offset: 0 };
+        let v8 = |value| Param::Value { bytes: 8, value };
+        assert_eq!(
+            launches,
+            [
+                (
+                    "qc_layernorm_rows",
+                    2,
+                    256,
+                    vec![
+                        a(0),
+                        a(1),
+                        a(2),
+                        a(3),
+                        v8(10),
+                        v8(40),
+                        Param::Value {
+                            bytes: 4,
+                            value: 1e-5f32.to_bits() as u64
+                        }
+                    ]
+                ),
+                ("qc_softmax_rows", 2, 256, vec![a(3), a(4), v8(10), v8(40)]),
+            ]
+        );
+        // A call whose operands do not have its shapes, or of the wrong operand count.
+        let e = plan(host, &inputs(20)).unwrap_err();
+        assert!(e.contains("the call's shapes"), "{e}");
+        let h = host.replace(
+            "@qc_layernorm_0(%collapse_shape, %arg1, ",
+            "@qc_layernorm_0(",
+        );
+        let e = plan(&h, &inputs(40)).unwrap_err();
+        assert!(e.contains("takes x, scale, bias and y"), "{e}");
+    }
 }
