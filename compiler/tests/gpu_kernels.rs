@@ -6,7 +6,11 @@
 //! through the emulators of backends/ptx/tests/mma_emu). The results must match the reference interpreter on the same
 //! compiled model. This checks what the ptxas and kernel tests cannot: the plan's buffers,
 //! offsets, parameters and grids, the export's folding of activation quantization into the product,
-//! and the choice of kernel per format, target and row count.
+//! and the choice of kernel per format, target and row count. A second model (a layer
+//! normalization, a softmax and a log-softmax over the last axis) runs qc's row kernels
+//! (`qc_backend_ptx::rows`, the warp shuffle through the emulator of backends/ptx/tests/shfl_emu),
+//! which checks the export's row calls (the `[rows, len]` views of a 3-D input, the scale and bias
+//! vectors) and their plan parameters.
 //!
 //! Needs the cargo feature `cpu`, LLVM 22's MLIR tools, python3 with numpy and onnx, and ptxas (as
 //! compiler/tests/ptx.rs).
@@ -22,6 +26,7 @@ use qc_backend_ptx::fquant::{FakeQuantBlock, FakeQuantPt};
 use qc_backend_ptx::gemv4::Gemv4;
 use qc_backend_ptx::mma4::Entries;
 use qc_backend_ptx::mma8::Mma8;
+use qc_backend_ptx::rows::{self as row_kernels, RowKernel};
 use qc_ir::quant::named_format;
 use qc_runtime::npy::{NpyArray, NpyData};
 
@@ -33,6 +38,9 @@ use mma_emu::{
     emulate, emulate_fp4, fp8_table, run_block_gemm, run_warp_gemm, run_warps, tcgen05_emulators,
     wgmma8_emulators, Bf16Gemm, Block, BlockGemm, GemmArgs, ScaledGemm, Sgemm, Shape, Tc, WarpGemm,
 };
+#[path = "../../backends/ptx/tests/shfl_emu/mod.rs"]
+mod shfl_emu;
+use shfl_emu::{shfl, Lanes};
 
 const K: usize = 128;
 const N: usize = 72;
@@ -103,7 +111,14 @@ impl HostKernels {
                 emulate as *const () as usize,
             )],
         );
-        // "f32": no weight format (the f32 GEMM only).
+        for k in RowKernel::ALL {
+            jit(
+                k.entry(),
+                &|m| row_kernels::build(ctx, m, k, Entries::Host).unwrap(),
+                &[(row_kernels::SHFL_EMULATOR, shfl as *const () as usize)],
+            );
+        }
+        // "f32": no weight format (the f32 GEMM and the row kernels only).
         let Some(wf) = named_format(w).map(|f| f.ty.clone()) else {
             return HostKernels {
                 engines,
@@ -401,6 +416,29 @@ impl qc_runtime::cuda::Device for HostGpu {
                 let kf = unsafe { std::mem::transmute::<usize, BlockGemm<Tc>>(addr) };
                 unsafe { run_block_gemm(kf, blocks, block[0] as usize, new_block, gemm(f(9))) };
             }
+            "qc_softmax_rows" | "qc_log_softmax_rows" => {
+                assert_eq!(block[0], row_kernels::BLOCK, "{entry}");
+                type F = unsafe extern "C" fn(P, P, u64, u64, *const Lanes, u64);
+                let k: F = unsafe { std::mem::transmute::<usize, F>(addr) };
+                let (x, y, rows, len) = (ptr(0), ptr(1), u(2), u(3));
+                assert!(threads as u64 >= rows * 32, "{entry}: too few threads");
+                shfl_emu::run_warps(threads, |lanes, t| unsafe {
+                    k(x as P, y as P, rows, len, lanes, t as u64)
+                });
+            }
+            "qc_layernorm_rows" => {
+                assert_eq!(block[0], row_kernels::BLOCK, "{entry}");
+                type F = unsafe extern "C" fn(P, P, P, P, u64, u64, f32, *const Lanes, u64);
+                let k: F = unsafe { std::mem::transmute::<usize, F>(addr) };
+                let (x, g, b, y, rows, len) = (ptr(0), ptr(1), ptr(2), ptr(3), u(4), u(5));
+                let eps = f(6);
+                assert!(threads as u64 >= rows * 32, "{entry}: too few threads");
+                shfl_emu::run_warps(threads, |lanes, t| unsafe {
+                    k(
+                        x as P, g as P, b as P, y as P, rows, len, eps, lanes, t as u64,
+                    )
+                });
+            }
             other => panic!("the host device runs no kernel {other}"),
         }
         Ok(())
@@ -654,4 +692,144 @@ fn fp8_products_the_fp8_gemm_cannot_read_fall_back() {
     let plan = std::str::from_utf8(art.part("launch_plan.json").unwrap()).unwrap();
     assert!(plan.contains("\"entry\": \"qc_fquant_pt\""), "{plan}");
     assert!(!plan.contains("qc_mma8"), "{plan}");
+}
+
+/// The row length (not a multiple of 32).
+const LEN: usize = 40;
+
+/// The model: `y = Softmax(LayerNormalization(x, g, b))` and `z = LogSoftmax(x)` over the last axis
+/// of `x[2, m, LEN]`, `g` and `b` constants.
+fn rows_model(path: &Path) {
+    ok(
+        Command::new("python3").args([
+            "-c",
+            &format!(
+                "import numpy as np, onnx\n\
+                 from onnx import helper, TensorProto, numpy_helper\n\
+                 rng = np.random.default_rng(5)\n\
+                 g = (1 + 0.3 * rng.standard_normal({LEN})).astype(np.float32)\n\
+                 b = (0.2 * rng.standard_normal({LEN})).astype(np.float32)\n\
+                 x = helper.make_tensor_value_info('x', TensorProto.FLOAT, [2, 'm', {LEN}])\n\
+                 y = helper.make_tensor_value_info('y', TensorProto.FLOAT, [2, 'm', {LEN}])\n\
+                 z = helper.make_tensor_value_info('z', TensorProto.FLOAT, [2, 'm', {LEN}])\n\
+                 nodes = [helper.make_node('LayerNormalization', ['x', 'g', 'b'], ['n'], axis=-1, epsilon=1e-5),\n\
+                 \x20   helper.make_node('Softmax', ['n'], ['y'], axis=-1),\n\
+                 \x20   helper.make_node('LogSoftmax', ['x'], ['z'], axis=2)]\n\
+                 gr = helper.make_graph(nodes, 'rows', [x], [y, z],\n\
+                 \x20   [numpy_helper.from_array(g, 'g'), numpy_helper.from_array(b, 'b')])\n\
+                 onnx.save(helper.make_model(gr, opset_imports=[helper.make_opsetid('', 17)]), '{}')\n",
+                path.display()
+            ),
+        ]),
+        "the row model",
+    );
+}
+
+/// The f32 values of an npy file.
+fn read_f32(path: &Path) -> Vec<f32> {
+    match qc_runtime::npy::read_npy(path).unwrap().data {
+        NpyData::F32(v) => v,
+        _ => panic!("{}: not f32", path.display()),
+    }
+}
+
+#[test]
+fn compiled_softmax_and_layer_norm_run_the_row_kernels_and_match_the_interpreter() {
+    if !ptxas_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = d.join("rows.onnx");
+    rows_model(&model);
+    let m = 5;
+    // Logits over several magnitudes (up to 60: softmax needs its maximum).
+    let x: Vec<f32> = (0..2 * m * LEN)
+        .map(|i| {
+            let v = ((i * 7919) % 1000) as f32 / 500.0 - 1.0;
+            v * [1.0, 60.0, 0.05, 7.0][i % 4] + [0.0, 3.0][i / LEN % 2]
+        })
+        .collect();
+    let xa = NpyArray {
+        shape: vec![2, m, LEN],
+        data: NpyData::F32(x.clone()),
+    };
+    let xin = d.join("x.npy");
+    std::fs::write(&xin, qc_runtime::npy::to_npy_bytes(&xa)).unwrap();
+    // The reference: the compiled model in the interpreter.
+    let qir = d.join("rows.qir");
+    qc(&[
+        "compile",
+        p(&model),
+        "--passes",
+        "canonicalize",
+        "--emit",
+        "qir",
+        "-o",
+        p(&qir),
+    ]);
+    let refdir = d.join("ref");
+    let input = format!("x={}", xin.display());
+    qc(&["run", p(&qir), "--input", &input, "-o", p(&refdir)]);
+    let want = [
+        read_f32(&refdir.join("y.npy")),
+        read_f32(&refdir.join("z.npy")),
+    ];
+    for target in ["sm_80", "sm_120a"] {
+        let qca = d.join(format!("rows.{target}.qca"));
+        let shape = format!("m={m}");
+        qc(&[
+            "compile",
+            p(&model),
+            "--passes",
+            "canonicalize",
+            "--target",
+            target,
+            "--shape",
+            &shape,
+            "-o",
+            p(&qca),
+        ]);
+        let art = qc_runtime::artifact::read(&qca).unwrap();
+        let weights = art.part("weights.bin").unwrap();
+        let plan = qc_runtime::cuda::Plan::parse(
+            art.part("launch_plan.json").unwrap(),
+            1,
+            weights.len() as u64,
+        )
+        .unwrap();
+        let mut gpu = HostGpu {
+            kernels: HostKernels::new("f32", None),
+            buffers: Vec::new(),
+            entries: Vec::new(),
+            launched: Vec::new(),
+        };
+        let prepared =
+            qc_runtime::cuda::Prepared::new(&mut gpu, &plan, |n| art.part(n), weights).unwrap();
+        let xb: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let out = prepared.run(&mut gpu, &[&xb]).unwrap();
+        assert_eq!(
+            gpu.launched,
+            [
+                row_kernels::LAYERNORM,
+                row_kernels::SOFTMAX,
+                row_kernels::LOG_SOFTMAX
+            ],
+            "{target}"
+        );
+        assert_eq!(out.len(), 2, "{target}");
+        for (k, (o, w)) in out.iter().zip(&want).enumerate() {
+            let got: Vec<f32> = o
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
+            assert_eq!(got.len(), w.len(), "{target} output {k}");
+            for (i, (g, w)) in got.iter().zip(w).enumerate() {
+                assert!(
+                    (g - w).abs() <= 1e-5 * (w.abs() + 1e-2),
+                    "{target} output {k}[{i}]: {g}, interpreter {w}"
+                );
+            }
+        }
+    }
 }
