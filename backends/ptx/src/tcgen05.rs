@@ -675,6 +675,31 @@ pub fn build<'c>(
         Ok(())
     };
 
+    // `pieces` 16-byte pieces of the weights' codes from byte `off` (of row `brow`), as 32-bit
+    // words; zeros past N.
+    let weight_words =
+        |c: &Cx<'c>, off: IntValue<'c>, pieces: u64| -> Result<Vec<IntValue<'c>>, Error> {
+            let mut words = Vec::with_capacity(4 * pieces as usize);
+            for h in 0..pieces {
+                let p = c.gep(
+                    ctx.i8_type().into(),
+                    codes,
+                    c.b.build_int_add(off, c.i64(16 * h), "")?,
+                )?;
+                let ld = c.b.build_load(v4i32, p, "")?;
+                ld.as_instruction_value()
+                    .unwrap()
+                    .set_alignment(16)
+                    .map_err(|e| Error::Codegen(e.to_string()))?;
+                let v =
+                    c.b.build_select(b_in, ld.into_vector_value(), v4i32.const_zero(), "")?
+                        .into_vector_value();
+                for e in 0..4u64 {
+                    words.push(c.b.build_extract_element(v, i32c(e), "")?.into_int_value());
+                }
+            }
+            Ok(words)
+        };
     // One k-step's tiles and scale factors of the FP4 kernel.
     let fp4_step = |c: &Cx<'c>, f: &Fp4, k0: IntValue<'c>| -> Result<(), Error> {
         let bs = f.block();
@@ -714,22 +739,7 @@ pub fn build<'c>(
             c.b.build_right_shift(k0, c.i64(1), false, "")?,
             "",
         )?;
-        for h in 0..2u64 {
-            let p = c.gep(
-                ctx.i8_type().into(),
-                codes,
-                c.b.build_int_add(off, c.i64(16 * h), "")?,
-            )?;
-            let ld = c.b.build_load(v4i32, p, "")?;
-            ld.as_instruction_value()
-                .unwrap()
-                .set_alignment(16)
-                .map_err(|e| Error::Codegen(e.to_string()))?;
-            let v =
-                c.b.build_select(b_in, ld.into_vector_value(), v4i32.const_zero(), "")?
-                    .into_vector_value();
-            store16(c, c.b.build_int_add(slot, c.i64(lay.b + h * LBO), "")?, v)?;
-        }
+        store_row(c, lay.b, &weight_words(c, off, 2)?)?;
         let sidx = c.b.build_int_add(
             c.b.build_int_mul(brow_c, scales_per_row, "")?,
             c.b.build_int_unsigned_div(k0, c.i64(bs), "")?,
@@ -807,13 +817,7 @@ pub fn build<'c>(
             c.b.build_right_shift(k0, c.i64(1), false, "")?,
             "",
         )?;
-        let ld =
-            c.b.build_load(v4i32, c.gep(ctx.i8_type().into(), codes, off)?, "")?;
-        ld.as_instruction_value()
-            .unwrap()
-            .set_alignment(16)
-            .map_err(|e| Error::Codegen(e.to_string()))?;
-        let cw = ld.into_vector_value();
+        let cw = weight_words(c, off, 1)?;
         let group = g.group.expect("W4 weights have groups") as u64;
         let groups_per_row = c.b.build_int_unsigned_div(k, c.i64(group), "")?;
         let mut scale = None;
@@ -831,9 +835,7 @@ pub fn build<'c>(
                 )?;
                 scale = Some(scale_at(c, g, scales, tables, gi)?);
             }
-            let word =
-                c.b.build_extract_element(cw, i32c(e / 8), "")?
-                    .into_int_value();
+            let word = cw[(e / 8) as usize];
             let code = c.b.build_and(
                 c.b.build_right_shift(word, i32c(4 * (e % 8)), false, "")?,
                 i32c(15),
@@ -864,26 +866,7 @@ pub fn build<'c>(
         store_row(c, lay.a, &words)?;
         let off =
             c.b.build_int_add(c.b.build_int_mul(brow_c, k, "")?, k0, "")?;
-        let mut bw = Vec::with_capacity(8);
-        for h in 0..2u64 {
-            let p = c.gep(
-                ctx.i8_type().into(),
-                codes,
-                c.b.build_int_add(off, c.i64(16 * h), "")?,
-            )?;
-            let ld = c.b.build_load(v4i32, p, "")?;
-            ld.as_instruction_value()
-                .unwrap()
-                .set_alignment(16)
-                .map_err(|e| Error::Codegen(e.to_string()))?;
-            let v =
-                c.b.build_select(b_in, ld.into_vector_value(), v4i32.const_zero(), "")?
-                    .into_vector_value();
-            for e in 0..4u64 {
-                bw.push(c.b.build_extract_element(v, i32c(e), "")?.into_int_value());
-            }
-        }
-        store_row(c, lay.b, &bw)
+        store_row(c, lay.b, &weight_words(c, off, 2)?)
     };
     for_loop(&c, body, steps, |c, si| {
         let k0 = c.b.build_int_mul(si, c.i64(spec.k_step()), "k0")?;
