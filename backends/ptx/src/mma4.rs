@@ -287,6 +287,24 @@ pub(crate) fn block_entry<'c>(
     Ok(())
 }
 
+/// The first row and column of block `block`'s `tile` x `tile` tile of a block GEMM with `n`
+/// columns: tile `(block / ceil(N / tile), block % ceil(N / tile))`.
+pub(crate) fn block_tile<'c>(
+    c: &Cx<'c>,
+    block: IntValue<'c>,
+    n: IntValue<'c>,
+    tile: u64,
+) -> Result<(IntValue<'c>, IntValue<'c>), Error> {
+    let tiles_n = c.b.build_int_add(n, c.i64(tile - 1), "")?;
+    let tiles_n = c.b.build_int_unsigned_div(tiles_n, c.i64(tile), "")?;
+    let m0 = c.b.build_int_unsigned_div(block, tiles_n, "")?;
+    let n0 = c.b.build_int_unsigned_rem(block, tiles_n, "")?;
+    Ok((
+        c.b.build_int_mul(m0, c.i64(tile), "m0")?,
+        c.b.build_int_mul(n0, c.i64(tile), "n0")?,
+    ))
+}
+
 /// A lane's place in a warp-tile GEMM (`mma4`, `mma8`, `mmafp4`): the warp's `WARP_TILE` x
 /// `WARP_TILE` tile of `y` is `(warp / ceil(N / 32), warp % ceil(N / 32))`.
 pub(crate) struct WarpTile<'c> {

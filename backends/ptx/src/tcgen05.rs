@@ -72,7 +72,7 @@ use inkwell::{AddressSpace, FloatPredicate, IntPredicate};
 use crate::fp4::{Fp4, Fp4Kind};
 use crate::fquant::{e2m1_code, quantize_block};
 use crate::gemv4::{for_loop, scale_at, Cx, Entries, Gemv4};
-use crate::mma4::{bf16_rn, bf16_value, block_entry, load_x4, pack, umin, ProductBody};
+use crate::mma4::{bf16_rn, bf16_value, block_entry, block_tile, load_x4, pack, umin, ProductBody};
 use crate::mma8::{final_weight_scale, quantize_act4, Mma8, Weights8};
 use crate::{compile_ptx, target_machine_with, Error, GpuTarget};
 
@@ -560,18 +560,7 @@ pub fn build<'c>(
     let sfb = c.b.build_int_add(tmem, i32c(SFB_COLUMN as u64), "sfb")?;
 
     // The tile, and this thread's rows.
-    let tiles_n =
-        c.b.build_int_unsigned_div(c.b.build_int_add(n, c.i64(TILE - 1), "")?, c.i64(TILE), "")?;
-    let m0 = c.b.build_int_mul(
-        c.b.build_int_unsigned_div(block, tiles_n, "")?,
-        c.i64(TILE),
-        "m0",
-    )?;
-    let n0 = c.b.build_int_mul(
-        c.b.build_int_unsigned_rem(block, tiles_n, "")?,
-        c.i64(TILE),
-        "n0",
-    )?;
+    let (m0, n0) = block_tile(&c, block, n, TILE)?;
     let arow = c.b.build_int_add(m0, t, "arow")?;
     let brow = c.b.build_int_add(n0, t, "brow")?;
     let b_in = c.b.build_int_compare(IntPredicate::ULT, brow, n, "")?;

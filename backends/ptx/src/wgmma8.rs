@@ -34,7 +34,7 @@ use inkwell::values::{BasicMetadataValueEnum, BasicValue, FunctionValue, IntValu
 use inkwell::{AddressSpace, IntPredicate};
 
 use crate::gemv4::{for_loop, scale_at, Cx};
-use crate::mma4::{block_entry, load_x4, umin, Entries, ProductBody};
+use crate::mma4::{block_entry, block_tile, load_x4, umin, Entries, ProductBody};
 use crate::mma8::{fp8_bits, quantize_act4, Mma8, Out, Weights8};
 use crate::{compile_ptx, target_machine_with, Error, GpuTarget};
 
@@ -174,18 +174,7 @@ pub fn build<'c>(
         c.b.build_store(c.gep(f32t.into(), acc, c.i64(s))?, zero)?;
     }
 
-    let tiles_n =
-        c.b.build_int_unsigned_div(c.b.build_int_add(n, c.i64(TILE - 1), "")?, c.i64(TILE), "")?;
-    let m0 = c.b.build_int_mul(
-        c.b.build_int_unsigned_div(block, tiles_n, "")?,
-        c.i64(TILE),
-        "m0",
-    )?;
-    let n0 = c.b.build_int_mul(
-        c.b.build_int_unsigned_rem(block, tiles_n, "")?,
-        c.i64(TILE),
-        "n0",
-    )?;
+    let (m0, n0) = block_tile(&c, block, n, TILE)?;
     let w = c.b.build_right_shift(t, c.i64(5), false, "w")?;
     let lane = c.b.build_and(t, c.i64(31), "")?;
     let g = c.b.build_right_shift(lane, c.i64(2), false, "g")?;
