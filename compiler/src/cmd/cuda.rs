@@ -729,17 +729,14 @@ fn kernel_calls<'m>(
         // Prefill-sized products run a tensor-core GEMM (on sm_100a from 64 rows, for byte-scaled
         // formats, tcgen05's), single rows the GEMV. The GEMM's module depends on the format only
         // (not on the GEMV's slice).
-        let w4 = Tc05::w4(&spec, c.k)
+        let mut key = spec.clone();
+        key.slice = gemv4::SLICE;
+        let w4 = Tc05::w4(&key, c.k)
             .ok()
             .filter(|_| gpu == GpuTarget::Sm100a && c.m >= tcgen05::MIN_ROWS);
         let kernel = if let Some(w4) = w4 {
-            let Tc05::W4(mut key) = w4 else {
-                unreachable!()
-            };
-            key.slice = gemv4::SLICE;
-            let key = Tc05::W4(key);
-            let module = module_of(&mut mods.tcgen05, "tcgen05", &key, ptx, || {
-                tcgen05::emit_ptx(&key)
+            let module = module_of(&mut mods.tcgen05, "tcgen05", &w4, ptx, || {
+                tcgen05::emit_ptx(&w4)
             })?;
             (
                 module,
@@ -753,8 +750,6 @@ fn kernel_calls<'m>(
                 },
             )
         } else if c.m >= mma4::MIN_ROWS && mma4::supports(&spec, c.k).is_ok() {
-            let mut key = spec.clone();
-            key.slice = gemv4::SLICE;
             let module = module_of(&mut mods.mma4, "mma4", &key, ptx, || {
                 mma4::emit_ptx(gpu, &key)
             })?;
