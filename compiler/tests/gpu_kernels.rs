@@ -130,11 +130,6 @@ impl HostKernels {
         let mut tc05 = Vec::new();
         if let Ok(g) = Gemv4::for_k(&wf, K) {
             if let Ok(w4) = qc_backend_ptx::tcgen05::Tc05::w4(&g, K as u64) {
-                jit(
-                    "tcgen05_w4",
-                    &|m| qc_backend_ptx::tcgen05::build(ctx, m, &w4, Entries::Host).unwrap(),
-                    &tcgen05_emulators(),
-                );
                 tc05.push(w4);
             }
             jit(
@@ -171,11 +166,6 @@ impl HostKernels {
             }
             if let Ok(s) = Mma8::classify(&wf, &af) {
                 if let Ok(key) = qc_backend_ptx::tcgen05::Tc05::fp8(&s, K as u64) {
-                    jit(
-                        "tcgen05_fp8",
-                        &|m| qc_backend_ptx::tcgen05::build(ctx, m, &key, Entries::Host).unwrap(),
-                        &tcgen05_emulators(),
-                    );
                     tc05.push(key);
                 }
                 jit(
@@ -196,21 +186,23 @@ impl HostKernels {
                 mma8 = Some(s);
             }
             if let Ok(s) = qc_backend_ptx::fp4::Fp4::classify(&wf, &af) {
-                use qc_backend_ptx::{mmafp4, tcgen05};
+                use qc_backend_ptx::mmafp4;
                 jit(
                     "mmafp4",
                     &|m| mmafp4::build(ctx, m, &s, Entries::Host).unwrap(),
                     &[(mmafp4::EMULATOR, emulate_fp4 as *const () as usize)],
                 );
-                fp4 = Some(s.clone());
-                let key = tcgen05::Tc05::Fp4(s.clone());
-                jit(
-                    "tcgen05",
-                    &|m| tcgen05::build(ctx, m, &key, Entries::Host).unwrap(),
-                    &tcgen05_emulators(),
-                );
-                tc05.push(key);
+                tc05.push(qc_backend_ptx::tcgen05::Tc05::Fp4(s.clone()));
+                fp4 = Some(s);
             }
+        }
+        // The tcgen05 kernels of the products above, one module each.
+        for key in &tc05 {
+            jit(
+                key.entry(),
+                &|m| qc_backend_ptx::tcgen05::build(ctx, m, key, Entries::Host).unwrap(),
+                &tcgen05_emulators(),
+            );
         }
         HostKernels {
             engines,
